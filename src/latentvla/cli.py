@@ -1,0 +1,45 @@
+"""The `latentvla` console script: one subcommand per module in `latentvla.scripts`.
+
+Each `latentvla/scripts/<name>.py` exposes `register(subparsers)`, which adds its parser and sets
+`func=main`. Heavy imports (torch, mujoco) stay inside each `main` so `latentvla --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Order is the order shown in --help.
+COMMANDS = ("collect", "annotate", "dataset", "train", "eval", "bench", "analyze", "serve", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentvla", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"latentvla.scripts.{name}")
+        except ModuleNotFoundError as e:  # a command whose module is not written yet stays out of --help
+            if e.name == f"latentvla.scripts.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

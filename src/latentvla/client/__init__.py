@@ -1,0 +1,1 @@
+"""Dependency-light client (numpy, msgpack, websockets only): never imports torch."""
