@@ -1,0 +1,214 @@
+"""Top-level configs and the named preset registry.
+
+Each sub-config lives next to the module it configures (BackboneConfig in models/backbone.py, ActionExpertConfig
+in models/action_expert.py, RecurrentHeadConfig in models/recurrent_head.py, CurriculumConfig in
+train/curriculum.py); this file only composes them:
+
+    TrainConfig
+      └── policy: PolicyConfig
+            ├── backbone: BackboneConfig       one size dial: tiny | small | base (or a local HF model)
+            ├── head: "flow" | "recurrent"     LaRA's DiT expert or RD-VLA's recurrent-depth head
+            ├── expert / recurrent             their configs
+            └── curriculum: CurriculumConfig   which stages, in which order (train/curriculum.py)
+
+Presets (paper ablations are names, not flags — house style §4.7):
+    lara              I -> II-1 -> II-2 -> II-3 -> III, latent text + visual latents, flow expert
+    lara-explicit     stage I only: explicit CoT text + visual latents, discrete action tokens (ECoT-style)
+    lara-latent-text  the lara curriculum without visual latents
+    lara-no-cot       no reasoning: backbone + flow expert
+    rdvla             RD-VLA: backbone with query tokens + recurrent-depth head (L1, random depth, TBPTT)
+    lara-rd           LaRA's latent CoT curriculum with the recurrent head as the action head (neither paper)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from latentvla.constants import DEFAULT_CAMERA
+from latentvla.models.action_expert import ActionExpertConfig
+from latentvla.models.backbone import BackboneConfig
+from latentvla.models.recurrent_head import RecurrentHeadConfig
+from latentvla.registry import did_you_mean, lookup
+from latentvla.train.curriculum import CurriculumConfig
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything needed to rebuild a policy's modules (saved as config.json with every checkpoint)."""
+
+    preset: str = "lara"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: Literal["flow", "recurrent"] = "flow"
+    expert: ActionExpertConfig = field(default_factory=ActionExpertConfig)
+    recurrent: RecurrentHeadConfig = field(default_factory=RecurrentHeadConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    cameras: tuple[str, ...] = (DEFAULT_CAMERA,)  # the first one is the primary camera (visual-latent target)
+    image_size: int = 64
+    state_dim: int = 4  # filled from the dataset at training time
+    action_dim: int = 4
+    horizon: int = 8  # action chunk length H (LaRA LIBERO 8, RD-VLA 8)
+    n_img_next: int = 16  # LaRA: 16 <img_next> tokens regressing a 4x4 pooled next-frame feature grid
+    n_query: int = 0  # RD-VLA's learned latent tokens in the backbone (64 in the paper)
+    num_action_bins: int = 64  # discrete action tokens (stages I/II)
+    ema_decay: float = 0.999  # LaRA code: EMA teacher momentum 0.999 ...
+    ema_every: int = 2  # ... updated every 2 optimizer steps
+    use_state: bool = True  # proprio token for the action head
+    # test-time defaults (overridable per call / on the CLI)
+    iterations: int = 8  # recurrent head depth at inference (RD-VLA: 8-12 saturates)
+    execution: str = "fixed:4"  # action-queue execution horizon (models/execution.py make_horizon spec)
+
+    def __post_init__(self) -> None:
+        if self.head not in ("flow", "recurrent"):
+            raise ValueError(f"head must be 'flow' or 'recurrent', got {self.head!r}")
+        if not self.cameras:
+            raise ValueError("at least one camera is required")
+        if self.head == "recurrent" and self.n_query < 1:
+            raise ValueError("the recurrent head reads the backbone's query tokens: set n_query >= 1")
+        for name in ("state_dim", "action_dim", "horizon", "image_size", "num_action_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. `latentvla train --preset NAME k=v ...` builds it."""
+
+    preset: str = "lara"
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    steps: int = 2000
+    batch_size: int = 32
+    seed: int = 0
+    lr_backbone: float = 3e-4  # paper: VLM 1e-5, expert 1e-4 for 4B models; scaled up for tiny random-init ones
+    lr_head: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    num_workers: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep_last: int = 2
+    augment: bool = True  # random shift, pad 4 (bc-baseline.md)
+    device: str = "auto"
+    bf16: bool = True  # autocast on CUDA only
+    wandb: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("steps, batch_size and grad_accum must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------------- presets
+
+SIZES = ("tiny", "small", "base")
+
+
+def _policy(preset: str, size: str, **kw: Any) -> PolicyConfig:
+    return PolicyConfig(preset=preset, backbone=BackboneConfig(size=size), **kw)
+
+
+def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
+    rd = dict(head="recurrent", n_query=16)
+    return {
+        "lara": lambda s: TrainConfig("lara", _policy("lara", s, curriculum=CurriculumConfig("lara"))),
+        "lara-explicit": lambda s: TrainConfig(
+            "lara-explicit", _policy("lara-explicit", s, curriculum=CurriculumConfig("lara-explicit"))
+        ),
+        "lara-latent-text": lambda s: TrainConfig(
+            "lara-latent-text", _policy("lara-latent-text", s, curriculum=CurriculumConfig("lara-latent-text"))
+        ),
+        "lara-no-cot": lambda s: TrainConfig(
+            "lara-no-cot", _policy("lara-no-cot", s, curriculum=CurriculumConfig("no-cot"))
+        ),
+        "rdvla": lambda s: TrainConfig("rdvla", _policy("rdvla", s, curriculum=CurriculumConfig("rd"), **rd)),
+        "lara-rd": lambda s: TrainConfig("lara-rd", _policy("lara-rd", s, curriculum=CurriculumConfig("lara"), **rd)),
+    }
+
+
+PRESETS = _presets()
+
+
+def get_preset(name: str, size: str = "tiny") -> TrainConfig:
+    """A named preset at a size; unknown names get a did-you-mean error."""
+    factory = lookup(PRESETS, name, "preset")
+    if size not in SIZES:
+        raise ValueError(did_you_mean(size, SIZES, "size"))
+    return factory(size)
+
+
+# ------------------------------------------------------------------------------ (de)serialisation, overrides
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Nested frozen dataclasses -> plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _coerce(tp: Any, value: Any) -> Any:
+    """Convert a JSON value (or a CLI string) to the annotated field type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return config_from_dict(tp, value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or value == "None":
+            return None
+        return _coerce(args[0], value)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(did_you_mean(str(value), [str(c) for c in choices], "value"))
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        items = value.split(",") if isinstance(value, str) else list(value)
+        inner = args[0] if args else str
+        return tuple(_coerce(inner, v) for v in items if v != "")
+    if tp is bool and isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"expected a boolean (true/false), got {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    if tp in (int, float, str) and not isinstance(value, tp):
+        return tp(value)
+    return value
+
+
+def config_from_dict(cls: Any, data: dict) -> Any:
+    """Inverse of `config_to_dict`; unknown keys are an error (a typo must not be silently ignored)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ValueError(did_you_mean(key, names, f"field of {cls.__name__}"))
+    return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply CLI overrides like `steps=100`, `policy.horizon=8`, `policy.backbone.width=64`."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. policy.horizon=8)")
+        key, value = item.split("=", 1)
+        cfg = _set_path(cfg, key.strip().split("."), value.strip())
+    return cfg
+
+
+def _set_path(cfg: Any, path: list[str], value: str) -> Any:
+    names = [f.name for f in dataclasses.fields(cfg)]
+    head = path[0]
+    if head not in names:
+        raise ValueError(did_you_mean(head, names, f"field of {type(cfg).__name__}"))
+    current = getattr(cfg, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"{head!r} is not a nested config; cannot set {'.'.join(path)}")
+        return replace(cfg, **{head: _set_path(current, path[1:], value)})
+    hint = typing.get_type_hints(type(cfg))[head]
+    return replace(cfg, **{head: _coerce(hint, value)})

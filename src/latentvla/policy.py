@@ -1,0 +1,194 @@
+"""Policy: the model plus everything a robot loop needs around it (normalization, action queue, checkpoints).
+
+`LatentVLA` (models/vla.py) only ever sees normalized tensors. `Policy` owns the dataset statistics (saved with
+every checkpoint as `stats.json`, never baked into module buffers — the lerobot migration lesson), converts raw
+observations (uint8 HWC images, unnormalized state, instruction string) into a batch, unnormalizes and clips the
+chunk, and runs the action queue whose execution horizon may adapt to the recurrent depth used (RD-VLA §III-D).
+
+    Policy.from_pretrained(dir)       dir = a checkpoint dir, or a run dir (uses RUN/checkpoints/last)
+    policy.infer(obs) -> {"actions": (H, A) float32, "iterations": int | None, "cot_text": str | None}
+    policy.select_action(obs) -> (A,)  one action per control step from the queue
+    policy.reset()                     clear the queue at episode start
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from latentvla.config import PolicyConfig, config_from_dict, config_to_dict
+from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
+from latentvla.data.stats import Normalizer
+from latentvla.models.execution import make_horizon
+from latentvla.models.halting import make_halting
+from latentvla.models.vla import LatentVLA, SampleOutput
+from latentvla.train.curriculum import StageSpec, final_stage
+
+WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a checkpoint dir or a training run dir (RUN/checkpoints/last)."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        return path
+    last = path / "checkpoints" / "last"
+    if last.exists():
+        target = last.resolve() if last.is_symlink() or last.is_dir() else path / "checkpoints" / last.read_text().strip()
+        if (target / WEIGHTS).is_file():
+            return target
+    txt = path / "checkpoints" / "last.txt"
+    if txt.is_file():
+        target = path / "checkpoints" / txt.read_text().strip()
+        if (target / WEIGHTS).is_file():
+            return target
+    raise FileNotFoundError(
+        f"No checkpoint at {path}: expected {WEIGHTS} there or a training run with checkpoints/last "
+        "(train one with `latentvla train --preset ... --out RUN`)."
+    )
+
+
+class Policy(nn.Module):
+    """A trained (or freshly initialised) LatentVLA with its normalization stats and action queue."""
+
+    def __init__(self, config: PolicyConfig, normalizer: Normalizer) -> None:
+        super().__init__()
+        for key in (OBS_STATE, ACTION):
+            if key not in normalizer.keys:
+                raise ValueError(f"the normalizer has no stats for {key!r}; it knows {normalizer.keys}")
+        if normalizer.shape(ACTION) != (config.action_dim,) or normalizer.shape(OBS_STATE) != (config.state_dim,):
+            raise ValueError(
+                f"stats shapes (state {normalizer.shape(OBS_STATE)}, action {normalizer.shape(ACTION)}) do not match "
+                f"the policy config (state {config.state_dim}, action {config.action_dim})"
+            )
+        self.config = config
+        self.model = LatentVLA(config)
+        self.normalizer = normalizer
+        stats = normalizer.stats[ACTION]
+        self.action_low = np.asarray(stats["min"], dtype=np.float32)
+        self.action_high = np.asarray(stats["max"], dtype=np.float32)
+        self._queue: deque[np.ndarray] = deque()
+        self._horizon_rule = make_horizon(config.execution)
+        self.last_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, config: PolicyConfig, normalizer: Normalizer) -> Policy:
+        return cls(config, normalizer)
+
+    def save_pretrained(self, directory: str | Path, extra_config: dict | None = None) -> None:
+        """model.safetensors + config.json ({"policy": ..., **extra}) + stats.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS))
+        cfg = {"policy": config_to_dict(self.config), **(extra_config or {})}
+        (directory / CONFIG).write_text(json.dumps(cfg, indent=2))
+        (directory / STATS).write_text(json.dumps(self.normalizer.to_dict()))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> Policy:
+        ckpt = resolve_checkpoint(path)
+        for name in (CONFIG, STATS):
+            if not (ckpt / name).is_file():
+                raise FileNotFoundError(f"checkpoint {ckpt} is missing {name}")
+        raw = json.loads((ckpt / CONFIG).read_text())
+        config = config_from_dict(PolicyConfig, raw["policy"])
+        normalizer = Normalizer.from_dict(json.loads((ckpt / STATS).read_text()))
+        policy = cls(config, normalizer)
+        policy.model.load_state_dict(load_file(str(ckpt / WEIGHTS)))
+        return policy.to(device).eval()
+
+    # ------------------------------------------------------------------------------------------ verbs
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def compute_loss(self, batch: dict, stage: StageSpec | None = None):
+        return self.model.compute_loss(batch, stage or final_stage(self.config.curriculum))
+
+    @property
+    def metadata(self) -> dict:
+        """What a client needs to know (sent as the server's metadata frame)."""
+        c = self.config
+        return {
+            "preset": c.preset,
+            "action_dim": c.action_dim,
+            "horizon": c.horizon,
+            "state_dim": c.state_dim,
+            "cameras": list(c.cameras),
+            "image_size": c.image_size,
+            "action_low": self.action_low.tolist(),
+            "action_high": self.action_high.tolist(),
+            "head": c.head,
+            "modes": ["latent", "explicit", "none"],
+        }
+
+    def make_batch(self, observations: list[dict]) -> dict:
+        """Raw observations -> a normalized model batch on the policy's device."""
+        dev, size = self.device, self.config.image_size
+        batch: dict[str, Any] = {TASK: [str(o[TASK]) for o in observations]}
+        for cam in self.config.cameras:
+            key = f"{OBS_IMAGES}.{cam}"
+            imgs = []
+            for o in observations:
+                img = np.asarray(o[key])
+                if img.ndim != 3 or img.shape[-1] != 3 or img.shape[:2] != (size, size):
+                    raise ValueError(f"{key} must be uint8 ({size}, {size}, 3) HWC, got {img.shape} {img.dtype}")
+                imgs.append(img)
+            arr = torch.from_numpy(np.stack(imgs)).to(dev).permute(0, 3, 1, 2).float() / 255.0
+            batch[key] = arr
+        state = np.stack([np.asarray(o[OBS_STATE], dtype=np.float32) for o in observations])
+        batch[OBS_STATE] = torch.from_numpy(self.normalizer.normalize(OBS_STATE, state)).to(dev)
+        return batch
+
+    @torch.no_grad()
+    def sample(self, observations: list[dict], *, mode: str = "latent", iterations: int | None = None,
+               halting: Any = None, generator: torch.Generator | None = None) -> tuple[np.ndarray, SampleOutput]:
+        """Unnormalized, clipped (B, H, A) chunks and the raw SampleOutput."""
+        if isinstance(halting, str):
+            halting = make_halting(halting)
+        out = self.model.sample_actions(self.make_batch(observations), mode=mode, iterations=iterations,
+                                        halting=halting, generator=generator)
+        acts = self.normalizer.unnormalize(ACTION, out.actions.float().cpu().numpy())
+        if not np.isfinite(acts).all():
+            raise FloatingPointError("the model produced non-finite actions")
+        return np.clip(acts, self.action_low, self.action_high).astype(np.float32), out
+
+    def infer_batch(self, observations: list[dict], **kwargs: Any) -> list[dict]:
+        acts, out = self.sample(observations, **kwargs)
+        res = []
+        for i in range(len(observations)):
+            res.append({
+                "actions": acts[i],
+                "iterations": None if out.iterations is None else int(out.iterations[i]),
+                "cot_text": None if out.cot_text is None else out.cot_text[i],
+            })
+        return res
+
+    def infer(self, obs: dict, **kwargs: Any) -> dict:
+        return self.infer_batch([obs], **kwargs)[0]
+
+    def reset(self) -> None:
+        self._queue.clear()
+        self.last_info = {}
+
+    def select_action(self, obs: dict, **kwargs: Any) -> np.ndarray:
+        """One action per call; a new chunk is sampled when the queue runs dry. The number of actions queued from
+        each chunk follows the execution-horizon rule (fixed, or adaptive to the recurrent depth used)."""
+        if not self._queue:
+            res = self.infer(obs, **kwargs)
+            iters = res["iterations"] if res["iterations"] is not None else self.config.iterations
+            n = self._horizon_rule.horizon(int(iters), self.config.horizon)
+            self._queue.extend(res["actions"][:n])
+            self.last_info = {"iterations": res["iterations"], "executed": n, "cot_text": res["cot_text"]}
+        return self._queue.popleft()
