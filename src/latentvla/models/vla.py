@@ -20,7 +20,7 @@ Normalization, action queues and robot conversions live in `policy.py`, never he
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from latentvla.constants import (
 from latentvla.models import sequence as seq_lib
 from latentvla.models.action_expert import FlowMatchingExpert
 from latentvla.models.action_tokenizer import BinningActionTokenizer
-from latentvla.models.backbone import Backbone, BackboneOutput
+from latentvla.models.backbone import BackboneOutput, build_backbone
 from latentvla.models.ema import ema_update, make_ema
 from latentvla.models.recurrence import sample_depth
 from latentvla.models.recurrent_head import RecurrentDepthHead
@@ -86,11 +86,9 @@ class LatentVLA(nn.Module):
         self.cfg = cfg
         stages = cfg.curriculum.stages()
         self.final = final_stage(cfg.curriculum)
-        self.backbone = Backbone(
-            cfg.backbone,
-            image_size=cfg.image_size,
-            num_cameras=len(cfg.cameras),
-            num_action_bins=cfg.num_action_bins,
+        self.backbone = build_backbone(
+            replace(cfg.backbone, image_size=cfg.image_size, num_cameras=len(cfg.cameras),
+                    num_action_bins=cfg.num_action_bins)
         )
         width = self.backbone.width
         self.uses_visual = any(s.visual_latents for s in stages)
@@ -105,7 +103,7 @@ class LatentVLA(nn.Module):
         if cfg.head == "flow":
             self.head = FlowMatchingExpert(cfg.expert, width, cfg.action_dim, cfg.horizon, state_dim)
         else:
-            self.head = RecurrentDepthHead(cfg.recurrent, width, cfg.action_dim, state_dim)
+            self.head = RecurrentDepthHead(replace(cfg.recurrent, chunk=cfg.horizon), width, cfg.action_dim, state_dim)
         n = self.backbone.num_layers
         self.prelude_layer = n // 2  # RD-VLA taps h^(12) of 24 for the prelude ...
         self.core_layer = n  # ... and the last layer for core and coda
@@ -115,6 +113,10 @@ class LatentVLA(nn.Module):
     @property
     def tokenizer(self):
         return self.backbone.tokenizer
+
+    @property
+    def _action_offset(self) -> int:
+        return self.tokenizer.action_token_ids[0]  # bins 0..n-1 map to <act_0>..<act_n-1>
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters split into the two LR groups (LaRA Table 5: VLM 1e-5, expert 1e-4)."""
@@ -202,7 +204,7 @@ class LatentVLA(nn.Module):
             else None
         )
         action_ids = (
-            self.tokenizer.action_token_ids[self.action_tokenizer.encode(actions)]
+            self._action_offset + self.action_tokenizer.encode(actions)
             if stage.discrete_actions
             else None
         )
@@ -268,21 +270,13 @@ class LatentVLA(nn.Module):
             loss = self.head.loss(actions, ctx["context"], ctx["context_mask"], state, is_pad, generator=generator)
             return loss, {"loss_flow": loss.mean().item()}
         rc = self.cfg.recurrent
-        depth = sample_depth(generator, mean=rc.mean_recurrence, max_depth=rc.max_depth)
-        res = self.head(
-            ctx["prelude_context"],
-            ctx["core_latent_context"],
-            ctx["core_vision_context"],
-            state,
-            num_iterations=depth,
-            backprop_depth=rc.backprop_depth,
-            generator=generator,
+        # One depth per step for the whole batch (Huginn: all workers draw the same r), TBPTT through the last d.
+        depth = sample_depth(generator, mean=rc.mean_recurrence, sigma=rc.depth_sigma, max_depth=rc.max_depth)
+        loss, _ = self.head.loss(
+            actions, ctx["prelude_context"], ctx["core_latent_context"], ctx["core_vision_context"], state, is_pad,
+            num_iterations=depth, backprop_depth=rc.backprop_depth, generator=generator,
         )
-        keep = (~is_pad.bool()).to(actions.dtype).unsqueeze(-1)  # (B,H,1)
-        l1 = ((res.actions - actions).abs() * keep).sum(dim=(1, 2)) / (
-            keep.sum(dim=(1, 2)) * actions.shape[-1]
-        ).clamp(min=1)
-        return l1, {"loss_l1": l1.mean().item(), "iterations": float(depth)}
+        return loss, {"loss_l1": loss.mean().item(), "iterations": float(depth)}
 
     # ---------------------------------------------------------------------------------- verb 2: sample
 
@@ -340,8 +334,9 @@ class LatentVLA(nn.Module):
             )
         if not use_head:
             n_tok = self.cfg.horizon * self.cfg.action_dim
-            ids = self._greedy(out.hidden, seq, cache, n_tok, allowed=self.tokenizer.action_token_ids)
-            bins = ids - self.tokenizer.action_token_ids[0]
+            allowed = torch.arange(self._action_offset, self._action_offset + self.cfg.num_action_bins)
+            ids = self._greedy(out.hidden, seq, cache, n_tok, allowed=allowed.to(out.hidden.device))
+            bins = ids - self._action_offset
             return SampleOutput(self.action_tokenizer.decode(bins), thinking_latents=latents)
         ctx, state = self._head_contexts(out, seq), self._state(batch)
         if self.cfg.head == "flow":

@@ -1,0 +1,171 @@
+"""Per-call latency and recurrent-depth memory of one policy, all in one process (SPEC C16).
+
+What is timed is exactly what a robot pays per chunk: `Policy.sample` on one observation (batch 1), after
+warm-up, median and p90 over repeats:
+
+    no_reasoning_ms   image + instruction -> action output (no thinking, no <img_next>)
+    latent_ms         K thinking tokens (K+1 KV-cached passes) + 16 <img_next> + action output (LaRA inference)
+    explicit_ms       greedy CoT text decoding with the KV cache, then act (ECoT-style baseline)
+    rd_fixed_ms       recurrent head at fixed depths            (only when the checkpoint has a recurrent head)
+    rd_adaptive_ms    recurrent head with MSE halting (delta), and its mean iterations
+    rd_peak_mem_mb    peak live tensor memory of one call per depth: constant in depth is RD-VLA's claim
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU a `TorchDispatchMode` that tracks the bytes of
+every tensor storage created by an op and released when the last tensor using it dies. That counts what the
+model allocates (activations, scratchpad, caches), not the allocator's slack — deterministic and comparable
+across depths, which is the claim under test.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
+from latentvla.models.halting import MSEConvergence
+
+DEFAULT_DEPTHS = (1, 4, 8, 12, 32)
+
+
+class PeakTensorMemory(TorchDispatchMode):
+    """Peak bytes of live tensor storages created inside the context (CPU-friendly, exact for op outputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # data_ptr -> [nbytes, number of live tensors sharing it]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr == 0:
+                continue
+            if ptr in self.live:
+                self.live[ptr][1] += 1
+            else:
+                nbytes = t.untyped_storage().nbytes()
+                self.live[ptr] = [nbytes, 1]
+                self.current += nbytes
+                self.peak = max(self.peak, self.current)
+            weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def example_observation(policy, seed: int = 0, task: str = "pick up the puck and place it at the goal") -> dict:
+    """A deterministic synthetic observation with the policy's cameras, image size and state size."""
+    rng = np.random.default_rng(seed)
+    c = policy.config
+    obs: dict[str, Any] = {TASK: task, OBS_STATE: rng.normal(size=c.state_dim).astype(np.float32)}
+    for cam in c.cameras:
+        obs[f"{OBS_IMAGES}.{cam}"] = rng.integers(0, 256, size=(c.image_size, c.image_size, 3), dtype=np.uint8)
+    return obs
+
+
+def _time_calls(fn, warmup: int, repeats: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90))}
+
+
+def _peak_mb(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    tracker = PeakTensorMemory()
+    with tracker:
+        fn()
+    return tracker.peak / 2**20
+
+
+def bench_latency(policy, *, warmup: int = 2, repeats: int = 10, depths=DEFAULT_DEPTHS, delta: float = 1e-3,
+                  max_depth: int = 32, seed: int = 0, progress=None) -> dict:
+    """The latency report (see module docstring for the keys)."""
+    obs = example_observation(policy, seed)
+    gen = torch.Generator(device=policy.device)
+
+    def call(**kw):
+        gen.manual_seed(seed)
+        return policy.sample([obs], generator=gen, **kw)
+
+    report: dict[str, Any] = {"device": str(policy.device), "preset": policy.config.preset, "head": policy.config.head}
+    jobs: list[tuple[str, dict]] = [("no_reasoning", {"mode": "none"}), ("latent", {"mode": "latent"}),
+                                    ("explicit", {"mode": "explicit"})]
+    recurrent = policy.config.head == "recurrent"
+    if recurrent:
+        jobs += [(f"rd_fixed_{k}", {"mode": "latent", "iterations": k}) for k in depths]
+        jobs.append(("rd_adaptive", {"mode": "latent", "iterations": max_depth, "halting": MSEConvergence(delta)}))
+    timings = {}
+    for name, kw in jobs:
+        if progress:
+            progress(name)
+        timings[name] = _time_calls(lambda kw=kw: call(**kw), warmup, repeats)
+    report["no_reasoning_ms"] = timings["no_reasoning"]["median"]
+    report["latent_ms"] = timings["latent"]["median"]
+    report["explicit_ms"] = timings["explicit"]["median"]
+    report["p90_ms"] = {k: v["p90"] for k, v in timings.items()}
+    _, explicit_out = call(mode="explicit")
+    report["explicit_cot_tokens"] = len(policy.model.tokenizer.encode(explicit_out.cot_text[0]))
+    report["num_thinking_tokens"] = policy.model.final.num_thinking
+    if recurrent:
+        report["rd_fixed_ms"] = {str(k): timings[f"rd_fixed_{k}"]["median"] for k in depths}
+        report["rd_adaptive_ms"] = timings["rd_adaptive"]["median"]
+        _, out = call(mode="latent", iterations=max_depth, halting=MSEConvergence(delta))
+        report["rd_adaptive_mean_iterations"] = float(out.iterations.float().mean())
+        report["rd_adaptive_delta"] = delta
+        report["rd_peak_mem_mb"] = {
+            str(k): _peak_mb(lambda k=k: call(mode="latent", iterations=k)) for k in depths
+        }
+    report["ratio_explicit_over_latent"] = report["explicit_ms"] / report["latent_ms"]
+    report["ratio_latent_over_no_reasoning"] = report["latent_ms"] / report["no_reasoning_ms"]
+    return report
+
+
+def format_table(report: dict) -> str:
+    """A markdown table of the report."""
+    rows = [("no reasoning", report["no_reasoning_ms"]), ("latent reasoning", report["latent_ms"]),
+            (f"explicit CoT ({report['explicit_cot_tokens']} tokens)", report["explicit_ms"])]
+    for k, v in report.get("rd_fixed_ms", {}).items():
+        rows.append((f"recurrent head, {k} iterations", v))
+    if "rd_adaptive_ms" in report:
+        rows.append((f"recurrent head, adaptive (mean {report['rd_adaptive_mean_iterations']:.2f} it, "
+                     f"delta {report['rd_adaptive_delta']:g})", report["rd_adaptive_ms"]))
+    lines = ["| path | median ms/call |", "|---|---:|", *[f"| {n} | {v:.2f} |" for n, v in rows]]
+    lines += ["", f"explicit / latent = {report['ratio_explicit_over_latent']:.1f}x; "
+              f"latent / no-reasoning = {report['ratio_latent_over_no_reasoning']:.2f}x"]
+    if "rd_peak_mem_mb" in report:
+        mem = report["rd_peak_mem_mb"]
+        lines += ["", "| iterations | peak MB |", "|---:|---:|", *[f"| {k} | {v:.2f} |" for k, v in mem.items()]]
+        ks = list(mem)
+        if "4" in mem and "32" in mem:
+            lines.append(f"\npeak memory 32 vs 4 iterations: {mem['32'] / mem['4']:.3f}x")
+        elif len(ks) > 1:
+            lines.append(f"\npeak memory {ks[-1]} vs {ks[0]} iterations: {mem[ks[-1]] / mem[ks[0]]:.3f}x")
+    return "\n".join(lines)
