@@ -1,0 +1,187 @@
+"""Atomic checkpoints, keep-last-N, the `last` pointer and resume state (SPEC C14).
+
+Layout of one run:
+
+    RUN/checkpoints/000500/
+        model.safetensors     policy weights                    } written by Policy.save_pretrained, so the
+        config.json           {"policy": PolicyConfig,          } directory loads with
+                               "train": the full TrainConfig}   } Policy.from_pretrained(dir)
+        stats.json            normalizer statistics             }
+        training_state.pt     optimizer, step, sampler position, RNG states of python / numpy / torch (/ cuda)
+    RUN/checkpoints/last      symlink -> 000500   (+ last.txt holding "000500" where symlinks are unavailable)
+
+Atomicity: everything is written into `000500.tmp/`, fsync'ed, then `os.replace`d to `000500/` (a rename is
+atomic on POSIX); the pointer is swapped the same way afterwards. A kill at any moment leaves either a `*.tmp`
+directory or a complete checkpoint, and `latest_checkpoint` only ever returns complete ones.
+`training_state.pt` holds only tensors and plain Python values so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentvla.config import config_to_dict
+
+CHECKPOINTS = "checkpoints"
+LAST = "last"
+LAST_TXT = "last.txt"
+TRAINING_STATE = "training_state.pt"
+CONFIG = "config.json"
+REQUIRED_FILES = ("model.safetensors", CONFIG, "stats.json", TRAINING_STATE)
+_STEP_DIR = re.compile(r"^\d{6,}$")
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"{step:06d}"
+
+
+def is_complete(path: str | Path) -> bool:
+    """True for a finished checkpoint directory (not `*.tmp`, every required file present)."""
+    path = Path(path)
+    return path.is_dir() and bool(_STEP_DIR.match(path.name)) and all((path / f).is_file() for f in REQUIRED_FILES)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if is_complete(p)), key=lambda p: int(p.name))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint, or None. Ignores `*.tmp` and incomplete directories.
+
+    The directory scan (not the pointer) is the source of truth: a kill between the rename and the pointer swap
+    leaves a complete checkpoint newer than `last`, and that one is the right place to resume from.
+    """
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on this platform / filesystem: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _point_last(root: Path, name: str) -> None:
+    """Swap `last` (symlink) and `last.txt` to `name`, each atomically."""
+    link_tmp = root / (LAST + ".tmp")
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    try:
+        os.symlink(name, link_tmp)
+        os.replace(link_tmp, root / LAST)
+    except OSError:  # filesystems without symlinks: last.txt alone carries the pointer
+        pass
+    _write_text_atomic(root / LAST_TXT, name + "\n")
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    policy: Any,
+    train_config: Any,
+    training_state: dict,
+    keep_last: int = 2,
+    rng_states: list[dict] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically, move the `last` pointer, prune to the newest `keep_last`.
+
+    `policy` is a Policy (its `save_pretrained` writes weights, config and stats); `training_state` is the dict
+    from the loop (optimizer state, sampler position, ...). `rng_states` holds one `get_rng_state()` per rank
+    (DDP ranks draw different noise); it defaults to this process's state.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():  # left by an earlier kill
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    policy.save_pretrained(tmp, extra_config={"train": config_to_dict(train_config)})
+    rng_states = rng_states if rng_states is not None else [get_rng_state()]
+    torch.save({**training_state, "step": step, "rng": rng_states}, tmp / TRAINING_STATE)
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if final.exists():  # re-saving a step (e.g. a resumed run that ends where it started): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _point_last(root, final.name)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old)
+    return final
+
+
+def load_training_state(ckpt_dir: str | Path) -> dict:
+    """The dict saved by `save_checkpoint` (optimizer, step, sampler position, rng, ...)."""
+    path = Path(ckpt_dir) / TRAINING_STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {ckpt_dir} is not a complete training checkpoint")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_train_config_dict(ckpt_dir: str | Path) -> dict:
+    """The TrainConfig dict stored under "train" in the checkpoint's config.json."""
+    data = json.loads((Path(ckpt_dir) / CONFIG).read_text())
+    if "train" not in data:
+        raise ValueError(f"{Path(ckpt_dir) / CONFIG} has no 'train' section: not a training checkpoint")
+    return data["train"]
+
+
+# --------------------------------------------------------------------------------------------- RNG state
+
+
+def get_rng_state() -> dict:
+    """RNG states of python, numpy and torch (and CUDA when present) as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of `get_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,111 @@
+"""LR schedule shape (warm-up + cosine, restarted at curriculum boundaries), AdamW groups, sampler sharding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from latentvla.train.curriculum import CurriculumConfig, StageSpec, stage_boundaries
+from latentvla.train.optim import ADAM_BETAS, build_optimizer, lr_multiplier, no_decay_param_ids, set_lrs
+from latentvla.train.sampler import ResumableBatchSampler
+
+
+def test_single_stage_warmup_then_cosine():
+    total = 100
+    m = [lr_multiplier(s, [0], total, warmup_frac=0.1, min_lr_frac=0.1) for s in range(total)]
+    assert m[:10] == pytest.approx([(k + 1) / 10 for k in range(10)])  # linear warm-up to 1.0
+    assert m[10] == pytest.approx(1.0)  # cosine starts at the peak
+    assert all(a >= b for a, b in zip(m[10:], m[11:]))  # then decays monotonically ...
+    assert m[-1] == pytest.approx(0.1)  # ... to min_lr_frac at the last step
+    mid = 10 + (total - 10 - 1) / 2
+    assert lr_multiplier(int(mid), [0], total, 0.1, 0.1) == pytest.approx(0.55, abs=0.02)
+
+
+def test_schedule_restarts_at_every_stage_boundary():
+    total = 100
+    bounds = [s for s, _ in stage_boundaries(CurriculumConfig("lara"), total)]
+    assert bounds == [0, 20, 30, 40, 50]
+    m = [lr_multiplier(s, bounds, total, warmup_frac=0.2, min_lr_frac=0.0) for s in range(total)]
+    for i, start in enumerate(bounds):
+        end = bounds[i + 1] if i + 1 < len(bounds) else total
+        seg = m[start:end]
+        warm = max(1, round(0.2 * (end - start)))
+        assert seg[0] == pytest.approx(1 / warm)  # a fresh warm-up at each stage start
+        assert max(seg) == pytest.approx(1.0)
+        assert seg[-1] == pytest.approx(0.0, abs=1e-12)  # each stage decays fully
+        if start > 0:
+            assert m[start] < m[start - 1] or m[start - 1] == 0.0
+
+
+def test_no_warmup_and_bad_inputs():
+    assert lr_multiplier(0, [0], 10, 0.0, 0.0) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="boundaries"):
+        lr_multiplier(0, [3], 10, 0.1, 0.1)
+    with pytest.raises(ValueError, match="outside"):
+        lr_multiplier(10, [0], 10, 0.1, 0.1)
+    with pytest.raises(ValueError, match="warmup_frac"):
+        lr_multiplier(0, [0], 10, 1.5, 0.1)
+
+
+class _Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.query_tokens = nn.Parameter(torch.zeros(4, 8))
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 2)
+
+
+def test_optimizer_groups_betas_and_no_decay():
+    toy = _Toy()
+    groups = {"backbone": [toy.embed.weight, toy.query_tokens, *toy.proj.parameters(), *toy.norm.parameters()],
+              "head": list(toy.head.parameters())}  # fmt: skip
+    opt = build_optimizer(groups, 1e-4, 1e-3, 0.05, no_decay_param_ids(toy))
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert set(by_name) == {"backbone/decay", "backbone/no_decay", "head/decay", "head/no_decay"}
+    decayed = {id(p) for p in by_name["backbone/decay"]["params"]}
+    assert decayed == {id(toy.proj.weight)}  # embeddings, learned tokens, norms, biases: no decay
+    assert (
+        by_name["backbone/no_decay"]["weight_decay"] == 0.0 and by_name["backbone/decay"]["weight_decay"] == 0.05
+    )
+    assert by_name["head/decay"]["lr"] == 1e-3 and by_name["backbone/decay"]["lr"] == 1e-4
+    assert all(g["betas"] == ADAM_BETAS for g in opt.param_groups)
+    with pytest.raises(ValueError, match="unknown parameter group"):
+        build_optimizer({"vision": [toy.proj.weight]}, 1e-4, 1e-3, 0.0)
+    with pytest.raises(ValueError, match="more than one group"):
+        build_optimizer({"backbone": [toy.proj.weight], "head": [toy.proj.weight]}, 1e-4, 1e-3, 0.0)
+
+
+def test_set_lrs_applies_stage_multipliers():
+    toy = _Toy()
+    opt = build_optimizer(
+        {"backbone": list(toy.proj.parameters()), "head": list(toy.head.parameters())}, 1.0, 2.0, 0.0
+    )
+
+    class Cfg:
+        steps, warmup_frac, min_lr_frac = 10, 0.0, 0.0
+
+    stage = StageSpec("III", (), (), False, False, True, w_head=1.0, lr_backbone=0.5, lr_head=1.0)
+    lrs = set_lrs(opt, 0, stage, Cfg, [0])
+    assert lrs == {"lr_backbone": pytest.approx(0.5), "lr_head": pytest.approx(2.0)}
+    lrs = set_lrs(opt, 9, stage, Cfg, [0])
+    assert lrs["lr_head"] == pytest.approx(0.0, abs=1e-12)
+    assert all(math.isclose(g["lr"], lrs[f"lr_{g['group']}"]) for g in opt.param_groups)
+
+
+def test_sampler_resume_and_rank_shards_cover_the_global_batch():
+    full = ResumableBatchSampler(10, 4, seed=3)
+    it = iter(full)
+    first = [next(it) for _ in range(6)]  # 24 samples: crosses two epoch boundaries
+    assert sorted(sum(first[:2], []) + first[2][:2]) == list(range(10))  # epoch 0 is a permutation
+    resumed = iter(ResumableBatchSampler(10, 4, seed=3, start=3))
+    assert [next(resumed) for _ in range(3)] == first[3:]
+    shards = [ResumableBatchSampler(10, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for c in range(6):
+        assert shards[0].batch(c) + shards[1].batch(c) == first[c]
+    with pytest.raises(ValueError, match="divisible"):
+        ResumableBatchSampler(10, 3, seed=0, world_size=2)
