@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco (the sim test below)
+
+import contextlib
 import subprocess
 import sys
 import threading
@@ -62,6 +67,8 @@ class FakePolicy:
             actions = expected_actions(state, obs["observation.images.corner4"])
             if obs["task"] == "nan":
                 actions[2, 1] = np.nan
+            if obs["task"] == "refuse":  # what latentvla.policy.Policy raises on non-finite model output
+                raise FloatingPointError("the model produced non-finite actions")
             return {"actions": actions, "iterations": 3, "cot_text": f"{mode}: {obs['task']}"}
         finally:
             self.active -= 1
@@ -98,11 +105,12 @@ def served():
     server.stop()
 
 
+@contextlib.contextmanager
 def raw_connection(port: int):
-    ws = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None)
-    meta = ours.unpackb(ws.recv(timeout=5))
-    assert meta["action_dim"] == A
-    return ws
+    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
+        meta = ours.unpackb(ws.recv(timeout=5))
+        assert meta["action_dim"] == A
+        yield ws
 
 
 def ask(ws, frame) -> bytes | str:
@@ -262,8 +270,9 @@ def test_hundreds_of_malformed_messages_then_good_request(served):
 def test_nan_output_is_an_error_and_actions_are_clipped(served):
     _, port = served
     with raw_connection(port) as ws:
-        reply = ask(ws, ours.packb(lerobot_obs(task="nan")))
-        assert isinstance(reply, str) and "non-finite" in reply
+        for task in ("nan", "refuse"):
+            reply = ask(ws, ours.packb(lerobot_obs(task=task)))
+            assert isinstance(reply, str) and "non-finite" in reply
         obs = lerobot_obs()
         obs["observation.state"] = np.array([50.0, -50.0, 0.0, 0.0], np.float32)  # 0.1 * 50 = 5 -> clipped to 1
         actions = ours.unpackb(ask(ws, ours.packb(obs)))["actions"]
@@ -368,19 +377,35 @@ def test_client_package_imports_without_torch():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
-def test_resolve_checkpoint_follows_last_pointer(tmp_path):
-    from latentvla.scripts.serve import build_halting, resolve_checkpoint
+def test_cli_halting_arguments():
+    from latentvla.scripts.serve import halting_kwargs
 
-    run = tmp_path / "run"
-    (run / "checkpoints" / "000200").mkdir(parents=True)
-    assert resolve_checkpoint(run) == run  # no pointer: RUN itself is the checkpoint
-    (run / "checkpoints" / "last").write_text("000200\n")
-    assert resolve_checkpoint(run) == run / "checkpoints" / "000200"
-    (run / "checkpoints" / "last").unlink()
-    (run / "checkpoints" / "last").symlink_to(run / "checkpoints" / "000200")
-    assert resolve_checkpoint(run) == (run / "checkpoints" / "000200").resolve()
-    with pytest.raises(FileNotFoundError):
-        resolve_checkpoint(tmp_path / "nope")
-    assert build_halting("mse", 5e-4) == {"strategy": "mse", "delta": 5e-4}
-    with pytest.raises(ValueError, match="positive --delta"):
-        build_halting("mse", None)
+    assert halting_kwargs(None, None) is None
+    assert halting_kwargs("mse", 5e-4) == {"delta": 5e-4}
+    assert halting_kwargs("cosine", 0.99) == {"threshold": 0.99}
+    with pytest.raises(ValueError, match="--delta only makes sense"):
+        halting_kwargs(None, 1e-3)
+
+
+@pytest.mark.sim
+def test_robot_loop_drives_metaworld_through_the_server(capsys):
+    pytest.importorskip("metaworld")
+    from latentvla.client import robot_loop
+
+    class UpPolicy:  # constant "move up" chunks; the camera frame must arrive resized to 64x64
+        metadata = {**FakePolicy.metadata, "cameras": ["corner4"], "image_size": 64}
+
+        def infer(self, obs, **kwargs):
+            assert obs["observation.images.corner4"].shape == (64, 64, 3) and obs["task"]
+            return {"actions": np.tile(np.array([0, 0, 0.5, 0], np.float32), (H, 1)), "iterations": None}
+
+    server = PolicyServer(UpPolicy(), "127.0.0.1", 0)
+    port = server.start_in_thread()
+    try:
+        with WebsocketPolicyClient("127.0.0.1", port, timeout=5) as client:
+            result = robot_loop.run_metaworld_episode(client, "reach", 0, 64, "corner4", max_steps=12)
+        assert result.steps == 12 and result.queries == 3 and not result.success  # 12 steps / H=5 -> 3 chunks
+        assert robot_loop.main(["--port", str(port), "--task", "reach", "--max-steps", "3", "--timeout", "5"]) == 0
+        assert "reach: 0/1 successful" in capsys.readouterr().out
+    finally:
+        server.stop()

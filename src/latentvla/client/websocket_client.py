@@ -6,6 +6,7 @@ a deadline (the server may still be loading its checkpoint), a receive timeout, 
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -13,6 +14,10 @@ from websockets.exceptions import InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 from latentvla.client import msgpack_numpy
+
+# websockets >= 17 warns when `connect()` is not used as a context manager unless `legacy=True` is passed; older
+# releases (>= 13 is supported) do not know the flag. This client holds one connection for its whole life.
+_LEGACY = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 
 class PolicyServerError(RuntimeError):
@@ -51,6 +56,7 @@ class WebsocketPolicyClient:
                     max_size=None,
                     additional_headers=self._headers,
                     open_timeout=max(0.1, deadline - time.monotonic()),
+                    **_LEGACY,
                 )
                 break
             except (OSError, InvalidHandshake, TimeoutError) as e:  # refused / not up yet / still loading

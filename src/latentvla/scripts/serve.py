@@ -4,44 +4,33 @@
     latentvla serve runs/rdvla --iterations 8            # fixed recurrent depth
     latentvla serve runs/rdvla --halting mse --delta 5e-4  # adaptive depth (RD-VLA §III-C, Eq. 7)
 
-RUN is a checkpoint directory or a training run directory (then `RUN/checkpoints/last` is followed).
+RUN is a checkpoint directory or a training run directory (then `RUN/checkpoints/last` is followed, by
+`latentvla.policy.resolve_checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 HALTING_CHOICES = ("mse", "cosine")
 
 
-def resolve_checkpoint(run: str | Path) -> Path:
-    """The checkpoint directory for `run`: `run/checkpoints/last` (symlink or pointer file) if present, else `run`."""
-    run = Path(run)
-    if not run.exists():
-        raise FileNotFoundError(f"{run} does not exist: pass a checkpoint directory or a training run directory.")
-    last = run / "checkpoints" / "last"
-    if last.is_dir():  # a symlink to the step directory
-        return last.resolve()
-    if last.is_file():  # a pointer file holding the step directory name (or a path)
-        target = Path(last.read_text().strip())
-        target = target if target.is_absolute() else last.parent / target
-        if not target.is_dir():
-            raise FileNotFoundError(f"{last} points to {target}, which is not a directory.")
-        return target
-    return run
+def halting_kwargs(name: str | None, delta: float | None) -> dict | None:
+    """Keyword arguments for `make_halting(name, ...)`, or None for fixed depth.
 
-
-def build_halting(name: str | None, delta: float | None) -> dict | None:
-    """Halting spec passed to `Policy.infer(halting=...)`: {"strategy": name, "delta": δ} or None (fixed depth)."""
+    `--delta` is the MSE threshold δ for "mse" (RD-VLA Eq. 7; the paper's best is 5e-4) and the similarity
+    threshold for "cosine" (0.999 in the RD-VLA code).
+    """
     if name is None:
         if delta is not None:
             raise ValueError("--delta only makes sense with --halting mse|cosine.")
         return None
-    if delta is None or delta <= 0:
-        raise ValueError(f"--halting {name} needs a positive --delta (RD-VLA uses 5e-4 for mse), got {delta}.")
-    return {"strategy": name, "delta": float(delta)}
+    if name == "mse":
+        return {} if delta is None else {"delta": float(delta)}
+    if name == "cosine":
+        return {} if delta is None else {"threshold": float(delta)}
+    raise ValueError(f"Unknown halting rule {name!r}; use one of {', '.join(HALTING_CHOICES)}.")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,11 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to accept remote robots)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--mode", choices=("latent", "explicit"), default="latent", help="reasoning mode at inference")
+    p.add_argument(
+        "--mode", choices=("latent", "explicit", "none"), default="latent", help="reasoning mode at inference"
+    )
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--iterations", type=int, default=None, help="fixed recurrent depth K (RD-VLA head)")
     depth.add_argument("--halting", choices=HALTING_CHOICES, default=None, help="adaptive-depth halting rule")
-    p.add_argument("--delta", type=float, default=None, help="halting threshold δ (with --halting)")
+    p.add_argument("--delta", type=float, default=None, help="mse: threshold δ; cosine: similarity threshold")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger requests (error frame)")
     p.add_argument("--max-batch", type=int, default=8, help="max requests batched across clients")
@@ -65,11 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    halting = build_halting(args.halting, args.delta)
-    path = resolve_checkpoint(args.run)
-    from latentvla.policy import Policy  # torch import stays out of `latentvla --help`
+    kwargs = halting_kwargs(args.halting, args.delta)
+    # torch imports stay out of `latentvla --help`
+    from latentvla.models.halting import make_halting
+    from latentvla.policy import Policy, resolve_checkpoint
     from latentvla.serve.server import run_server
 
+    halting = None if kwargs is None else make_halting(args.halting, **kwargs)
+    path = resolve_checkpoint(args.run)  # RUN/checkpoints/last when RUN is a training run
     print(f"loading {path}", flush=True)
     policy = Policy.from_pretrained(path, device=args.device)
     run_server(

@@ -57,6 +57,14 @@ def healthz(connection: ServerConnection, request: Request) -> Response | None:
     return None
 
 
+def _describe(halting: Any) -> str | None:
+    """A msgpack-safe description of the halting rule for the metadata frame, e.g. "MSEConvergence(delta=0.0005)"."""
+    if halting is None or isinstance(halting, str):
+        return halting
+    params = ", ".join(f"{k}={v}" for k, v in vars(halting).items() if isinstance(v, int | float | str))
+    return f"{type(halting).__name__}({params})"
+
+
 @dataclass
 class _Job:
     obs: dict
@@ -178,7 +186,7 @@ class PolicyServer:
         meta["serve"] = {
             "mode": mode,
             "iterations": iterations,
-            "halting": None if halting is None else str(halting),
+            "halting": _describe(halting),
         }
         self._metadata_frame = msgpack_numpy.packb(meta)  # fail now, not per connection, if unpackable
         infer_batch = getattr(policy, "infer_batch", None)
@@ -245,6 +253,9 @@ class PolicyServer:
         try:
             obs = await asyncio.to_thread(self._decode, message)
             outcome = await self._batcher.submit(obs)
+            # latentvla.policy.Policy raises FloatingPointError on non-finite output: a refusal, not a crash
+            if isinstance(outcome.error, FloatingPointError | PolicyOutputError):
+                raise PolicyOutputError(str(outcome.error))
             if outcome.error is not None:
                 log.error("policy.infer failed:\n%s", outcome.trace)
                 return f"Internal server error in policy.infer:\n{outcome.trace}", True
