@@ -59,9 +59,14 @@ class DatasetFormatError(ValueError):
 # --- per-episode column encoding ---------------------------------------------------------------------------
 
 
+def _is_text(value: Any) -> bool:
+    """Per-frame string columns are lists of str; everything else becomes a numpy array."""
+    return isinstance(value, list | tuple) and len(value) > 0 and isinstance(value[0], str)
+
+
 def _feature_spec(key: str, value: Any) -> dict[str, Any]:
     """info.json `features` entry for one episode column (values are per-frame arrays/lists)."""
-    if isinstance(value, list):
+    if _is_text(value):
         return {"dtype": "string", "shape": [1], "names": None}
     arr = np.asarray(value)
     if key.startswith(OBS_IMAGES):
@@ -229,7 +234,7 @@ class DatasetWriter:
                 raise KeyError(f"Episode {key!r} has no {required!r} (it has: {', '.join(sorted(episode))}).")
         if not isinstance(episode[TASK], str) or not episode[TASK]:
             raise ValueError(f"Episode {key!r}: 'task' must be a non-empty instruction string.")
-        columns = {k: v for k, v in episode.items() if k != TASK}
+        columns = {k: (list(v) if _is_text(v) else np.asarray(v)) for k, v in episode.items() if k != TASK}
         for k in columns:
             if k in STANDARD_COLUMNS and k != "timestamp":
                 raise ValueError(f"Episode {key!r}: column {k!r} is assigned by the writer; remove it.")
@@ -243,6 +248,13 @@ class DatasetWriter:
                 raise ValueError(f"Episode {key!r}: {k!r} has {len(v)} frames but 'action' has {length}.")
             if k.startswith(OBS_IMAGES) and not (np.asarray(v).dtype == np.uint8 and np.asarray(v).ndim == 4):
                 raise ValueError(f"Episode {key!r}: {k!r} must be uint8 (T, H, W, 3), got {np.asarray(v).shape}.")
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise ValueError(f"Episode {key!r}: {k!r} contains NaN or inf; refusing to write it.")
+        for k, v in meta.items():
+            if not isinstance(v, (bool, int, float, str, np.generic)) and v is not None:
+                raise TypeError(
+                    f"Episode {key!r}: meta {k!r} must be a scalar (bool/int/float/str), got {type(v)}."
+                )
         bad_meta = set(meta) & _RESERVED_META
         if bad_meta or any(k.startswith(("stats/", "data/", "meta/")) for k in meta):
             raise ValueError(
