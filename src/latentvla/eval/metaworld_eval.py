@@ -1,0 +1,353 @@
+"""Seeded Meta-World evaluation of a policy (SPEC C15): rollouts, LeRobot-schema `eval_info.json`, table, videos.
+
+    info = evaluate("runs/lara", ["pick-place-v3", "reach-v3"], episodes=10, out_dir="runs/lara/eval")
+
+Held-out by construction: every episode resets with `split="eval"`, whose SeedSequence stream is independent of
+the `split="train"` stream `collect` uses (envs/metaworld.py). Deterministic for a fixed seed: episode i of
+task T starts from the same state, and torch is re-seeded from (seed, T, i) at the start of each episode and
+a dedicated generator drives the flow-matching noise / the recurrent head's initial state, so a result does
+not depend on which worker ran it or in which order. Workers use one torch thread each (the same kernels in
+every process) and are spawned, not forked (MuJoCo's EGL context and torch's thread pools do not survive fork).
+
+`eval_info.json` follows `lerobot-eval` (`per_task` entries with `task_group`/`task`/`metrics`, `per_group`,
+`overall` with `pc_success`, `n_episodes`, `eval_s`, plus `video_paths`), extended with what latent-reasoning
+policies need: mean episode length, mean recurrent iterations (RD-VLA Table II) and per-call latency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentvla.constants import OBS_IMAGES
+from latentvla.envs.metaworld_tasks import SUITES, TASK_IDS, resolve_tasks
+from latentvla.eval.runtime import ActionRecorder, FrameRecorder, run_episode
+
+DIFFICULTY_GROUPS = ("easy", "medium", "hard", "very_hard")  # LeRobot's Meta-World task groups
+HALTING_ARG = {"mse": "delta", "cosine": "threshold"}  # the one numeric argument of each halting strategy
+VIDEO_FPS = 20
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How every episode of one evaluation is run (shipped to the workers)."""
+
+    run_dir: str
+    mode: str = "latent"
+    iterations: int | None = None  # fixed recurrent depth; with `halting`, the cap (None: the config's default)
+    halting: str | None = None  # "mse:5e-4", "cosine:0.999", "fixed" or None
+    seed: int = 0
+    max_steps: int = 500
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("latent", "explicit", "none"):
+            raise ValueError(f"mode must be 'latent', 'explicit' or 'none', got {self.mode!r}")
+        if self.iterations is not None and self.iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        if self.seed < 0 or self.max_steps < 1:
+            raise ValueError(f"seed must be >= 0 and max_steps >= 1, got {self.seed}, {self.max_steps}")
+        parse_halting(self.halting)  # fail in the parent, not in every worker
+
+
+def parse_halting(spec: str | None):
+    """ "mse:5e-4" -> MSEConvergence(delta=5e-4); "cosine:0.999"; "fixed"; None -> None (fixed depth)."""
+    if spec is None:
+        return None
+    from latentvla.models.halting import make_halting
+
+    name, _, value = spec.partition(":")
+    if not value:
+        if name in HALTING_ARG:
+            raise ValueError(f"halting {name!r} needs a threshold, e.g. '{name}:5e-4' (RD-VLA's best mse δ)")
+        return make_halting(name)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"halting threshold in {spec!r} is not a number; write e.g. 'mse:5e-4'") from None
+    if name not in HALTING_ARG:
+        raise ValueError(f"halting {name!r} takes no threshold; use one of {sorted(HALTING_ARG)} with ':value'")
+    return make_halting(name, **{HALTING_ARG[name]: number})
+
+
+def episode_torch_seed(seed: int, task: str, episode: int) -> int:
+    """The torch seed of one episode: independent of worker and order (see module docstring)."""
+    return int(np.random.SeedSequence([seed, TASK_IDS[task], episode, 0x5EED]).generate_state(1)[0])
+
+
+def task_group(task: str) -> str:
+    return next((g for g in DIFFICULTY_GROUPS if task in SUITES[g]), "other")
+
+
+class MetaWorldEpisode:
+    """`runtime.Environment` over a MetaWorldEnv: one fixed held-out episode (split="eval")."""
+
+    def __init__(self, env: Any, episode: int, seed: int) -> None:
+        self.env, self.episode, self.seed = env, episode, seed
+        self.success, self._done, self._obs = False, False, None
+
+    def reset(self) -> None:
+        self._obs, _ = self.env.reset(episode=self.episode, split="eval", seed=self.seed)
+        self.success, self._done = False, False
+
+    def observe(self) -> dict:
+        return self._obs
+
+    def apply_action(self, action: dict) -> None:
+        self._obs, _, terminated, truncated, info = self.env.step(action["action"])
+        self.success = self.success or bool(info["success"])
+        self._done = bool(terminated or truncated)
+
+    def is_done(self) -> bool:
+        return self._done
+
+
+class PolicyAgent:
+    """`runtime.Agent` over a `Policy`: one action per step from its queue, seeded noise per episode."""
+
+    def __init__(self, policy: Any, settings: EvalSettings, torch_seed: int) -> None:
+        import torch
+
+        self.policy, self.settings, self.torch_seed = policy, settings, torch_seed
+        self.generator = torch.Generator(device=policy.device)
+
+    def reset(self) -> None:
+        import torch
+
+        torch.manual_seed(self.torch_seed)  # anything not drawing from the generator is seeded too
+        self.generator.manual_seed(self.torch_seed)
+        self.policy.reset()
+
+    def get_action(self, observation: dict) -> dict:
+        before = self.policy.last_info
+        s = self.settings
+        action = self.policy.select_action(
+            observation, mode=s.mode, iterations=s.iterations, halting=parse_halting(s.halting),
+            generator=self.generator,
+        )  # fmt: skip
+        info = self.policy.last_info
+        chunk = info is not before  # select_action builds a fresh last_info dict exactly when it ran inference
+        return {"action": action, "chunk": chunk, "iterations": info.get("iterations") if chunk else None}
+
+
+# ------------------------------------------------------------------------------------------------- workers
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(settings: EvalSettings, threads: int = 1) -> None:
+    """Load the policy once per process; envs are built lazily, one per task."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import torch
+
+    from latentvla.policy import Policy
+
+    torch.set_num_threads(threads)
+    _WORKER.update(settings=settings, policy=Policy.from_pretrained(settings.run_dir), envs={})
+
+
+def _run_job(task: str, episode: int, video_stem: str | None) -> dict:
+    from latentvla.envs.metaworld import MetaWorldConfig, MetaWorldEnv
+
+    settings, policy, envs = _WORKER["settings"], _WORKER["policy"], _WORKER["envs"]
+    if task not in envs:
+        cfg = policy.config
+        envs[task] = MetaWorldEnv(
+            MetaWorldConfig(task=task, cameras=tuple(cfg.cameras), image_size=cfg.image_size,
+                            max_steps=settings.max_steps)
+        )  # fmt: skip
+    env = MetaWorldEpisode(envs[task], episode, settings.seed)
+    agent = PolicyAgent(policy, settings, episode_torch_seed(settings.seed, task, episode))
+    actions = ActionRecorder()
+    frames = FrameRecorder(f"{OBS_IMAGES}.{policy.config.cameras[0]}") if video_stem else None
+    result = run_episode(env, agent, settings.max_steps, [actions] + ([frames] if frames else []))
+    videos = write_video(frames.frames, video_stem) if frames else []
+    return {"task": task, "episode": episode, **asdict(result), "actions": np.stack(actions.actions),
+            "video_paths": videos}  # fmt: skip
+
+
+def write_video(frames: list[np.ndarray], stem: str | Path, fps: int = VIDEO_FPS) -> list[str]:
+    """GIF via Pillow (always) and MP4 via PyAV when `av` is importable; returns the written paths."""
+    from PIL import Image
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    gif = stem.with_suffix(".gif")
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    paths = [str(gif)]
+    try:
+        import av
+    except ImportError:
+        return paths
+    mp4 = stem.with_suffix(".mp4")
+    with av.open(str(mp4), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+        container.mux(stream.encode())
+    return paths + [str(mp4)]
+
+
+def _run_jobs(settings: EvalSettings, jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
+    results, wins = [], 0
+
+    def done(res: dict) -> None:
+        nonlocal wins
+        results.append(res)
+        wins += int(res["success"])
+        bar.update(1)
+        bar.set_postfix(success=f"{100 * wins / len(results):.0f}%")
+
+    if workers <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            _init_worker(settings)
+            for job in jobs:
+                done(_run_job(*job))
+        finally:
+            torch.set_num_threads(threads)
+            for env in _WORKER.get("envs", {}).values():
+                env.close()
+            _WORKER.clear()
+    else:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(settings,)) as pool:
+            for fut in as_completed([pool.submit(_run_job, *job) for job in jobs]):
+                done(fut.result())
+    bar.close()
+    return sorted(results, key=lambda r: (r["task"], r["episode"]))
+
+
+# --------------------------------------------------------------------------------------------- reporting
+
+
+def _metrics(rows: list[dict]) -> dict:
+    lat = [x for r in rows for x in r["latencies_ms"]]
+    its = [x for r in rows for x in r["iterations"]]
+    return {
+        "pc_success": 100.0 * float(np.mean([r["success"] for r in rows])),
+        "n_episodes": len(rows),
+        "avg_length": float(np.mean([r["length"] for r in rows])),
+        "avg_iterations": float(np.mean(its)) if its else None,
+        "n_calls": len(lat),
+        "latency_ms_median": float(np.median(lat)) if lat else None,
+        "latency_ms_p90": float(np.percentile(lat, 90)) if lat else None,
+    }
+
+
+def summarize(results: list[dict], tasks: list[str], eval_s: float, settings: EvalSettings) -> dict:
+    """LeRobot-schema eval info from per-episode results."""
+    per_task = []
+    for task in tasks:
+        rows = [r for r in results if r["task"] == task]
+        metrics = {**_metrics(rows), "successes": [bool(r["success"]) for r in rows],
+                   "lengths": [r["length"] for r in rows],
+                   "video_paths": [p for r in rows for p in r["video_paths"]]}  # fmt: skip
+        per_task.append({"task_group": task_group(task), "task": task, "metrics": metrics})
+    groups = sorted({t["task_group"] for t in per_task})
+    per_group = {g: _metrics([r for r in results if task_group(r["task"]) == g]) for g in groups}
+    video_paths = [p for r in results for p in r["video_paths"]]
+    overall = {**_metrics(results), "eval_s": eval_s, "eval_ep_s": eval_s / max(1, len(results)),
+               "video_paths": video_paths}  # fmt: skip
+    config = {**asdict(settings), "tasks": tasks}
+    return {"per_task": per_task, "per_group": per_group, "overall": overall, "video_paths": video_paths,
+            "config": config}  # fmt: skip
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def markdown_table(info: dict) -> str:
+    """Per-task rows plus an overall row."""
+    lines = ["| task | group | success % | episodes | avg length | avg iterations | latency ms (median / p90) |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    rows = [(t["task"], t["task_group"], t["metrics"]) for t in info["per_task"]]
+    rows.append(("**overall**", "", info["overall"]))
+    for name, group, m in rows:
+        lat = f"{_fmt(m['latency_ms_median'], '.1f')} / {_fmt(m['latency_ms_p90'], '.1f')}"
+        lines.append(f"| {name} | {group} | {m['pc_success']:.1f} | {m['n_episodes']} | {m['avg_length']:.1f} | "
+                     f"{_fmt(m['avg_iterations'], '.2f')} | {lat} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def iterations_histogram(iterations: list[int], path: str | Path, title: str = "") -> None:
+    """Histogram of the recurrent depth used per inference call (adaptive halting, RD-VLA Fig. 5 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    hi = max(iterations)
+    ax.hist(iterations, bins=np.arange(0.5, hi + 1.5), color="tab:blue", edgecolor="white")
+    ax.set_xlabel("recurrent iterations per call")
+    ax.set_ylabel("calls")
+    ax.set_title(title or f"adaptive depth (mean {np.mean(iterations):.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate(
+    run_dir: str | Path,
+    tasks: str | list[str],
+    episodes: int,
+    *,
+    mode: str = "latent",
+    iterations: int | None = None,
+    halting: str | None = None,
+    seed: int = 0,
+    max_steps: int = 500,
+    workers: int = 2,
+    video_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a policy on held-out Meta-World episodes; writes eval_info.json / eval_table.md to `out_dir`.
+
+    `tasks`: names and/or suites (comma-separated string or list). `video_dir`: GIF (and MP4 with PyAV) of
+    the first episode of each task. Cameras and image size come from the policy's config.
+    """
+    from latentvla.policy import resolve_checkpoint
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    resolve_checkpoint(run_dir)  # a clear error before any worker starts
+    names = resolve_tasks(tasks)
+    settings = EvalSettings(str(run_dir), mode, iterations, halting, seed, max_steps)
+    vdir = Path(video_dir) if video_dir is not None else None
+    jobs = [(t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
+            for t in names for e in range(episodes)]  # fmt: skip
+    start = time.perf_counter()
+    results = _run_jobs(settings, jobs, max(1, min(workers, len(jobs))), progress)
+    info = summarize(results, names, time.perf_counter() - start, settings)
+    info["episodes"] = [{k: v for k, v in r.items() if k != "actions"} for r in results]
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+        (out / "eval_table.md").write_text(markdown_table(info))
+        its = [x for r in results for x in r["iterations"]]
+        if halting is not None and its:
+            iterations_histogram(
+                its, out / "iterations_hist.png", f"{halting}: mean {np.mean(its):.2f} iterations"
+            )
+    # In memory only (not written): the executed actions per (task, episode), for determinism checks.
+    info["actions"] = {(r["task"], r["episode"]): r["actions"] for r in results}
+    return info

@@ -1,0 +1,46 @@
+"""`latentvla analyze <what>`: analyses of a trained policy (SPEC C18).
+
+    latentvla analyze latents runs/lara --dataset data/mw4 --out runs/lara/latents.png
+    latentvla analyze latents runs/lara --dataset data/mw4 --out latents_tsne.png --method tsne --max-samples 300
+
+`latents` plots the thinking-token latents coloured by CoT component (LaRA-VLA Fig. 6) and writes the
+separation scores (silhouette, nearest-centroid accuracy) to the plot's path with a .json suffix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("analyze", help="analyses of a trained policy", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="analyze_command", metavar="WHAT")
+    lat = sub.add_parser(
+        "latents", help="thinking-token latents by CoT component (PCA / t-SNE + separation score)"
+    )
+    lat.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
+    lat.add_argument("--dataset", required=True, help="LeRobot dataset directory to draw frames from")
+    lat.add_argument("--out", required=True, help="output PNG (scores go next to it as .json)")
+    lat.add_argument("--max-samples", type=int, default=512, help="dataset frames to use (evenly spread)")
+    lat.add_argument(
+        "--method", choices=("pca", "tsne"), default="pca", help="2-D projection (tsne: scikit-learn)"
+    )
+    lat.add_argument("--seed", type=int, default=0)
+    lat.add_argument("--batch-size", type=int, default=32)
+    lat.set_defaults(func=main_latents)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def main_latents(args: argparse.Namespace) -> int:
+    from latentvla.eval.latents import analyze_latents
+
+    try:
+        res = analyze_latents(args.run, args.dataset, args.out, max_samples=args.max_samples, method=args.method,
+                              seed=args.seed, batch_size=args.batch_size)  # fmt: skip
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in res.items() if k not in ("run", "dataset")}, indent=2))
+    return 0
