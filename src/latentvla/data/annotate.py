@@ -1,0 +1,346 @@
+"""Automatic chain-of-thought annotation (LaRA-VLA §3.2, no human in the loop).
+
+Per episode, from the end-effector trajectory, the gripper opening and (when recorded) contact/object motion:
+
+1. Temporal anchors (`segment_episode`). Grasp-type tasks: the gripper closing starts `grasp`, the closed
+   hold is `transport`, re-opening is `release`, the rest `retract`; before the first closure `approach`.
+   Push-type tasks: the first gripper-target contact (or the target starting to move) starts `contact`, which
+   lasts until the target has moved `CONTACT_MOVE` metres; then `push` until the last contact/motion frame,
+   then `retract`. A grasp-type episode whose gripper never closes falls back to the push vocabulary.
+   Keyframes are the first frame of every segment plus the last frame of the episode.
+2. Semantic anchor: the target name of `envs.metaworld_tasks` (fallback: the noun after the first article of
+   the instruction, e.g. "open the *drawer*").
+3. Subtask text per segment naming the target ("move toward the puck", "grasp the puck", ...).
+4. Target box per frame from a `data.boxes.BoxSource`.
+5. Motion reasoning. Global = (end-effector position at the current segment's end keyframe - now),
+   local = (next frame - now), each turned into direction words.
+
+Axis convention (Meta-World world frame, checked against the env: the robot base is at y ~ 0 and the table
+extends to +y; the camera `behindGripper` looks along +y with +x to its right):
+    +x = right, -x = left, +y = forward (away from the robot base), -y = backward, +z = up, -z = down.
+Dead-zone: an axis is named only when |delta| >= the dead-zone (GLOBAL_DEADZONE = 1 cm for the global
+motion, LOCAL_DEADZONE = 1 mm for the one-step local motion, since one action moves the hand <= 1 cm) AND
+|delta| >= DOMINANCE x the largest |delta| (0.3, so a small drift next to a large motion is not named).
+No axis named -> "stay". Words combine as "forward-left and up".
+
+Stage-I string (4 decimals; invisible boxes print as zeros, their `cot.bbox_visible` is False):
+    "Subtask: grasp the puck BBox: [0.4123 0.5010 0.4522 0.5391] Reasoning: globally move down, ..."
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from latentvla import constants as K
+from latentvla.data.boxes import BoxSource, ProjectedGeometryBoxes
+
+GLOBAL_DEADZONE = 0.01  # metres
+LOCAL_DEADZONE = 0.001  # metres
+DOMINANCE = 0.3
+GRIPPER_EPS = 2e-3  # per-step change of the normalized opening that counts as closing / opening
+MIN_GRIPPER_RANGE = 0.1  # an episode "closes the gripper" only if the opening varies by at least this much
+CONTACT_MOVE = 0.01  # metres the target moves before `contact` turns into `push`
+OBJECT_MOVING = 1e-3  # metres per step: the target counts as being moved
+SETTLE_FRAMES = 3
+NEAR_OBJECT = 0.1  # metres: the hand must be this close for the target's motion to count as contact
+PHRASE_EPS = 0.01  # per-step opening change named as "close/open the gripper" outside grasp/release
+CLOSED_BELOW = 0.9  # normalized opening under which the gripper is described as closed
+
+GRASP_SEGMENTS = ("approach", "grasp", "transport", "release", "retract")
+PUSH_SEGMENTS = ("approach", "contact", "push", "retract")
+PUSH_VERBS = ("push", "pull", "press", "turn", "rotate", "slide", "open", "close", "unplug", "sweep", "kick")
+_ARTICLES = ("the", "a", "an")
+# Columns of meta/episodes that the writer assigns itself (not carried over as meta when re-writing).
+_EPISODE_COLUMNS = ("episode_index", "length", "tasks", "key", "dataset_from_index", "dataset_to_index")
+
+
+# ---------------------------------------------------------------------------------------- temporal anchors
+def _run_end(delta: np.ndarray, start: int, sign: int) -> int:
+    """First index >= start where the per-step change `delta` stops moving in direction `sign`."""
+    t = start
+    while t < len(delta) and sign * delta[t] > GRIPPER_EPS:
+        t += 1
+    return t
+
+
+def _run_start(delta: np.ndarray, end: int, sign: int) -> int:
+    """Earliest index <= end such that the gripper moves in direction `sign` on every step from it to `end`."""
+    t = end
+    while t > 0 and sign * delta[t - 1] > GRIPPER_EPS:
+        t -= 1
+    return t
+
+
+def grasp_boundaries(gripper: np.ndarray) -> list[tuple[str, int]] | None:
+    """[(segment, start_frame), ...] from the gripper opening (T,), or None when it never closes.
+
+    Closed/open use hysteresis at the midpoint of the episode's opening range, so the elastic rebound of the
+    fingers on a grasped object (e.g. 0.38 -> 0.47) is not mistaken for a release.
+    """
+    g = np.asarray(gripper, dtype=np.float64).reshape(-1)
+    if len(g) < 2 or g.max() - g.min() < MIN_GRIPPER_RANGE:
+        return None
+    mid = 0.5 * (g.max() + g.min())
+    delta = np.diff(g)  # delta[t] = g[t+1] - g[t]
+    closed = np.flatnonzero(g < mid)
+    if len(closed) == 0 or g[0] < mid:  # starts closed: not a grasp trajectory
+        return None
+    t_cross = int(closed[0])
+    t_grasp = _run_start(delta, t_cross, -1)
+    t_transport = _run_end(delta, t_cross, -1)  # first frame the fingers stopped closing
+    bounds = [("approach", 0), ("grasp", t_grasp), ("transport", t_transport)]
+    reopened = np.flatnonzero(g[t_transport:] >= mid)
+    if len(reopened):
+        t_open = t_transport + int(reopened[0])
+        t_release = max(_run_start(delta, t_open, +1), t_transport)
+        bounds += [("release", t_release), ("retract", _run_end(delta, t_open, +1))]
+    return _clean(bounds, len(g))
+
+
+def push_boundaries(
+    contact: np.ndarray | None, object_pos: np.ndarray | None, length: int, ee: np.ndarray | None = None
+) -> list[tuple[str, int]]:
+    """[(segment, start_frame), ...] from a contact flag (T,) and/or the target position (T, 3).
+
+    A frame counts as "touching" when the contact flag is set, or when the target moves by more than
+    OBJECT_MOVING while the end effector is within NEAR_OBJECT of it (so objects settling after a reset, far
+    from the hand, do not count). The first SETTLE_FRAMES frames never count (reset artefacts: in
+    drawer-close the hand spawns touching the drawer).
+    """
+    touching = np.zeros(length, dtype=bool)
+    if contact is not None:
+        touching |= np.asarray(contact).reshape(length) > 0.5
+    moved = None
+    if object_pos is not None:
+        pos = np.asarray(object_pos, dtype=np.float64).reshape(length, 3)
+        step = np.linalg.norm(np.diff(pos, axis=0), axis=1) > OBJECT_MOVING
+        if ee is not None:
+            near = np.linalg.norm(np.asarray(ee, np.float64).reshape(length, 3) - pos, axis=1) < NEAR_OBJECT
+            step &= near[:-1]
+        touching[:-1] |= step
+        moved = pos
+    touching[:SETTLE_FRAMES] = False  # the hand is placed at reset and may start touching; not a contact
+    if not touching.any():
+        return [("approach", 0)]
+    t_contact, t_last = int(np.argmax(touching)), int(length - 1 - np.argmax(touching[::-1]))
+    t_push = t_contact + 1
+    if moved is not None:
+        dist = np.linalg.norm(moved[t_contact:] - moved[t_contact], axis=1)
+        far = np.flatnonzero(dist >= CONTACT_MOVE)
+        t_push = t_contact + int(far[0]) if len(far) else t_last + 1
+    bounds = [
+        ("approach", 0),
+        ("contact", t_contact),
+        ("push", max(t_push, t_contact + 1)),
+        ("retract", t_last + 1),
+    ]
+    return _clean(bounds, length)
+
+
+def _clean(bounds: list[tuple[str, int]], length: int) -> list[tuple[str, int]]:
+    """Drop empty segments (start >= next start or >= length); keep the order."""
+    out = []
+    for i, (name, start) in enumerate(bounds):
+        end = bounds[i + 1][1] if i + 1 < len(bounds) else length
+        if start < min(end, length):
+            out.append((name, start))
+    return out
+
+
+def segment_episode(gripper: np.ndarray, *, motion: str = "grasp", contact: np.ndarray | None = None,
+                    object_pos: np.ndarray | None = None, ee: np.ndarray | None = None,
+                    ) -> tuple[list[str], list[int]]:  # fmt: skip
+    """Per-frame segment names (T,) and keyframes (segment starts + the last frame)."""
+    length = len(np.asarray(gripper).reshape(-1))
+    bounds = grasp_boundaries(gripper) if motion == "grasp" else None
+    if bounds is None:
+        bounds = push_boundaries(contact, object_pos, length, ee)
+    names: list[str] = []
+    for i, (name, start) in enumerate(bounds):
+        end = bounds[i + 1][1] if i + 1 < len(bounds) else length
+        names += [name] * (end - start)
+    keyframes = [start for _, start in bounds] + [length - 1]
+    return names, sorted(set(keyframes))
+
+
+# ---------------------------------------------------------------------------------------- language
+def target_noun(instruction: str) -> str:
+    """Fallback semantic anchor: the word after the first article ("open the drawer" -> "drawer")."""
+    words = [w.strip(".,;:!?").lower() for w in instruction.split()]
+    for i, w in enumerate(words[:-1]):
+        if w in _ARTICLES:
+            return words[i + 1]
+    return words[-1] if words else "object"
+
+
+def subtask_text(segment: str, target: str, instruction: str = "") -> str:
+    """Subtask sentence for a segment, naming the target."""
+    verb = instruction.split()[0].lower() if instruction.split() else "push"
+    verb = verb if verb in PUSH_VERBS else "push"
+    texts = {
+        "approach": f"move toward the {target}",
+        "grasp": f"grasp the {target}",
+        "transport": f"carry the {target} to the goal",
+        "release": f"release the {target}",
+        "retract": "retract the gripper",
+        "contact": f"make contact with the {target}",
+        "push": f"{verb} the {target}",
+    }
+    if segment not in texts:
+        raise ValueError(f"Unknown segment {segment!r}; expected one of {sorted(texts)}")
+    return texts[segment]
+
+
+def direction_words(delta: np.ndarray, deadzone: float) -> str:
+    """World-frame displacement (3,) -> "forward-left and up" / "down" / "stay" (see module docstring)."""
+    d = np.asarray(delta, dtype=np.float64).reshape(3)
+    big = np.abs(d).max()
+    named = (np.abs(d) >= deadzone) & (np.abs(d) >= DOMINANCE * big)
+    horizontal = [
+        ("forward" if d[1] > 0 else "backward") if named[1] else "",
+        ("right" if d[0] > 0 else "left") if named[0] else "",
+    ]
+    horizontal = "-".join(w for w in horizontal if w)
+    vertical = ("up" if d[2] > 0 else "down") if named[2] else ""
+    words = " and ".join(w for w in (horizontal, vertical) if w)
+    return words or "stay"
+
+
+def gripper_phrase(segment: str, g_now: float, g_next: float) -> str:
+    """What the gripper does now: fixed by the grasp segments, else from the next opening change."""
+    if segment == "grasp":
+        return "close the gripper"
+    if segment == "release":
+        return "open the gripper"
+    if segment != "transport":  # transport: fingers rebound on the object; that is not opening
+        if g_next < g_now - PHRASE_EPS:
+            return "close the gripper"
+        if g_next > g_now + PHRASE_EPS:
+            return "open the gripper"
+    return "keep the gripper closed" if g_now < CLOSED_BELOW else "keep the gripper open"
+
+
+def motion_phrase(delta: np.ndarray, deadzone: float) -> str:
+    """ "move forward-left and up" or "stay"."""
+    words = direction_words(delta, deadzone)
+    return words if words == "stay" else f"move {words}"
+
+
+def reasoning_text(global_delta: np.ndarray, local_delta: np.ndarray, gripper: str) -> str:
+    """ "globally move forward and down, locally move down, close the gripper"."""
+    return (f"globally {motion_phrase(global_delta, GLOBAL_DEADZONE)}, "
+            f"locally {motion_phrase(local_delta, LOCAL_DEADZONE)}, {gripper}")  # fmt: skip
+
+
+def stage1_text(subtask: str, bbox: np.ndarray, reasoning: str) -> str:
+    """The full Stage-I CoT string with a 4-decimal box."""
+    box = " ".join(f"{v:.4f}" for v in np.asarray(bbox, dtype=np.float64).reshape(4))
+    return f"Subtask: {subtask} BBox: [{box}] Reasoning: {reasoning}"
+
+
+# ---------------------------------------------------------------------------------------- episodes
+def _ee_and_gripper(episode: dict) -> tuple[np.ndarray, np.ndarray]:
+    if K.PRIV_EE_POS in episode and K.PRIV_GRIPPER in episode:
+        return (np.asarray(episode[K.PRIV_EE_POS], np.float64).reshape(-1, 3),
+                np.asarray(episode[K.PRIV_GRIPPER], np.float64).reshape(-1))  # fmt: skip
+    if K.OBS_STATE not in episode or np.asarray(episode[K.OBS_STATE]).shape[-1] < 4:
+        raise KeyError(f"Annotation needs {K.PRIV_EE_POS} + {K.PRIV_GRIPPER}, or {K.OBS_STATE} with hand xyz + "
+                       "gripper opening in its first 4 dims; this episode has neither.")  # fmt: skip
+    state = np.asarray(episode[K.OBS_STATE], np.float64)
+    return state[:, :3], state[:, 3]
+
+
+def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, box_source: BoxSource | None,
+                     camera: str = K.DEFAULT_CAMERA) -> dict:  # fmt: skip
+    """The cot.* columns (constants.COT_*) for one episode (see the module docstring for the pipeline)."""
+    from latentvla.envs.metaworld_tasks import TASKS, canonical_task
+
+    spec = None
+    if task_name is not None:
+        try:
+            spec = TASKS[canonical_task(task_name)]
+        except ValueError:
+            spec = None
+    target = spec.target if spec else target_noun(instruction)
+    ee, grip = _ee_and_gripper(episode)
+    length = len(ee)
+    segments, keyframes = segment_episode(
+        grip, motion=spec.motion if spec else "grasp",
+        contact=episode.get(K.PRIV_CONTACT), object_pos=episode.get(K.PRIV_OBJECT_POS), ee=ee,
+    )  # fmt: skip
+    if box_source is None:
+        bbox, visible = np.zeros((length, 4), np.float32), np.zeros(length, bool)
+    else:
+        bbox, visible = box_source.boxes(episode, camera)
+    nxt = np.minimum(np.arange(length) + 1, length - 1)
+    seg_end = np.array([next((k for k in keyframes if k > t), length - 1) for t in range(length)])
+    subtasks, reasonings, texts = [], [], []
+    for t in range(length):
+        sub = subtask_text(segments[t], target, instruction)
+        phrase = gripper_phrase(segments[t], grip[t], grip[nxt[t]])
+        rea = reasoning_text(ee[seg_end[t]] - ee[t], ee[nxt[t]] - ee[t], phrase)
+        subtasks.append(sub)
+        reasonings.append(rea)
+        texts.append(stage1_text(sub, bbox[t], rea))
+    return {
+        K.COT_SEGMENT: segments,
+        K.COT_SUBTASK: subtasks,
+        K.COT_BBOX: np.asarray(bbox, np.float32),
+        K.COT_BBOX_VISIBLE: np.asarray(visible, bool),
+        K.COT_REASONING: reasonings,
+        K.COT_TEXT: texts,
+    }
+
+
+def default_box_source(episode: dict, camera: str) -> BoxSource | None:
+    """ProjectedGeometryBoxes when the episode has the privileged corners + camera, else None."""
+    if K.PRIV_TARGET_CORNERS in episode and f"{K.PRIV_CAMERA}{camera}" in episode:
+        return ProjectedGeometryBoxes()
+    return None
+
+
+def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, camera: str | None = None) -> dict:
+    """Annotate every episode of the dataset at `root` and replace it atomically; returns a summary."""
+    from latentvla.data.lerobot_format import DatasetWriter, LeRobotDatasetReader
+
+    root = Path(root)
+    reader = LeRobotDatasetReader(root)
+    cams = [k.removeprefix(f"{K.OBS_IMAGES}.") for k in reader.camera_keys]
+    camera = camera or (cams[0] if cams else K.DEFAULT_CAMERA)
+    tmp = root.with_name(f"{root.name}.annotating")
+    writer = DatasetWriter(
+        tmp, fps=reader.fps, robot_type=reader.info.get("robot_type", "unknown"), overwrite=True
+    )
+    frames = boxed = 0
+    warned = set()
+    for i in range(reader.num_episodes):
+        ep, meta = reader.episode(i), dict(reader.episodes[i])
+        ep["episode_index"] = i
+        if K.PRIV_EE_POS not in ep and "ee" not in warned:
+            warned.add("ee")
+            print(f"annotate: no {K.PRIV_EE_POS}/{K.PRIV_GRIPPER}; using {K.OBS_STATE}[:4] as hand xyz + gripper")
+        source = box_source or default_box_source(ep, camera)
+        if source is None and "box" not in warned:
+            warned.add("box")
+            warnings.warn(f"No box source for camera {camera!r} (no privileged corners/camera and no --boxes-jsonl):"
+                          " every cot.bbox is flagged not visible.", stacklevel=2)  # fmt: skip
+        cols = annotate_episode(ep, task_name=meta.get("task_name"), instruction=str(ep[K.TASK]),
+                                box_source=source, camera=camera)  # fmt: skip
+        ep.update(cols)
+        ep.pop("episode_index")
+        frames += len(cols[K.COT_SEGMENT])
+        boxed += int(cols[K.COT_BBOX_VISIBLE].sum())
+        keep = {k: v for k, v in meta.items() if k not in _EPISODE_COLUMNS and "/" not in k and np.isscalar(v)}
+        writer.add_episode(ep, key=str(meta.get("key") or f"episode/{i:06d}"), meta=keep)
+    extra = {k: v for k, v in reader.info.items() if k.startswith("latentvla")}
+    writer.finalize(extra_info=extra or None)
+    old = root.with_name(f"{root.name}.old")
+    os.replace(root, old)  # two renames: the dataset at `root` is always complete (old or new)
+    os.replace(tmp, root)
+    shutil.rmtree(old)
+    return {"episodes": reader.num_episodes, "frames": frames, "visible_box_fraction": boxed / max(frames, 1)}

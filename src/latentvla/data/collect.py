@@ -1,0 +1,181 @@
+"""Scripted-expert demonstration collection for Meta-World (C12), annotated with CoT on the fly (C13).
+
+For every task, episodes 0, 1, 2, ... of the "train" split (see `envs.metaworld` for the seeding scheme) are
+rolled out with Meta-World's scripted expert until `episodes_per_task` succeed or `2 * episodes_per_task`
+were attempted. Only successful episodes are kept; the per-task and overall expert success rates are
+returned and stored in `meta/info.json` under "latentvla_collect".
+
+Per frame we record the observation *before* the action (images, state), the action, the timestamp, the
+instruction and the privileged simulator state (constants.PRIV_*), then annotate the episode with
+`data.annotate.annotate_episode` (projected simulator boxes). An episode ends `stop_after_success` frames
+after the first success (so the final frames show the finished task and the gripper moving away), or at
+`max_steps`.
+
+Episodes are rolled out by `workers` processes (spawned, each with its own envs and renderer, 1 BLAS/OMP
+thread); the parent writes them with `DatasetWriter`, which keeps everything in `<out>.partial/` until
+`finalize`, so an interrupted run never looks complete. `resume=True` skips episodes already written (their
+key is "<task>/train/<episode:04d>"); the attempt counters of the interrupted run live in
+`<out>.collect.json` next to the partial directory until finalize.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from latentvla import constants as K
+
+ROBOT_TYPE = "sawyer"
+_ENVS: dict = {}  # per worker process: (task, cameras, size, max_steps) -> MetaWorldEnv
+
+
+def _init_worker() -> None:
+    # Each worker renders on its own core; extra BLAS/OMP/llvmpipe threads only fight over the 2 cores.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS"):
+        os.environ[var] = "1"
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
+def _env(task: str, cameras: tuple[str, ...], image_size: int, max_steps: int):
+    from latentvla.envs.metaworld import MetaWorldConfig, MetaWorldEnv
+
+    key = (task, cameras, image_size, max_steps)
+    if key not in _ENVS:
+        _ENVS[key] = MetaWorldEnv(
+            MetaWorldConfig(task, cameras=cameras, image_size=image_size, max_steps=max_steps)
+        )
+    return _ENVS[key]
+
+
+def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], image_size: int, max_steps: int,
+            stop_after_success: int) -> tuple[dict, dict]:  # fmt: skip
+    """One expert episode -> (episode dict with cot.* columns, meta). Runs in a worker process."""
+    from latentvla.data.annotate import annotate_episode
+    from latentvla.data.boxes import ProjectedGeometryBoxes
+    from latentvla.envs.metaworld import episode_seed
+
+    env = _env(task, cameras, image_size, max_steps)
+    obs, _ = env.reset(episode=episode, split="train", seed=seed)
+    frames: dict[str, list] = {}
+    success_at = None
+    for t in range(max_steps):
+        action = env.expert_action(obs)
+        row = {k: v for k, v in obs.items() if k != K.TASK} | env.privileged() | {K.ACTION: action}
+        for k, v in row.items():
+            frames.setdefault(k, []).append(v)
+        obs, _, _, truncated, info = env.step(action)
+        if info["success"] and success_at is None:
+            success_at = t
+        if truncated or (success_at is not None and t - success_at >= stop_after_success):
+            break
+    ep = {k: np.stack(v) for k, v in frames.items()}
+    ep[K.TASK] = env.spec.instruction
+    ep["timestamp"] = (np.arange(len(ep[K.ACTION])) / env.fps).astype(np.float32)
+    ep.update(annotate_episode(ep, task_name=task, instruction=env.spec.instruction,
+                               box_source=ProjectedGeometryBoxes(), camera=cameras[0]))  # fmt: skip
+    meta = {"success": success_at is not None, "task_name": task, "episode": episode,
+            "episode_seed": episode_seed(task, "train", episode, seed), "success_step": -1 if success_at is None else success_at}  # fmt: skip
+    return ep, meta
+
+
+def _run_job(job: tuple) -> tuple[str, int, dict | None, dict]:
+    task, episode, kwargs = job
+    ep, meta = rollout(task, episode, **kwargs)
+    return task, episode, (ep if meta["success"] else None), meta
+
+
+def _key(task: str, episode: int) -> str:
+    return f"{task}/train/{episode:04d}"
+
+
+def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int, out: str | Path, seed: int = 0,
+            workers: int = 1, cameras: Sequence[str] = (K.DEFAULT_CAMERA,), max_steps: int = 500,
+            resume: bool = False, stop_after_success: int = 10, overwrite: bool = False,
+            progress: bool = True) -> dict:  # fmt: skip
+    """Collect, annotate and write a LeRobot v3.0 dataset of successful expert episodes; returns a summary."""
+    from tqdm import tqdm
+
+    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.envs.metaworld import FPS, MetaWorldConfig, require_sim
+    from latentvla.envs.metaworld_tasks import resolve_tasks
+
+    require_sim()
+    names = resolve_tasks(tasks)
+    if episodes_per_task < 1 or workers < 1 or stop_after_success < 0:
+        raise ValueError("episodes_per_task and workers must be >= 1 and stop_after_success >= 0")
+    cameras = tuple(cameras)
+    MetaWorldConfig(names[0], cameras=cameras, image_size=image_size, max_steps=max_steps)  # validate early
+    out = Path(out)
+    writer = DatasetWriter(out, fps=FPS, robot_type=ROBOT_TYPE, resume=resume, overwrite=overwrite)
+    counters_path = out.with_name(out.name + ".collect.json")
+    counters = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
+    done = writer.done_keys()
+    stats = {t: counters.get(t, {"attempts": 0, "successes": 0, "next": 0}) for t in names}
+    for t in names:  # episodes already on disk count as successes even without a counters file
+        kept = sum(_key(t, e) in done for e in range(2 * episodes_per_task))
+        stats[t]["successes"] = max(stats[t]["successes"], kept)
+        stats[t]["attempts"] = max(stats[t]["attempts"], kept)
+    kwargs = dict(seed=seed, cameras=cameras, image_size=image_size, max_steps=max_steps,
+                  stop_after_success=stop_after_success)  # fmt: skip
+    start, frames, written = time.perf_counter(), 0, 0
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_init_worker) if workers > 1 else None
+    bar = tqdm(total=len(names) * episodes_per_task, desc="collect", unit="ep", disable=not progress)
+    bar.update(sum(s["successes"] for s in stats.values()))
+    try:
+        while jobs := _next_wave(names, stats, episodes_per_task, done, kwargs):
+            results = pool.imap_unordered(_run_job, jobs) if pool else map(_run_job, jobs)
+            for task, episode, ep, meta in results:
+                stats[task]["attempts"] += 1
+                if ep is not None:
+                    writer.add_episode(ep, key=_key(task, episode), meta=meta)
+                    stats[task]["successes"] += 1
+                    frames, written = frames + len(ep[K.ACTION]), written + 1
+                    bar.update(1)
+                counters_path.write_text(json.dumps(stats))
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+    return _finish(writer, stats, names, start, (frames, written), out, counters_path)
+
+
+def _next_wave(names, stats, per_task, done, kwargs) -> list[tuple]:
+    """Jobs for every task still short of `per_task` successes (at most 2 * per_task attempts per task)."""
+    jobs = []
+    for t in names:
+        s = stats[t]
+        while s["successes"] + sum(j[0] == t for j in jobs) < per_task and s["next"] < 2 * per_task:
+            episode = s["next"]
+            s["next"] += 1
+            if _key(t, episode) not in done:
+                jobs.append((t, episode, kwargs))
+    return jobs
+
+
+def _finish(writer, stats, names, start, counts, out, counters_path) -> dict:
+    frames, written = counts
+    attempts = sum(stats[t]["attempts"] for t in names)
+    kept = sum(stats[t]["successes"] for t in names)
+    per_task = {t: {"attempts": stats[t]["attempts"], "successes": stats[t]["successes"],
+                    "success_rate": stats[t]["successes"] / max(stats[t]["attempts"], 1)} for t in names}  # fmt: skip
+    summary = {"episodes_kept": kept, "attempts": attempts, "success_rate": kept / max(attempts, 1),
+               "per_task": per_task, "frames_written_this_run": frames}  # fmt: skip
+    if kept == 0:
+        raise RuntimeError(f"The expert succeeded in none of {attempts} episodes; nothing to write to {out}.")
+    writer.finalize(extra_info={"latentvla_collect": summary})
+    counters_path.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    return summary | {"out": str(out), "seconds": seconds, "episodes_per_s": written / seconds}
