@@ -1,0 +1,207 @@
+"""The LaRA sequence layout (LaRA §3.3, Fig. 3 and 8), its attention masks per stage, and the CE targets.
+
+One row of a batch (columns left to right):
+
+    [IMAGE x n_image][PAD gap][instruction " @"][<sot>][<thinking> x K][<eot>][explicit CoT][PAD gap]
+    [<img_next> x n_img_next][action tokens x L | none in Stage III][<query> x n_query]
+
+The two PAD gaps make every block that later code indexes sit in the same columns in every row:
+- image tokens occupy columns [0, n_image) (fill them with `embeds[:, :n_image] = image_tokens`);
+- the left gap aligns <sot> and the thinking tokens (Coconut's collator, papers.md §1.8 step 1), so the
+  multi-pass forward splits every row at the same columns;
+- the right gap aligns <img_next>, action and query tokens.
+Pads are never attended and `position_ids` count only real tokens, so a gap changes nothing for the model.
+
+Segments: IMAGE, TEXT (instruction, " @", <sot>, <eot>, explicit CoT), THINKING, IMG_NEXT, ACTION, QUERY, PAD.
+
+Targets (already shifted, because of the gaps): `targets[b, t]` is the id the model must predict from position t,
+i.e. the next real token when that token is supervised, else -100. Supervised tokens (LaRA §1.6): explicit CoT
+text, the first <img_next> (the end-of-CoT signal explicit decoding stops on) and the action tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from enum import IntEnum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latentvla.models.tokenizer import Tokenizer
+
+IGNORE = -100
+
+
+class Segment(IntEnum):
+    IMAGE = 0
+    TEXT = 1
+    THINKING = 2
+    IMG_NEXT = 3
+    ACTION = 4
+    QUERY = 5
+    PAD = 6
+
+
+# Segments whose tokens attend bidirectionally within their own block (LaRA Fig. 3; RD-VLA latent tokens).
+BIDIRECTIONAL = (Segment.IMAGE, Segment.IMG_NEXT, Segment.QUERY)
+
+
+@dataclass
+class SequenceBatch:
+    """A laid-out batch. Index tensors are (B, n) column indices of each block (same columns in every row)."""
+
+    input_ids: Tensor  # (B, T) pad id at IMAGE placeholders, <thinking> at THINKING, <query> at QUERY
+    segments: Tensor  # (B, T) Segment values
+    position_ids: Tensor  # (B, T) 0.. over real tokens, 0 at pads
+    targets: Tensor  # (B, T) shifted CE targets, IGNORE where unsupervised
+    image_index: Tensor  # (B, n_image)
+    thinking_index: Tensor  # (B, K)
+    img_next_index: Tensor  # (B, n_img_next)
+    action_index: Tensor  # (B, L)
+    query_index: Tensor  # (B, n_query)
+
+    @property
+    def valid(self) -> Tensor:
+        """(B, T) True at real (non-pad) tokens: the `context_mask` the heads take."""
+        return self.segments != Segment.PAD
+
+    @property
+    def thinking_cols(self) -> list[int]:
+        """Columns of the thinking tokens (identical in every row), for `thinking.latent_forward`."""
+        return self.thinking_index[0].tolist() if self.thinking_index.numel() else []
+
+    def attention_mask(self) -> Tensor:
+        """(B, T, T) bool, True = may attend; see `attention_mask`."""
+        return attention_mask(self.segments)
+
+    def to(self, device: torch.device | str) -> SequenceBatch:
+        return SequenceBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def attention_mask(segments: Tensor, pad: Tensor | None = None) -> Tensor:
+    """(B, T) segments (and optional (B, T) bool `pad`, default segments == PAD) -> (B, T, T) bool mask.
+
+    Causal everywhere, plus bidirectional attention inside the IMAGE, IMG_NEXT and QUERY blocks (LaRA Fig. 3,
+    papers.md §1.3). Action tokens come after <img_next>, so causality already lets them see every img_next and
+    only earlier actions. Nobody attends to a pad; a pad row attends only to itself so softmax never sees an
+    all-masked row (which would give NaN).
+    """
+    B, T = segments.shape
+    is_pad = segments == Segment.PAD if pad is None else pad
+    real = ~is_pad
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    bidir = torch.zeros_like(segments, dtype=torch.bool)
+    for seg in BIDIRECTIONAL:
+        bidir |= segments == seg
+    same_block = (segments[:, :, None] == segments[:, None, :]) & bidir[:, :, None]
+    mask = (causal | same_block) & real[:, :, None] & real[:, None, :]
+    return mask | torch.eye(T, dtype=torch.bool, device=segments.device)
+
+
+def _check_args(
+    tok: Tokenizer, instructions, explicit_cot, n_latent, n_img_next, actions, n_query, n_image
+) -> None:
+    if isinstance(instructions, str) or not instructions:
+        raise ValueError("instructions must be a non-empty list of strings (one per sample).")
+    if explicit_cot is not None and len(explicit_cot) != len(instructions):
+        raise ValueError(f"explicit_cot has {len(explicit_cot)} entries for {len(instructions)} instructions.")
+    if min(n_latent, n_img_next, n_query, n_image) < 0:
+        raise ValueError("n_latent, n_img_next, n_query and n_image must be >= 0.")
+    if actions is not None:
+        ok = tok.action_token_ids
+        if actions.dim() != 2 or actions.shape[0] != len(instructions):
+            raise ValueError(
+                f"action_token_ids must be (B, L) with B = {len(instructions)}, got {tuple(actions.shape)}."
+            )
+        if actions.numel() and (actions.min() < ok.start or actions.max() >= ok.stop):
+            raise ValueError(f"action_token_ids must be vocabulary ids in [{ok.start}, {ok.stop}) (tokenizer."
+                             "action_token_ids[bin]), not raw bins.")  # fmt: skip
+
+
+def build_sequence(
+    tokenizer: Tokenizer,
+    instructions: Sequence[str],
+    explicit_cot: Sequence[str] | None = None,
+    n_latent: int = 0,
+    n_img_next: int = 16,
+    action_token_ids: Tensor | None = None,
+    n_query: int = 0,
+    *,
+    n_image: int,
+) -> SequenceBatch:
+    """Lay out a batch (see the module docstring). `explicit_cot[b]` is encoded verbatim after <eot>.
+
+    Stage I: n_latent=0 and the full CoT as explicit text; Stage II-k: n_latent=k and the remaining components
+    as text; Stage III: no `action_token_ids`. Inference prompts: explicit_cot=None (latent mode), or
+    n_img_next=0 to end the prompt at <eot> for explicit decoding.
+    """
+    _check_args(tokenizer, instructions, explicit_cot, n_latent, n_img_next, action_token_ids, n_query, n_image)
+    tok, B = tokenizer, len(instructions)
+    prefixes = [tok.encode(s.strip() + " @") + [tok.start_thinking_id] for s in instructions]
+    texts = [tok.encode(s) for s in explicit_cot] if explicit_cot is not None else [[] for _ in range(B)]
+    acts = action_token_ids.tolist() if action_token_ids is not None else [[] for _ in range(B)]
+    P, E = max(map(len, prefixes)), max(map(len, texts))
+    S = Segment
+    ids_rows, seg_rows, tgt_rows = [], [], []
+    for prefix, text, act in zip(prefixes, texts, acts):
+        blocks = [  # (ids, segment, supervised) in column order
+            ([tok.pad_id] * n_image, S.IMAGE, False),
+            ([tok.pad_id] * (P - len(prefix)), S.PAD, False),
+            (prefix, S.TEXT, False),
+            ([tok.thinking_id] * n_latent, S.THINKING, False),
+            ([tok.end_thinking_id], S.TEXT, False),
+            (text, S.TEXT, True),
+            ([tok.pad_id] * (E - len(text)), S.PAD, False),
+            ([tok.img_next_id] * n_img_next, S.IMG_NEXT, None),  # None: only the first one is supervised
+            (act, S.ACTION, True),
+            ([tok.query_id] * n_query, S.QUERY, False),
+        ]
+        ids = [i for b in blocks for i in b[0]]
+        segs = [int(b[1]) for b in blocks for _ in b[0]]
+        sup = [b[2] if b[2] is not None else j == 0 for b in blocks for j in range(len(b[0]))]
+        ids_rows.append(ids)
+        seg_rows.append(segs)
+        tgt_rows.append(_shifted_targets(ids, segs, sup))
+    input_ids, segments = torch.tensor(ids_rows), torch.tensor(seg_rows)
+    real = segments != S.PAD
+    position_ids = ((real.cumsum(1) - 1) * real).long()
+
+    def cols(start: int, n: int) -> Tensor:
+        return torch.arange(start, start + n).expand(B, n).contiguous()
+
+    think0 = n_image + P
+    img0 = think0 + n_latent + 1 + E
+    act0 = img0 + n_img_next
+    L = len(acts[0])
+    return SequenceBatch(input_ids, segments, position_ids, torch.tensor(tgt_rows), cols(0, n_image),
+                         cols(think0, n_latent), cols(img0, n_img_next), cols(act0, L), cols(act0 + L, n_query))  # fmt: skip
+
+
+def _shifted_targets(ids: list[int], segs: list[int], sup: list[bool]) -> list[int]:
+    """targets[t] = ids[next real t'] if sup[t'] else IGNORE, skipping PAD columns."""
+    out = [IGNORE] * len(ids)
+    prev = None
+    for t, seg in enumerate(segs):
+        if seg == Segment.PAD:
+            continue
+        if prev is not None and sup[t]:
+            out[prev] = ids[t]
+        prev = t
+    return out
+
+
+def lm_loss(logits_fn: Callable[[Tensor], Tensor], hidden: Tensor, targets: Tensor) -> Tensor:
+    """Per-sample mean CE over supervised positions -> (B,) (0 for rows with none).
+
+    `logits_fn` is `backbone.logits`; it runs only on supervised positions, so the vocabulary projection costs
+    nothing for image, thinking and img_next tokens.
+    """
+    sel = targets != IGNORE
+    per_token = F.cross_entropy(logits_fn(hidden[sel]), targets[sel], reduction="none")
+    rows = sel.nonzero()[:, 0]
+    total = torch.zeros(targets.shape[0], dtype=per_token.dtype, device=hidden.device).index_add(
+        0, rows, per_token
+    )
+    return total / sel.sum(1).clamp(min=1)
