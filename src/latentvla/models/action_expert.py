@@ -1,0 +1,220 @@
+"""Flow-matching DiT action expert (LaRA-VLA Stage III, papers.md §1.5; GR00T-N1.5-style head in [LC]).
+
+    context (B,T,Dc) ──────────────────────────────┐ (K/V of the cross-attention layers)
+    state (B,S) ─ MLP ─► [state token]              │
+    learned future tokens (F,W) ─► [future tokens]  ▼
+    x_t (B,H,A), t ─ Linear(a) ⊕ sin(t) ─ MLP ─► [action tokens] ─► DiT x depth ─► AdaLN ─► MLP ─► v (B,H,A)
+    t ─ sinusoid ─ MLP ─► c (B,W): AdaLN-Zero shift/scale/gate of every block
+
+Layer i cross-attends the context when i is even and self-attends the token sequence when i is odd (GR00T's
+`interleave_self_attention`). The time convention and all flow-matching maths live in `flow_matching.py`
+(t = 0 noise, t = 1 data, Euler from 0 to 1). Keys masked out by `context_mask` (False = padding) are ignored;
+the released LaRA code passes no mask, which is equivalent when there is no padding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from latentvla.models import flow_matching as fm
+
+
+@dataclass(frozen=True)
+class ActionExpertConfig:
+    """Size and schedule of the DiT expert. Paper scale: width 768, depth 16, heads 12, 32 future tokens."""
+
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    num_future_tokens: int = 8
+    use_state_token: bool = True
+    dropout: float = 0.0
+    num_steps: int = 4  # Euler steps at inference ([LC] num_inference_timesteps: 4)
+    time_sampling: str = "beta"  # "beta" (LaRA code) or "uniform" (LaRA paper)
+    ffn_mult: int = 4
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.depth < 1 or self.heads < 1:
+            raise ValueError(f"width, depth and heads must be >= 1, got {self.width}, {self.depth}, {self.heads}.")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}.")
+        if self.width % 2:
+            raise ValueError(f"width must be even for the sinusoidal time embedding, got {self.width}.")
+        if self.num_future_tokens < 0 or self.num_steps < 1 or self.ffn_mult < 1:
+            raise ValueError("num_future_tokens must be >= 0, num_steps >= 1 and ffn_mult >= 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.time_sampling not in fm.TIME_SAMPLERS:
+            raise ValueError(f"time_sampling must be one of {fm.TIME_SAMPLERS}, got {self.time_sampling!r}.")
+
+
+def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
+    """(B,) times in [0, 1] -> (B, dim) sin/cos features; t is scaled by 1000 like the code's timestep buckets."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * scale)[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class DiTBlock(nn.Module):
+    """AdaLN-Zero transformer block: (cross- or self-) attention, then a GELU MLP, both gated by c."""
+
+    def __init__(self, width: int, heads: int, ffn_mult: int, dropout: float, context_dim: int | None):
+        super().__init__()
+        self.heads, self.cross = heads, context_dim is not None
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.q = nn.Linear(width, width)
+        kv_in = context_dim if context_dim is not None else width
+        self.kv = nn.Linear(kv_in, 2 * width)
+        self.out = nn.Linear(width, width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, ffn_mult * width), nn.GELU(approximate="tanh"), nn.Linear(ffn_mult * width, width)
+        )
+        self.drop = nn.Dropout(dropout)
+        # AdaLN-Zero (DiT, Peebles & Xie 2023): modulation starts at zero so every block starts as identity.
+        self.ada = nn.Linear(width, 6 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def _attend(self, x: Tensor, context: Tensor | None, key_mask: Tensor | None) -> Tensor:
+        B, L, W = x.shape
+        src = context if self.cross else x
+        k, v = self.kv(src).chunk(2, dim=-1)
+        split = lambda z: z.view(B, z.shape[1], self.heads, W // self.heads).transpose(1, 2)  # noqa: E731
+        mask = key_mask[:, None, None, :] if (self.cross and key_mask is not None) else None
+        p = self.drop.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(split(self.q(x)), split(k), split(v), attn_mask=mask, dropout_p=p)
+        return self.out(y.transpose(1, 2).reshape(B, L, W))
+
+    def forward(self, x: Tensor, c: Tensor, context: Tensor, key_mask: Tensor | None) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.drop(
+            self._attend(_modulate(self.norm1(x), shift1, scale1), context, key_mask)
+        )
+        return x + gate2[:, None] * self.drop(self.mlp(_modulate(self.norm2(x), shift2, scale2)))
+
+
+class FlowMatchingExpert(nn.Module):
+    """DiT velocity field v(x_t, t | context, state) with the two verbs `loss` and `sample`."""
+
+    def __init__(
+        self, cfg: ActionExpertConfig, context_dim: int, action_dim: int, horizon: int, state_dim: int = 0
+    ):
+        super().__init__()
+        if min(context_dim, action_dim, horizon) < 1 or state_dim < 0:
+            raise ValueError("context_dim, action_dim and horizon must be >= 1 and state_dim >= 0.")
+        if cfg.use_state_token and state_dim == 0:
+            raise ValueError(
+                "use_state_token=True needs state_dim > 0; pass state_dim or set use_state_token=False."
+            )
+        self.cfg, self.action_dim, self.horizon, self.state_dim = cfg, action_dim, horizon, state_dim
+        W = cfg.width
+        self.time_mlp = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
+        # Action encoder ([LC] MultiEmbodimentActionEncoder): Linear(a) ⊕ sinusoid(t) -> swish MLP.
+        self.action_in = nn.Linear(action_dim, W)
+        self.action_mix = nn.Sequential(nn.Linear(2 * W, W), nn.SiLU(), nn.Linear(W, W))
+        self.action_pos = nn.Parameter(torch.randn(horizon, W) * 0.02)
+        self.future_tokens = nn.Parameter(torch.randn(cfg.num_future_tokens, W) * 0.02)
+        self.state_mlp = (
+            nn.Sequential(nn.Linear(state_dim, W), nn.SiLU(), nn.Linear(W, W)) if cfg.use_state_token else None
+        )
+        self.blocks = nn.ModuleList(
+            DiTBlock(W, cfg.heads, cfg.ffn_mult, cfg.dropout, context_dim if i % 2 == 0 else None)
+            for i in range(cfg.depth)
+        )
+        self.final_norm = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(W, 2 * W)
+        nn.init.zeros_(self.final_ada.weight)
+        nn.init.zeros_(self.final_ada.bias)
+        self.final_drop = nn.Dropout(cfg.dropout)  # [LC] final_dropout: true
+        self.decoder = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, action_dim))
+
+    def _check(self, context: Tensor, context_mask: Tensor | None, state: Tensor | None) -> Tensor | None:
+        if context.dim() != 3:
+            raise ValueError(f"context must be (B,T,D), got {tuple(context.shape)}.")
+        if context_mask is not None:
+            if context_mask.shape != context.shape[:2]:
+                raise ValueError(
+                    f"context_mask must be (B,T) = {tuple(context.shape[:2])}, got {tuple(context_mask.shape)}."
+                )
+            context_mask = context_mask.bool()
+            if not bool(context_mask.any(dim=1).all()):
+                raise ValueError("every row of context_mask needs at least one True (attendable) position.")
+        if self.state_mlp is not None and state is not None and state.shape != (context.shape[0], self.state_dim):
+            raise ValueError(
+                f"state must be (B,S) = ({context.shape[0]}, {self.state_dim}), got {tuple(state.shape)}."
+            )
+        return context_mask
+
+    def velocity(
+        self, x_t: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None, state: Tensor | None
+    ) -> Tensor:
+        """Predicted velocity (B,H,A) at noisy chunk x_t (B,H,A), time t (B,) in [0, 1] (0 = noise)."""
+        key_mask = self._check(context, context_mask, state)
+        if x_t.shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(f"x_t must be (B,{self.horizon},{self.action_dim}), got {tuple(x_t.shape)}.")
+        B, W = x_t.shape[0], self.cfg.width
+        t_feat = sinusoidal_embedding(t, W).to(x_t.dtype)
+        c = self.time_mlp(t_feat)  # (B, W)
+        a_tok = self.action_mix(torch.cat([self.action_in(x_t), t_feat[:, None].expand(-1, self.horizon, -1)], -1))
+        parts = [self.future_tokens[None].expand(B, -1, -1), a_tok + self.action_pos[None]]
+        if self.state_mlp is not None and state is not None:  # state=None: LaRA's released LIBERO setting
+            parts.insert(0, self.state_mlp(state.to(x_t.dtype))[:, None])
+        x = torch.cat(parts, dim=1)  # (B, [1] + F + H, W)
+        for block in self.blocks:
+            x = block(x, c, context, key_mask)
+        shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
+        x = self.final_drop(_modulate(self.final_norm(x), shift, scale))
+        return self.decoder(x[:, -self.horizon :])
+
+    def loss(
+        self,
+        actions: Tensor,
+        context: Tensor,
+        context_mask: Tensor | None,
+        state: Tensor | None,
+        action_is_pad: Tensor | None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Per-sample flow-matching loss (B,): ||v(x_t, t) - (a - eps)||², masked by action_is_pad ([LP] Eq. 4)."""
+        B = actions.shape[0]
+        t = fm.sample_time(B, generator, kind=self.cfg.time_sampling, device=actions.device).to(actions.dtype)
+        noise = self._noise(actions.shape, generator, actions)
+        x_t = fm.interpolate(noise, actions, t)
+        pred = self.velocity(x_t, t, context, context_mask, state)
+        return fm.flow_matching_loss(pred, fm.target_velocity(noise, actions), action_is_pad)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        context: Tensor,
+        context_mask: Tensor | None,
+        state: Tensor | None,
+        num_steps: int | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Integrate the velocity field from noise (t = 0) to an action chunk (B,H,A) with Euler steps."""
+        B = context.shape[0]
+        shape = (B, self.horizon, self.action_dim)
+        if noise is None:
+            noise = self._noise(shape, generator, context)
+        elif noise.shape != shape:
+            raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}.")
+        steps = self.cfg.num_steps if num_steps is None else num_steps
+        return fm.euler_integrate(lambda x, t: self.velocity(x, t, context, context_mask, state), noise, steps)
+
+    @staticmethod
+    def _noise(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
+        device = generator.device if generator is not None else like.device
+        return torch.randn(shape, generator=generator, device=device).to(device=like.device, dtype=like.dtype)

@@ -1,0 +1,38 @@
+"""Exponential moving average of a module's weights (the EMA target image encoder of LaRA's visual latents, C4).
+
+target <- decay * target + (1 - decay) * online, in place and without autograd; buffers (e.g. BatchNorm
+running stats) are copied verbatim. Paper/code: decay 0.999, updated every 2 optimizer steps ([LC]); the
+update interval is the caller's business (train/loop.py).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def make_ema(module: nn.Module) -> nn.Module:
+    """A frozen deep copy of `module`: requires_grad False on every parameter, eval mode."""
+    target = copy.deepcopy(module)
+    target.requires_grad_(False)
+    return target.eval()
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
+    """In place: every target parameter becomes decay * target + (1 - decay) * online; buffers are copied."""
+    if not 0.0 <= decay <= 1.0:
+        raise ValueError(f"EMA decay must be in [0, 1], got {decay}.")
+    t_params, o_params = dict(target.named_parameters()), dict(online.named_parameters())
+    if t_params.keys() != o_params.keys():
+        missing = sorted(t_params.keys() ^ o_params.keys())[:5]
+        raise ValueError(
+            f"EMA target and online module differ in parameters, e.g. {missing}; use make_ema(online)."
+        )
+    for name, p in t_params.items():
+        p.lerp_(o_params[name].detach().to(p.dtype), 1.0 - decay)
+    o_buffers = dict(online.named_buffers())
+    for name, b in target.named_buffers():
+        b.copy_(o_buffers[name])
