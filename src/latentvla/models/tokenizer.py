@@ -34,7 +34,24 @@ SPECIAL_TOKENS = (
 
 # Words of Meta-World-style instructions (the 50 v3 tasks) and of our CoT templates (subtask verbs, objects,
 # directions, "globally"/"locally" reasoning, gripper phrases). Anything missing still round-trips via bytes.
-_BASE_WORDS = ["a", "an", "the", "to", "of", "and", "or", "with", "in", "into", "on", "onto", "out", "off", "from", "at", "by", "for", "up", "down", "over", "under", "toward", "towards", "through", "is", "are", "be", "it", "its", "this", "that", "then", "than", "until", "while", "as", "so", "not", "no", "yes", "all", "subtask", "bbox", "BBox", "reasoning", "action", "task", "instruction", "robot", "arm", "hand", "gripper", "fingers", "finger", "target", "object", "goal", "globally", "locally", "move", "moving", "moves", "reach", "reaching", "approach", "approaching", "grasp", "grasping", "grab", "pick", "picking", "picked", "place", "placing", "put", "lift", "lifting", "lower", "lowering", "raise", "hold", "holding", "carry", "carrying", "transport", "transporting", "release", "releasing", "drop", "retract", "retracting", "push", "pushing", "pull", "pulling", "press", "pressing", "slide", "sliding", "turn", "turning", "rotate", "rotating", "open", "opening", "close", "closing", "insert", "inserting", "unplug", "plug", "lock", "unlock", "sweep", "sweeping", "hit", "hammer", "hammering", "kick", "shoot", "dunk", "throw", "stack", "unstack", "assemble", "disassemble", "align", "keep", "stay", "stop", "wait", "finish", "done", "forward", "backward", "backwards", "left", "right", "up", "down", "upward", "upwards", "downward", "downwards", "lower", "higher", "high", "low", "front", "back", "side", "top", "bottom", "center", "middle", "near", "far", "above", "below", "behind", "beside", "between", "across", "around", "inside", "outside", "closer", "further", "away", "along", "straight", "slightly", "fast", "slow", "small", "large", "big", "full", "partially", "open", "opened", "closed", "close", "empty", "grasped", "gripped", "aligned", "contact", "touching", "reached", "lifted", "placed", "puck", "block", "cube", "ball", "basketball", "hoop", "basket", "bin", "box", "lid", "button", "coffee", "machine", "mug", "cup", "dial", "door", "drawer", "faucet", "handle", "lever", "peg", "hole", "nail", "plank", "plate", "shelf", "soccer", "goal", "stick", "thermos", "window", "wall", "table", "sink", "knob", "nut", "wrench", "screw", "ring", "tool", "cabinet", "top-down", "topdown", "region", "area", "position", "location", "pose", "x", "y", "z", "xyz", "axis", "height", "distance", "direction", "red", "green", "blue", "yellow", "black", "white", "gray", "grey"]
+_BASE_WORDS = """
+a an the to of and or with in into on onto out off from at by for up down over under toward towards through is
+are be it its this that then than until while as so not no yes all subtask bbox BBox reasoning action task
+instruction robot arm hand gripper fingers finger target object goal globally locally move moving moves reach
+reaching approach approaching grasp grasping grab pick picking picked place placing put lift lifting lower
+lowering raise hold holding carry carrying transport transporting release releasing drop retract retracting
+push pushing pull pulling press pressing slide sliding turn turning rotate rotating open opening close closing
+insert inserting unplug plug lock unlock sweep sweeping hit hammer hammering kick shoot dunk throw stack
+unstack assemble disassemble align keep stay stop wait finish done forward backward backwards left right up
+down upward upwards downward downwards lower higher high low front back side top bottom center middle near far
+above below behind beside between across around inside outside closer further away along straight slightly
+fast slow small large big full partially open opened closed close empty grasped gripped aligned contact
+touching reached lifted placed puck block cube ball basketball hoop basket bin box lid button coffee machine
+mug cup dial door drawer faucet handle lever peg hole nail plank plate shelf soccer goal stick thermos window
+wall table sink knob nut wrench screw ring tool cabinet top-down topdown region area position location pose x
+y z xyz axis height distance direction red green blue yellow black white gray grey now please next first again
+onto still already target position
+""".split()  # noqa: SIM905 (a word list reads better as text)
 
 _PUNCTUATION = tuple("[]:.,-@'/()!?;_\"+=<>*#%&")
 _DIGITS = tuple("0123456789")
