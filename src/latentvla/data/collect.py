@@ -149,6 +149,8 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
         bar.close()
         if pool:
             pool.terminate()
+        while _ENVS:  # in-process rollouts (workers=1): free the GL contexts now, not at interpreter exit
+            _ENVS.popitem()[1].close()
     return _finish(writer, stats, names, start, (frames, written), out, counters_path)
 
 
