@@ -11,7 +11,9 @@ Implementations:
 - `ProjectedGeometryBoxes`: simulator ground truth. Projects the 8 world corners of the target's geometry box
   (`privileged.target_corners`) with the recorded camera pose and field of view (`privileged.camera.<cam>`)
   and takes the enclosing box, clipped to the image. Not visible when a corner lies behind the camera or the
-  clipped box is empty (out of view). LaRA-VLA §3.2 uses this kind of ground truth in simulation.
+  clipped box is empty (out of view). LaRA-VLA §3.2 uses this kind of ground truth in simulation. The box is
+  amodal: it frames the whole geometry, occluded parts included (a drawer inside its case gives a box larger
+  than its visible front; unoccluded objects agree with segmentation masks within ~2 px at 128 px).
 - `ColumnBoxes`: boxes computed offline by an external detector, e.g. GroundingDINO / OWL-ViT prompted with
   the target name of `envs.metaworld_tasks` (or a noun from the instruction). This is the interface for real
   robot data, which has no simulator ground truth: run the detector once, store its output either as an
