@@ -127,7 +127,9 @@ def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
             "lara-no-cot", _policy("lara-no-cot", s, curriculum=CurriculumConfig("no-cot"))
         ),
         "rdvla": lambda s: TrainConfig("rdvla", _policy("rdvla", s, curriculum=CurriculumConfig("rd"), **rd)),
-        "lara-rd": lambda s: TrainConfig("lara-rd", _policy("lara-rd", s, curriculum=CurriculumConfig("lara"), **rd)),
+        "lara-rd": lambda s: TrainConfig(
+            "lara-rd", _policy("lara-rd", s, curriculum=CurriculumConfig("lara"), **rd)
+        ),
     }
 
 

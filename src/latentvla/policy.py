@@ -41,7 +41,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     last = path / "checkpoints" / "last"
     if last.exists():
-        target = last.resolve() if last.is_symlink() or last.is_dir() else path / "checkpoints" / last.read_text().strip()
+        target = (
+            last.resolve()
+            if last.is_symlink() or last.is_dir()
+            else path / "checkpoints" / last.read_text().strip()
+        )
         if (target / WEIGHTS).is_file():
             return target
     txt = path / "checkpoints" / "last.txt"
@@ -152,13 +156,21 @@ class Policy(nn.Module):
         return batch
 
     @torch.no_grad()
-    def sample(self, observations: list[dict], *, mode: str = "latent", iterations: int | None = None,
-               halting: Any = None, generator: torch.Generator | None = None) -> tuple[np.ndarray, SampleOutput]:
+    def sample(
+        self,
+        observations: list[dict],
+        *,
+        mode: str = "latent",
+        iterations: int | None = None,
+        halting: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, SampleOutput]:
         """Unnormalized, clipped (B, H, A) chunks and the raw SampleOutput."""
         if isinstance(halting, str):
             halting = make_halting(halting)
-        out = self.model.sample_actions(self.make_batch(observations), mode=mode, iterations=iterations,
-                                        halting=halting, generator=generator)
+        out = self.model.sample_actions(
+            self.make_batch(observations), mode=mode, iterations=iterations, halting=halting, generator=generator
+        )
         acts = self.normalizer.unnormalize(ACTION, out.actions.float().cpu().numpy())
         if not np.isfinite(acts).all():
             raise FloatingPointError("the model produced non-finite actions")
@@ -168,11 +180,13 @@ class Policy(nn.Module):
         acts, out = self.sample(observations, **kwargs)
         res = []
         for i in range(len(observations)):
-            res.append({
-                "actions": acts[i],
-                "iterations": None if out.iterations is None else int(out.iterations[i]),
-                "cot_text": None if out.cot_text is None else out.cot_text[i],
-            })
+            res.append(
+                {
+                    "actions": acts[i],
+                    "iterations": None if out.iterations is None else int(out.iterations[i]),
+                    "cot_text": None if out.cot_text is None else out.cot_text[i],
+                }
+            )
         return res
 
     def infer(self, obs: dict, **kwargs: Any) -> dict:

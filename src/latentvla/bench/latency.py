@@ -105,8 +105,17 @@ def _peak_mb(fn) -> float:
     return tracker.peak / 2**20
 
 
-def bench_latency(policy, *, warmup: int = 2, repeats: int = 10, depths=DEFAULT_DEPTHS, delta: float = 1e-3,
-                  max_depth: int = 32, seed: int = 0, progress=None) -> dict:
+def bench_latency(
+    policy,
+    *,
+    warmup: int = 2,
+    repeats: int = 10,
+    depths=DEFAULT_DEPTHS,
+    delta: float = 1e-3,
+    max_depth: int = 32,
+    seed: int = 0,
+    progress=None,
+) -> dict:
     """The latency report (see module docstring for the keys)."""
     obs = example_observation(policy, seed)
     gen = torch.Generator(device=policy.device)
@@ -115,9 +124,16 @@ def bench_latency(policy, *, warmup: int = 2, repeats: int = 10, depths=DEFAULT_
         gen.manual_seed(seed)
         return policy.sample([obs], generator=gen, **kw)
 
-    report: dict[str, Any] = {"device": str(policy.device), "preset": policy.config.preset, "head": policy.config.head}
-    jobs: list[tuple[str, dict]] = [("no_reasoning", {"mode": "none"}), ("latent", {"mode": "latent"}),
-                                    ("explicit", {"mode": "explicit"})]
+    report: dict[str, Any] = {
+        "device": str(policy.device),
+        "preset": policy.config.preset,
+        "head": policy.config.head,
+    }
+    jobs: list[tuple[str, dict]] = [
+        ("no_reasoning", {"mode": "none"}),
+        ("latent", {"mode": "latent"}),
+        ("explicit", {"mode": "explicit"}),
+    ]
     recurrent = policy.config.head == "recurrent"
     if recurrent:
         jobs += [(f"rd_fixed_{k}", {"mode": "latent", "iterations": k}) for k in depths]
@@ -150,16 +166,27 @@ def bench_latency(policy, *, warmup: int = 2, repeats: int = 10, depths=DEFAULT_
 
 def format_table(report: dict) -> str:
     """A markdown table of the report."""
-    rows = [("no reasoning", report["no_reasoning_ms"]), ("latent reasoning", report["latent_ms"]),
-            (f"explicit CoT ({report['explicit_cot_tokens']} tokens)", report["explicit_ms"])]
+    rows = [
+        ("no reasoning", report["no_reasoning_ms"]),
+        ("latent reasoning", report["latent_ms"]),
+        (f"explicit CoT ({report['explicit_cot_tokens']} tokens)", report["explicit_ms"]),
+    ]
     for k, v in report.get("rd_fixed_ms", {}).items():
         rows.append((f"recurrent head, {k} iterations", v))
     if "rd_adaptive_ms" in report:
-        rows.append((f"recurrent head, adaptive (mean {report['rd_adaptive_mean_iterations']:.2f} it, "
-                     f"delta {report['rd_adaptive_delta']:g})", report["rd_adaptive_ms"]))
+        rows.append(
+            (
+                f"recurrent head, adaptive (mean {report['rd_adaptive_mean_iterations']:.2f} it, "
+                f"delta {report['rd_adaptive_delta']:g})",
+                report["rd_adaptive_ms"],
+            )
+        )
     lines = ["| path | median ms/call |", "|---|---:|", *[f"| {n} | {v:.2f} |" for n, v in rows]]
-    lines += ["", f"explicit / latent = {report['ratio_explicit_over_latent']:.1f}x; "
-              f"latent / no-reasoning = {report['ratio_latent_over_no_reasoning']:.2f}x"]
+    lines += [
+        "",
+        f"explicit / latent = {report['ratio_explicit_over_latent']:.1f}x; "
+        f"latent / no-reasoning = {report['ratio_latent_over_no_reasoning']:.2f}x",
+    ]
     if "rd_peak_mem_mb" in report:
         mem = report["rd_peak_mem_mb"]
         lines += ["", "| iterations | peak MB |", "|---:|---:|", *[f"| {k} | {v:.2f} |" for k, v in mem.items()]]

@@ -130,6 +130,7 @@ def generate(
     stop_ids: Sequence[int],
     thinking_cols: Sequence[int] = (),
     cache: Any = None,
+    allowed_ids: Sequence[int] | None = None,
 ) -> GenerationOutput:
     """Run the prompt (latent thoughts included) with the cache, then decode greedily until a stop id.
 
@@ -148,8 +149,12 @@ def generate(
     tokens = torch.full((B, max_new_tokens), pad, dtype=torch.long, device=embeds.device)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=embeds.device)
     stopped = torch.zeros(B, dtype=torch.bool, device=embeds.device)
+    allowed = None if allowed_ids is None else torch.as_tensor(list(allowed_ids), device=embeds.device)
     for step in range(max_new_tokens):
-        nxt = backbone.logits(h).argmax(-1)  # (B,)
+        logits = backbone.logits(h)  # (B, V)
+        if allowed is not None:  # constrained decoding, e.g. only action tokens after <img_next>
+            logits = torch.full_like(logits, float("-inf")).index_copy(1, allowed, logits[:, allowed])
+        nxt = logits.argmax(-1)  # (B,)
         hit = torch.isin(nxt, stops) & ~stopped
         lengths[hit] = step
         stopped |= hit

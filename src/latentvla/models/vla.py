@@ -87,8 +87,12 @@ class LatentVLA(nn.Module):
         stages = cfg.curriculum.stages()
         self.final = final_stage(cfg.curriculum)
         self.backbone = build_backbone(
-            replace(cfg.backbone, image_size=cfg.image_size, num_cameras=len(cfg.cameras),
-                    num_action_bins=cfg.num_action_bins)
+            replace(
+                cfg.backbone,
+                image_size=cfg.image_size,
+                num_cameras=len(cfg.cameras),
+                num_action_bins=cfg.num_action_bins,
+            )
         )
         width = self.backbone.width
         self.uses_visual = any(s.visual_latents for s in stages)
@@ -103,7 +107,9 @@ class LatentVLA(nn.Module):
         if cfg.head == "flow":
             self.head = FlowMatchingExpert(cfg.expert, width, cfg.action_dim, cfg.horizon, state_dim)
         else:
-            self.head = RecurrentDepthHead(replace(cfg.recurrent, chunk=cfg.horizon), width, cfg.action_dim, state_dim)
+            self.head = RecurrentDepthHead(
+                replace(cfg.recurrent, chunk=cfg.horizon), width, cfg.action_dim, state_dim
+            )
         n = self.backbone.num_layers
         self.prelude_layer = n // 2  # RD-VLA taps h^(12) of 24 for the prelude ...
         self.core_layer = n  # ... and the last layer for core and coda
@@ -157,7 +163,7 @@ class LatentVLA(nn.Module):
         action_ids: Tensor | None,
         n_query: int,
     ):
-        """Sequence + embeddings + mask for one batch (image placeholders filled with image tokens)."""
+        """Sequence layout + input embeddings (image columns filled with image tokens) + attention mask."""
         img = self._image_tokens(batch)
         seq = seq_lib.build_sequence(
             self.tokenizer,
@@ -168,12 +174,10 @@ class LatentVLA(nn.Module):
             action_token_ids=action_ids,
             n_query=n_query,
             n_image=img.shape[1],
-            device=img.device,
-        )
+        ).to(img.device)
         embeds = self.backbone.embed(seq.input_ids)
-        embeds = seq_lib.scatter_image_tokens(embeds, seq, img)
-        mask = seq_lib.attention_mask(seq.segments)
-        return seq, embeds, mask
+        embeds = torch.cat([img.to(embeds.dtype), embeds[:, img.shape[1] :]], dim=1)  # image block = cols [0, N)
+        return seq, embeds, seq.attention_mask()
 
     def _run(self, seq, embeds, mask, n_latent: int) -> tuple[BackboneOutput, Tensor | None]:
         if n_latent > 0:
@@ -183,10 +187,10 @@ class LatentVLA(nn.Module):
     def _head_contexts(self, out: BackboneOutput, seq) -> dict:
         """What the action head reads. Flow: the whole final sequence (pads masked); recurrent: taps."""
         if self.cfg.head == "flow":
-            return {"context": out.hidden, "context_mask": seq.segments != seq_lib.PAD}
+            return {"context": out.hidden, "context_mask": seq.valid}
         mid, last = out.layers[self.prelude_layer], out.layers[self.core_layer]
         q, im = seq.query_index, seq.image_index
-        gather = seq_lib.gather_positions
+        gather = _gather
         return {
             "prelude_context": torch.cat([gather(mid, q), gather(mid, im)], dim=1),
             "core_latent_context": gather(last, q),
@@ -204,9 +208,7 @@ class LatentVLA(nn.Module):
             else None
         )
         action_ids = (
-            self._action_offset + self.action_tokenizer.encode(actions)
-            if stage.discrete_actions
-            else None
+            self._action_offset + self.action_tokenizer.encode(actions) if stage.discrete_actions else None
         )
         n_query = self.cfg.n_query if (stage.train_head and self.cfg.head == "recurrent") else 0
         seq, embeds, mask = self._build(
@@ -241,13 +243,14 @@ class LatentVLA(nn.Module):
         return loss, metrics
 
     def _token_losses(self, hidden: Tensor, seq) -> tuple[Tensor, Tensor]:
-        """Next-token CE per sample, split into CoT text and discrete action tokens."""
-        labels = seq.labels[:, 1:]  # position t predicts token t+1
-        valid = labels != -100
-        logits = self.backbone.logits(hidden[:, :-1][valid])  # only where supervised: (M, V)
-        ce = torch.zeros_like(labels, dtype=hidden.dtype)
-        ce[valid] = F.cross_entropy(logits.float(), labels[valid], reduction="none").to(hidden.dtype)
-        is_act = seq.segments[:, 1:] == seq_lib.ACTION
+        """Next-token CE per sample, split into CoT text targets and discrete action-token targets."""
+        targets = seq.targets  # already shifted: what position t must predict
+        valid = targets != seq_lib.IGNORE
+        ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+        logits = self.backbone.logits(hidden[valid])  # vocabulary projection only where supervised
+        ce[valid] = F.cross_entropy(logits.float(), targets[valid], reduction="none")
+        off = self._action_offset
+        is_act = (targets >= off) & (targets < off + self.cfg.num_action_bins)
         text, act = valid & ~is_act, valid & is_act
         per = lambda m: (ce * m).sum(1) / m.sum(1).clamp(min=1)  # noqa: E731
         return per(text), per(act)
@@ -256,7 +259,7 @@ class LatentVLA(nn.Module):
         """L1 between <img_next> last hidden states and EMA next-frame features; masked at episode end (Eq. 2)."""
         primary = self.cfg.cameras[0]
         target = self._visual_targets(batch[f"{OBS_IMAGES}.{primary}{NEXT_IMAGE_SUFFIX}"])
-        pred = seq_lib.gather_positions(hidden, seq.img_next_index)
+        pred = _gather(hidden, seq.img_next_index)
         keep = (~batch[NEXT_IMAGE_IS_PAD].bool()).to(hidden.dtype)
         return (pred - target).abs().mean(dim=(1, 2)) * keep
 
@@ -273,8 +276,15 @@ class LatentVLA(nn.Module):
         # One depth per step for the whole batch (Huginn: all workers draw the same r), TBPTT through the last d.
         depth = sample_depth(generator, mean=rc.mean_recurrence, sigma=rc.depth_sigma, max_depth=rc.max_depth)
         loss, _ = self.head.loss(
-            actions, ctx["prelude_context"], ctx["core_latent_context"], ctx["core_vision_context"], state, is_pad,
-            num_iterations=depth, backprop_depth=rc.backprop_depth, generator=generator,
+            actions,
+            ctx["prelude_context"],
+            ctx["core_latent_context"],
+            ctx["core_vision_context"],
+            state,
+            is_pad,
+            num_iterations=depth,
+            backprop_depth=rc.backprop_depth,
+            generator=generator,
         )
         return loss, {"loss_l1": loss.mean().item(), "iterations": float(depth)}
 
@@ -322,22 +332,20 @@ class LatentVLA(nn.Module):
         seq, embeds, mask = self._build(
             batch, explicit=explicit, n_latent=n_latent, visual=visual, action_ids=None, n_query=n_query
         )
-        cache = None if use_head else self.backbone.new_cache()
-        if n_latent > 0:
-            out, latents = latent_forward(
-                self.backbone, embeds, mask, seq.position_ids, seq.thinking_cols, cache=cache
+        if not use_head:  # stages I/II: decode H*A action tokens greedily, restricted to the action vocabulary
+            off, n_tok = self._action_offset, self.cfg.horizon * self.cfg.action_dim
+            gen = generate(
+                self.backbone,
+                embeds,
+                mask,
+                seq.position_ids,
+                max_new_tokens=n_tok,
+                stop_ids=(),
+                thinking_cols=seq.thinking_cols,
+                allowed_ids=range(off, off + self.cfg.num_action_bins),
             )
-        else:
-            out, latents = (
-                self.backbone(embeds, attention_mask=mask, position_ids=seq.position_ids, cache=cache),
-                None,
-            )
-        if not use_head:
-            n_tok = self.cfg.horizon * self.cfg.action_dim
-            allowed = torch.arange(self._action_offset, self._action_offset + self.cfg.num_action_bins)
-            ids = self._greedy(out.hidden, seq, cache, n_tok, allowed=allowed.to(out.hidden.device))
-            bins = ids - self._action_offset
-            return SampleOutput(self.action_tokenizer.decode(bins), thinking_latents=latents)
+            return SampleOutput(self.action_tokenizer.decode(gen.tokens - off))
+        out, latents = self._run(seq, embeds, mask, n_latent)
         ctx, state = self._head_contexts(out, seq), self._state(batch)
         if self.cfg.head == "flow":
             acts = self.head.sample(
@@ -365,52 +373,27 @@ class LatentVLA(nn.Module):
     ) -> SampleOutput:
         """ECoT-style: generate the CoT text token by token (KV cache), then act conditioned on it (batch of 1)."""
         seq, embeds, mask = self._build(batch, explicit=None, n_latent=0, visual=False, action_ids=None, n_query=0)
-        cache = self.backbone.new_cache()
-        out = self.backbone(embeds, attention_mask=mask, position_ids=seq.position_ids, cache=cache)
-        stop = self.tokenizer.img_next_id  # the first <img_next> is the trained end-of-CoT signal
-        ids = self._greedy(out.hidden, seq, cache, max_cot_tokens, stop_id=stop)[0].tolist()
-        ids = ids[: ids.index(stop)] if stop in ids else ids
-        text = self.tokenizer.decode(ids).strip()
-        # Re-encode the prompt with the generated CoT once and act: stage-I layout with the text explicit.
+        # The first <img_next> is the trained end-of-CoT signal (sequence.py targets).
+        gen = generate(
+            self.backbone,
+            embeds,
+            mask,
+            seq.position_ids,
+            max_new_tokens=max_cot_tokens,
+            stop_ids=(self.tokenizer.img_next_id,),
+        )
+        text = gen.text[0].strip()
+        # Re-encode the prompt with the generated CoT once and act: the stage-I layout with the text explicit.
         res = self._act(
             batch, [text], 0, self.final.visual_latents, iterations, halting, num_steps, noise, generator
         )
         res.cot_text = [text]
         return res
 
-    def _greedy(
-        self, hidden: Tensor, seq, cache, n_new: int, *, allowed: Tensor | None = None, stop_id: int | None = None
-    ) -> Tensor:
-        """Greedy decoding with the KV cache after a (possibly right-padded) prompt; returns (B, n_new) ids."""
-        real = seq.segments != seq_lib.PAD
-        last = real.long().cumsum(1).argmax(1)  # index of the last real token per row
-        h = hidden[torch.arange(hidden.shape[0]), last]  # (B,D)
-        pos = seq.position_ids.gather(1, last[:, None])  # (B,1)
-        key_valid = real.clone()
-        out_ids = []
-        done = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-        for _ in range(n_new):
-            logits = self.backbone.logits(h[:, None])[:, 0]  # (B,V)
-            if allowed is not None:
-                restricted = torch.full_like(logits, float("-inf"))
-                restricted[:, allowed] = logits[:, allowed]
-                logits = restricted
-            tok = logits.argmax(-1)
-            out_ids.append(tok)
-            if stop_id is not None:
-                done |= tok == stop_id
-                if bool(done.all()):
-                    break
-            key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)
-            pos = pos + 1
-            step = self.backbone(
-                self.backbone.embed(tok[:, None]),
-                attention_mask=key_valid[:, None, :],
-                position_ids=pos,
-                cache=cache,
-            )
-            h = step.hidden[:, 0]
-        return torch.stack(out_ids, dim=1)
+
+def _gather(x: Tensor, index: Tensor) -> Tensor:
+    """x (B,T,D), index (B,n) -> (B,n,D)."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _index(batch: dict, i: int) -> dict:
