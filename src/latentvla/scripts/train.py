@@ -1,0 +1,90 @@
+"""`latentvla train`: train a named preset on a LeRobot dataset (SPEC C10 + C14).
+
+    latentvla train --preset lara --dataset data/mw4 --out runs/lara --steps 2000
+    latentvla train --preset rdvla --dataset data/mw4 --out runs/rd policy.horizon=8 lr_head=5e-4
+    latentvla train --preset lara --dataset data/mw4 --out runs/lara --steps 2000 --resume   # after a kill
+    latentvla train --preset lara --dataset data/mw4 --out runs/lara --nproc 2               # DDP via torchrun
+
+`--steps` is the total over the whole curriculum (train/curriculum.py splits it). Trailing `key=value` items
+override any TrainConfig field (dotted for nested ones: `policy.horizon=8`, `policy.curriculum.schedule=lara`).
+Under `torchrun --nproc_per_node=N latentvla train ...` (or `--nproc N`, which launches exactly that) the run is
+data-parallel; `--batch-size` stays the global batch and must be divisible by N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--preset", required=True, help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd"
+    )
+    p.add_argument("--dataset", required=True, help="LeRobot dataset directory")
+    p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, plots)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps over the whole curriculum")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--size", default="tiny", help="backbone size: tiny | small | base")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    p.add_argument("--nproc", type=int, default=1, help="processes for DDP (re-launches via torchrun)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. policy.horizon=8")
+    p.set_defaults(func=main)
+
+
+def build_config(args: argparse.Namespace):
+    """Preset at `--size`, then the explicit flags, then the key=value overrides (later wins)."""
+    from latentvla.config import apply_overrides, get_preset
+
+    cfg = get_preset(args.preset, args.size)
+    flags = [
+        f"{k}={v}"
+        for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed))
+        if v is not None
+    ]
+    return apply_overrides(cfg, flags + list(args.overrides))
+
+
+def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
+    """Run this same command under `python -m torch.distributed.run --nproc_per_node N`."""
+    argv = ["train", "--preset", args.preset, "--dataset", args.dataset, "--out", args.out, "--size", args.size]
+    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--seed", args.seed)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress + list(args.overrides)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
+    cmd += ["-m", "latentvla.cli", *argv]
+    print("launching:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        cfg = build_config(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        if cfg.batch_size % args.nproc:
+            print(
+                f"error: --batch-size {cfg.batch_size} is not divisible by --nproc {args.nproc}", file=sys.stderr
+            )
+            return 2
+        return _relaunch_with_torchrun(args)
+
+    from latentvla.train.loop import train
+
+    summary = train(cfg, args.dataset, args.out, resume=args.resume, show_progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{'stage':<8} {'rows':>5} {'first loss':>11} {'last loss':>10}")
+        for stage, s in summary["stage_losses"].items():
+            print(f"{stage:<8} {s['rows']:>5} {s['first']:>11.4f} {s['last']:>10.4f}")
+        print(json.dumps({k: summary[k] for k in ("checkpoint", "end_step", "seconds", "samples_per_s")}))
+        print(f"loss curves: {os.path.join(args.out, 'loss.png')}")
+    return 0

@@ -1,0 +1,331 @@
+"""THE training loop: one readable function for every preset (SPEC C14). Read `train` top to bottom:
+
+    setup       seed, (DDP), dataset + normalizer, Policy, AdamW groups, resume, sampler, logger
+    loop        stage = stage_at(step)  ->  LR (warm-up + cosine per stage)  ->  grad-accumulated micro-batches
+                ->  clip 1.0  ->  AdamW step  ->  EMA target update  ->  log  ->  checkpoint
+    finish      final checkpoint, loss plot, summary
+
+Determinism (what makes resume exact and DDP equal to one process):
+- the batch order is a pure function of (seed, micro-batch counter) (`train/sampler.py`); the counter is saved;
+- torch / numpy / python RNG states are saved per rank and restored, so model noise (flow-matching times, sampled
+  recurrence depth) and in-process augmentation continue exactly where they stopped;
+- every rank builds the model from the same seed (identical init, identical EMA copy), then draws noise from
+  `seed + rank`;
+- DDP averages gradients over ranks and each rank takes the mean of its per-sample losses, so with equal shards
+  the gradient is the mean over the global batch, exactly as with one process.
+With `num_workers > 0`, augmentation runs in worker processes seeded from (seed, resume step), so a resumed run
+is reproducible but not bit-identical to an uninterrupted one; use `num_workers=0` or `augment=false` when that
+matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from latentvla.config import TrainConfig, config_from_dict, config_to_dict
+from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE
+from latentvla.train import checkpoint as ckpt_lib
+from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries
+from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
+from latentvla.train.optim import build_optimizer, no_decay_param_ids, set_lrs
+from latentvla.train.sampler import ResumableBatchSampler
+
+# Fields that may change between a run and its resumption without changing the maths.
+_RESUME_FREE_FIELDS = {"num_workers", "log_every", "save_every", "keep_last", "device", "wandb", "bf16"}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Init the process group when launched by torchrun (RANK / WORLD_SIZE set): gloo on CPU, nccl on CUDA."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistInfo(device=torch.device(device))
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(f"cuda:{local_rank}") if device.startswith("cuda") else torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    return DistInfo(rank, world_size, local_rank, dev, created)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit_policy_to_dataset(cfg: TrainConfig, reader: Any) -> TrainConfig:
+    """Fill state/action dims and image size from the dataset; fail loudly on missing cameras or features."""
+    feats = reader.features
+    for key in (OBS_STATE, ACTION):
+        if key not in feats:
+            raise ValueError(f"dataset {reader.root} has no {key!r} feature (has {sorted(feats)})")
+    available = [k.removeprefix(f"{OBS_IMAGES}.") for k in reader.camera_keys]
+    missing = [c for c in cfg.policy.cameras if c not in available]
+    if missing:
+        raise ValueError(
+            f"cameras {missing} are not in dataset {reader.root} (it has {available}); "
+            f"pick them with the override policy.cameras={','.join(available)}"
+        )
+    height, width = feats[f"{OBS_IMAGES}.{cfg.policy.cameras[0]}"]["shape"][:2]
+    if height != width:
+        raise ValueError(f"images must be square, dataset {reader.root} has {height}x{width}")
+    policy = dataclasses.replace(
+        cfg.policy,
+        state_dim=int(feats[OBS_STATE]["shape"][0]),
+        action_dim=int(feats[ACTION]["shape"][0]),
+        image_size=int(height),
+    )
+    return dataclasses.replace(cfg, policy=policy)
+
+
+class LossModule(nn.Module):
+    """`forward` = `model.compute_loss`, so DistributedDataParallel's hooks see the call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict, stage: StageSpec) -> tuple[Tensor, dict[str, float]]:
+        return self.model.compute_loss(batch, stage)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def _worker_init(worker_id: int) -> None:
+    # torch seeds each worker from the DataLoader's generator; derive numpy / python from it deterministically
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: DistInfo) -> DataLoader:
+    sampler = ResumableBatchSampler(
+        len(dataset), cfg.batch_size, seed=cfg.seed, start=start_micro, rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_micro * 97 + dist_info.rank)
+    return DataLoader(
+        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, worker_init_fn=_worker_init, generator=gen,
+        pin_memory=dist_info.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+    )  # fmt: skip
+
+
+def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
+    now = config_to_dict(cfg)
+    diff = [k for k in now if k not in _RESUME_FREE_FIELDS and saved.get(k) != now[k]]
+    if diff:
+        raise ValueError(
+            f"--resume: the config differs from the checkpoint's in {diff} (saved: "
+            f"{ {k: saved.get(k) for k in diff} }); resume with the same settings or start a new --out"
+        )
+
+
+def accumulate_gradients(
+    loss_module: nn.Module,
+    batches: Any,
+    stage: StageSpec,
+    grad_accum: int,
+    device: torch.device,
+    autocast: Any,
+    sums: dict[str, float],
+) -> None:
+    """Forward + backward over `grad_accum` micro-batches, adding their metrics into `sums`.
+
+    Each micro-batch contributes mean(per-sample loss) / grad_accum and DDP averages over ranks, so the gradient
+    is the mean over every sample of the step. Only the last micro-batch all-reduces (`no_sync` before it).
+    """
+    ddp = isinstance(loss_module, nn.parallel.DistributedDataParallel)
+    for micro in range(grad_accum):
+        batch = to_device(next(batches), device)
+        sync = contextlib.nullcontext() if not ddp or micro == grad_accum - 1 else loss_module.no_sync()
+        with sync:
+            with autocast:
+                per_sample, metrics = loss_module(batch, stage)
+            (per_sample.float().mean() / grad_accum).backward()
+        for k, v in metrics.items():
+            sums[k] += float(v)
+
+
+def _reduce_metrics(sums: dict[str, float], count: int, dist_info: DistInfo) -> dict[str, float]:
+    """Mean of accumulated metrics over micro-batches and ranks."""
+    keys = sorted(sums)
+    vals = torch.tensor([sums[k] / count for k in keys], dtype=torch.float64)
+    if dist_info.world_size > 1:
+        vals = vals.to(dist_info.device)
+        dist.all_reduce(vals)
+        vals = vals.cpu() / dist_info.world_size
+    return dict(zip(keys, vals.tolist()))
+
+
+def _gather_rng(dist_info: DistInfo) -> list[dict]:
+    state = ckpt_lib.get_rng_state()
+    if dist_info.world_size == 1:
+        return [state]
+    out: list[Any] = [None] * dist_info.world_size
+    dist.all_gather_object(out, state)
+    return out
+
+
+def train(
+    cfg: TrainConfig,
+    dataset_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    show_progress: bool = True,
+    stop_at: int | None = None,
+) -> dict:
+    """Train `cfg` on the LeRobot dataset at `dataset_dir`, writing to `run_dir`; returns a summary dict.
+
+    `resume` continues from `run_dir/checkpoints/last`. `stop_at` ends the run (with a checkpoint) after that
+    many optimizer steps while keeping the schedule of the full `cfg.steps` — what a kill + `--resume` does.
+    """
+    from latentvla.data.dataset import VLADataset, make_normalizer
+    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.policy import Policy
+
+    # ---------------------------------------------------------------------------------------------- setup
+    dist_info = setup_distributed(cfg.device)
+    run_dir = Path(run_dir)
+    reader = LeRobotDatasetReader(dataset_dir)
+    cfg = fit_policy_to_dataset(cfg, reader)
+    normalizer = make_normalizer(reader)
+    dataset = VLADataset(
+        dataset_dir, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer,
+        augment=cfg.augment,
+    )  # fmt: skip
+    seed_everything(cfg.seed)  # same on every rank: identical init (and EMA copy) everywhere
+    policy = Policy.from_config(cfg.policy, normalizer).to(dist_info.device)
+    model = policy.model
+    optimizer = build_optimizer(
+        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model)
+    )
+    seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
+    start_step = 0
+    if resume:
+        last = ckpt_lib.latest_checkpoint(run_dir)
+        if last is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / ckpt_lib.CHECKPOINTS}")
+        _check_resume_config(ckpt_lib.load_train_config_dict(last), cfg)
+        model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
+        state = ckpt_lib.load_training_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        rngs = state["rng"]
+        ckpt_lib.set_rng_state(rngs[dist_info.rank] if len(rngs) == dist_info.world_size else rngs[0])
+    end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    if start_step >= end_step:
+        raise ValueError(f"nothing to do: the run is already at step {start_step} (target {end_step})")
+    loss_module: nn.Module = LossModule(model)
+    if dist_info.world_size > 1:
+        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        # stages leave whole modules unused (the head in stage I, action tokens in III)
+        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=ids, find_unused_parameters=True)
+    loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
+    boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, cfg.steps)]
+    logger = MetricsLogger(
+        run_dir, end_step, start_step=start_step, enabled=dist_info.is_main, show_progress=show_progress,
+        use_wandb=cfg.wandb, config=config_to_dict(cfg),
+    )  # fmt: skip
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and dist_info.device.type == "cuda")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    batches = iter(loader)
+    stage_losses: dict[str, list[float]] = defaultdict(list)
+    sums: dict[str, float] = defaultdict(float)
+    n_sums, t0, saved = 0, time.perf_counter(), None
+    model.train()
+
+    # ------------------------------------------------------------------------------------------------ loop
+    for step in range(start_step, end_step):
+        stage = stage_at(step, cfg.policy.curriculum, cfg.steps)
+        if step in boundaries[1:]:
+            # LaRA trains each stage as a fresh run from the previous weights (Table 5): restart Adam's moments
+            optimizer.state.clear()
+        lrs = set_lrs(optimizer, step, stage, cfg, boundaries)
+        optimizer.zero_grad(set_to_none=True)
+        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, sums)
+        n_sums += cfg.grad_accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        model.on_optimizer_step(step)
+        logger.advance()
+
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end_step:
+            row = {**_reduce_metrics(sums, n_sums, dist_info), **lrs, "grad_norm": float(grad_norm)}
+            logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
+            stage_losses[stage.name].append(row["loss"])
+            sums, n_sums = defaultdict(float), 0
+        if done % cfg.save_every == 0 or done == end_step:
+            rng_states = _gather_rng(dist_info)  # collective: every rank takes part
+            if dist_info.is_main:
+                training_state = {
+                    "optimizer": optimizer.state_dict(),
+                    "sampler": {"micro_batches": done * cfg.grad_accum},
+                }
+                saved = ckpt_lib.save_checkpoint(
+                    run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states
+                )
+
+    # ---------------------------------------------------------------------------------------------- finish
+    logger.close()
+    elapsed = time.perf_counter() - t0
+    if dist_info.is_main:
+        plot_losses(run_dir / "metrics.jsonl", run_dir / LOSS_PLOT)
+    if dist_info.initialized_here:
+        dist.barrier()
+        dist.destroy_process_group()
+    steps_run = end_step - start_step
+    return {
+        "run_dir": str(run_dir),
+        "checkpoint": str(saved) if saved else None,
+        "start_step": start_step,
+        "end_step": end_step,
+        "seconds": elapsed,
+        "samples_per_s": steps_run * cfg.batch_size * cfg.grad_accum / max(elapsed, 1e-9),
+        "stage_losses": {k: {"first": v[0], "last": v[-1], "rows": len(v)} for k, v in stage_losses.items()},
+        "world_size": dist_info.world_size,
+    }
+
+
+def load_train_config(ckpt_or_run: str | Path) -> TrainConfig:
+    """The TrainConfig saved with a checkpoint (or the newest checkpoint of a run)."""
+    path = Path(ckpt_or_run)
+    if not ckpt_lib.is_complete(path):
+        found = ckpt_lib.latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path} is neither a checkpoint nor a run with checkpoints")
+        path = found
+    return config_from_dict(TrainConfig, ckpt_lib.load_train_config_dict(path))
