@@ -47,7 +47,7 @@ def test_resume_equals_uninterrupted(preset, dataset, tmp_path):
 
     steps = 10 if preset == "lara" else 6  # lara: 10 steps cross all five stages (I, II-1..3, III)
     cfg = _cfg(preset, steps, "augment=true")  # augmentation RNG must resume too
-    full = train(cfg, dataset, tmp_path / "full", show_progress=False)
+    train(cfg, dataset, tmp_path / "full", show_progress=False)
     first = train(cfg, dataset, tmp_path / "split", show_progress=False, stop_at=steps // 2)
     assert first["end_step"] == steps // 2
     second = train(cfg, dataset, tmp_path / "split", resume=True, show_progress=False)
