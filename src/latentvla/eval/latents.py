@@ -10,6 +10,10 @@ in the full D-dim space — the projection is for the eye, the score is not an a
     silhouette           mean over points of (b - a) / max(a, b), a = mean distance to the own component,
                          b = smallest mean distance to another component; 1 = tight and separated, ~0 = mixed
     centroid_accuracy    leave-one-out nearest-centroid classification accuracy of the component label
+
+Read the score against the untrained baseline: each thinking token sits at its own position (RoPE) after a
+different prefix, so even a random-init `lara` scores well above 0 (silhouette ~0.5 on synthetic data). The
+collapse LaRA warns about shows up as a *drop* from that baseline after training.
 """
 
 from __future__ import annotations

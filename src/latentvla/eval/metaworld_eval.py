@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from latentvla.constants import OBS_IMAGES
+from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.envs.metaworld_tasks import SUITES, TASK_IDS, resolve_tasks
 from latentvla.eval.runtime import ActionRecorder, FrameRecorder, run_episode
 
@@ -150,7 +150,16 @@ def _init_worker(settings: EvalSettings, threads: int = 1) -> None:
     from latentvla.policy import Policy
 
     torch.set_num_threads(threads)
-    _WORKER.update(settings=settings, policy=Policy.from_pretrained(settings.run_dir), envs={})
+    policy = Policy.from_pretrained(settings.run_dir)
+    # One untimed call first: lazy initialisation (allocator, kernels) would otherwise land in the first
+    # latency sample of every worker and bias short runs and sweeps.
+    c = policy.config
+    dummy = {f"{OBS_IMAGES}.{cam}": np.zeros((c.image_size, c.image_size, 3), np.uint8) for cam in c.cameras}
+    dummy |= {OBS_STATE: np.zeros(c.state_dim, np.float32), TASK: "warm up"}
+    policy.infer(
+        dummy, mode=settings.mode, iterations=settings.iterations, halting=parse_halting(settings.halting)
+    )
+    _WORKER.update(settings=settings, policy=policy, envs={})
 
 
 def _run_job(task: str, episode: int, video_stem: str | None) -> dict:
