@@ -26,14 +26,14 @@ def _time_stage(loss_module, optimizer, batches, stage, cfg, device, steps: int,
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    sums: dict[str, float] = defaultdict(float)
+    history: dict[str, list[float]] = defaultdict(list)
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, device, autocast, sums)
+        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, device, autocast, history)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         loss_module.model.on_optimizer_step(i)

@@ -161,12 +161,13 @@ def plot_losses(metrics_jsonl: str | Path, out_png: str | Path) -> Path:
             ax.plot(*zip(*pts), lw=1.2, marker="." if len(pts) < 40 else None)
         ax.set_ylabel(term, fontsize=9)
         ax.grid(alpha=0.3)
-        for i, (stage, first, last) in enumerate(spans):
-            ax.axvspan(first - 0.5, last + 0.5, color=f"C{i % 10}", alpha=0.08, lw=0)
+        # a row at step s covers the steps since the previous row, so stage i spans (end of i-1, its last row]
+        edges = [0] + [last for _, _, last in spans]
+        for i, (stage, _, last) in enumerate(spans):
+            ax.axvspan(edges[i], last, color=f"C{i % 10}", alpha=0.08, lw=0)
             if ax is axes[0, 0]:
-                ax.text(
-                    (first + last) / 2, 1.02, stage, transform=ax.get_xaxis_transform(), ha="center", fontsize=8
-                )
+                x = (edges[i] + last) / 2
+                ax.text(x, 1.02, stage, transform=ax.get_xaxis_transform(), ha="center", fontsize=8)
     axes[-1, 0].set_xlabel("optimizer step")
     fig.tight_layout()
     out = Path(out_png)

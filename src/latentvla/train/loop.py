@@ -160,9 +160,9 @@ def accumulate_gradients(
     grad_accum: int,
     device: torch.device,
     autocast: Any,
-    sums: dict[str, float],
+    history: dict[str, list[float]],
 ) -> None:
-    """Forward + backward over `grad_accum` micro-batches, adding their metrics into `sums`.
+    """Forward + backward over `grad_accum` micro-batches, appending their metrics to `history`.
 
     Each micro-batch contributes mean(per-sample loss) / grad_accum and DDP averages over ranks, so the gradient
     is the mean over every sample of the step. Only the last micro-batch all-reduces (`no_sync` before it).
@@ -176,13 +176,13 @@ def accumulate_gradients(
                 per_sample, metrics = loss_module(batch, stage)
             (per_sample.float().mean() / grad_accum).backward()
         for k, v in metrics.items():
-            sums[k] += float(v)
+            history[k].append(float(v))
 
 
-def _reduce_metrics(sums: dict[str, float], count: int, dist_info: DistInfo) -> dict[str, float]:
-    """Mean of accumulated metrics over micro-batches and ranks."""
-    keys = sorted(sums)
-    vals = torch.tensor([sums[k] / count for k in keys], dtype=torch.float64)
+def _reduce_metrics(history: dict[str, list[float]], dist_info: DistInfo) -> dict[str, float]:
+    """Mean of each metric over the micro-batches since the last row, then over ranks."""
+    keys = sorted(history)
+    vals = torch.tensor([sum(history[k]) / len(history[k]) for k in keys], dtype=torch.float64)
     if dist_info.world_size > 1:
         vals = vals.to(dist_info.device)
         dist.all_reduce(vals)
@@ -263,8 +263,8 @@ def train(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     batches = iter(loader)
     stage_losses: dict[str, list[float]] = defaultdict(list)
-    sums: dict[str, float] = defaultdict(float)
-    n_sums, t0, saved = 0, time.perf_counter(), None
+    history: dict[str, list[float]] = defaultdict(list)
+    t0, saved = time.perf_counter(), None
     model.train()
 
     # ------------------------------------------------------------------------------------------------ loop
@@ -275,19 +275,18 @@ def train(
             optimizer.state.clear()
         lrs = set_lrs(optimizer, step, stage, cfg, boundaries)
         optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, sums)
-        n_sums += cfg.grad_accum
+        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         model.on_optimizer_step(step)
         logger.advance()
 
         done = step + 1
-        if done % cfg.log_every == 0 or done == end_step:
-            row = {**_reduce_metrics(sums, n_sums, dist_info), **lrs, "grad_norm": float(grad_norm)}
+        if done % cfg.log_every == 0 or done == end_step or done in boundaries:  # rows never mix two stages
+            row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm)}
             logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
             stage_losses[stage.name].append(row["loss"])
-            sums, n_sums = defaultdict(float), 0
+            history = defaultdict(list)
         if done % cfg.save_every == 0 or done == end_step:
             rng_states = _gather_rng(dist_info)  # collective: every rank takes part
             if dist_info.is_main:
