@@ -106,11 +106,22 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- presets
 
-SIZES = ("tiny", "small", "base")
+SIZES = ("micro", "tiny", "small", "base")
+
+
+# size -> (head width, DiT depth, heads): the action heads follow the backbone's size dial.
+HEAD_SIZES = {"micro": (64, 2, 2), "tiny": (128, 4, 4), "small": (256, 6, 8), "base": (512, 8, 8)}
 
 
 def _policy(preset: str, size: str, **kw: Any) -> PolicyConfig:
-    return PolicyConfig(preset=preset, backbone=BackboneConfig(size=size), **kw)
+    width, depth, heads = HEAD_SIZES[size]
+    return PolicyConfig(
+        preset=preset,
+        backbone=BackboneConfig(size=size),
+        expert=ActionExpertConfig(width=width, depth=depth, heads=heads),
+        recurrent=RecurrentHeadConfig(width=width, heads=heads),
+        **kw,
+    )
 
 
 def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:

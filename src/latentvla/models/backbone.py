@@ -31,7 +31,8 @@ from latentvla.models.vision import VisionConfig, build_vision
 from latentvla.registry import did_you_mean, lookup
 
 # size -> (width, layers, heads): the one complexity dial (nanochat `--depth` style).
-BACKBONE_SIZES = {"tiny": (128, 4, 4), "small": (256, 6, 8), "base": (512, 8, 8)}
+# "micro" exists for unit tests and smoke runs; "tiny" is the CPU training size.
+BACKBONE_SIZES = {"micro": (64, 2, 2), "tiny": (128, 4, 4), "small": (256, 6, 8), "base": (512, 8, 8)}
 BACKBONE_KINDS = ("tiny", "hf")
 _HF_INSTALL = 'pip install -e ".[hf]"'
 
