@@ -80,7 +80,11 @@ def main(args: argparse.Namespace) -> int:
 
     from latentvla.train.loop import train
 
-    summary = train(cfg, args.dataset, args.out, resume=args.resume, show_progress=not args.no_progress)
+    try:
+        summary = train(cfg, args.dataset, args.out, resume=args.resume, show_progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:  # bad dataset / nothing to resume / config mismatch
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{'stage':<8} {'rows':>5} {'first loss':>11} {'last loss':>10}")
         for stage, s in summary["stage_losses"].items():
