@@ -3,6 +3,8 @@
     latentvla bench train                                  # samples/s per preset (and per LaRA stage), tiny size
     latentvla bench train --presets lara,rdvla --steps 10 --batch-size 16 --json bench_train.json
     latentvla bench train --dataset data/mw4               # a real dataset instead of a synthetic one
+    latentvla bench latency RUN --json latency.json        # per-call latency per reasoning path, RD memory
+    latentvla bench latency --preset lara-rd               # the same on a random-init config
 
 Each measurement lives in `latentvla/bench/`; this file only parses arguments. Add a measurement by adding a
 sub-subcommand here (a `register_<name>` function below and its entry in `_SUBCOMMANDS`).
@@ -67,4 +69,60 @@ def main_train(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS = [register_train]
+def register_latency(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("latency", help="per-call latency: no reasoning / latent / explicit CoT / recurrent depths")
+    p.add_argument("run", nargs="?", default=None, help="checkpoint or run dir (or use --preset)")
+    p.add_argument("--preset", default=None, help="benchmark a random-init preset instead of a checkpoint")
+    p.add_argument("--size", default="tiny", help="size of the random-init preset")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--delta", type=float, default=1e-3, help="MSE halting threshold for the adaptive RD run")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    p.set_defaults(func=main_latency)
+
+
+def _random_policy(preset: str, size: str):
+    from latentvla.config import get_preset
+    from latentvla.constants import ACTION, OBS_STATE
+    from latentvla.data.stats import Normalizer
+    from latentvla.policy import Policy
+
+    cfg = get_preset(preset, size).policy
+    stats = {}
+    for key, dim in ((OBS_STATE, cfg.state_dim), (ACTION, cfg.action_dim)):
+        z, o = [0.0] * dim, [1.0] * dim
+        stats[key] = {"mean": z, "std": o, "min": [-1.0] * dim, "max": o, "q01": [-1.0] * dim, "q99": o}
+    return Policy.from_config(cfg, Normalizer(stats))
+
+
+def main_latency(args: argparse.Namespace) -> int:
+    import torch
+
+    from latentvla.bench.latency import bench_latency, format_table
+    from latentvla.policy import Policy
+
+    if (args.run is None) == (args.preset is None):
+        print("error: give a checkpoint/run dir or --preset NAME (not both)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        policy = Policy.from_pretrained(args.run) if args.run else _random_policy(args.preset, args.size)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    policy = policy.to(args.device).eval()
+    report = bench_latency(policy, warmup=args.warmup, repeats=args.repeats, delta=args.delta,
+                           progress=lambda name: print(f"timing {name} ...", file=sys.stderr))
+    report.update({"torch": torch.__version__, "threads": torch.get_num_threads(), "source": args.run or args.preset})
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+_SUBCOMMANDS = [register_train, register_latency]
