@@ -73,13 +73,18 @@ def _check_images(images: Tensor) -> None:
 
 
 class CNNEncoder(nn.Module):
-    """Tiny CNN: 3 x (3x3 conv stride 2 + GroupNorm + GELU), widths c, 2c, 4c; stride 8."""
+    """Tiny CNN: 4 x (3x3 conv stride 2 + GroupNorm + GELU), widths c, 2c, 4c, 4c; stride 16.
+
+    The last downsampling is a learned strided conv rather than average pooling: at 64 px it lands exactly on
+    the 4x4 token grid, so small targets (a button, a handle) are not averaged away before the transformer
+    sees them (bc-baseline.md: what decides success is whether the target survives into the features).
+    """
 
     def __init__(self, cfg: VisionConfig, out_dim: int) -> None:
         super().__init__()
         c = cfg.channels
         layers: list[nn.Module] = []
-        for cin, cout in ((3, c), (c, 2 * c), (2 * c, 4 * c)):
+        for cin, cout in ((3, c), (c, 2 * c), (2 * c, 4 * c), (4 * c, 4 * c)):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(min(8, cout), cout), nn.GELU()]
         self.stem = nn.Sequential(*layers)
         self.tokens = GridTokens(4 * c, out_dim, cfg.grid)
