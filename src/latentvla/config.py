@@ -204,7 +204,12 @@ def config_from_dict(cls: Any, data: dict) -> Any:
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply CLI overrides like `steps=100`, `policy.horizon=8`, `policy.backbone.width=64`."""
+    """Apply CLI overrides like `steps=100`, `policy.horizon=8`, `policy.backbone.size=small`.
+
+    `*.kind=...` overrides go last, so `policy.backbone.kind=hf policy.backbone.hf_path=DIR` validates in either
+    order (a kind's required fields are set before the kind switch is checked).
+    """
+    overrides = sorted(overrides, key=lambda o: o.split("=", 1)[0].endswith(".kind"))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value (e.g. policy.horizon=8)")

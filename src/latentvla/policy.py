@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from latentvla.config import PolicyConfig, config_from_dict, config_to_dict
@@ -92,8 +92,7 @@ class Policy(nn.Module):
         """model.safetensors + config.json ({"policy": ..., **extra}) + stats.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS))
+        save_model(self.model, str(directory / WEIGHTS))  # handles tied weights (HF LMs tie lm_head to embeddings)
         cfg = {"policy": config_to_dict(self.config), **(extra_config or {})}
         (directory / CONFIG).write_text(json.dumps(cfg, indent=2))
         (directory / STATS).write_text(json.dumps(self.normalizer.to_dict()))
@@ -108,7 +107,11 @@ class Policy(nn.Module):
         config = config_from_dict(PolicyConfig, raw["policy"])
         normalizer = Normalizer.from_dict(json.loads((ckpt / STATS).read_text()))
         policy = cls(config, normalizer)
-        policy.model.load_state_dict(load_file(str(ckpt / WEIGHTS)))
+        missing, unexpected = load_model(policy.model, str(ckpt / WEIGHTS), strict=True)
+        if missing or unexpected:  # strict=True raises already; kept explicit for older safetensors
+            raise RuntimeError(
+                f"checkpoint {ckpt} does not match its config: missing {missing}, unexpected {unexpected}"
+            )
         return policy.to(device).eval()
 
     # ------------------------------------------------------------------------------------------ verbs
