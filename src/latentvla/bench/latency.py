@@ -148,7 +148,7 @@ def bench_latency(
     report["explicit_ms"] = timings["explicit"]["median"]
     report["p90_ms"] = {k: v["p90"] for k, v in timings.items()}
     _, explicit_out = call(mode="explicit")
-    report["explicit_cot_tokens"] = len(policy.model.tokenizer.encode(explicit_out.cot_text[0]))
+    report["explicit_cot_tokens"] = int(explicit_out.cot_tokens[0])  # decoded one by one (cap: 96)
     report["num_thinking_tokens"] = policy.model.final.num_thinking
     if recurrent:
         report["rd_fixed_ms"] = {str(k): timings[f"rd_fixed_{k}"]["median"] for k in depths}

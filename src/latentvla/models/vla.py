@@ -59,6 +59,7 @@ class SampleOutput:
     iterations: Tensor | None = None  # (B,) recurrent head only
     deltas: Tensor | None = None  # (B,R) per-iteration mean squared change of the decoded chunk
     thinking_latents: Tensor | None = None  # (B,K,D) one per latent CoT component (C18)
+    cot_tokens: Tensor | None = None  # (B,) tokens decoded in explicit mode (stop token excluded)
 
 
 def compose_cot(batch: dict, components: tuple[str, ...], index: int) -> str:
@@ -387,7 +388,7 @@ class LatentVLA(nn.Module):
         res = self._act(
             batch, [text], 0, self.final.visual_latents, iterations, halting, num_steps, noise, generator
         )
-        res.cot_text = [text]
+        res.cot_text, res.cot_tokens = [text], gen.lengths
         return res
 
 
@@ -417,4 +418,5 @@ def _stack_outputs(outs: list[SampleOutput]) -> SampleOutput:
         iterations=cat([o.iterations for o in outs]),
         deltas=cat([o.deltas for o in outs]),
         thinking_latents=cat([o.thinking_latents for o in outs]),
+        cot_tokens=cat([o.cot_tokens for o in outs]),
     )

@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=200, help="episode cap during evaluation")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latency-repeats", type=int, default=10, help="timed calls per path in the latency bench")
     p.set_defaults(func=main)
 
 
@@ -66,8 +67,9 @@ def _plan_steps(models: list[str], dataset: Path, budget_s: float, batch: int, o
     total = sum(shares.values())
     plan = {}
     for m in models:
-        rate = run_train_bench([m], dataset, steps=3, batch_size=batch, warmup=1,
-                               overrides=[*overrides, *CPU_OVERRIDES.get(m, [])])[0]
+        rate = run_train_bench(
+            [m], dataset, steps=3, batch_size=batch, warmup=1, overrides=[*overrides, *CPU_OVERRIDES.get(m, [])]
+        )[0]
         steps_per_s = rate["samples_per_s"] / batch
         plan[m] = max(50, int(0.85 * budget_s * shares[m] / total * steps_per_s))  # 15 % slack: logging, ckpts
         _log(f"{m}: {rate['samples_per_s']:.0f} samples/s measured -> {plan[m]} steps")
@@ -102,7 +104,9 @@ def main(args: argparse.Namespace) -> int:
     tasks = json.loads((data / "meta" / "info.json").read_text()).get("latentvla_collect", {}).get("tasks")
     tasks = ",".join(tasks) if tasks else args.tasks
     n_tasks = len(tasks.split(","))
-    eval_reserve = len(models) * (30 + n_tasks * args.eval_episodes * args.max_steps * 0.012 / max(1, args.workers))
+    eval_reserve = len(models) * (
+        30 + n_tasks * args.eval_episodes * args.max_steps * 0.012 / max(1, args.workers)
+    )
     train_budget = budget - (time.time() - t0) - eval_reserve - 40 * len(models)  # 40 s per model: latency bench
     steps = {m: args.steps for m in models} if args.steps else _plan_steps(
         models, data, max(60.0, train_budget), args.batch_size, overrides)  # fmt: skip
@@ -112,9 +116,18 @@ def main(args: argparse.Namespace) -> int:
         run = out / "runs" / m
         if not (run / "checkpoints").exists() or not any((run / "checkpoints").glob("0*")):
             _log(f"2/5 training {m} for {steps[m]} steps ({i + 1}/{len(models)})")
-            cfg = apply_overrides(get_preset(m), [*overrides, *CPU_OVERRIDES.get(m, []), f"steps={steps[m]}",
-                                                  f"batch_size={args.batch_size}",
-                                                  f"seed={args.seed}", f"save_every={steps[m]}", "log_every=25"])
+            cfg = apply_overrides(
+                get_preset(m),
+                [
+                    *overrides,
+                    *CPU_OVERRIDES.get(m, []),
+                    f"steps={steps[m]}",
+                    f"batch_size={args.batch_size}",
+                    f"seed={args.seed}",
+                    f"save_every={steps[m]}",
+                    "log_every=25",
+                ],
+            )
             t = time.time()
             summary = train(cfg, data, run)
             results[m] = {"train_s": time.time() - t, "steps": steps[m], "train_summary": summary}
@@ -134,7 +147,7 @@ def main(args: argparse.Namespace) -> int:
     for m in models:
         _log(f"4/5 latency benchmark of {m}")
         policy = Policy.from_pretrained(out / "runs" / m).eval()
-        latency[m] = bench_latency(policy, warmup=2, repeats=10)
+        latency[m] = bench_latency(policy, warmup=2, repeats=args.latency_repeats)
         (out / "latency").mkdir(parents=True, exist_ok=True)
         (out / "latency" / f"{m}.json").write_text(json.dumps(latency[m], indent=2))
 

@@ -1,0 +1,60 @@
+"""Latency/memory benchmark: the report's keys, the memory tracker, the CLI on a random-init preset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from latentvla.bench.latency import PeakTensorMemory, bench_latency, format_table
+from latentvla.cli import main
+from latentvla.scripts.bench import _random_policy
+
+
+def test_peak_tensor_memory_counts_live_storages_exactly():
+    with PeakTensorMemory() as tracker:
+        a = torch.ones(1024, dtype=torch.float32)  # 4 KiB
+        b = torch.ones(2048, dtype=torch.float32)  # 8 KiB -> 12 KiB live
+        del a, b
+        c = torch.ones(256, dtype=torch.float32)  # 1 KiB: peak stays 12 KiB
+        c.add_(1)  # in place: no new storage
+        view = c[:10]  # a view shares c's storage
+        del view
+    assert tracker.peak == 12 * 1024
+    assert tracker.current == 1024  # only c is alive
+    del c
+
+
+def test_latency_report_has_every_path_and_flat_recurrent_memory():
+    policy = _random_policy("lara-rd", "micro").eval()
+    report = bench_latency(policy, warmup=0, repeats=1, depths=(1, 4, 8), max_depth=8)
+    for key in ("no_reasoning_ms", "latent_ms", "explicit_ms", "rd_adaptive_ms", "rd_adaptive_mean_iterations"):
+        assert report[key] > 0, key
+    assert set(report["rd_fixed_ms"]) == {"1", "4", "8"}
+    mem = report["rd_peak_mem_mb"]
+    # inference keeps no per-iteration state: peak memory may not grow with depth (RD-VLA's constant memory)
+    assert mem["8"] <= 1.05 * mem["4"], mem
+    assert report["num_thinking_tokens"] == 3
+    assert "explicit / latent" in format_table(report)
+
+
+def test_flow_checkpoint_has_no_recurrent_keys():
+    report = bench_latency(_random_policy("lara", "micro").eval(), warmup=0, repeats=1)
+    assert "rd_fixed_ms" not in report and "rd_peak_mem_mb" not in report
+
+
+def test_cli_random_preset_writes_json(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    assert main(["bench", "latency", "--preset", "rdvla", "--size", "micro", "--repeats", "1", "--warmup", "0",
+                 "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["source"] == "rdvla" and "rd_peak_mem_mb" in report
+    assert "median ms/call" in capsys.readouterr().out
+
+
+def test_cli_needs_exactly_one_source(capsys):
+    assert main(["bench", "latency"]) == 2
+    assert "give a checkpoint" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Did you mean"):
+        _random_policy("lara-rdd", "micro")
