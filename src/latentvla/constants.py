@@ -11,7 +11,9 @@ OBS_STATE = "observation.state"
 ACTION = "action"
 TASK = "task"
 ACTION_IS_PAD = "action_is_pad"
-NEXT_IMAGE_SUFFIX = ".next"  # f"{OBS_IMAGES}.{camera}.next": frame t+1 of the primary camera (visual-latent target)
+NEXT_IMAGE_SUFFIX = (
+    ".next"  # f"{OBS_IMAGES}.{camera}.next": frame t+1 of the primary camera (visual-latent target)
+)
 NEXT_IMAGE_IS_PAD = "next_image_is_pad"  # True where t is the last frame of its episode (no t+1 target)
 
 # Chain-of-thought columns written by the annotator (C13) and read by the dataset (C11).

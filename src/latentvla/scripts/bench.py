@@ -114,9 +114,16 @@ def main_latency(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     policy = policy.to(args.device).eval()
-    report = bench_latency(policy, warmup=args.warmup, repeats=args.repeats, delta=args.delta,
-                           progress=lambda name: print(f"timing {name} ...", file=sys.stderr))
-    report.update({"torch": torch.__version__, "threads": torch.get_num_threads(), "source": args.run or args.preset})
+    report = bench_latency(
+        policy,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        delta=args.delta,
+        progress=lambda name: print(f"timing {name} ...", file=sys.stderr),
+    )
+    report.update(
+        {"torch": torch.__version__, "threads": torch.get_num_threads(), "source": args.run or args.preset}
+    )
     print(format_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
