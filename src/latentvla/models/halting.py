@@ -16,6 +16,8 @@ iteration and freezes each batch element on its own at the first iteration whose
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,7 +32,7 @@ def mean_squared_change(prev_actions: Tensor, actions: Tensor) -> Tensor:
     return (actions - prev_actions).float().pow(2).flatten(1).mean(dim=1)
 
 
-class _Convergence:
+class _Convergence(abc.ABC):
     """Shared bookkeeping: a per-element count of consecutive iterations that met the criterion."""
 
     def __init__(self, patience: int = 1):
@@ -42,8 +44,9 @@ class _Convergence:
     def reset(self, batch_size: int) -> None:
         self._streak = torch.zeros(batch_size, dtype=torch.long)
 
+    @abc.abstractmethod
     def _met(self, prev_actions: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        raise NotImplementedError
+        """(criterion met (B,) bool, score (B,)) for one iteration; defined by each strategy."""
 
     def check(self, prev_actions: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         met, score = self._met(prev_actions, actions)
