@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from latentvla.models.masking import mean_over_valid_steps
+
 TIME_SAMPLERS = ("beta", "uniform")
 
 
@@ -138,10 +140,4 @@ def flow_matching_loss(pred_v: Tensor, target_v: Tensor, is_pad: Tensor | None =
         raise ValueError(
             f"pred_v and target_v must both be (B,H,A); got {tuple(pred_v.shape)}, {tuple(target_v.shape)}."
         )
-    sq = (pred_v - target_v).pow(2).mean(dim=-1)  # (B, H)
-    if is_pad is None:
-        return sq.mean(dim=-1)
-    if is_pad.shape != sq.shape:
-        raise ValueError(f"is_pad must be (B,H) = {tuple(sq.shape)}, got {tuple(is_pad.shape)}.")
-    valid = (~is_pad.bool()).to(sq.dtype)
-    return (sq * valid).sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
+    return mean_over_valid_steps((pred_v - target_v).pow(2).mean(dim=-1), is_pad)  # (B, H) -> (B,)

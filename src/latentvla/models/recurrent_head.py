@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentvla.models.halting import HaltingStrategy, mean_squared_change
+from latentvla.models.masking import mean_over_valid_steps
 from latentvla.models.recurrence import sample_depth, split_depth
 
 
@@ -318,10 +319,4 @@ def l1_chunk_loss(pred: Tensor, target: Tensor, is_pad: Tensor | None = None) ->
     """Per-sample L1 (B,) between chunks (B,H,A), averaged over non-padded steps and action dims ([RF] L1)."""
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"pred and target must both be (B,H,A); got {tuple(pred.shape)}, {tuple(target.shape)}.")
-    err = (pred - target).abs().mean(dim=-1)  # (B, H)
-    if is_pad is None:
-        return err.mean(dim=-1)
-    if is_pad.shape != err.shape:
-        raise ValueError(f"action_is_pad must be (B,H) = {tuple(err.shape)}, got {tuple(is_pad.shape)}.")
-    valid = (~is_pad.bool()).to(err.dtype)
-    return (err * valid).sum(dim=-1) / valid.sum(dim=-1).clamp_min(1.0)
+    return mean_over_valid_steps((pred - target).abs().mean(dim=-1), is_pad)  # (B, H) -> (B,)

@@ -52,7 +52,7 @@ BIDIRECTIONAL = (Segment.IMAGE, Segment.IMG_NEXT, Segment.QUERY)
 class SequenceBatch:
     """A laid-out batch. Index tensors are (B, n) column indices of each block (same columns in every row)."""
 
-    input_ids: Tensor  # (B, T) pad id at IMAGE placeholders, <thinking> at THINKING, <query> at QUERY
+    input_ids: Tensor  # (B, T) pad id in IMAGE columns (filled with image tokens), <thinking> at THINKING, <query> at QUERY
     segments: Tensor  # (B, T) Segment values
     position_ids: Tensor  # (B, T) 0.. over real tokens, 0 at pads
     targets: Tensor  # (B, T) shifted CE targets, IGNORE where unsupervised
