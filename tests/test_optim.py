@@ -89,7 +89,17 @@ def test_set_lrs_applies_stage_multipliers():
     class Cfg:
         steps, warmup_frac, min_lr_frac = 10, 0.0, 0.0
 
-    stage = StageSpec("III", (), (), False, False, True, w_head=1.0, lr_backbone=0.5, lr_head=1.0)
+    stage = StageSpec(
+        name="III",
+        latent_components=(),
+        explicit_components=(),
+        visual_latents=False,
+        discrete_actions=False,
+        train_head=True,
+        w_head=1.0,
+        lr_backbone=0.5,
+        lr_head=1.0,
+    )
     lrs = set_lrs(opt, 0, stage, Cfg, [0])
     assert lrs == {"lr_backbone": pytest.approx(0.5), "lr_head": pytest.approx(2.0)}
     lrs = set_lrs(opt, 9, stage, Cfg, [0])

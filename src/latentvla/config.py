@@ -2,14 +2,14 @@
 
 Each sub-config lives next to the module it configures (BackboneConfig in models/backbone.py, ActionExpertConfig
 in models/action_expert.py, RecurrentHeadConfig in models/recurrent_head.py, CurriculumConfig in
-train/curriculum.py); this file only composes them:
+models/curriculum.py); this file only composes them:
 
     TrainConfig
       └── policy: PolicyConfig
             ├── backbone: BackboneConfig       one size dial: tiny | small | base (or a local HF model)
             ├── head: "flow" | "recurrent"     LaRA's DiT expert or RD-VLA's recurrent-depth head
             ├── expert / recurrent             their configs
-            └── curriculum: CurriculumConfig   which stages, in which order (train/curriculum.py)
+            └── curriculum: CurriculumConfig   which stages, in which order (models/curriculum.py)
 
 Presets (paper ablations are names, not flags — house style §4.7):
     lara              I -> II-1 -> II-2 -> II-3 -> III, latent text + visual latents, flow expert
@@ -32,9 +32,9 @@ from typing import Any, Literal
 from latentvla.constants import DEFAULT_CAMERA
 from latentvla.models.action_expert import ActionExpertConfig
 from latentvla.models.backbone import BackboneConfig
+from latentvla.models.curriculum import CurriculumConfig
 from latentvla.models.recurrent_head import RecurrentHeadConfig
 from latentvla.registry import did_you_mean, lookup
-from latentvla.train.curriculum import CurriculumConfig
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,10 @@ from torch import nn
 from latentvla.config import PolicyConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.stats import Normalizer
+from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.execution import make_horizon
 from latentvla.models.halting import make_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
-from latentvla.train.curriculum import StageSpec, final_stage
 
 WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
 

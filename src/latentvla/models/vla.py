@@ -12,10 +12,11 @@ The model has two verbs (house style §4.4):
                                                                                             (C4)        head (C6/C7)
 
 What varies between LaRA-VLA, RD-VLA and their ablations is only (a) the `StageSpec` the curriculum hands to
-`compute_loss` and (b) which head `PolicyConfig.head` builds: the flow-matching DiT expert reads the final hidden
-states of the whole sequence (LaRA §3.2); the recurrent-depth head reads the query tokens and image tokens at a
-middle layer (prelude) and at the last layer (core/coda), as RD-VLA §III-B does with h^(12) and h^(24).
-Normalization, action queues and robot conversions live in `policy.py`, never here.
+`compute_loss` and (b) which head `PolicyConfig.head` builds (models/action_heads.py: each head owns what it reads
+from the backbone, its loss and its sampling). As in openpi's pi0.py, `embed_prefix` builds what the backbone
+reads (images, instruction, reasoning tokens, discrete action tokens, query tokens); the head's own input (state,
+noisy actions, time — the "suffix") is embedded inside the head. Normalization, action queues and robot
+conversions live in `policy.py`, never here.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from torch import Tensor, nn
 
 from latentvla.constants import (
     ACTION,
-    ACTION_IS_PAD,
     COT_BBOX,
     COT_BBOX_VISIBLE,
     COT_REASONING,
@@ -36,30 +36,18 @@ from latentvla.constants import (
     NEXT_IMAGE_IS_PAD,
     NEXT_IMAGE_SUFFIX,
     OBS_IMAGES,
-    OBS_STATE,
     TASK,
 )
 from latentvla.models import sequence as seq_lib
-from latentvla.models.action_expert import FlowMatchingExpert
+from latentvla.models.action_heads import build_action_head, gather
 from latentvla.models.action_tokenizer import BinningActionTokenizer
 from latentvla.models.backbone import BackboneOutput, build_backbone
+from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.ema import ema_update, make_ema
-from latentvla.models.recurrence import sample_depth
-from latentvla.models.recurrent_head import RecurrentDepthHead
+from latentvla.models.sampling import SampleOptions, SampleOutput, stack_outputs
 from latentvla.models.thinking import generate, latent_forward
-from latentvla.train.curriculum import StageSpec, final_stage
 
-
-@dataclass
-class SampleOutput:
-    """What `sample_actions` returns; eval, bench and the server read only this."""
-
-    actions: Tensor  # (B,H,A) normalized
-    cot_text: list[str] | None = None  # explicit mode only
-    iterations: Tensor | None = None  # (B,) recurrent head only
-    deltas: Tensor | None = None  # (B,R) per-iteration mean squared change of the decoded chunk
-    thinking_latents: Tensor | None = None  # (B,K,D) one per latent CoT component (C18)
-    cot_tokens: Tensor | None = None  # (B,) tokens decoded in explicit mode (stop token excluded)
+__all__ = ["LatentVLA", "Layout", "SampleOptions", "SampleOutput", "compose_cot"]
 
 
 def compose_cot(batch: dict, components: tuple[str, ...], index: int) -> str:
@@ -77,6 +65,26 @@ def compose_cot(batch: dict, components: tuple[str, ...], index: int) -> str:
         elif comp == "reasoning":
             parts.append(f"Reasoning: {batch[COT_REASONING][index]}")
     return " ".join(parts)
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """What the backbone sequence holds besides image tokens and the instruction (models/sequence.py)."""
+
+    explicit: list[str] | None = None  # per-sample CoT text after <end_of_thinking>
+    n_latent: int = 0  # thinking tokens (Coconut multi-pass when > 0)
+    visual: bool = False  # <img_next> x n_img_next
+    action_ids: Tensor | None = None  # (B, L) discrete action-token ids (stages I/II, teacher forcing)
+    n_query: int = 0  # the recurrent head's query tokens
+
+
+@dataclass
+class Prefix:
+    """The embedded backbone input: layout, embeddings (image columns filled) and attention mask."""
+
+    seq: seq_lib.SequenceBatch
+    embeds: Tensor
+    mask: Tensor
 
 
 class LatentVLA(nn.Module):
@@ -104,16 +112,7 @@ class LatentVLA(nn.Module):
         # LaRA §3.3 Eq. 3: the visual-latent targets come from an EMA copy of the image encoder (no gradient).
         self.ema_vision = make_ema(self.backbone.vision) if self.uses_visual else None
         self.action_tokenizer = BinningActionTokenizer(cfg.num_action_bins, cfg.action_dim, cfg.horizon)
-        state_dim = cfg.state_dim if cfg.use_state else None
-        if cfg.head == "flow":
-            self.head = FlowMatchingExpert(cfg.expert, width, cfg.action_dim, cfg.horizon, state_dim)
-        else:
-            self.head = RecurrentDepthHead(
-                replace(cfg.recurrent, chunk=cfg.horizon), width, cfg.action_dim, state_dim
-            )
-        n = self.backbone.num_layers
-        self.prelude_layer = n // 2  # RD-VLA taps h^(12) of 24 for the prelude ...
-        self.core_layer = n  # ... and the last layer for core and coda
+        self.head = build_action_head(cfg, width, self.backbone.num_layers)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -154,92 +153,69 @@ class LatentVLA(nn.Module):
         pooled = F.adaptive_avg_pool2d(fmap, self.target_grid)
         return pooled.flatten(2).transpose(1, 2)  # (B, grid*grid, D)
 
-    def _build(
-        self,
-        batch: dict,
-        *,
-        explicit: list[str] | None,
-        n_latent: int,
-        visual: bool,
-        action_ids: Tensor | None,
-        n_query: int,
-    ):
-        """Sequence layout + input embeddings (image columns filled with image tokens) + attention mask."""
-        img = self._image_tokens(batch)
+    def embed_prefix(self, batch: dict, layout: Layout, image_tokens: Tensor | None = None) -> Prefix:
+        """Everything the backbone reads: sequence layout + input embeddings (image columns = image tokens) + mask."""
+        img = self._image_tokens(batch) if image_tokens is None else image_tokens
         seq = seq_lib.build_sequence(
             self.tokenizer,
             list(batch[TASK]),
-            explicit,
-            n_latent=n_latent,
-            n_img_next=self.cfg.n_img_next if visual else 0,
-            action_token_ids=action_ids,
-            n_query=n_query,
+            layout.explicit,
+            n_latent=layout.n_latent,
+            n_img_next=self.cfg.n_img_next if layout.visual else 0,
+            action_token_ids=layout.action_ids,
+            n_query=layout.n_query,
             n_image=img.shape[1],
         ).to(img.device)
         embeds = self.backbone.embed(seq.input_ids)
         embeds = torch.cat([img.to(embeds.dtype), embeds[:, img.shape[1] :]], dim=1)  # image block = cols [0, N)
-        return seq, embeds, seq.attention_mask()
+        return Prefix(seq, embeds, seq.attention_mask())
 
-    def _run(self, seq, embeds, mask, n_latent: int) -> tuple[BackboneOutput, Tensor | None]:
-        if n_latent > 0:
-            return latent_forward(self.backbone, embeds, mask, seq.position_ids, seq.thinking_cols)
-        return self.backbone(embeds, attention_mask=mask, position_ids=seq.position_ids), None
+    def _forward(self, prefix: Prefix) -> tuple[BackboneOutput, Tensor | None]:
+        """One backbone pass (Coconut multi-pass when the prefix has thinking tokens) -> (output, thinking latents)."""
+        seq = prefix.seq
+        if seq.thinking_index.shape[1] > 0:
+            return latent_forward(self.backbone, prefix.embeds, prefix.mask, seq.position_ids, seq.thinking_cols)
+        return self.backbone(prefix.embeds, attention_mask=prefix.mask, position_ids=seq.position_ids), None
 
-    def _head_contexts(self, out: BackboneOutput, seq) -> dict:
-        """What the action head reads. Flow: the whole final sequence (pads masked); recurrent: taps."""
-        if self.cfg.head == "flow":
-            return {"context": out.hidden, "context_mask": seq.valid}
-        mid, last = out.layers[self.prelude_layer], out.layers[self.core_layer]
-        q, im = seq.query_index, seq.image_index
-        gather = _gather
-        return {
-            "prelude_context": torch.cat([gather(mid, q), gather(mid, im)], dim=1),
-            "core_latent_context": gather(last, q),
-            "core_vision_context": gather(last, im),
-        }
+    def _train_layout(self, batch: dict, stage: StageSpec) -> Layout:
+        bsz = batch[ACTION].shape[0]
+        explicit = stage.explicit_components
+        return Layout(
+            explicit=[compose_cot(batch, explicit, i) for i in range(bsz)] if explicit else None,
+            n_latent=stage.num_thinking,
+            visual=stage.visual_latents,
+            action_ids=(
+                self._action_offset + self.action_tokenizer.encode(batch[ACTION])
+                if stage.discrete_actions
+                else None
+            ),
+            n_query=self.head.n_query if stage.train_head else 0,
+        )
 
     # ------------------------------------------------------------------------------------- verb 1: loss
 
     def compute_loss(self, batch: dict, stage: StageSpec, generator: torch.Generator | None = None):
         """Per-sample loss (B,) and scalar metrics for one curriculum stage."""
-        actions, bsz = batch[ACTION], batch[ACTION].shape[0]
-        explicit = (
-            [compose_cot(batch, stage.explicit_components, i) for i in range(bsz)]
-            if stage.explicit_components
-            else None
-        )
-        action_ids = (
-            self._action_offset + self.action_tokenizer.encode(actions) if stage.discrete_actions else None
-        )
-        n_query = self.cfg.n_query if (stage.train_head and self.cfg.head == "recurrent") else 0
-        seq, embeds, mask = self._build(
-            batch,
-            explicit=explicit,
-            n_latent=stage.num_thinking,
-            visual=stage.visual_latents,
-            action_ids=action_ids,
-            n_query=n_query,
-        )
-        out, _ = self._run(seq, embeds, mask, stage.num_thinking)
-        loss = torch.zeros(bsz, device=actions.device)
-        metrics: dict[str, float] = {}
-
+        prefix = self.embed_prefix(batch, self._train_layout(batch, stage))
+        out, _ = self._forward(prefix)
+        terms: list[tuple[str, float, Tensor]] = []  # (metric name, weight, per-sample loss)
         if stage.explicit_components or stage.discrete_actions:
-            ce_text, ce_act = self._token_losses(out.hidden, seq)
+            ce_text, ce_act = self._token_losses(out.hidden, prefix.seq)
             if stage.explicit_components:
-                loss = loss + stage.w_cot * ce_text
-                metrics["loss_cot"] = ce_text.mean().item()
+                terms.append(("loss_cot", stage.w_cot, ce_text))
             if stage.discrete_actions:
-                loss = loss + stage.w_act * ce_act
-                metrics["loss_act_tokens"] = ce_act.mean().item()
+                terms.append(("loss_act_tokens", stage.w_act, ce_act))
         if stage.visual_latents and stage.w_vis > 0:
-            vis = self._visual_loss(out.hidden, seq, batch)
-            loss = loss + stage.w_vis * vis
-            metrics["loss_vis"] = vis.mean().item()
+            terms.append(("loss_vis", stage.w_vis, self._visual_loss(out.hidden, prefix.seq, batch)))
+        metrics: dict[str, float] = {}
         if stage.train_head:
-            head_loss, head_metrics = self._head_loss(out, seq, batch, generator)
-            loss = loss + stage.w_head * head_loss
-            metrics.update(head_metrics)
+            head_loss, metrics = self.head.compute_loss(out, prefix.seq, batch, generator)
+            terms.append(("", stage.w_head, head_loss))
+        loss = torch.zeros(batch[ACTION].shape[0], device=batch[ACTION].device)
+        for name, weight, term in terms:
+            loss = loss + weight * term
+            if name:
+                metrics[name] = term.mean().item()
         metrics["loss"] = loss.mean().item()
         return loss, metrics
 
@@ -260,141 +236,72 @@ class LatentVLA(nn.Module):
         """L1 between <img_next> last hidden states and EMA next-frame features; masked at episode end (Eq. 2)."""
         primary = self.cfg.cameras[0]
         target = self._visual_targets(batch[f"{OBS_IMAGES}.{primary}{NEXT_IMAGE_SUFFIX}"])
-        pred = _gather(hidden, seq.img_next_index)
+        pred = gather(hidden, seq.img_next_index)
         keep = (~batch[NEXT_IMAGE_IS_PAD].bool()).to(hidden.dtype)
         return (pred - target).abs().mean(dim=(1, 2)) * keep
-
-    def _state(self, batch: dict) -> Tensor | None:
-        return batch[OBS_STATE] if self.cfg.use_state else None
-
-    def _head_loss(self, out, seq, batch, generator) -> tuple[Tensor, dict]:
-        ctx = self._head_contexts(out, seq)
-        actions, is_pad, state = batch[ACTION], batch[ACTION_IS_PAD], self._state(batch)
-        if self.cfg.head == "flow":
-            loss = self.head.loss(actions, ctx["context"], ctx["context_mask"], state, is_pad, generator=generator)
-            return loss, {"loss_flow": loss.mean().item()}
-        rc = self.cfg.recurrent
-        # One depth per step for the whole batch (Huginn: all workers draw the same r), TBPTT through the last d.
-        depth = sample_depth(generator, mean=rc.mean_recurrence, sigma=rc.depth_sigma, max_depth=rc.max_depth)
-        loss, _ = self.head.loss(
-            actions,
-            ctx["prelude_context"],
-            ctx["core_latent_context"],
-            ctx["core_vision_context"],
-            state,
-            is_pad,
-            num_iterations=depth,
-            backprop_depth=rc.backprop_depth,
-            generator=generator,
-        )
-        return loss, {"loss_l1": loss.mean().item(), "iterations": float(depth)}
 
     # ---------------------------------------------------------------------------------- verb 2: sample
 
     @torch.no_grad()
-    def sample_actions(
-        self,
-        batch: dict,
-        *,
-        mode: str = "latent",
-        iterations: int | None = None,
-        halting=None,
-        num_steps: int | None = None,
-        noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        max_cot_tokens: int = 96,
-    ) -> SampleOutput:
+    def sample_actions(self, batch: dict, options: SampleOptions | None = None, **overrides) -> SampleOutput:
         """An action chunk (normalized) for each observation in `batch`.
 
-        mode "latent": the final stage's prompt — K thinking tokens (K+1 KV-cached passes), <img_next> x16, head.
-        mode "explicit": greedy CoT text generation with the KV cache (ECoT-style), then act on the text.
-        mode "none": no reasoning tokens at all (image + instruction -> head): the latency floor.
+        `options` (models/sampling.py) carries every test-time choice; keyword `overrides` replace its fields
+        (`sample_actions(batch, mode="explicit")`). See `SampleOptions` for the three modes.
         """
-        if mode not in ("latent", "explicit", "none"):
-            raise ValueError(f"mode must be 'latent', 'explicit' or 'none', got {mode!r}")
-        if mode == "explicit":
-            outs = [
-                self._sample_explicit(
-                    _index(batch, i), iterations, halting, num_steps, noise, generator, max_cot_tokens
-                )
-                for i in range(len(batch[TASK]))
-            ]
-            return _stack_outputs(outs)
-        n_latent = self.final.num_thinking if mode == "latent" else 0
-        visual = self.final.visual_latents and mode == "latent"
-        return self._act(batch, None, n_latent, visual, iterations, halting, num_steps, noise, generator)
+        opts = replace(options or SampleOptions(), **overrides)
+        if opts.iterations is None:
+            opts = replace(opts, iterations=self.cfg.iterations)
+        if opts.mode == "explicit":
+            return stack_outputs([self._sample_explicit(_index(batch, i), opts) for i in range(len(batch[TASK]))])
+        latent = opts.mode == "latent"
+        layout = Layout(
+            n_latent=self.final.num_thinking if latent else 0, visual=self.final.visual_latents and latent
+        )
+        return self._act(batch, layout, opts)
 
-    def _act(
-        self, batch, explicit, n_latent, visual, iterations, halting, num_steps, noise, generator
-    ) -> SampleOutput:
+    def _act(self, batch: dict, layout: Layout, opts: SampleOptions) -> SampleOutput:
         """Run the reasoning prompt, then the trained action output (head, or discrete tokens before stage III)."""
-        use_head = self.final.train_head
-        n_query = self.cfg.n_query if (use_head and self.cfg.head == "recurrent") else 0
-        seq, embeds, mask = self._build(
-            batch, explicit=explicit, n_latent=n_latent, visual=visual, action_ids=None, n_query=n_query
-        )
-        if not use_head:  # stages I/II: decode H*A action tokens greedily, restricted to the action vocabulary
-            off, n_tok = self._action_offset, self.cfg.horizon * self.cfg.action_dim
-            gen = generate(
-                self.backbone,
-                embeds,
-                mask,
-                seq.position_ids,
-                max_new_tokens=n_tok,
-                stop_ids=(),
-                thinking_cols=seq.thinking_cols,
-                allowed_ids=range(off, off + self.cfg.num_action_bins),
-            )
-            return SampleOutput(self.action_tokenizer.decode(gen.tokens - off))
-        out, latents = self._run(seq, embeds, mask, n_latent)
-        ctx, state = self._head_contexts(out, seq), self._state(batch)
-        if self.cfg.head == "flow":
-            acts = self.head.sample(
-                ctx["context"],
-                ctx["context_mask"],
-                state,
-                num_steps=num_steps or self.cfg.expert.num_steps,
-                noise=noise,
-                generator=generator,
-            )
-            return SampleOutput(acts, thinking_latents=latents)
-        res = self.head(
-            ctx["prelude_context"],
-            ctx["core_latent_context"],
-            ctx["core_vision_context"],
-            state,
-            num_iterations=iterations or self.cfg.iterations,
-            halting=halting,
-            generator=generator,
-        )
-        return SampleOutput(res.actions, iterations=res.iterations, deltas=res.deltas, thinking_latents=latents)
+        if not self.final.train_head:
+            return self._act_tokens(self.embed_prefix(batch, layout))
+        prefix = self.embed_prefix(batch, replace(layout, n_query=self.head.n_query))
+        out, latents = self._forward(prefix)
+        res = self.head.sample_actions(out, prefix.seq, batch, opts)
+        res.thinking_latents = latents
+        return res
 
-    def _sample_explicit(
-        self, batch, iterations, halting, num_steps, noise, generator, max_cot_tokens
-    ) -> SampleOutput:
+    def _act_tokens(self, prefix: Prefix) -> SampleOutput:
+        """Stages I/II: decode H*A action tokens greedily, restricted to the action vocabulary."""
+        off, n_tok = self._action_offset, self.cfg.horizon * self.cfg.action_dim
+        gen = generate(
+            self.backbone,
+            prefix.embeds,
+            prefix.mask,
+            prefix.seq.position_ids,
+            max_new_tokens=n_tok,
+            stop_ids=(),
+            thinking_cols=prefix.seq.thinking_cols,
+            allowed_ids=range(off, off + self.cfg.num_action_bins),
+        )
+        return SampleOutput(self.action_tokenizer.decode(gen.tokens - off))
+
+    def _sample_explicit(self, batch: dict, opts: SampleOptions) -> SampleOutput:
         """ECoT-style: generate the CoT text token by token (KV cache), then act conditioned on it (batch of 1)."""
-        seq, embeds, mask = self._build(batch, explicit=None, n_latent=0, visual=False, action_ids=None, n_query=0)
+        prefix = self.embed_prefix(batch, Layout())
         # The first <img_next> is the trained end-of-CoT signal (sequence.py targets).
         gen = generate(
             self.backbone,
-            embeds,
-            mask,
-            seq.position_ids,
-            max_new_tokens=max_cot_tokens,
+            prefix.embeds,
+            prefix.mask,
+            prefix.seq.position_ids,
+            max_new_tokens=opts.max_cot_tokens,
             stop_ids=(self.tokenizer.img_next_id,),
         )
         text = gen.text[0].strip()
         # Re-encode the prompt with the generated CoT once and act: the stage-I layout with the text explicit.
-        res = self._act(
-            batch, [text], 0, self.final.visual_latents, iterations, halting, num_steps, noise, generator
-        )
+        res = self._act(batch, Layout(explicit=[text], visual=self.final.visual_latents), opts)
         res.cot_text, res.cot_tokens = [text], gen.lengths
         return res
-
-
-def _gather(x: Tensor, index: Tensor) -> Tensor:
-    """x (B,T,D), index (B,n) -> (B,n,D)."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _index(batch: dict, i: int) -> dict:
@@ -408,15 +315,3 @@ def _index(batch: dict, i: int) -> dict:
         else:
             out[k] = v
     return out
-
-
-def _stack_outputs(outs: list[SampleOutput]) -> SampleOutput:
-    cat = lambda xs: None if xs[0] is None else torch.cat(xs, 0)  # noqa: E731
-    return SampleOutput(
-        actions=torch.cat([o.actions for o in outs], 0),
-        cot_text=[t for o in outs for t in (o.cot_text or [""])],
-        iterations=cat([o.iterations for o in outs]),
-        deltas=cat([o.deltas for o in outs]),
-        thinking_latents=cat([o.thinking_latents for o in outs]),
-        cot_tokens=cat([o.cot_tokens for o in outs]),
-    )

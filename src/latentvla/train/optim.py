@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from latentvla.train.curriculum import StageSpec
+from latentvla.models.curriculum import StageSpec
 
 GROUPS = ("backbone", "head")
 ADAM_BETAS = (0.9, 0.95)
