@@ -69,3 +69,93 @@ def test_interrupted_collection_refuses_then_resumes(tmp_path, monkeypatch):
     reader = LeRobotDatasetReader(out)
     assert reader.num_episodes == 2 and not out.with_name("ds.partial").exists()
     assert {e["key"] for e in reader.episodes} == {"reach-v3/train/0000", "reach-v3/train/0001"}
+
+
+# --- interruption at every disk write, then --resume: exactly the uninterrupted dataset (issue 14 items 4, 5) ---
+
+
+class _Kill(BaseException):
+    """Stands in for SIGKILL: raised *before* a disk operation, so the files are as a kill there leaves them."""
+
+
+def _fake_rollout(task, episode, **kwargs):
+    """Deterministic tiny episodes; some attempts fail, so the failure bookkeeping is exercised too."""
+    fails = episode % 3 == 1 if task.startswith("reach") else episode == 0
+    rng = np.random.default_rng([len(task), episode])
+    length = 3 + episode % 2
+    ep = {
+        K.OBS_STATE: rng.normal(size=(length, 4)).astype(np.float32),
+        K.ACTION: rng.uniform(-1, 1, size=(length, 4)).astype(np.float32),
+        f"{K.OBS_IMAGES}.corner4": rng.integers(0, 255, size=(length, 8, 8, 3), dtype=np.uint8),
+        K.TASK: f"do {task}",
+    }
+    return ep, {"success": not fails, "task_name": task, "episode": episode}
+
+
+def _dataset_content(root):
+    import json
+
+    from latentvla.data.lerobot_format import LeRobotDatasetReader
+
+    reader = LeRobotDatasetReader(root)
+    episodes = [
+        (reader.episodes[i]["key"], {k: np.asarray(v).tolist() for k, v in reader.episode(i).items()})
+        for i in range(reader.num_episodes)
+    ]
+    return episodes, json.loads((root / "meta" / "stats.json").read_text()), reader.info
+
+
+def _collect_with_kill(C, monkeypatch, out, kill_at: int | None, resume: bool = False):
+    """Run collect, raising _Kill before the `kill_at`-th disk operation; returns how many operations ran."""
+    import os
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    count = [0]
+
+    def hook(fn):
+        def wrapped(*a, **kw):
+            count[0] += 1
+            if kill_at is not None and count[0] == kill_at:
+                raise _Kill
+            return fn(*a, **kw)
+
+        return wrapped
+
+    with monkeypatch.context() as m:
+        m.setattr(C, "rollout", _fake_rollout)
+        for mod, name in ((os, "replace"), (shutil, "rmtree"), (pq, "write_table")):
+            m.setattr(mod, name, hook(getattr(mod, name)))
+        try:
+            C.collect("reach,drawer-close", 3, image_size=64, out=out, progress=False, resume=resume)
+        except _Kill:
+            return None
+    return count[0]
+
+
+def test_collect_resume_after_kill_anywhere_equals_uninterrupted(tmp_path, monkeypatch):
+    from latentvla.data import collect as C
+
+    total = _collect_with_kill(C, monkeypatch, tmp_path / "ref", None)
+    reference = _dataset_content(tmp_path / "ref")
+    keys = [k for k, _ in reference[0]]
+    assert keys == ["reach-v3/train/0000", "reach-v3/train/0002", "reach-v3/train/0003",
+                    "drawer-close-v3/train/0001", "drawer-close-v3/train/0002", "drawer-close-v3/train/0003"]  # fmt: skip
+    assert reference[2]["latentvla_collect"]["attempts"] == 8
+    for kill_at in range(1, total + 1):  # every disk operation, the publish step included
+        out = tmp_path / f"k{kill_at}"
+        assert _collect_with_kill(C, monkeypatch, out, kill_at) is None
+        _collect_with_kill(C, monkeypatch, out, None, resume=True)
+        assert _dataset_content(out) == reference, f"killed before disk operation {kill_at} of {total}"
+        assert not out.with_name(out.name + ".partial").exists() and not (out / "shards").exists()
+        assert not out.with_name(out.name + ".collect.json").exists()
+
+
+@pytest.mark.parametrize("tasks, expected", [("pick-plac", "pick-place"), ("mt11", "mt10")])
+def test_collect_unknown_task_or_suite_is_one_line(tasks, expected, tmp_path, capsys):
+    from latentvla.cli import main
+
+    assert main(["collect", "--tasks", tasks, "--out", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and expected in err and "Traceback" not in err

@@ -13,9 +13,15 @@ after the first success (so the final frames show the finished task and the grip
 
 Episodes are rolled out by `workers` processes (spawned, each with its own envs and renderer, 1 BLAS/OMP
 thread); the parent writes them with `DatasetWriter`, which keeps everything in `<out>.partial/` until
-`finalize`, so an interrupted run never looks complete. `resume=True` skips episodes already written (their
-key is "<task>/train/<episode:04d>"); the attempt counters of the interrupted run live in
-`<out>.collect.json` next to the partial directory until finalize.
+`finalize`, so an interrupted run never looks complete.
+
+Resume is exact: the dataset is, per task, the first `episodes_per_task` successful episodes among 0 ..
+2 * episodes_per_task - 1, whatever the worker count or the moments of interruption. Only *finished* attempts
+are recorded (successes as written episodes, key "<task>/train/<episode:04d>"; failures in
+`<out>.collect.json`, rewritten atomically after each result), each wave asks for the lowest episodes not yet
+attempted, never more than are still missing, and `finalize` orders the episodes by (task, episode). A kill
+inside the final publish is resumed too (`DatasetWriter.finalize` keeps the shards until the rename), and
+`resume=True` on an already published dataset just cleans up and reports it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,53 +125,76 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     cameras = tuple(cameras)
     MetaWorldConfig(names[0], cameras=cameras, image_size=image_size, max_steps=max_steps)  # validate early
     out = Path(out)
-    writer = DatasetWriter(out, fps=FPS, robot_type=ROBOT_TYPE, resume=resume, overwrite=overwrite)
     counters_path = out.with_name(out.name + ".collect.json")
-    counters = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
+    if resume and out.is_dir() and not out.with_name(out.name + ".partial").exists():
+        return _already_published(out, counters_path)
+    writer = DatasetWriter(out, fps=FPS, robot_type=ROBOT_TYPE, resume=resume, overwrite=overwrite)
+    saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
     done = writer.done_keys()
-    stats = {t: counters.get(t, {"attempts": 0, "successes": 0, "next": 0}) for t in names}
-    for t in names:  # episodes already on disk count as successes even without a counters file
-        kept = sum(_key(t, e) in done for e in range(2 * episodes_per_task))
-        stats[t]["successes"] = max(stats[t]["successes"], kept)
-        stats[t]["attempts"] = max(stats[t]["attempts"], kept)
+    # per task: episodes written (successes) and episodes whose finished attempt failed; nothing else is state
+    succeeded = {t: {e for e in range(2 * episodes_per_task) if _key(t, e) in done} for t in names}
+    failed = {t: set(saved.get("failed", {}).get(t, [])) for t in names}
     kwargs = dict(seed=seed, cameras=cameras, image_size=image_size, max_steps=max_steps,
                   stop_after_success=stop_after_success)  # fmt: skip
     start, frames, written = time.perf_counter(), 0, 0
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(workers, initializer=_init_worker) if workers > 1 else None
     bar = tqdm(total=len(names) * episodes_per_task, desc="collect", unit="ep", disable=not progress)
-    bar.update(sum(s["successes"] for s in stats.values()))
+    bar.update(sum(len(s) for s in succeeded.values()))
     try:
-        while jobs := _next_wave(names, stats, episodes_per_task, done, kwargs):
+        while jobs := _next_wave(names, succeeded, failed, episodes_per_task, kwargs):
             results = pool.imap_unordered(_run_job, jobs) if pool else map(_run_job, jobs)
             for task, episode, ep, meta in results:
-                stats[task]["attempts"] += 1
                 if ep is not None:
                     writer.add_episode(ep, key=_key(task, episode), meta=meta)
-                    stats[task]["successes"] += 1
+                    succeeded[task].add(episode)
                     frames, written = frames + len(ep[K.ACTION]), written + 1
                     bar.update(1)
-                counters_path.write_text(json.dumps(stats))
+                else:
+                    failed[task].add(episode)
+                    _write_json_atomic(counters_path, {"failed": {t: sorted(f) for t, f in failed.items()}})
     finally:
         bar.close()
         if pool:
             pool.terminate()
         while _ENVS:  # in-process rollouts (workers=1): free the GL contexts now, not at interpreter exit
             _ENVS.popitem()[1].close()
+    stats = {t: {"attempts": len(succeeded[t]) + len(failed[t]), "successes": len(succeeded[t])} for t in names}
     return _finish(writer, stats, names, start, (frames, written), out, counters_path)
 
 
-def _next_wave(names, stats, per_task, done, kwargs) -> list[tuple]:
-    """Jobs for every task still short of `per_task` successes (at most 2 * per_task attempts per task)."""
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _next_wave(names, succeeded, failed, per_task, kwargs) -> list[tuple]:
+    """Per task, the lowest episodes (< 2 * per_task) not yet attempted, as many as successes are missing.
+
+    Never asking for more than are missing makes the kept set "the first `per_task` successes" in every
+    schedule, so an interrupted + resumed run keeps exactly the episodes of an uninterrupted one.
+    """
     jobs = []
     for t in names:
-        s = stats[t]
-        while s["successes"] + sum(j[0] == t for j in jobs) < per_task and s["next"] < 2 * per_task:
-            episode = s["next"]
-            s["next"] += 1
-            if _key(t, episode) not in done:
+        missing = per_task - len(succeeded[t])
+        for episode in range(2 * per_task):
+            if missing <= 0:
+                break
+            if episode not in succeeded[t] and episode not in failed[t]:
                 jobs.append((t, episode, kwargs))
+                missing -= 1
     return jobs
+
+
+def _already_published(out: Path, counters_path: Path) -> dict:
+    """`--resume` after a kill at the very end of a publish: the dataset is complete; drop leftovers."""
+    from latentvla.data.lerobot_format import SHARDS, LeRobotDatasetReader
+
+    shutil.rmtree(out / SHARDS, ignore_errors=True)
+    counters_path.unlink(missing_ok=True)
+    summary = LeRobotDatasetReader(out).info.get("latentvla_collect", {})
+    return summary | {"out": str(out), "seconds": 0.0, "episodes_per_s": 0.0, "already_complete": True}
 
 
 def _finish(writer, stats, names, start, counts, out, counters_path) -> dict:
@@ -174,10 +204,17 @@ def _finish(writer, stats, names, start, counts, out, counters_path) -> dict:
     per_task = {t: {"attempts": stats[t]["attempts"], "successes": stats[t]["successes"],
                     "success_rate": stats[t]["successes"] / max(stats[t]["attempts"], 1)} for t in names}  # fmt: skip
     summary = {"episodes_kept": kept, "attempts": attempts, "success_rate": kept / max(attempts, 1),
-               "per_task": per_task, "frames_written_this_run": frames}  # fmt: skip
+               "per_task": per_task}  # fmt: skip
     if kept == 0:
         raise RuntimeError(f"The expert succeeded in none of {attempts} episodes; nothing to write to {out}.")
-    writer.finalize(extra_info={"latentvla_collect": summary})
+    order = {t: i for i, t in enumerate(names)}
+
+    def by_task_episode(key: str) -> tuple[int, int]:  # "<task>/train/<episode>" -> (task position, episode)
+        task, _, episode = key.split("/")
+        return order.get(task, len(order)), int(episode)
+
+    writer.finalize(extra_info={"latentvla_collect": summary}, sort_key=by_task_episode)
     counters_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    return summary | {"out": str(out), "seconds": seconds, "episodes_per_s": written / seconds}
+    return summary | {"out": str(out), "seconds": seconds, "episodes_per_s": written / seconds,
+                      "frames_written_this_run": frames}  # fmt: skip

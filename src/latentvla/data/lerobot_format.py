@@ -19,7 +19,9 @@ decode. Vectors are fixed-size lists, strings are string columns, flags are bool
 While writing, everything lives in `<root>.partial/`: each `add_episode` writes `shards/episode_NNNNNN.parquet`
 then its `.json` sidecar (the sidecar's existence marks the episode done, so a crash mid-episode is redone on
 resume). `finalize` merges the shards into the v3.0 files and renames `<root>.partial` to `<root>`, so an
-interrupted run never leaves a directory that looks like a complete dataset.
+interrupted run never leaves a directory that looks like a complete dataset. The shards are deleted only after
+that rename, so a kill anywhere inside `finalize` leaves either `<root>.partial/` with every shard (finalize
+again) or the published `<root>` (plus, at worst, a leftover `shards/` folder that readers ignore).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ _INFO_KEYS = {"codebase_version", "fps", "features", "total_episodes", "total_fr
 _NAMES = {OBS_STATE: ["hand_x", "hand_y", "hand_z", "gripper"], ACTION: ["dx", "dy", "dz", "gripper"]}
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 _PNG_COMPRESS_LEVEL = 1  # ~3x faster than the default 6 for a few % more bytes
+SHARDS = "shards"  # per-episode parquet + json sidecars inside `<root>.partial/` until finalize
 
 
 class DatasetFormatError(ValueError):
@@ -207,7 +210,7 @@ class DatasetWriter:
                     "or delete that directory to start over."
                 )
             shutil.rmtree(self.partial)
-        self.shards = self.partial / "shards"
+        self.shards = self.partial / SHARDS
         self.shards.mkdir(parents=True, exist_ok=True)
         self._done = self._load_done()
         self._features: dict[str, dict] | None = self._done[0]["features"] if self._done else None
@@ -295,33 +298,43 @@ class DatasetWriter:
         self._done.append(record)
         self._features = self._features or features
 
-    def finalize(self, extra_info: dict | None = None) -> Path:
-        """Write stats, meta and data files, then atomically rename `<root>.partial` to `<root>`."""
+    def finalize(self, extra_info: dict | None = None, sort_key: Any = None) -> Path:
+        """Write stats, meta and data files, then atomically rename `<root>.partial` to `<root>`.
+
+        Episodes are numbered in the order they were added, or by `sort_key(key)` when given (e.g. collection
+        orders by (task, episode) so the dataset does not depend on which worker finished first). Idempotent
+        until the rename: a finalize killed midway is simply run again.
+        """
         if not self._done:
             raise ValueError(f"No episodes were added to {self.partial}; nothing to finalize.")
         extra_info = dict(extra_info or {})
         if clash := set(extra_info) & _INFO_KEYS:
             raise ValueError(f"extra_info keys {sorted(clash)} would overwrite standard info.json fields.")
-        tasks = list(dict.fromkeys(d["task"] for d in self._done))
-        locations = self._write_data(tasks)
-        self._write_episodes(tasks, locations)
+        numbers = list(range(len(self._done)))  # shard numbers, in output order
+        if sort_key is not None:
+            numbers.sort(key=lambda n: sort_key(self._done[n]["key"]))
+        records = [self._done[n] for n in numbers]
+        tasks = list(dict.fromkeys(d["task"] for d in records))
+        locations = self._write_data(tasks, numbers)
+        self._write_episodes(tasks, locations, records)
         pq.write_table(_tasks_table(tasks), self.partial / "meta" / "tasks.parquet")
-        stats = aggregate_stats([stats_from_json(d["stats"]) for d in self._done])
+        stats = aggregate_stats([stats_from_json(d["stats"]) for d in records])
         (self.partial / "meta" / "stats.json").write_text(json.dumps(stats_to_json(stats), indent=2))
         (self.partial / "meta" / "info.json").write_text(json.dumps(self._info(tasks) | extra_info, indent=2))
-        shutil.rmtree(self.shards)
         if self.root.exists():  # overwrite=True: move the old dataset aside only now that the new one is whole
             old = self.root.with_name(self.root.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(self.root, old)
             shutil.rmtree(old)
         os.replace(self.partial, self.root)
+        shutil.rmtree(self.root / SHARDS)  # only now: until the rename, the shards are the resumable state
         return self.root
 
-    def _write_data(self, tasks: list[str]) -> list[tuple[int, int]]:
+    def _write_data(self, tasks: list[str], numbers: list[int]) -> list[tuple[int, int]]:
         """Concatenate shards into data files (split at ~DATA_FILE_SIZE_MB); returns (chunk, file) per episode."""
         locations, writer, file_number, file_bytes, index = [], None, -1, 0, 0
-        for number, record in enumerate(self._done):
+        for episode_index, number in enumerate(numbers):
+            record = self._done[number]
             shard = self.shards / f"episode_{number:06d}.parquet"
             size = shard.stat().st_size
             if writer is None or file_bytes + size > DATA_FILE_SIZE_MB * 2**20:
@@ -333,7 +346,7 @@ class DatasetWriter:
                 )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 writer = None
-            table = self._frame_table(_read_parquet(shard), number, index, tasks.index(record["task"]))
+            table = self._frame_table(_read_parquet(shard), episode_index, index, tasks.index(record["task"]))
             if writer is None:
                 writer = pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
@@ -356,10 +369,10 @@ class DatasetWriter:
         order += sorted(c for c in shard.column_names if c not in order and c != "timestamp")
         return pa.table(standard | {c: shard.column(c) for c in order})
 
-    def _write_episodes(self, tasks: list[str], locations: list[tuple[int, int]]) -> None:
+    def _write_episodes(self, tasks: list[str], locations: list[tuple[int, int]], records: list[dict]) -> None:
         rows, start = [], 0
-        meta_keys = list(dict.fromkeys(k for d in self._done for k in d["meta"]))
-        for number, (record, (chunk, file)) in enumerate(zip(self._done, locations)):
+        meta_keys = list(dict.fromkeys(k for d in records for k in d["meta"]))
+        for number, (record, (chunk, file)) in enumerate(zip(records, locations)):
             row = {
                 "episode_index": number,
                 "tasks": [record["task"]],

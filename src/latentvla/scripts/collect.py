@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def _cameras(values: list[str] | None) -> tuple[str, ...]:
@@ -33,11 +34,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     from latentvla.data.collect import collect
 
-    summary = collect(
-        args.tasks, args.episodes_per_task, args.image_size, args.out, seed=args.seed, workers=args.workers,
-        cameras=_cameras(args.camera), max_steps=args.max_steps, resume=args.resume,
-        stop_after_success=args.stop_after_success, overwrite=args.overwrite,
-    )  # fmt: skip
+    try:
+        summary = collect(
+            args.tasks, args.episodes_per_task, args.image_size, args.out, seed=args.seed, workers=args.workers,
+            cameras=_cameras(args.camera), max_steps=args.max_steps, resume=args.resume,
+            stop_after_success=args.stop_after_success, overwrite=args.overwrite,
+        )  # fmt: skip
+    except (ValueError, FileExistsError, ImportError) as e:  # unknown task/suite/camera, existing output, no sim
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary.get("already_complete"):
+        print(f"{args.out} is already complete (an interrupted publish was finished); nothing to do.")
     for task, s in summary["per_task"].items():
         print(f"{task:30s} success {s['successes']}/{s['attempts']} ({s['success_rate']:.0%})")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
