@@ -43,8 +43,14 @@ def test_collect_writes_annotated_dataset(tmp_path):
     obs, _ = env.reset(episode=1, split="train", seed=0)
     env.close()
     np.testing.assert_array_equal(obs[f"{K.OBS_IMAGES}.corner4"], ep[f"{K.OBS_IMAGES}.corner4"][0])
-    with pytest.raises(FileExistsError, match="already holds"):
-        main(argv)
+
+
+def test_collect_into_complete_dataset_is_refused(tmp_path, capsys):
+    from latentvla.cli import main
+
+    (tmp_path / "ds" / "meta").mkdir(parents=True)
+    assert main(["collect", "--tasks", "reach", "--out", str(tmp_path / "ds")]) == 2
+    assert "already holds a complete dataset" in capsys.readouterr().err
 
 
 def test_interrupted_collection_refuses_then_resumes(tmp_path, monkeypatch):
