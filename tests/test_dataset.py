@@ -98,7 +98,7 @@ def test_augment_keeps_shapes_and_shifts_current_and_next_together(root):
         assert s[CAM].shape == (3, 32, 32) and s[CAM + ".next"].shape == (3, 32, 32)
         changed += not torch.equal(s[CAM], plain[4][CAM])
         # Same shift on both: find the shift that reproduces the current frame and check it on the next frame.
-        img, nxt = plain.images[CAM][4], plain.images[CAM][5]
+        img, nxt = plain.frames.frames(CAM, 0, [4, 5])
         pad = lambda x: np.pad(x, ((4, 4), (4, 4), (0, 0)), mode="edge")  # noqa: E731
         cur = (s[CAM].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         shifts = [

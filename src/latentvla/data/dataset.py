@@ -1,8 +1,10 @@
-"""The torch `Dataset` of training samples (docs/design.md "training sample"), decoded into memory at init.
+"""The torch `Dataset` of training samples (docs/design.md "training sample"), images decoded lazily per sample.
 
-Datasets here are small (tens of thousands of 64-128 px frames), so every frame is decoded once into compact
-uint8 arrays indexed by global frame position; `__getitem__` is then slicing plus one float conversion. State
-and actions are normalized once at init with the `Normalizer` (the same one saved with the checkpoint).
+Opening reads only the columns without pixels (state, actions, CoT, indices: small) and normalizes state and
+actions once with the `Normalizer` (the same one saved with the checkpoint). Images stay on disk: `__getitem__`
+asks a `FrameStore` (data/frames.py) for exactly the frames the sample needs (each camera's frame t, and t+1 of
+the primary camera), decoded from PNG-in-parquet or video, through small per-worker caches. So opening costs
+time and memory proportional to the metadata, and a dataset larger than RAM trains on every DDP rank.
 
 Action chunks follow LeRobot's `delta_timestamps` semantics (ecosystem.md §1.1): frame t gets actions
 t .. t+H-1; steps past the episode end repeat the last action and are flagged in `action_is_pad` so the loss
@@ -33,6 +35,7 @@ from latentvla.constants import (
     OBS_STATE,
     TASK,
 )
+from latentvla.data.frames import DECODED_CACHE_MB, FrameStore, ParquetLocation
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.stats import DEFAULT_MODES, Normalizer
 from latentvla.registry import did_you_mean
@@ -74,6 +77,7 @@ class VLADataset(Dataset):
         next_frame: bool = True,
         augment: bool = False,
         episodes: list[int] | None = None,
+        decoded_cache_mb: float = DECODED_CACHE_MB,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
@@ -104,18 +108,35 @@ class VLADataset(Dataset):
             if not 0 <= i < reader.num_episodes:
                 raise IndexError(f"Episode {i} out of range: {reader.root} has {reader.num_episodes} episodes.")
         self._load()
+        self.frames = self._open_frames(decoded_cache_mb)
+
+    def _open_frames(self, decoded_cache_mb: float) -> FrameStore:
+        """Where each selected episode's frames live, per camera (metadata only: nothing is decoded)."""
+        reader, kinds, locations = self.reader, {}, {}
+        first_rows = None
+        for key in self.camera_keys:
+            kinds[key] = reader.features[key]["dtype"]
+            if kinds[key] == "image":
+                first_rows = first_rows or reader.first_rows(self.episode_indices)
+                locations[key] = [ParquetLocation(path, row) for path, row in first_rows]
+            else:
+                locations[key] = [reader.video_location(i, key) for i in self.episode_indices]
+        shape = {k: tuple(reader.features[k]["shape"]) for k in self.camera_keys}
+        return FrameStore(
+            kinds, locations, shape, video_timestamps=self._timestamps, decoded_cache_mb=decoded_cache_mb
+        )
 
     def _load(self) -> None:
-        """Decode the selected episodes into flat arrays indexed by position in this dataset."""
+        """Read the selected episodes' non-image columns into flat arrays indexed by position in this dataset."""
         reader = self.reader
-        parts: dict[str, list] = {
-            k: [] for k in (*self.camera_keys, OBS_STATE, ACTION, COT_BBOX, COT_BBOX_VISIBLE)
-        }
+        parts: dict[str, list] = {k: [] for k in (OBS_STATE, ACTION, COT_BBOX, COT_BBOX_VISIBLE)}
+        self._timestamps: list[np.ndarray] = []
         strings: dict[str, list[str]] = {k: [] for k in _COT_STRINGS}
         ends, episode_index, frame_index, index, task_index, offset = [], [], [], [], [], 0
         for i in self.episode_indices:
-            ep, meta = reader.episode(i), reader.episodes[i]
+            ep, meta = reader.episode(i, images=False), reader.episodes[i]
             length = len(ep[ACTION])
+            self._timestamps.append(np.asarray(ep.get("timestamp", np.arange(length) / reader.fps), np.float64))
             for key in parts:
                 if key in ep:
                     parts[key].append(ep[key])
@@ -127,10 +148,10 @@ class VLADataset(Dataset):
             frame_index.append(np.arange(length, dtype=np.int64))
             index.append(meta["dataset_from_index"] + np.arange(length, dtype=np.int64))
             task_index.append(np.full(length, reader.tasks.index(ep[TASK]), dtype=np.int64))
-        self.images = {k: np.concatenate(parts[k]) for k in self.camera_keys}  # (N, H, W, 3) uint8
         self.state = self.normalizer.normalize(OBS_STATE, np.concatenate(parts[OBS_STATE])).astype(np.float32)
         self.action = self.normalizer.normalize(ACTION, np.concatenate(parts[ACTION])).astype(np.float32)
         self.end = np.concatenate(ends)  # exclusive end (position in this dataset) of each frame's episode
+        self._episode_ends = np.cumsum([len(t) for t in self._timestamps])
         self.episode_index, self.frame_index = np.concatenate(episode_index), np.concatenate(frame_index)
         self.index, self.task_index = np.concatenate(index), np.concatenate(task_index)
         self.strings = strings
@@ -159,7 +180,7 @@ class VLADataset(Dataset):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.images[self.camera_keys[0]].shape[1:3])
+        return tuple(self.reader.features[self.camera_keys[0]]["shape"][:2])
 
     def _shift(self) -> tuple[int, int] | None:
         if not self.augment:
@@ -182,13 +203,17 @@ class VLADataset(Dataset):
         end = int(self.end[i])
         steps = np.arange(i, i + self.chunk_size)
         shift = self._shift()  # one shift per sample: current and next frames move together
-        sample: dict[str, Any] = {k: self._to_tensor(self.images[k][i], shift) for k in self.camera_keys}
-        if self.next_frame:
-            primary = self.camera_keys[0]
-            has_next = i + 1 < end
-            nxt = self.images[primary][i + 1] if has_next else np.zeros_like(self.images[primary][i])
-            sample[primary + NEXT_IMAGE_SUFFIX] = self._to_tensor(nxt, shift)
-            sample[NEXT_IMAGE_IS_PAD] = torch.tensor(not has_next)
+        episode, t = int(np.searchsorted(self._episode_ends, i, side="right")), int(self.frame_index[i])
+        has_next = self.next_frame and i + 1 < end
+        sample: dict[str, Any] = {}
+        for n, key in enumerate(self.camera_keys):
+            # the primary camera's current and next frame come from one decode pass (one seek for video)
+            frames = self.frames.frames(key, episode, [t, t + 1] if has_next and n == 0 else [t])
+            sample[key] = self._to_tensor(frames[0], shift)
+            if n == 0 and self.next_frame:
+                nxt = frames[1] if has_next else np.zeros_like(frames[0])
+                sample[key + NEXT_IMAGE_SUFFIX] = self._to_tensor(nxt, shift)
+                sample[NEXT_IMAGE_IS_PAD] = torch.tensor(not has_next)
         sample[OBS_STATE] = torch.from_numpy(self.state[i])
         sample[ACTION] = torch.from_numpy(self.action[np.minimum(steps, end - 1)])  # (H, A), last action repeated
         sample[ACTION_IS_PAD] = torch.from_numpy(steps >= end)

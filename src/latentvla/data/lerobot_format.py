@@ -39,11 +39,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
+from latentvla.data.frames import VideoLocation
 from latentvla.data.stats import aggregate_stats, compute_stats, stats_from_json, stats_to_json
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000  # files per chunk directory (LeRobot default)
 DATA_FILE_SIZE_MB = 100  # a new data file is started once the current one would exceed this
+VIDEO_FILE_SIZE_MB = 200  # the same for each camera's video files (LeRobot's default)
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 STANDARD_COLUMNS = ("index", "episode_index", "frame_index", "timestamp", "task_index")
@@ -191,13 +194,20 @@ class DatasetWriter:
     """
 
     def __init__(
-        self, root: str | Path, *, fps: int, robot_type: str, resume: bool = False, overwrite: bool = False
+        self,
+        root: str | Path,
+        *,
+        fps: int,
+        robot_type: str,
+        resume: bool = False,
+        overwrite: bool = False,
+        video: bool = False,
     ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}.")
         self.root = Path(root)
         self.partial = self.root.with_name(self.root.name + ".partial")
-        self.fps, self.robot_type, self.overwrite = int(fps), robot_type, overwrite
+        self.fps, self.robot_type, self.overwrite, self.video = int(fps), robot_type, overwrite, video
         if self.root.exists() and not overwrite:
             raise FileExistsError(
                 f"{self.root} already holds a complete dataset; pass overwrite=True (--overwrite) to replace it "
@@ -223,6 +233,9 @@ class DatasetWriter:
         for shard in self.shards.glob("episode_*.parquet"):
             if not shard.with_suffix(".json").exists():
                 shard.unlink()
+        for clip in self.shards.glob("episode_*.mp4"):  # episode_NNNNNN.<camera key>.mp4
+            if not (self.shards / (clip.name.split(".")[0] + ".json")).exists():
+                clip.unlink()
         return done
 
     def done_keys(self) -> set[str]:
@@ -263,7 +276,7 @@ class DatasetWriter:
             raise ValueError(
                 f"Episode meta keys {sorted(bad_meta)} clash with LeRobot episode columns; rename them."
             )
-        features = {k: _feature_spec(k, v) for k, v in columns.items()}
+        features = self._specs(columns)
         if self._features is not None and features != self._features:
             keys = features.keys() | self._features.keys()
             diff = sorted(k for k in keys if features.get(k) != self._features.get(k))
@@ -274,14 +287,21 @@ class DatasetWriter:
         """Encode one episode (docs/design.md "episode" format) and flush it to its own shard immediately."""
         meta = dict(meta or {})
         columns = self._validate(episode, key, meta)
-        features = {k: _feature_spec(k, v) for k, v in columns.items()}
+        features = self._specs(columns)
         numeric = {
             k: np.asarray(v)
             for k, v in columns.items()
             if features[k]["dtype"] not in ("string", "bool") and k != "timestamp"
         }
-        table = pa.table({k: _to_arrow(k, v, features[k]) for k, v in columns.items()})
         number = len(self._done)
+        for k in [k for k, spec in features.items() if spec["dtype"] == "video"]:
+            from latentvla.data.video import encode_video
+
+            clip = self.shards / f"episode_{number:06d}.{k}.mp4"
+            tmp = clip.with_name(clip.name + ".tmp.mp4")
+            encode_video(columns.pop(k), tmp, self.fps)
+            os.replace(tmp, clip)
+        table = pa.table({k: _to_arrow(k, v, features[k]) for k, v in columns.items()})
         shard = self.shards / f"episode_{number:06d}.parquet"
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf)
@@ -316,7 +336,7 @@ class DatasetWriter:
         records = [self._done[n] for n in numbers]
         tasks = list(dict.fromkeys(d["task"] for d in records))
         locations = self._write_data(tasks, numbers)
-        self._write_episodes(tasks, locations, records)
+        self._write_episodes(tasks, locations, records, self._write_videos(numbers))
         pq.write_table(_tasks_table(tasks), self.partial / "meta" / "tasks.parquet")
         stats = aggregate_stats([stats_from_json(d["stats"]) for d in records])
         (self.partial / "meta" / "stats.json").write_text(json.dumps(stats_to_json(stats), indent=2))
@@ -369,7 +389,53 @@ class DatasetWriter:
         order += sorted(c for c in shard.column_names if c not in order and c != "timestamp")
         return pa.table(standard | {c: shard.column(c) for c in order})
 
-    def _write_episodes(self, tasks: list[str], locations: list[tuple[int, int]], records: list[dict]) -> None:
+    def _specs(self, columns: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        features = {k: _feature_spec(k, v) for k, v in columns.items()}
+        if self.video:
+            from latentvla.data.video import video_feature
+
+            for k, spec in features.items():
+                if spec["dtype"] == "image":
+                    features[k] = video_feature(spec["shape"], self.fps)
+        return features
+
+    def _write_videos(self, numbers: list[int]) -> list[dict[str, Any]]:
+        """Concatenate per-episode clips (shard `numbers`, in output order) into v3.0 video files of at most
+        VIDEO_FILE_SIZE_MB each; returns each output episode's `videos/<key>/...` columns."""
+        from latentvla.data.video import concat_videos
+
+        rows: dict[int, dict[str, Any]] = {n: {} for n in numbers}
+        keys = [k for k, spec in (self._features or {}).items() if spec["dtype"] == "video"]
+        for key in keys:
+            groups: list[list[int]] = [[]]
+            size = 0
+            for number in numbers:
+                clip_size = (self.shards / f"episode_{number:06d}.{key}.mp4").stat().st_size
+                if groups[-1] and size + clip_size > VIDEO_FILE_SIZE_MB * 2**20:
+                    groups.append([])
+                    size = 0
+                groups[-1].append(number)
+                size += clip_size
+            for file_number, group in enumerate(groups):
+                chunk, file = file_number // CHUNKS_SIZE, file_number % CHUNKS_SIZE
+                path = self.partial / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                durations = [self._done[n]["length"] / self.fps for n in group]
+                concat_videos([self.shards / f"episode_{n:06d}.{key}.mp4" for n in group], path, durations)
+                start = 0.0
+                for n, duration in zip(group, durations):
+                    rows[n] |= {
+                        f"videos/{key}/chunk_index": chunk,
+                        f"videos/{key}/file_index": file,
+                        f"videos/{key}/from_timestamp": start,
+                        f"videos/{key}/to_timestamp": start + duration,
+                    }
+                    start += duration
+        return [rows[n] for n in numbers]
+
+    def _write_episodes(
+        self, tasks: list[str], locations: list[tuple[int, int]], records: list[dict], videos: list[dict[str, Any]]
+    ) -> None:
         rows, start = [], 0
         meta_keys = list(dict.fromkeys(k for d in records for k in d["meta"]))
         for number, (record, (chunk, file)) in enumerate(zip(records, locations)):
@@ -384,6 +450,7 @@ class DatasetWriter:
                 "meta/episodes/chunk_index": 0,
                 "meta/episodes/file_index": 0,
                 "key": record["key"],
+                **videos[number],
             }
             row |= {k: record["meta"].get(k) for k in meta_keys}
             for feature, stats in record["stats"].items():
@@ -422,11 +489,11 @@ class DatasetWriter:
             "total_tasks": len(tasks),
             "chunks_size": CHUNKS_SIZE,
             "data_files_size_in_mb": DATA_FILE_SIZE_MB,
-            "video_files_size_in_mb": 200,
+            "video_files_size_in_mb": VIDEO_FILE_SIZE_MB,
             "data_path": DATA_PATH,
-            "video_path": None,
+            "video_path": VIDEO_PATH if self.video else None,
             "splits": {"train": f"0:{len(self._done)}"},
-            "image_storage": "png-in-parquet",
+            "image_storage": "video" if self.video else "png-in-parquet",
         }
 
 
@@ -474,7 +541,8 @@ class LeRobotDatasetReader:
         self.camera_keys = [k for k, v in self.features.items() if v.get("dtype") in ("image", "video")]
         self.num_episodes = len(self.episodes)
         self.num_frames = sum(int(e["length"]) for e in self.episodes)
-        self._cache: tuple[Path, pa.Table, np.ndarray] | None = None
+        self._cache: tuple[tuple[Path, bool], pa.Table, np.ndarray] | None = None
+        self._video: Any = None  # a VideoReader, opened on first use
 
     def _load_v3(self) -> None:
         meta = self.root / "meta"
@@ -524,17 +592,45 @@ class LeRobotDatasetReader:
             rel = self.info["data_path"].format(episode_chunk=index // chunks, episode_index=index)
         return self.root / rel
 
-    def _episode_table(self, i: int) -> tuple[pa.Table, Path]:
+    def _episode_table(self, i: int, images: bool = True) -> tuple[pa.Table, Path]:
         if not 0 <= i < len(self.episodes):
             raise IndexError(f"Episode {i} out of range: {self.root} has {len(self.episodes)} episodes.")
         path = self._data_file(i)
+        columns = None if images else self._non_image_columns(path)
         if self.version != "v3.0":
-            return _read_parquet(path), path
-        if self._cache is None or self._cache[0] != path:  # v3 files hold many episodes: keep the last one
-            table = _read_parquet(path)
-            self._cache = (path, table, table.column("episode_index").to_numpy())
+            return _read_parquet(path, columns), path
+        if self._cache is None or self._cache[0] != (path, images):  # v3 files hold many episodes: keep the last
+            table = _read_parquet(path, columns)
+            self._cache = ((path, images), table, table.column("episode_index").to_numpy())
         _, table, ep_index = self._cache
         return table.slice(*self._rows(ep_index, i, path)), path
+
+    def _non_image_columns(self, path: Path) -> list[str]:
+        """Columns of a data file without pixels (what lazy datasets keep in memory)."""
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: file is missing; the dataset is incomplete.")
+        try:
+            names = pq.read_schema(path).names
+        except (pa.ArrowException, OSError) as e:
+            raise DatasetFormatError(
+                f"{path}: cannot read parquet ({e}); the file is corrupt or truncated."
+            ) from e
+        return [n for n in names if self.features.get(n, {}).get("dtype") not in ("image", "video")]
+
+    def first_rows(self, episodes: list[int]) -> list[tuple[Path, int]]:
+        """(data file, row of frame 0 in that file) of each episode; reads only the episode_index column."""
+        out, files = [], {}
+        for i in episodes:
+            if not 0 <= i < len(self.episodes):
+                raise IndexError(f"Episode {i} out of range: {self.root} has {len(self.episodes)} episodes.")
+            path = self._data_file(i)
+            if self.version != "v3.0":
+                out.append((path, 0))
+                continue
+            if path not in files:
+                files[path] = _read_parquet(path, ["episode_index"]).column("episode_index").to_numpy()
+            out.append((path, self._rows(files[path], i, path)[0]))
+        return out
 
     def _rows(self, ep_index: np.ndarray, i: int, path: Path) -> tuple[int, int]:
         rows = np.flatnonzero(ep_index == self.episodes[i]["episode_index"])
@@ -544,9 +640,32 @@ class LeRobotDatasetReader:
             )
         return int(rows[0]), len(rows)
 
-    def episode(self, i: int) -> dict:
-        """Episode `i` in the writer's input format (per-frame arrays, `task` str, images uint8 THWC)."""
-        table, path = self._episode_table(i)
+    def video_location(self, i: int, key: str) -> VideoLocation:
+        """The video file holding camera `key` of episode `i` and the episode's first timestamp in it."""
+        ep, template = self.episodes[i], self.info.get("video_path")
+        if not template:
+            raise DatasetFormatError(
+                f"{self.root / 'meta' / 'info.json'}: {key!r} is a video but 'video_path' is unset."
+            )
+        if self.version == "v3.0":
+            cols = [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
+            if any(ep.get(c) is None for c in cols):
+                raise DatasetFormatError(
+                    f"{self.root / 'meta' / 'episodes'}: episode {i} lacks {cols} for video feature {key!r}."
+                )
+            rel = template.format(video_key=key, chunk_index=int(ep[cols[0]]), file_index=int(ep[cols[1]]))
+            return VideoLocation(self.root / rel, float(ep[cols[2]]))
+        index = int(ep["episode_index"])
+        chunks = int(self.info.get("chunks_size", CHUNKS_SIZE))
+        rel = template.format(episode_chunk=index // chunks, video_key=key, episode_index=index)
+        return VideoLocation(self.root / rel, 0.0)
+
+    def episode(self, i: int, images: bool = True) -> dict:
+        """Episode `i` in the writer's input format (per-frame arrays, `task` str, images uint8 THWC).
+
+        `images=False` reads and returns only the columns without pixels (cheap: no decode, no image bytes read).
+        """
+        table, path = self._episode_table(i, images)
         episode: dict[str, Any] = {}
         for name in table.column_names:
             if name in _INDEX_COLUMNS or name not in self.features:
@@ -556,6 +675,16 @@ class LeRobotDatasetReader:
         if not 0 <= task_index < len(self.tasks):
             raise DatasetFormatError(f"{path}: task_index {task_index} not in meta tasks ({len(self.tasks)}).")
         episode[TASK] = self.tasks[task_index]
+        videos = [k for k in self.camera_keys if self.features[k]["dtype"] == "video"] if images else []
+        for key in videos:  # whole episode: one seek, then a forward decode
+            from latentvla.data.video import VideoReader
+
+            if self._video is None:
+                self._video = VideoReader(max_open=2)
+            loc = self.video_location(i, key)
+            stamps = episode.get("timestamp", np.arange(table.num_rows) / self.fps)
+            wanted = [loc.from_timestamp + float(t) for t in np.asarray(stamps).reshape(-1)]
+            episode[key] = np.stack(self._video.decode(loc.path, wanted))
         return episode
 
     def column(self, key: str) -> Any:
