@@ -165,3 +165,20 @@ def test_collect_unknown_task_or_suite_is_one_line(tasks, expected, tmp_path, ca
     assert main(["collect", "--tasks", tasks, "--out", str(tmp_path / "ds")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and expected in err and "Traceback" not in err
+
+
+def test_collect_video_writes_lerobot_av1_dataset(tmp_path):
+    from latentvla.cli import main
+    from latentvla.data.lerobot_format import LeRobotDatasetReader
+
+    out = tmp_path / "vid"
+    argv = ["collect", "--env", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--image-size", "64",
+            "--out", str(out), "--video"]  # fmt: skip
+    assert main(argv) == 0
+    reader = LeRobotDatasetReader(out)
+    spec = reader.features[f"{K.OBS_IMAGES}.corner4"]
+    assert spec["dtype"] == "video" and spec["info"]["video.codec"] == "av1"
+    assert spec["info"]["video.pix_fmt"] == "yuv420p" and reader.info["video_path"] is not None
+    assert not list((out / "data").rglob("*.mp4")) and len(list((out / "videos").rglob("*.mp4"))) == 1
+    ep = reader.episode(0)
+    assert ep[f"{K.OBS_IMAGES}.corner4"].shape == (len(ep[K.ACTION]), 64, 64, 3)

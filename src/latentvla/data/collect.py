@@ -109,7 +109,7 @@ def _key(task: str, episode: int) -> str:
 
 def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int, out: str | Path, seed: int = 0,
             workers: int = 1, cameras: Sequence[str] = (K.DEFAULT_CAMERA,), max_steps: int = 500,
-            resume: bool = False, stop_after_success: int = 10, overwrite: bool = False,
+            resume: bool = False, stop_after_success: int = 10, overwrite: bool = False, video: bool = False,
             progress: bool = True) -> dict:  # fmt: skip
     """Collect, annotate and write a LeRobot v3.0 dataset of successful expert episodes; returns a summary."""
     from tqdm import tqdm
@@ -128,7 +128,7 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     counters_path = out.with_name(out.name + ".collect.json")
     if resume and out.is_dir() and not out.with_name(out.name + ".partial").exists():
         return _already_published(out, counters_path)
-    writer = DatasetWriter(out, fps=FPS, robot_type=ROBOT_TYPE, resume=resume, overwrite=overwrite)
+    writer = DatasetWriter(out, fps=FPS, robot_type=ROBOT_TYPE, resume=resume, overwrite=overwrite, video=video)
     saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
     done = writer.done_keys()
     # per task: episodes written (successes) and episodes whose finished attempt failed; nothing else is state

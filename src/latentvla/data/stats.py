@@ -103,10 +103,11 @@ def aggregate_stats(stats_list: Sequence[Mapping[str, Mapping[str, Any]]]) -> St
             "std": np.sqrt(np.maximum(var, 0.0)),
             "min": np.stack([p["min"] for p in parts]).min(axis=0),
             "max": np.stack([p["max"] for p in parts]).max(axis=0),
-            "q01": (w_ * np.stack([p["q01"] for p in parts])).sum(axis=0),
-            "q99": (w_ * np.stack([p["q99"] for p in parts])).sum(axis=0),
             "count": np.array([int(counts.sum())], dtype=np.int64),
         }
+        for q in ("q01", "q99"):  # LeRobot v2.1 episode stats have no quantiles: then the merge has none either
+            if all(q in p for p in parts):
+                out[key][q] = (w_ * np.stack([p[q] for p in parts])).sum(axis=0)
     return out
 
 

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-after-success", type=int, default=10, help="frames kept after the first success")
     p.add_argument("--resume", action="store_true", help="continue an interrupted collection in OUT.partial")
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete dataset at OUT")
+    p.add_argument(
+        "--video", action="store_true", help="store cameras as AV1 MP4 like LeRobot (default: PNG in parquet)"
+    )
     p.set_defaults(func=main)
 
 
@@ -38,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
         summary = collect(
             args.tasks, args.episodes_per_task, args.image_size, args.out, seed=args.seed, workers=args.workers,
             cameras=_cameras(args.camera), max_steps=args.max_steps, resume=args.resume,
-            stop_after_success=args.stop_after_success, overwrite=args.overwrite,
+            stop_after_success=args.stop_after_success, overwrite=args.overwrite, video=args.video,
         )  # fmt: skip
     except (ValueError, FileExistsError, ImportError) as e:  # unknown task/suite/camera, existing output, no sim
         print(f"error: {e}", file=sys.stderr)

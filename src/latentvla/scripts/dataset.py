@@ -5,6 +5,8 @@
         episodes per task
     latentvla dataset show DIR --episode I --out sheet.png [--camera C] [--frames N]
         a contact sheet of N evenly spaced frames (upscaled) with the CoT box drawn and subtask / reasoning text
+    latentvla dataset convert SRC DST --video|--images [--overwrite]
+        rewrite a LeRobot dataset (v3.0 or v2.1) as v3.0 with AV1 video cameras or PNG-in-parquet cameras
 
 A corrupt or missing dataset prints one `error: <file>: <what is wrong>` line and exits 1 (no traceback).
 """
@@ -36,7 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--out", type=Path, required=True, help="output PNG path")
     show.add_argument("--camera", default=None, help="camera name (default: the first camera)")
     show.add_argument("--frames", type=int, default=8, help="number of evenly spaced frames (default 8)")
+    convert = sub.add_parser("convert", help="rewrite a dataset with video (AV1) or PNG-in-parquet cameras")
+    convert.add_argument("src", type=Path, help="source dataset root (LeRobot v3.0 or v2.1)")
+    convert.add_argument("dst", type=Path, help="output dataset root (LeRobot v3.0)")
+    layout = convert.add_mutually_exclusive_group(required=True)
+    layout.add_argument("--video", action="store_true", help="cameras as AV1 MP4 (LeRobot's encoding)")
+    layout.add_argument("--images", action="store_true", help="cameras as PNG in parquet (lossless)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
     parser.set_defaults(func=main, _parser=parser)
+
+
+def _disk_mb(root: Path, sub: str) -> float:
+    return sum(p.stat().st_size for p in (root / sub).rglob("*") if p.is_file()) / 2**20
 
 
 def summarize(reader: Any) -> dict[str, Any]:
@@ -52,6 +65,8 @@ def summarize(reader: Any) -> dict[str, Any]:
         "tasks": len(reader.tasks),
         "features": features,
         "cameras": reader.camera_keys,
+        "storage": {k: _storage(reader.features[k]) for k in reader.camera_keys},
+        "size_mb": {sub: round(_disk_mb(Path(reader.root), sub), 3) for sub in ("data", "videos", "meta")},
     }
     frames = max(reader.num_frames, 1)
     text_key = COT_TEXT if COT_TEXT in reader.features else COT_SUBTASK if COT_SUBTASK in reader.features else None
@@ -67,6 +82,15 @@ def summarize(reader: Any) -> dict[str, Any]:
     return summary
 
 
+def _storage(spec: dict[str, Any]) -> str:
+    """How a camera is stored: `png-in-parquet` or `video <codec> <pix_fmt> <w>x<h>` (from its `video.*` info)."""
+    if spec.get("dtype") != "video":
+        return "png-in-parquet"
+    info = spec.get("info") or {}
+    height, width = (spec.get("shape") or [0, 0])[:2]
+    return f"video {info.get('video.codec', '?')} {info.get('video.pix_fmt', '?')} {width}x{height}"
+
+
 def _print_info(summary: dict[str, Any]) -> None:
     print(
         f"{summary['root']}  (LeRobot {summary['version']}, robot {summary['robot_type']}, {summary['fps']} fps)"
@@ -75,6 +99,10 @@ def _print_info(summary: dict[str, Any]) -> None:
     print("features:")
     for key, spec in summary["features"].items():
         print(f"  {key:<36} {spec['dtype']:<8} {spec['shape']}")
+    for key, storage in summary["storage"].items():
+        print(f"camera {key}: {storage}")
+    size = summary["size_mb"]
+    print(f"size on disk: data {size['data']:.1f} MB, videos {size['videos']:.1f} MB, meta {size['meta']:.1f} MB")
     print(
         f"annotation: CoT on {summary['cot_coverage']:.1%} of frames, visible bbox on {summary['bbox_coverage']:.1%}"
     )
@@ -144,6 +172,8 @@ def main(args: argparse.Namespace) -> int:
     if not args.dataset_command:
         args._parser.print_help()
         return 2
+    if args.dataset_command == "convert":
+        return _convert(args)
     try:
         reader = LeRobotDatasetReader(args.dir)
         if args.dataset_command == "info":
@@ -158,3 +188,16 @@ def main(args: argparse.Namespace) -> int:
     except (DatasetFormatError, ValueError, KeyError, IndexError, OSError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 1
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from latentvla.data.convert import convert_dataset
+    from latentvla.data.lerobot_format import DatasetFormatError
+
+    try:
+        out = convert_dataset(args.src, args.dst, video=args.video, overwrite=args.overwrite)
+    except (DatasetFormatError, ValueError, KeyError, FileExistsError, ImportError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({'video' if args.video else 'png-in-parquet'} cameras)")
+    return 0
