@@ -93,7 +93,7 @@ def test_run_episode_stops_on_success_and_times_only_inference_calls():
 
 
 def test_parse_halting_specs():
-    from latentvla.eval.metaworld_eval import parse_halting
+    from latentvla.eval.evaluate import parse_halting
 
     assert parse_halting(None) is None
     assert parse_halting("mse:5e-4").delta == pytest.approx(5e-4)
@@ -116,7 +116,7 @@ def test_sweep_rejects_checkpoint_without_recurrent_head(lara_ckpt, tmp_path):
 @pytest.mark.sim
 def test_eval_is_deterministic_and_writes_lerobot_schema(rd_ckpt, tmp_path):
     from latentvla.cli import main as cli
-    from latentvla.eval.metaworld_eval import evaluate
+    from latentvla.eval.evaluate import evaluate
 
     kw = dict(episodes=1, seed=3, max_steps=12, workers=1, progress=False)
     a = evaluate(rd_ckpt, "reach", out_dir=tmp_path / "a", **kw)

@@ -403,7 +403,7 @@ def test_robot_loop_drives_metaworld_through_the_server(capsys):
     port = server.start_in_thread()
     try:
         with WebsocketPolicyClient("127.0.0.1", port, timeout=5) as client:
-            result = robot_loop.run_metaworld_episode(client, "reach", 0, 64, "corner4", max_steps=12)
+            result = robot_loop.run_sim_episode(client, "reach", 0, 64, ("corner4",), max_steps=12)
         assert result.steps == 12 and result.queries == 3 and not result.success  # 12 steps / H=5 -> 3 chunks
         assert robot_loop.main(["--port", str(port), "--task", "reach", "--max-steps", "3", "--timeout", "5"]) == 0
         assert "reach: 0/1 successful" in capsys.readouterr().out

@@ -195,6 +195,11 @@ class Policy(nn.Module):
     def infer(self, obs: dict, **kwargs: Any) -> dict:
         return self.infer_batch([obs], **kwargs)[0]
 
+    def set_execution(self, spec: str) -> None:
+        """Replace the execution-horizon rule (models/execution.py spec, e.g. "fixed:8" = the whole chunk)."""
+        self._horizon_rule = make_horizon(spec)
+        self._queue.clear()
+
     def reset(self) -> None:
         self._queue.clear()
         self.last_info = {}

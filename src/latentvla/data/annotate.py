@@ -8,8 +8,9 @@ Per episode, from the end-effector trajectory, the gripper opening and (when rec
    lasts until the target has moved `CONTACT_MOVE` metres; then `push` until the last contact/motion frame,
    then `retract`. A grasp-type episode whose gripper never closes falls back to the push vocabulary.
    Keyframes are the first frame of every segment plus the last frame of the episode.
-2. Semantic anchor: the target name of `envs.metaworld_tasks` (fallback: the noun after the first article of
-   the instruction, e.g. "open the *drawer*").
+2. Semantic anchor: the target of the task's annotation table entry (`Simulator.task_spec`, e.g.
+   `envs.metaworld_tasks`); without one, the noun phrase after the first article of the instruction
+   ("pick up the *alphabet soup* and place it in the basket").
 3. Subtask text per segment naming the target ("move toward the puck", "grasp the puck", ...).
 4. Target box per frame from a `data.boxes.BoxSource`.
 5. Motion reasoning. Global = (end-effector position at the current segment's end keyframe - now),
@@ -18,6 +19,7 @@ Per episode, from the end-effector trajectory, the gripper opening and (when rec
 Axis convention (Meta-World world frame, checked against the env: the robot base is at y ~ 0 and the table
 extends to +y; the camera `behindGripper` looks along +y with +x to its right):
     +x = right, -x = left, +y = forward (away from the robot base), -y = backward, +z = up, -z = down.
+Other simulators map their world frame onto these words with `StateLayout.rfu` (LIBERO: the robot faces +x).
 Dead-zone: an axis is named only when |delta| >= the dead-zone (GLOBAL_DEADZONE = 1 cm for the global
 motion, LOCAL_DEADZONE = 1 mm for the one-step local motion, since one action moves the hand <= 1 cm) AND
 |delta| >= DOMINANCE x the largest |delta| (0.3, so a small drift next to a large motion is not named).
@@ -38,6 +40,7 @@ import numpy as np
 
 from latentvla import constants as K
 from latentvla.data.boxes import BoxSource, ProjectedGeometryBoxes
+from latentvla.envs.base import StateLayout, TaskSpec
 
 GLOBAL_DEADZONE = 0.01  # metres
 LOCAL_DEADZONE = 0.001  # metres
@@ -55,6 +58,9 @@ GRASP_SEGMENTS = ("approach", "grasp", "transport", "release", "retract")
 PUSH_SEGMENTS = ("approach", "contact", "push", "retract")
 PUSH_VERBS = ("push", "pull", "press", "turn", "rotate", "slide", "open", "close", "unplug", "sweep", "kick")
 _ARTICLES = ("the", "a", "an")
+# Words that end the target noun phrase after its article ("the black bowl *on* the plate").
+_PHRASE_END = frozenset(("and", "on", "in", "into", "onto", "to", "from", "of", "at", "with", "between", "next",
+                         "near", "under", "over", "inside", "behind", "then", "it", "that", "which", "so"))  # fmt: skip
 # Columns of meta/episodes that the writer assigns itself (not carried over as meta when re-writing).
 _EPISODE_COLUMNS = ("episode_index", "length", "tasks", "key", "dataset_from_index", "dataset_to_index")
 
@@ -170,11 +176,21 @@ def segment_episode(gripper: np.ndarray, *, motion: str = "grasp", contact: np.n
 
 # ---------------------------------------------------------------------------------------- language
 def target_noun(instruction: str) -> str:
-    """Fallback semantic anchor: the word after the first article ("open the drawer" -> "drawer")."""
-    words = [w.strip(".,;:!?").lower() for w in instruction.split()]
+    """Fallback semantic anchor: the noun phrase after the first article, up to a preposition / conjunction /
+    punctuation ("open the drawer" -> "drawer", "put the black bowl on the plate" -> "black bowl")."""
+    raw = instruction.split()
+    words = [w.strip(".,;:!?").lower() for w in raw]
     for i, w in enumerate(words[:-1]):
         if w in _ARTICLES:
-            return words[i + 1]
+            phrase = []
+            for word, token in zip(words[i + 1 :], raw[i + 1 :]):
+                if word in _PHRASE_END or not word:
+                    break
+                phrase.append(word)
+                if token[-1] in ".,;:!?":
+                    break
+            if phrase:
+                return " ".join(phrase)
     return words[-1] if words else "object"
 
 
@@ -244,30 +260,37 @@ def stage1_text(subtask: str, bbox: np.ndarray, reasoning: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- episodes
-def _ee_and_gripper(episode: dict) -> tuple[np.ndarray, np.ndarray]:
+def _ee_and_gripper(episode: dict, layout: StateLayout | None) -> tuple[np.ndarray, np.ndarray]:
     if K.PRIV_EE_POS in episode and K.PRIV_GRIPPER in episode:
         return (np.asarray(episode[K.PRIV_EE_POS], np.float64).reshape(-1, 3),
                 np.asarray(episode[K.PRIV_GRIPPER], np.float64).reshape(-1))  # fmt: skip
-    if K.OBS_STATE not in episode or np.asarray(episode[K.OBS_STATE]).shape[-1] < 4:
+    layout = layout or StateLayout()
+    if K.OBS_STATE not in episode or np.asarray(episode[K.OBS_STATE]).shape[-1] < layout.min_dim:
         raise KeyError(f"Annotation needs {K.PRIV_EE_POS} + {K.PRIV_GRIPPER}, or {K.OBS_STATE} with hand xyz + "
-                       "gripper opening in its first 4 dims; this episode has neither.")  # fmt: skip
-    state = np.asarray(episode[K.OBS_STATE], np.float64)
-    return state[:, :3], state[:, 3]
+                       f"gripper where {layout} says; this episode has neither.")  # fmt: skip
+    return layout.split(episode[K.OBS_STATE])
+
+
+def lookup_task_spec(task_name: str | None) -> TaskSpec | None:
+    """The annotation table entry of a task name in any registered simulator, or None."""
+    if not task_name:
+        return None
+    from latentvla.envs.registry import simulator_for_task
+
+    sim = simulator_for_task(task_name)
+    return sim.task_spec(sim.resolve_tasks(task_name)[0]) if sim is not None else None
 
 
 def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, box_source: BoxSource | None,
-                     camera: str = K.DEFAULT_CAMERA) -> dict:  # fmt: skip
-    """The cot.* columns (constants.COT_*) for one episode (see the module docstring for the pipeline)."""
-    from latentvla.envs.metaworld_tasks import TASKS, canonical_task
+                     camera: str = K.DEFAULT_CAMERA, layout: StateLayout | None = None) -> dict:  # fmt: skip
+    """The cot.* columns (constants.COT_*) for one episode (see the module docstring for the pipeline).
 
-    spec = None
-    if task_name is not None:
-        try:
-            spec = TASKS[canonical_task(task_name)]
-        except ValueError:
-            spec = None
+    `layout`: where hand xyz and gripper sit in `observation.state` when there are no privileged columns
+    (default: Meta-World's first 4 dims)."""
+    spec = lookup_task_spec(task_name)
     target = spec.target if spec else target_noun(instruction)
-    ee, grip = _ee_and_gripper(episode)
+    ee, grip = _ee_and_gripper(episode, layout)
+    motion_frame = (layout or StateLayout()).to_rfu(ee)  # the motion words' frame: right, forward, up
     length = len(ee)
     segments, keyframes = segment_episode(
         grip, motion=spec.motion if spec else "grasp",
@@ -283,7 +306,9 @@ def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, 
     for t in range(length):
         sub = subtask_text(segments[t], target, instruction)
         phrase = gripper_phrase(segments[t], grip[t], grip[nxt[t]])
-        rea = reasoning_text(ee[seg_end[t]] - ee[t], ee[nxt[t]] - ee[t], phrase)
+        rea = reasoning_text(
+            motion_frame[seg_end[t]] - motion_frame[t], motion_frame[nxt[t]] - motion_frame[t], phrase
+        )
         subtasks.append(sub)
         reasonings.append(rea)
         texts.append(stage1_text(sub, bbox[t], rea))
@@ -304,12 +329,36 @@ def default_box_source(episode: dict, camera: str) -> BoxSource | None:
     return None
 
 
-def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, camera: str | None = None) -> dict:
-    """Annotate every episode of the dataset at `root` and replace it atomically; returns a summary."""
+def choose_state_layout(info: dict, state_dim: int | None, env: str | None = None) -> tuple[str, StateLayout]:
+    """(simulator name, layout) for a dataset: `env` if given, else the simulator whose `robot_type` matches
+    meta/info.json, else the only simulator whose state size equals the dataset's; Meta-World's 4-D layout
+    when nothing matches (its first 4 dims: hand xyz + opening)."""
+    from latentvla.envs.registry import SIMULATORS, get_simulator
+
+    if env is not None:
+        return env, get_simulator(env).state_layout
+    sims = [get_simulator(n) for n in SIMULATORS]
+    for sim in sims:
+        if info.get("robot_type") == sim.robot_type and state_dim == sim.state_dim:
+            return sim.name, sim.state_layout
+    by_dim = [sim for sim in sims if sim.state_dim == state_dim]
+    if len(by_dim) == 1:
+        return by_dim[0].name, by_dim[0].state_layout
+    return "metaworld", get_simulator("metaworld").state_layout
+
+
+def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, camera: str | None = None,
+                     env: str | None = None) -> dict:  # fmt: skip
+    """Annotate every episode of the dataset at `root` and replace it atomically; returns a summary.
+
+    `env`: the simulator whose `StateLayout` says where hand xyz and gripper sit in `observation.state` (default:
+    chosen from the dataset's robot_type / state size, `choose_state_layout`)."""
     from latentvla.data.lerobot_format import DatasetWriter, LeRobotDatasetReader
 
     root = Path(root)
     reader = LeRobotDatasetReader(root)
+    state_shape = reader.info.get("features", {}).get(K.OBS_STATE, {}).get("shape") or [None]
+    layout_name, layout = choose_state_layout(reader.info, state_shape[0], env)
     cams = [k.removeprefix(f"{K.OBS_IMAGES}.") for k in reader.camera_keys]
     camera = camera or (cams[0] if cams else K.DEFAULT_CAMERA)
     tmp = root.with_name(f"{root.name}.annotating")
@@ -323,14 +372,15 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
         ep["episode_index"] = i
         if K.PRIV_EE_POS not in ep and "ee" not in warned:
             warned.add("ee")
-            print(f"annotate: no {K.PRIV_EE_POS}/{K.PRIV_GRIPPER}; using {K.OBS_STATE}[:4] as hand xyz + gripper")
+            print(f"annotate: no {K.PRIV_EE_POS}/{K.PRIV_GRIPPER}; reading hand xyz + gripper from {K.OBS_STATE} "
+                  f"with the {layout_name} layout {layout}")  # fmt: skip
         source = box_source or default_box_source(ep, camera)
         if source is None and "box" not in warned:
             warned.add("box")
             warnings.warn(f"No box source for camera {camera!r} (no privileged corners/camera and no --boxes-jsonl):"
                           " every cot.bbox is flagged not visible.", stacklevel=2)  # fmt: skip
         cols = annotate_episode(ep, task_name=meta.get("task_name"), instruction=str(ep[K.TASK]),
-                                box_source=source, camera=camera)  # fmt: skip
+                                box_source=source, camera=camera, layout=layout)  # fmt: skip
         ep.update(cols)
         ep.pop("episode_index")
         frames += len(cols[K.COT_SEGMENT])

@@ -1,6 +1,9 @@
-"""Scripted-expert demonstration collection for Meta-World (C12), annotated with CoT on the fly (C13).
+"""Scripted-expert demonstration collection (C12), annotated with CoT on the fly (C13).
 
-For every task, episodes 0, 1, 2, ... of the "train" split (see `envs.metaworld` for the seeding scheme) are
+Any simulator of `envs.registry` with a scripted expert (`Simulator.has_expert`; today Meta-World) works through
+the simulator protocol of `envs.base`: `make`, `reset(episode=i, split="train")`, `step`, `expert_action`,
+`privileged`. For every task, episodes 0, 1, 2, ... of the "train" split (see `envs.metaworld` for the
+seeding scheme) are
 rolled out with Meta-World's scripted expert until `episodes_per_task` succeed or `2 * episodes_per_task`
 were attempted. Only successful episodes are kept; the per-task and overall expert success rates are
 returned and stored in `meta/info.json` under "latentvla_collect".
@@ -38,8 +41,7 @@ import numpy as np
 
 from latentvla import constants as K
 
-ROBOT_TYPE = "sawyer"
-_ENVS: dict = {}  # per worker process: (task, cameras, size, max_steps) -> MetaWorldEnv
+_ENVS: dict = {}  # per worker process: (simulator, task, cameras, size, max_steps) -> SimEnv
 
 
 def _init_worker() -> None:
@@ -55,26 +57,22 @@ def _init_worker() -> None:
         pass
 
 
-def _env(task: str, cameras: tuple[str, ...], image_size: int, max_steps: int):
-    from latentvla.envs.metaworld import MetaWorldConfig, MetaWorldEnv
+def _env(sim: str, task: str, cameras: tuple[str, ...], image_size: int, max_steps: int):
+    from latentvla.envs.registry import get_simulator
 
-    key = (task, cameras, image_size, max_steps)
+    key = (sim, task, cameras, image_size, max_steps)
     if key not in _ENVS:
-        _ENVS[key] = MetaWorldEnv(
-            MetaWorldConfig(task, cameras=cameras, image_size=image_size, max_steps=max_steps)
-        )
+        _ENVS[key] = get_simulator(sim).make(task, cameras=cameras, image_size=image_size, max_steps=max_steps)
     return _ENVS[key]
 
 
 def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], image_size: int, max_steps: int,
-            stop_after_success: int) -> tuple[dict, dict]:  # fmt: skip
+            stop_after_success: int, sim: str = "metaworld") -> tuple[dict, dict]:  # fmt: skip
     """One expert episode -> (episode dict with cot.* columns, meta). Runs in a worker process."""
-    from latentvla.data.annotate import annotate_episode
-    from latentvla.data.boxes import ProjectedGeometryBoxes
-    from latentvla.envs.metaworld import episode_seed
+    from latentvla.data.annotate import annotate_episode, default_box_source
 
-    env = _env(task, cameras, image_size, max_steps)
-    obs, _ = env.reset(episode=episode, split="train", seed=seed)
+    env = _env(sim, task, cameras, image_size, max_steps)
+    obs, reset_info = env.reset(episode=episode, split="train", seed=seed)
     frames: dict[str, list] = {}
     success_at = None
     for t in range(max_steps):
@@ -88,12 +86,12 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
         if truncated or (success_at is not None and t - success_at >= stop_after_success):
             break
     ep = {k: np.stack(v) for k, v in frames.items()}
-    ep[K.TASK] = env.spec.instruction
+    ep[K.TASK] = env.instruction
     ep["timestamp"] = (np.arange(len(ep[K.ACTION])) / env.fps).astype(np.float32)
-    ep.update(annotate_episode(ep, task_name=task, instruction=env.spec.instruction,
-                               box_source=ProjectedGeometryBoxes(), camera=cameras[0]))  # fmt: skip
+    ep.update(annotate_episode(ep, task_name=task, instruction=env.instruction,
+                               box_source=default_box_source(ep, cameras[0]), camera=cameras[0]))  # fmt: skip
     meta = {"success": success_at is not None, "task_name": task, "episode": episode,
-            "episode_seed": episode_seed(task, "train", episode, seed), "success_step": -1 if success_at is None else success_at}  # fmt: skip
+            "episode_seed": int(reset_info.get("episode_seed", -1)), "success_step": -1 if success_at is None else success_at}  # fmt: skip
     return ep, meta
 
 
@@ -110,32 +108,36 @@ def _key(task: str, episode: int) -> str:
 def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int, out: str | Path, seed: int = 0,
             workers: int = 1, cameras: Sequence[str] = (K.DEFAULT_CAMERA,), max_steps: int = 500,
             resume: bool = False, stop_after_success: int = 10, overwrite: bool = False, video: bool = False,
-            progress: bool = True) -> dict:  # fmt: skip
+            progress: bool = True, env: str = "metaworld") -> dict:  # fmt: skip
     """Collect, annotate and write a LeRobot v3.0 dataset of successful expert episodes; returns a summary."""
     from tqdm import tqdm
 
     from latentvla.data.lerobot_format import DatasetWriter
-    from latentvla.envs.metaworld import FPS, MetaWorldConfig, require_sim
-    from latentvla.envs.metaworld_tasks import resolve_tasks
+    from latentvla.envs.registry import get_simulator
 
-    require_sim()
-    names = resolve_tasks(tasks)
+    sim = get_simulator(env)
+    if not sim.has_expert:
+        raise ValueError(f"{env} has no scripted expert, so `collect` cannot make demonstrations for it; "
+                         "train on an existing LeRobot dataset instead")  # fmt: skip
+    sim.require()
+    names = sim.resolve_tasks(tasks)
     if episodes_per_task < 1 or workers < 1 or stop_after_success < 0:
         raise ValueError("episodes_per_task and workers must be >= 1 and stop_after_success >= 0")
     cameras = tuple(cameras)
-    MetaWorldConfig(names[0], cameras=cameras, image_size=image_size, max_steps=max_steps)  # validate early
+    sim.validate(cameras=cameras, image_size=image_size, max_steps=max_steps)  # fail before any worker starts
     out = Path(out)
     counters_path = out.with_name(out.name + ".collect.json")
     if resume and out.is_dir() and not out.with_name(out.name + ".partial").exists():
         return _already_published(out, counters_path)
-    writer = DatasetWriter(out, fps=FPS, robot_type=ROBOT_TYPE, resume=resume, overwrite=overwrite, video=video)
+    writer = DatasetWriter(out, fps=sim.fps, robot_type=sim.robot_type, resume=resume, overwrite=overwrite,
+                           video=video)  # fmt: skip
     saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
     done = writer.done_keys()
     # per task: episodes written (successes) and episodes whose finished attempt failed; nothing else is state
     succeeded = {t: {e for e in range(2 * episodes_per_task) if _key(t, e) in done} for t in names}
     failed = {t: set(saved.get("failed", {}).get(t, [])) for t in names}
     kwargs = dict(seed=seed, cameras=cameras, image_size=image_size, max_steps=max_steps,
-                  stop_after_success=stop_after_success)  # fmt: skip
+                  stop_after_success=stop_after_success, sim=env)  # fmt: skip
     start, frames, written = time.perf_counter(), 0, 0
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(workers, initializer=_init_worker) if workers > 1 else None

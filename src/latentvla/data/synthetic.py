@@ -10,6 +10,13 @@ instruction or the image. Everything is consistent the way collected data is:
   state[t+1, :3] = state[t, :3] + MAX_STEP * action[t, :3], and grip -1 open / +1 close (Meta-World's sign).
 - CoT columns follow LaRA's Stage-I annotation: segment approach -> transport -> release, a subtask naming the
   block, the block's normalized xyxy box, and a "globally ..., locally ..." motion sentence.
+
+`layout="libero"` writes the same motion in the layout of LeRobot's LIBERO datasets (HuggingFaceVLA/libero):
+cameras `image` + `image2`, 8-D `observation.state` (end-effector xyz, axis-angle 3, two finger joints
++gap/2 and -gap/2 with an 8 cm open gap), 7-D `action` (xyz, rotation 3 = 0, gripper -1 open / +1 close),
+robot_type "panda", 20 fps, LIBERO-object instructions, no privileged columns (the released datasets have
+none). It is what the LIBERO train -> eval test path trains on, since LIBERO demonstrations cannot be
+downloaded here.
 """
 
 from __future__ import annotations
@@ -47,6 +54,14 @@ TASKS = (
     ("move the blue block to the goal", "blue block", (40, 90, 230), "synthetic-blue"),
 )
 _DEAD_ZONE = 0.01
+LIBERO_TASKS = (
+    ("pick up the alphabet soup and place it in the basket",
+     "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"),
+    ("pick up the cream cheese and place it in the basket",
+     "libero_object/pick_up_the_cream_cheese_and_place_it_in_the_basket"),
+)  # fmt: skip
+LIBERO_FPS = 20
+LAYOUTS = ("default", "libero")
 
 
 def _direction(delta: np.ndarray) -> str:
@@ -153,6 +168,25 @@ def synthetic_episode(
     return episode, meta
 
 
+def to_libero_layout(episode: dict, meta: dict, index: int) -> tuple[dict, dict]:
+    """The same episode in LeRobot's LIBERO layout (see the module docstring)."""
+    length = len(episode[ACTION])
+    state, action = episode[OBS_STATE], episode[ACTION]
+    half_gap = 0.04 * state[:, 3:4]
+    rotation = np.tile(np.array([np.pi, 0.0, 0.0], np.float32), (length, 1))  # gripper pointing down
+    instruction, task_name = LIBERO_TASKS[index % len(LIBERO_TASKS)]
+    out = {
+        OBS_STATE: np.concatenate([state[:, :3], rotation, half_gap, -half_gap], axis=1).astype(np.float32),
+        ACTION: np.concatenate([action[:, :3], np.zeros((length, 3)), action[:, 3:]], axis=1).astype(np.float32),
+        "timestamp": (np.arange(length) / LIBERO_FPS).astype(np.float32),
+        TASK: instruction,
+    }
+    cams = sorted(k for k in episode if k.startswith(f"{OBS_IMAGES}."))
+    out[f"{OBS_IMAGES}.image"] = episode[cams[0]]
+    out[f"{OBS_IMAGES}.image2"] = np.ascontiguousarray(episode[cams[0]][:, ::-1])  # a second, different view
+    return out, {**meta, "task_name": task_name}
+
+
 def synthetic_episodes(
     num_episodes: int,
     length: int,
@@ -178,13 +212,20 @@ def write_synthetic_dataset(
     with_cot: bool = True,
     cameras: tuple[str, ...] = (DEFAULT_CAMERA,),
     overwrite: bool = True,
+    layout: str = "default",
 ) -> Path:
-    """Write a synthetic LeRobot v3.0 dataset to `root` and return its path."""
+    """Write a synthetic LeRobot v3.0 dataset to `root` and return its path (`layout`: "default" or "libero")."""
     from latentvla.data.lerobot_format import DatasetWriter
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     synthetic_episodes(1, length, image_size)  # validates the arguments before touching the disk
-    writer = DatasetWriter(root, fps=FPS, robot_type="synthetic", overwrite=overwrite)
+    libero = layout == "libero"
+    writer = DatasetWriter(root, fps=LIBERO_FPS if libero else FPS, robot_type="panda" if libero else "synthetic",
+                           overwrite=overwrite)  # fmt: skip
     for i in range(num_episodes):
-        episode, meta = synthetic_episode(i, length, image_size, seed, with_cot, cameras)
+        episode, meta = synthetic_episode(i, length, image_size, seed, with_cot and not libero, cameras)
+        if libero:
+            episode, meta = to_libero_layout(episode, meta, i)
         writer.add_episode(episode, key=f"synthetic/{i:04d}", meta=meta)
     return writer.finalize({"expert_success_rate": 1.0, "source": "synthetic"})

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from latentvla import constants as K
-from latentvla.envs.metaworld_tasks import TASK_IDS, TASKS, canonical_task
+from latentvla.envs.base import EvalProtocol, Simulator, TaskSpec
+from latentvla.envs.metaworld_tasks import SUITES, TASK_IDS, TASKS, canonical_task, resolve_tasks
 
 # Headless rendering: MuJoCo picks its GL backend at import time, so this must precede any `import mujoco`.
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -146,6 +147,7 @@ class MetaWorldEnv:
         from metaworld.policies import ENV_POLICY_MAP
 
         self.cfg, self.spec, self._mj, self.fps = cfg, TASKS[cfg.task], mujoco, FPS
+        self.instruction = self.spec.instruction
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             env = ALL_V3_ENVIRONMENTS[cfg.task]()
@@ -169,11 +171,12 @@ class MetaWorldEnv:
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, episode: int, split: str = "train", seed: int = 0) -> tuple[dict, dict]:
-        self.env.seed(episode_seed(self.cfg.task, split, episode, seed))
+        env_seed = episode_seed(self.cfg.task, split, episode, seed)
+        self.env.seed(env_seed)
         self._raw_obs, _ = self.env.reset()
         self._steps = 0
         self._select_target()
-        info = {"episode": episode, "split": split, "seed": seed, "success": False}
+        info = {"episode": episode, "split": split, "seed": seed, "episode_seed": env_seed, "success": False}
         return self._observation(), info
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
@@ -314,3 +317,69 @@ class MetaWorldEnv:
         pts = np.concatenate(pts)
         self._target_body, self._target_geoms = body, geoms.astype(np.int64)
         self._target_local = box_corners(pts.min(0), pts.max(0))
+
+
+# ---------------------------------------------------------------------------------------------- simulator
+DIFFICULTY_GROUPS = ("easy", "medium", "hard", "very_hard")  # LeRobot's Meta-World task groups
+
+
+class MetaWorldSimulator(Simulator):
+    """Meta-World v3 behind the simulator protocol (envs/base.py)."""
+
+    name = "metaworld"
+    robot_type = "sawyer"
+    fps = FPS
+    state_dim, action_dim = 4, 4
+    cameras = CAMERAS
+    default_cameras = (K.DEFAULT_CAMERA,)
+    has_expert = True
+    install_hint = 'pip install -e ".[sim]"'
+    # openpi's LIBERO-style keys are mapped onto the policy's cameras by position (serve/obs.py); none extra.
+    client_keys: dict[str, str] = {}
+
+    @property
+    def protocols(self) -> dict[str, EvalProtocol]:
+        return {
+            "default": EvalProtocol(
+                name="default", episodes=10, seed=0, max_steps=MAX_PATH_LENGTH,
+                init="episode i resets from SeedSequence([seed, task_id, 1 (eval split), i]): disjoint from "
+                     "the training episodes of `collect` (split 0)",
+                source="latentvla (LeRobot's Meta-World wrapper: 500-step limit, success = info['success'])",
+            )
+        }  # fmt: skip
+
+    def resolve_tasks(self, spec: str | list[str] | tuple[str, ...]) -> list[str]:
+        return resolve_tasks(spec)
+
+    def task_id(self, task: str) -> int:
+        return TASK_IDS[canonical_task(task)]
+
+    def instruction(self, task: str) -> str:
+        return TASKS[canonical_task(task)].instruction
+
+    def task_group(self, task: str) -> str:
+        task = canonical_task(task)
+        return next((g for g in DIFFICULTY_GROUPS if task in SUITES[g]), "other")
+
+    def task_spec(self, task: str) -> TaskSpec | None:
+        return TASKS[canonical_task(task)]
+
+    def require(self) -> None:
+        require_sim()
+
+    def validate(self, *, cameras: tuple[str, ...], image_size: int, max_steps: int | None = None) -> None:
+        MetaWorldConfig(
+            next(iter(TASKS)),
+            cameras=tuple(cameras),
+            image_size=image_size,
+            max_steps=max_steps or MAX_PATH_LENGTH,
+        )
+
+    def make(self, task: str, *, cameras: tuple[str, ...] | None = None, image_size: int = 64,
+             max_steps: int | None = None, render: bool = True) -> MetaWorldEnv:  # fmt: skip
+        cfg = MetaWorldConfig(task, cameras=tuple(cameras or self.default_cameras), image_size=image_size,
+                              max_steps=max_steps or MAX_PATH_LENGTH, render=render)  # fmt: skip
+        return MetaWorldEnv(cfg)
+
+
+SIMULATOR = MetaWorldSimulator()

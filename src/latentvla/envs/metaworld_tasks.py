@@ -1,6 +1,6 @@
 """The 50 Meta-World v3 tasks: instruction, semantic anchor, motion type, and named suites.
 
-Every task has a `TaskSpec`:
+Every task has a `TaskSpec` (envs/base.py):
 - `instruction`: the natural-language command stored in the dataset's `task` column;
 - `target`: the semantic anchor of LaRA-VLA's CoT (§3.2): the object the subtask text names and the bounding
   box frames ("puck", "button", "drawer", ...);
@@ -16,26 +16,8 @@ split of MT50), so results are comparable with LeRobot's Meta-World evaluation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from latentvla.envs.base import TaskSpec
 from latentvla.registry import did_you_mean
-
-MOTIONS = ("grasp", "push")
-BOX_ANCHORS = ("object", "goal")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    instruction: str
-    target: str
-    motion: str
-    box_anchor: str = "object"
-
-    def __post_init__(self) -> None:
-        if self.motion not in MOTIONS:
-            raise ValueError(f"motion must be one of {MOTIONS}, got {self.motion!r}")
-        if self.box_anchor not in BOX_ANCHORS:
-            raise ValueError(f"box_anchor must be one of {BOX_ANCHORS}, got {self.box_anchor!r}")
 
 
 def _g(instruction: str, target: str) -> TaskSpec:

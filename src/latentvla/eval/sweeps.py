@@ -3,7 +3,7 @@
     sweep_iterations(run, tasks, episodes, [1, 2, 4, 8, 12, 16, 24, 32], out_dir=D)  -> D/sweep_iterations.{md,json,png}
     sweep_delta(run, tasks, episodes, [1e-4, 5e-4, 1e-3], out_dir=D)                -> D/sweep_delta.{md,json,png}
 
-Every point evaluates the same held-out episodes with the same per-episode torch seeds (metaworld_eval), so
+Every point evaluates the same held-out episodes with the same per-episode torch seeds (eval/evaluate.py), so
 the points are paired: a change in success comes from the depth / threshold, not from different initial
 states. RD-VLA reports that success rises with depth and saturates around 8–12 iterations (Fig. 4), and that
 MSE halting at δ = 5e-4 keeps the fixed-depth success with fewer mean iterations (Table II).
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from latentvla.eval.metaworld_eval import evaluate
+from latentvla.eval.evaluate import evaluate
 
 
 def require_recurrent_head(run_dir: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""`latentvla collect`: scripted-expert Meta-World demonstrations -> annotated LeRobot v3.0 dataset."""
+"""`latentvla collect`: scripted-expert demonstrations (any simulator with an expert) -> annotated LeRobot v3.0."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _cameras(values: list[str] | None) -> tuple[str, ...]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("collect", help="collect scripted-expert demonstrations (with CoT annotation)")
-    p.add_argument("--env", default="metaworld", choices=["metaworld"], help="simulator (only Meta-World)")
+    p.add_argument("--env", default="metaworld", help="simulator with a scripted expert (envs/registry.py)")
     p.add_argument("--tasks", required=True, help="comma list of task names and/or suites (mt10, mt50, easy, ...)")
     p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes to keep per task")
     p.add_argument("--image-size", type=int, default=64, help="square image size in pixels (64-224)")
@@ -35,14 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from latentvla.data.collect import collect
-
     try:
-        summary = collect(
-            args.tasks, args.episodes_per_task, args.image_size, args.out, seed=args.seed, workers=args.workers,
-            cameras=_cameras(args.camera), max_steps=args.max_steps, resume=args.resume,
-            stop_after_success=args.stop_after_success, overwrite=args.overwrite, video=args.video,
-        )  # fmt: skip
+        summary = _collect(args)
     except (ValueError, FileExistsError, ImportError) as e:  # unknown task/suite/camera, existing output, no sim
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -52,3 +46,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"{task:30s} success {s['successes']}/{s['attempts']} ({s['success_rate']:.0%})")
     print(json.dumps({k: v for k, v in summary.items() if k != "per_task"}, indent=2))
     return 0
+
+
+def _collect(args: argparse.Namespace) -> dict:
+    from latentvla.data.collect import collect
+
+    return collect(
+        args.tasks, args.episodes_per_task, args.image_size, args.out, seed=args.seed, workers=args.workers,
+        cameras=_cameras(args.camera), max_steps=args.max_steps, resume=args.resume,
+        stop_after_success=args.stop_after_success, overwrite=args.overwrite, video=args.video, env=args.env,
+    )  # fmt: skip

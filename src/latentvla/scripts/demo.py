@@ -82,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
     from latentvla.bench.latency import bench_latency, format_table
     from latentvla.config import apply_overrides, get_preset
     from latentvla.data.collect import collect
-    from latentvla.eval.metaworld_eval import evaluate
+    from latentvla.eval.evaluate import evaluate
     from latentvla.policy import Policy
     from latentvla.train.loop import train
 

@@ -1,12 +1,16 @@
-"""`latentvla eval RUN`: held-out Meta-World rollouts, LeRobot-schema eval_info.json, sweeps (SPEC C15).
+"""`latentvla eval RUN`: simulator rollouts under a named protocol, LeRobot-schema eval_info.json, sweeps (C15).
 
     latentvla eval runs/lara --tasks reach,push,pick-place --episodes 10 --out runs/lara/eval
+    latentvla eval runs/libero --env libero --tasks libero_object --out eval/libero   # papers' protocol: 50 ep/task
+    latentvla eval runs/libero --env libero --tasks libero_10:3 --protocol lerobot --gripper binarize --out e
     latentvla eval runs/rdvla --tasks mt10 --episodes 5 --halting mse --delta 5e-4 --video --out runs/rdvla/eval
     latentvla eval runs/rdvla --tasks reach --episodes 10 --sweep-iterations 1,2,4,8,12,16,24,32 --out sweep
     latentvla eval runs/rdvla --tasks reach --episodes 10 --sweep-delta 1e-4,5e-4,1e-3 --out sweep
 
 RUN is a checkpoint directory or a training run directory (then RUN/checkpoints/last). Episodes come from the
-env's eval split (disjoint from the training episodes by construction) and are deterministic for a --seed.
+env's eval split (Meta-World: disjoint from the training episodes by construction; LIBERO: init state i) and are
+deterministic for a --seed. --episodes, --seed and --max-steps default to the protocol's (eval_info.json
+records the protocol).
 """
 
 from __future__ import annotations
@@ -15,16 +19,35 @@ import argparse
 import sys
 from pathlib import Path
 
-ENVS = ("metaworld",)
 HALTING_CHOICES = ("mse", "cosine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="evaluate a policy in simulation", description=__doc__.splitlines()[0])
     p.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
-    p.add_argument("--env", choices=ENVS, default="metaworld")
-    p.add_argument("--tasks", required=True, help="comma-separated task names and/or suites (mt10, easy, ...)")
-    p.add_argument("--episodes", type=int, default=10, help="held-out episodes per task")
+    p.add_argument("--env", default="metaworld", help="simulator (envs/registry.py): metaworld, libero")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated task names and/or suites (mt10, easy, libero_object, libero_10:3, ...)",
+    )
+    p.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the protocol's)")
+    p.add_argument(
+        "--protocol",
+        default=None,
+        help="the simulator's evaluation protocol (libero: papers [default] or lerobot)",
+    )
+    p.add_argument(
+        "--gripper",
+        default=None,
+        choices=("none", "binarize", "openvla"),
+        help="gripper post-processing (default: the protocol's)",
+    )
+    p.add_argument(
+        "--execution",
+        default=None,
+        help="execution horizon, e.g. fixed:4 (default: protocol; LIBERO papers = whole chunk)",
+    )
     p.add_argument(
         "--mode", choices=("latent", "explicit", "none"), default="latent", help="reasoning at inference"
     )
@@ -32,8 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fixed recurrent depth K (with --halting: the maximum depth)")  # fmt: skip
     p.add_argument("--halting", choices=HALTING_CHOICES, default=None, help="adaptive-depth halting rule")
     p.add_argument("--delta", type=float, default=None, help="halting threshold (mse δ, or cosine similarity)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=500, help="control steps per episode (Meta-World max 500)")
+    p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the protocol's)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="policy steps per episode (default: the protocol's; Meta-World max 500)",
+    )
     p.add_argument("--workers", type=int, default=2, help="parallel rollout processes")
     p.add_argument("--video", action="store_true", help="GIF (+ MP4 with PyAV) of the first episode per task")
     p.add_argument("--sweep-iterations", default=None, metavar="LIST", help="e.g. 1,2,4,8,12,16,24,32")
@@ -56,12 +84,13 @@ def _halting_spec(args: argparse.Namespace) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from latentvla.eval.metaworld_eval import evaluate, markdown_table
+    from latentvla.eval.evaluate import evaluate, markdown_table
     from latentvla.eval.sweeps import parse_list, sweep_delta, sweep_iterations
 
     out = Path(args.out)
     common = dict(mode=args.mode, seed=args.seed, max_steps=args.max_steps, workers=args.workers,
-                  progress=not args.quiet)  # fmt: skip
+                  progress=not args.quiet, env=args.env, protocol=args.protocol, gripper=args.gripper,
+                  execution=args.execution)  # fmt: skip
     try:
         if args.sweep_iterations and args.sweep_delta:
             raise ValueError("run --sweep-iterations and --sweep-delta separately (different output tables)")

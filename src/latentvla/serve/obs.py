@@ -62,9 +62,14 @@ class ObservationSpec:
         return f"{OBS_IMAGES}.{camera}"
 
     def camera_aliases(self, index: int) -> tuple[str, ...]:
-        """Keys accepted for camera number `index`: the LeRobot key, then the openpi alias if any."""
-        keys = (self.image_key(self.cameras[index]),)
-        return keys + ((OPENPI_IMAGE_KEYS[index],) if index < len(OPENPI_IMAGE_KEYS) else ())
+        """Keys accepted for camera number `index`: the LeRobot key, the client keys the simulator adapters map
+        onto it (`Simulator.client_keys`, envs/registry.py), then the positional openpi alias if any."""
+        from latentvla.envs.registry import client_key_map
+
+        key = self.image_key(self.cameras[index])
+        declared = [alias for alias, target in client_key_map().items() if target == key]
+        positional = [OPENPI_IMAGE_KEYS[index]] if index < len(OPENPI_IMAGE_KEYS) else []
+        return tuple(dict.fromkeys([key, *declared, *positional]))
 
     def describe(self) -> str:
         """The expected request, for error messages."""

