@@ -348,11 +348,15 @@ def choose_state_layout(info: dict, state_dim: int | None, env: str | None = Non
 
 
 def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, camera: str | None = None,
-                     env: str | None = None) -> dict:  # fmt: skip
+                     env: str | None = None, lara=None) -> dict:  # fmt: skip
     """Annotate every episode of the dataset at `root` and replace it atomically; returns a summary.
 
     `env`: the simulator whose `StateLayout` says where hand xyz and gripper sit in `observation.state` (default:
-    chosen from the dataset's robot_type / state size, `choose_state_layout`)."""
+    chosen from the dataset's robot_type / state size, `choose_state_layout`). `lara`: imported LaRA-VLA
+    annotations (`data.lara_annotations.LaraAnnotations`): their subtask / reasoning replace the automatic ones
+    where present and their boxes are the box source unless `box_source` is given. Files next to the dataset
+    that are not part of the LeRobot layout (e.g. `annotations/`) are kept."""
+    from latentvla.data.lara_annotations import LaraBoxes
     from latentvla.data.lerobot_format import DatasetWriter, LeRobotDatasetReader
 
     root = Path(root)
@@ -365,11 +369,13 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
     writer = DatasetWriter(
         tmp, fps=reader.fps, robot_type=reader.info.get("robot_type", "unknown"), overwrite=True
     )
-    frames = boxed = 0
+    if box_source is None and lara is not None and lara.bbox:
+        box_source = LaraBoxes(lara)
+    frames = boxed = imported = 0
     warned = set()
     for i in range(reader.num_episodes):
         ep, meta = reader.episode(i), dict(reader.episodes[i])
-        ep["episode_index"] = i
+        ep["episode_index"] = int(meta.get("episode_index", i))
         if K.PRIV_EE_POS not in ep and "ee" not in warned:
             warned.add("ee")
             print(f"annotate: no {K.PRIV_EE_POS}/{K.PRIV_GRIPPER}; reading hand xyz + gripper from {K.OBS_STATE} "
@@ -381,6 +387,8 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
                           " every cot.bbox is flagged not visible.", stacklevel=2)  # fmt: skip
         cols = annotate_episode(ep, task_name=meta.get("task_name"), instruction=str(ep[K.TASK]),
                                 box_source=source, camera=camera, layout=layout)  # fmt: skip
+        if lara is not None:
+            imported += lara.apply(cols, ep["episode_index"])
         ep.update(cols)
         ep.pop("episode_index")
         frames += len(cols[K.COT_SEGMENT])
@@ -389,8 +397,14 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
         writer.add_episode(ep, key=str(meta.get("key") or f"episode/{i:06d}"), meta=keep)
     extra = {k: v for k, v in reader.info.items() if k.startswith("latentvla")}
     writer.finalize(extra_info=extra or None)
+    for entry in root.iterdir():  # side files (e.g. LaRA-VLA's annotations/) travel with the dataset
+        if not (tmp / entry.name).exists():
+            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
     old = root.with_name(f"{root.name}.old")
     os.replace(root, old)  # two renames: the dataset at `root` is always complete (old or new)
     os.replace(tmp, root)
     shutil.rmtree(old)
-    return {"episodes": reader.num_episodes, "frames": frames, "visible_box_fraction": boxed / max(frames, 1)}
+    summary = {"episodes": reader.num_episodes, "frames": frames, "visible_box_fraction": boxed / max(frames, 1)}
+    if lara is not None:
+        summary["lara_cot_fraction"] = imported / max(frames, 1)
+    return summary

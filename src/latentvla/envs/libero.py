@@ -223,9 +223,9 @@ class LiberoSimulator(Simulator):
         "observation/wrist_image": f"{K.OBS_IMAGES}.image2",
     }
     # Finger joints (+q, -q): their difference is the gap in metres.
-    state_layout = StateLayout(
-        ee=(0, 3), gripper=(6, 7), gripper_signs=(1.0, -1.0), gripper_scale=1 / PANDA_MAX_GAP
-    )
+    # The robot faces +x (robosuite), so forward = +x and right = -y.
+    state_layout = StateLayout(ee=(0, 3), gripper=(6, 7), gripper_signs=(1.0, -1.0), gripper_scale=1 / PANDA_MAX_GAP,
+                               rfu=((1, -1.0), (0, 1.0), (2, 1.0)))  # fmt: skip
 
     @property
     def protocols(self) -> dict[str, EvalProtocol]:

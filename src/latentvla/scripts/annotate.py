@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,14 +13,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--camera", default=None, help="camera the boxes refer to (default: the first camera)")
     p.add_argument("--boxes-jsonl", default=None,
                    help="detector boxes, one JSON per line {episode_index, frame_index, bbox}")  # fmt: skip
+    p.add_argument(
+        "--env",
+        default=None,
+        help="simulator whose state layout to read ee + gripper with (default: from robot_type / state size)",
+    )
+    p.add_argument("--lara-dir", default=None,
+                   help="folder with LaRA-VLA's episode_dense_captions_full.jsonl / episode_sam3_bboxes_from_dino_final"
+                        ".jsonl (default: DIR/annotations when present)")  # fmt: skip
+    p.add_argument("--no-lara", action="store_true", help="ignore LaRA-VLA annotation files next to the dataset")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     from latentvla.data.annotate import annotate_dataset
     from latentvla.data.boxes import ColumnBoxes
+    from latentvla.data.lara_annotations import LaraAnnotations
 
-    source = ColumnBoxes(jsonl=args.boxes_jsonl) if args.boxes_jsonl else None
-    summary = annotate_dataset(args.dir, box_source=source, camera=args.camera)
+    try:
+        source = ColumnBoxes(jsonl=args.boxes_jsonl) if args.boxes_jsonl else None
+        lara = None if args.no_lara else LaraAnnotations.find(args.dir, args.lara_dir)
+        if lara is not None:
+            files = [str(p) for p in (lara.cot_path, lara.bbox_path) if p is not None]
+            print(f"annotate: importing LaRA-VLA annotations from {', '.join(files)}")
+        summary = annotate_dataset(args.dir, box_source=source, camera=args.camera, env=args.env, lara=lara)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0
