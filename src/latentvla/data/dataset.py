@@ -38,6 +38,7 @@ from latentvla.constants import (
 from latentvla.data.frames import DECODED_CACHE_MB, FrameStore, ParquetLocation
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.stats import DEFAULT_MODES, Normalizer
+from latentvla.data.validate import validate_dataset
 from latentvla.registry import did_you_mean
 
 AUGMENT_PAD = 4  # random-shift augmentation: pad 4 px (replicate) then crop back (DrQ-style)
@@ -89,6 +90,7 @@ class VLADataset(Dataset):
             raise ValueError(f"{reader.root} has no image features; a VLA dataset needs at least one camera.")
         self.camera_keys = [_camera_key(c, reader.camera_keys) for c in (cameras or reader.camera_keys)]
         self.cameras = [k[len(OBS_IMAGES) + 1 :] for k in self.camera_keys]
+        validate_dataset(reader, camera_keys=self.camera_keys)  # NaN/inf, stats, empty, image shape: one line
         for key in (OBS_STATE, ACTION):
             if key not in reader.features:
                 raise KeyError(f"{reader.root} has no {key!r} feature (it has: {', '.join(reader.feature_keys)}).")

@@ -101,14 +101,29 @@ def _to_arrow(key: str, value: Any, spec: dict[str, Any]) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), size)
 
 
-def _decode_images(column: pa.ChunkedArray, file: Path) -> np.ndarray:
+def _decode_images(column: pa.ChunkedArray, file: Path, shape: Any = None) -> np.ndarray:
+    """PNG cells -> uint8 (T, H, W, 3); a corrupt cell or one whose size differs from `shape` is one clear error."""
     frames = []
-    for item in column.to_pylist():
+    for row, item in enumerate(column.to_pylist()):
         if item is None or item.get("bytes") is None:
             raise DatasetFormatError(
                 f"{file}: an image cell has no embedded bytes (path-only images unsupported)."
             )
-        frames.append(np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("RGB")))
+        try:
+            frame = np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("RGB"))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError, truncated, bad CRC
+            raise DatasetFormatError(
+                f"{file}: the image at row {row} cannot be decoded "
+                f"({e}); the PNG is corrupt or truncated: re-collect or drop that episode."
+            ) from e
+        expected = tuple(int(d) for d in shape) if shape is not None else (frames[0] if frames else frame).shape
+        chw = len(expected) == 3 and expected[0] == 3 and frame.shape == (*expected[1:], 3)  # channel-first spec
+        if frame.shape != expected and not chw:
+            raise DatasetFormatError(
+                f"{file}: image at row {row} is {list(frame.shape)} but the dataset declares {list(expected)} "
+                "(meta/info.json); every frame of a camera must have the declared size."
+            )
+        frames.append(frame)
     return np.stack(frames)
 
 
@@ -117,7 +132,7 @@ def _from_arrow(column: pa.ChunkedArray, spec: dict[str, Any], file: Path) -> An
     if dtype == "string":
         return column.to_pylist()
     if dtype == "image":
-        return _decode_images(column, file)
+        return _decode_images(column, file, spec.get("shape"))
     if dtype == "video":
         raise DatasetFormatError(f"{file}: video features are not supported; use a PNG-in-parquet dataset.")
     column = column.combine_chunks()
@@ -524,6 +539,9 @@ class LeRobotDatasetReader:
         if not info_path.is_file():
             raise DatasetFormatError(f"{info_path}: missing; {self.root} is not a LeRobot dataset.")
         self.info: dict = _read_json(info_path)
+        from latentvla.data.validate import check_info
+
+        check_info(self.info, info_path)
         self.version = str(self.info.get("codebase_version"))
         if not isinstance(self.info.get("features"), dict) or "fps" not in self.info:
             raise DatasetFormatError(f"{info_path}: lacks 'features' or 'fps'; not a LeRobot info.json.")

@@ -1,0 +1,128 @@
+"""Checks run when a dataset is opened, so bad data fails in one line instead of training "successfully".
+
+Issue 14 found NaN actions training to a NaN checkpoint with exit 0, an `info.json` image shape that disagreed
+with the stored PNGs (and was copied into the checkpoint), and tracebacks for a missing `stats.json`, an empty
+dataset or an `info.json` that is a list. Every check raises `DatasetFormatError` (a ValueError) whose message
+names the file, column, episode and frame at fault and says how to fix it.
+
+    check_info(info, path)          shape of meta/info.json itself (called by the reader before anything else)
+    validate_dataset(reader, ...)   non-empty, finite state/action columns, finite stats, image shape vs info
+
+The column scan reads the numeric columns only (no image decode); the image check decodes one frame per camera.
+`validate_dataset` remembers what it checked on the reader, so the training loop and `VLADataset` can both call
+it on the same reader without scanning twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+from latentvla.constants import ACTION, OBS_STATE
+
+_CHECKED_ATTR = "_latentvla_validated"
+
+
+def _error(message: str) -> Exception:
+    from latentvla.data.lerobot_format import DatasetFormatError
+
+    return DatasetFormatError(message)
+
+
+def check_info(info: Any, path: Any) -> None:
+    """meta/info.json must be an object with a `features` object and a positive numeric `fps`."""
+    if not isinstance(info, dict):
+        raise _error(f"{path}: must be a JSON object, got a {type(info).__name__}; restore the dataset's info.json.")
+    if not isinstance(info.get("features"), dict):
+        raise _error(f"{path}: lacks a 'features' object; not a LeRobot info.json.")
+    fps = info.get("fps")
+    if isinstance(fps, bool) or not isinstance(fps, Real) or not fps > 0:
+        raise _error(f"{path}: 'fps' must be a positive number, got {fps!r}; fix it in info.json (e.g. \"fps\": 10).")
+    for key, spec in info["features"].items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list | tuple):
+            raise _error(f"{path}: feature {key!r} needs a 'dtype' and a 'shape' list, got {spec!r}.")
+
+
+def _locate(reader: Any, position: int) -> tuple[int, int]:
+    """Global frame position -> (episode index, frame within the episode)."""
+    lengths = np.array([int(e["length"]) for e in reader.episodes])
+    episode = int(np.searchsorted(np.cumsum(lengths), position, side="right"))
+    return int(reader.episodes[episode]["episode_index"]), int(position - lengths[:episode].sum())
+
+
+def _check_finite_column(reader: Any, key: str) -> None:
+    values = np.asarray(reader.column(key), dtype=np.float64)
+    bad = ~np.isfinite(values.reshape(len(values), -1))
+    if bad.any():
+        row, dim = (int(i) for i in np.argwhere(bad)[0])
+        episode, frame = _locate(reader, row)
+        what = "NaN" if np.isnan(values.reshape(len(values), -1)[row, dim]) else "inf"
+        raise _error(
+            f"{reader.root}: column {key!r} holds {what} at episode {episode}, frame {frame} (dimension {dim}; "
+            f"{int(bad.any(axis=1).sum())} bad frames in all); fix or drop those episodes before training."
+        )
+
+
+def _check_finite_stats(reader: Any, keys: Sequence[str]) -> None:
+    path = reader.root / "meta" / "stats.json"
+    if not reader.stats:
+        raise _error(
+            f"{path}: missing or empty; the normalization statistics are needed to train. Recreate the dataset "
+            "with `latentvla collect`/`latentvla annotate` (they write stats.json) or restore the file."
+        )
+    missing = [k for k in keys if k not in reader.stats]
+    if missing:
+        raise _error(f"{path}: has no stats for {missing} (it has {sorted(reader.stats)}); restore the file.")
+    for key in keys:
+        for name, value in reader.stats[key].items():
+            arr = np.asarray(value, dtype=np.float64)
+            if not np.isfinite(arr).all():
+                raise _error(
+                    f"{path}: {key!r} {name!r} contains NaN or inf ({arr.reshape(-1).tolist()}); recompute the "
+                    "stats from finite data."
+                )
+
+
+def _check_image_shape(reader: Any, key: str) -> None:
+    declared = tuple(int(d) for d in reader.features[key]["shape"])
+    episode = reader.episode(0)
+    if key not in episode:
+        raise _error(
+            f"{reader.root}: no frames could be read for {key!r} (dtype {reader.features[key].get('dtype')!r}); "
+            "a video dataset needs the video extra (pip install -e \".[video]\")."
+        )
+    stored = tuple(np.asarray(episode[key][0]).shape)
+    if stored != declared and stored != (*declared[1:], declared[0]):  # HWC, or a channel-first declaration
+        raise _error(
+            f"{reader.root}/meta/info.json: {key!r} is declared {list(declared)} but the stored images are "
+            f"{list(stored)} (episode 0, frame 0); fix the shape in info.json."
+        )
+
+
+def validate_dataset(
+    reader: Any, keys: Sequence[str] = (OBS_STATE, ACTION), camera_keys: Sequence[str] | None = None
+) -> None:
+    """Raise `DatasetFormatError` unless the dataset can be trained on: see the module docstring."""
+    checked: set[str] = getattr(reader, _CHECKED_ATTR, set())
+    cameras = list(reader.camera_keys if camera_keys is None else camera_keys)
+    todo = [k for k in ("<dataset>", *keys, *cameras) if k not in checked]
+    if not todo:
+        return
+    if "<dataset>" in todo and (reader.num_episodes == 0 or reader.num_frames == 0):
+        raise _error(
+            f"{reader.root}: the dataset is empty ({reader.num_episodes} episodes, {reader.num_frames} frames); "
+            "collect or convert episodes into it first."
+        )
+    present = [k for k in keys if k in reader.features]
+    for key in present:
+        if key in todo:
+            _check_finite_column(reader, key)
+    if any(k in todo for k in present):
+        _check_finite_stats(reader, present)
+    for key in cameras:
+        if key in todo:
+            _check_image_shape(reader, key)
+    setattr(reader, _CHECKED_ATTR, checked | {"<dataset>", *present, *cameras})
