@@ -62,8 +62,10 @@ def test_resume_equals_uninterrupted(preset, dataset, tmp_path):
         assert "loss_cot" in rows[0] and "loss_flow" in rows[-1]
     with pytest.raises(ValueError, match="already at step"):
         train(cfg, dataset, tmp_path / "split", resume=True, show_progress=False)
+    with pytest.raises(ValueError, match="differs from the checkpoint"):  # fewer steps than the run: refused
+        train(_cfg(preset, steps - 4), dataset, tmp_path / "split", resume=True, show_progress=False)
     with pytest.raises(ValueError, match="differs from the checkpoint"):
-        train(_cfg(preset, steps + 4), dataset, tmp_path / "split", resume=True, show_progress=False)
+        train(_cfg(preset, steps, "lr_head=5e-3"), dataset, tmp_path / "split", resume=True, show_progress=False)
 
 
 def _free_port() -> int:

@@ -102,6 +102,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        for name in ("log_every", "save_every", "keep_last"):  # 0 used to crash mid-run or after training
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)} (e.g. {name}=1)")
 
 
 # ----------------------------------------------------------------------------------------------- presets

@@ -23,6 +23,15 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from latentvla.checkpoint_check import (
+    CONFIG,
+    STATS,
+    WEIGHTS,
+    CorruptCheckpointError,
+    newest_intact,
+    require_intact,
+    step_dirs,
+)
 from latentvla.config import PolicyConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.stats import Normalizer
@@ -31,30 +40,23 @@ from latentvla.models.execution import make_horizon
 from latentvla.models.halting import make_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
 
-WEIGHTS, CONFIG, STATS = "model.safetensors", "config.json", "stats.json"
-
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint dir or a training run dir (RUN/checkpoints/last)."""
+    """A checkpoint directory from a checkpoint dir or a training run dir (its newest *intact* checkpoint).
+
+    A damaged newest checkpoint of a run is skipped with a `CheckpointSkippedWarning` naming it; a damaged
+    checkpoint named directly is one `CorruptCheckpointError` line (checkpoint_check.py).
+    """
     path = Path(path)
-    if (path / WEIGHTS).is_file():
-        return path
-    last = path / "checkpoints" / "last"
-    if last.exists():
-        target = (
-            last.resolve()
-            if last.is_symlink() or last.is_dir()
-            else path / "checkpoints" / last.read_text().strip()
-        )
-        if (target / WEIGHTS).is_file():
-            return target
-    txt = path / "checkpoints" / "last.txt"
-    if txt.is_file():
-        target = path / "checkpoints" / txt.read_text().strip()
-        if (target / WEIGHTS).is_file():
-            return target
+    if (path / WEIGHTS).is_file() or (path / CONFIG).is_file():
+        return require_intact(path)
+    found = newest_intact(path)
+    if found is not None:
+        return found
+    if step_dirs(path):
+        raise CorruptCheckpointError(f"no intact checkpoint under {path / 'checkpoints'}: every one is damaged")
     raise FileNotFoundError(
-        f"No checkpoint at {path}: expected {WEIGHTS} there or a training run with checkpoints/last "
+        f"No checkpoint at {path}: expected {WEIGHTS} there or a training run with checkpoints/ "
         "(train one with `latentvla train --preset ... --out RUN`)."
     )
 

@@ -35,12 +35,16 @@ def _error(message: str) -> Exception:
 def check_info(info: Any, path: Any) -> None:
     """meta/info.json must be an object with a `features` object and a positive numeric `fps`."""
     if not isinstance(info, dict):
-        raise _error(f"{path}: must be a JSON object, got a {type(info).__name__}; restore the dataset's info.json.")
+        raise _error(
+            f"{path}: must be a JSON object, got a {type(info).__name__}; restore the dataset's info.json."
+        )
     if not isinstance(info.get("features"), dict):
         raise _error(f"{path}: lacks a 'features' object; not a LeRobot info.json.")
     fps = info.get("fps")
     if isinstance(fps, bool) or not isinstance(fps, Real) or not fps > 0:
-        raise _error(f"{path}: 'fps' must be a positive number, got {fps!r}; fix it in info.json (e.g. \"fps\": 10).")
+        raise _error(
+            f"{path}: 'fps' must be a positive number, got {fps!r}; fix it in info.json (e.g. \"fps\": 10)."
+        )
     for key, spec in info["features"].items():
         if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list | tuple):
             raise _error(f"{path}: feature {key!r} needs a 'dtype' and a 'shape' list, got {spec!r}.")
@@ -92,7 +96,7 @@ def _check_image_shape(reader: Any, key: str) -> None:
     if key not in episode:
         raise _error(
             f"{reader.root}: no frames could be read for {key!r} (dtype {reader.features[key].get('dtype')!r}); "
-            "a video dataset needs the video extra (pip install -e \".[video]\")."
+            'a video dataset needs the video extra (pip install -e ".[video]").'
         )
     stored = tuple(np.asarray(episode[key][0]).shape)
     if stored != declared and stored != (*declared[1:], declared[0]):  # HWC, or a channel-first declaration
@@ -126,3 +130,45 @@ def validate_dataset(
         if key in todo:
             _check_image_shape(reader, key)
     setattr(reader, _CHECKED_ATTR, checked | {"<dataset>", *present, *cameras})
+
+
+def dataset_fingerprint(reader: Any, keys: Sequence[str] = (OBS_STATE, ACTION)) -> dict:
+    """What must not change under a resumed run: sizes, tasks, feature shapes and the stats of `keys`.
+
+    Saved with every training checkpoint; `--resume` compares it with the dataset given now (the path may differ:
+    a copied dataset resumes fine).
+    """
+    return {
+        "total_episodes": int(reader.num_episodes),
+        "total_frames": int(reader.num_frames),
+        "tasks": list(reader.tasks),
+        "shapes": {k: [int(d) for d in v["shape"]] for k, v in sorted(reader.features.items())},
+        "stats": {
+            k: {
+                s: np.asarray(v, dtype=np.float64).reshape(-1).tolist() for s, v in sorted(reader.stats[k].items())
+            }
+            for k in keys
+            if k in reader.stats
+        },
+    }
+
+
+def fingerprint_diff(saved: dict, now: dict) -> list[str]:
+    """Human-readable differences between two `dataset_fingerprint`s (empty when they match)."""
+    out = []
+    for field in ("total_episodes", "total_frames"):
+        if saved.get(field) != now.get(field):
+            out.append(f"{field} {saved.get(field)} (run) vs {now.get(field)} (now)")
+    if saved.get("tasks") != now.get("tasks"):
+        out.append(f"tasks {saved.get('tasks')} (run) vs {now.get('tasks')} (now)")
+    shapes_then, shapes_now = saved.get("shapes", {}), now.get("shapes", {})
+    changed = sorted(k for k in shapes_then.keys() | shapes_now.keys() if shapes_then.get(k) != shapes_now.get(k))
+    if changed:
+        out.append(f"features {changed}")
+    stats_then, stats_now = saved.get("stats", {}), now.get("stats", {})
+    for key in sorted(stats_then.keys() | stats_now.keys()):
+        a, b = stats_then.get(key, {}), stats_now.get(key, {})
+        names = sorted(s for s in a.keys() | b.keys() if not np.allclose(a.get(s, [np.nan]), b.get(s, [np.nan])))
+        if names:
+            out.append(f"stats of {key!r} ({', '.join(names)})")
+    return out

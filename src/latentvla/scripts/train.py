@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--size", default="tiny", help="backbone size: tiny | small | base")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint of OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT (else refused)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DDP (re-launches via torchrun)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. policy.horizon=8")
@@ -57,7 +58,8 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--seed", args.seed)):
         if value is not None:
             argv += [flag, str(value)]
-    argv += ["--resume"] * args.resume + ["--no-progress"] * args.no_progress + list(args.overrides)
+    argv += ["--resume"] * args.resume + ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
+    argv += list(args.overrides)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     cmd += ["-m", "latentvla.cli", *argv]
     print("launching:", " ".join(cmd), flush=True)
@@ -78,13 +80,23 @@ def main(args: argparse.Namespace) -> int:
             return 2
         return _relaunch_with_torchrun(args)
 
-    from latentvla.train.loop import train
+    from latentvla.train.checkpoint import CheckpointError
+    from latentvla.train.loop import NonFiniteLossError, TrainingInterrupted, train
 
     try:
-        summary = train(cfg, args.dataset, args.out, resume=args.resume, show_progress=not args.no_progress)
-    except (FileNotFoundError, ValueError) as e:  # bad dataset / nothing to resume / config mismatch
+        summary = train(
+            cfg, args.dataset, args.out, resume=args.resume, overwrite=args.overwrite,
+            show_progress=not args.no_progress,
+        )  # fmt: skip
+    except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad dataset / existing run / resume mismatch
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
+        print(str(e), file=sys.stderr)
+        return 128 + int(e.signum)
+    except (NonFiniteLossError, CheckpointError) as e:  # NaN loss / disk full: nothing bad was published
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{'stage':<8} {'rows':>5} {'first loss':>11} {'last loss':>10}")
         for stage, s in summary["stage_losses"].items():

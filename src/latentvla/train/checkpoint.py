@@ -14,6 +14,10 @@ Atomicity: everything is written into `000500.tmp/`, fsync'ed, then `os.replace`
 atomic on POSIX); the pointer is swapped the same way afterwards. A kill at any moment leaves either a `*.tmp`
 directory or a complete checkpoint, and `latest_checkpoint` only ever returns complete ones.
 `training_state.pt` holds only tensors and plain Python values so it loads with `torch.load(weights_only=True)`.
+
+Failures: a write that fails (disk full, quota, I/O error) removes its `*.tmp` and raises `CheckpointError` with
+one line; the previous checkpoint stays `last`. Damaged checkpoints are detected by `checkpoint_check.py`;
+`latest_intact_checkpoint` (what `--resume` uses) skips them with a warning naming the directory.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latentvla.checkpoint_check import newest_intact
 from latentvla.config import config_to_dict
 
 CHECKPOINTS = "checkpoints"
@@ -68,6 +73,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_intact_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose files all pass `checkpoint_check` (damaged newer ones are skipped with a
+    `CheckpointSkippedWarning`); None if there is none."""
+    return newest_intact(run_dir, training=True)
+
+
+class CheckpointError(RuntimeError):
+    """Writing a checkpoint failed (e.g. disk full); the message says what and which checkpoint is still last."""
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -83,11 +98,15 @@ def _fsync_dir(path: Path) -> None:
 
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _point_last(root: Path, name: str) -> None:
@@ -111,12 +130,14 @@ def save_checkpoint(
     training_state: dict,
     keep_last: int = 2,
     rng_states: list[dict] | None = None,
+    extra_config: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, move the `last` pointer, prune to the newest `keep_last`.
 
     `policy` is a Policy (its `save_pretrained` writes weights, config and stats); `training_state` is the dict
     from the loop (optimizer state, sampler position, ...). `rng_states` holds one `get_rng_state()` per rank
-    (DDP ranks draw different noise); it defaults to this process's state.
+    (DDP ranks draw different noise); it defaults to this process's state. `extra_config` adds sections to
+    config.json (the loop records the run's step extensions there).
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -126,19 +147,33 @@ def save_checkpoint(
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():  # left by an earlier kill
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    policy.save_pretrained(tmp, extra_config={"train": config_to_dict(train_config)})
     rng_states = rng_states if rng_states is not None else [get_rng_state()]
-    torch.save({**training_state, "step": step, "rng": rng_states}, tmp / TRAINING_STATE)
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        policy.save_pretrained(tmp, extra_config={"train": config_to_dict(train_config), **(extra_config or {})})
+        torch.save({**training_state, "step": step, "rng": rng_states}, tmp / TRAINING_STATE)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except OSError as e:  # disk full, quota, I/O error: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(run_dir)
+        raise CheckpointError(
+            f"could not write checkpoint {final} ({e}); "
+            + (f"{previous} is still the last checkpoint" if previous else "no earlier checkpoint exists")
+            + "; free space and continue with --resume"
+        ) from e
     if final.exists():  # re-saving a step (e.g. a resumed run that ends where it started): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
-    _point_last(root, final.name)
+    try:
+        _point_last(root, final.name)
+    except OSError as e:  # the checkpoint itself is complete; the directory scan finds it without the pointer
+        raise CheckpointError(
+            f"wrote {final} but could not move the `last` pointer ({e}); --resume still finds it"
+        ) from e
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old)
     return final

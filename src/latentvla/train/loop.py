@@ -16,14 +16,27 @@ Determinism (what makes resume exact and DDP equal to one process):
 With `num_workers > 0`, augmentation runs in worker processes seeded from (seed, resume step), so a resumed run
 is reproducible but not bit-identical to an uninterrupted one; use `num_workers=0` or `augment=false` when that
 matters.
+
+Faults (README "Failure behaviour"): the dataset is validated when opened (data/validate.py); an existing run
+directory is refused without `resume` or `overwrite`; `resume` refuses another dataset or other stats, naming
+what differs, and starts from the newest *intact* checkpoint; a non-finite loss or gradient stops the run before
+the optimizer step, publishing nothing (`NonFiniteLossError`); SIGTERM / SIGINT finish the current step, write a
+checkpoint and raise `TrainingInterrupted`; a failed checkpoint write raises `CheckpointError` with the previous
+checkpoint still `last`. Resuming with a larger `steps` extends the run: steps past the original total stay in
+the last stage at the constant LR the cosine ended with (optim.set_lrs); each extension is recorded in the
+checkpoint's config.json under "extensions".
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import random
+import shutil
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -46,6 +59,65 @@ from latentvla.train.sampler import ResumableBatchSampler
 
 # Fields that may change between a run and its resumption without changing the maths.
 _RESUME_FREE_FIELDS = {"num_workers", "log_every", "save_every", "keep_last", "device", "wandb", "bf16"}
+_RUN_FILES = ("metrics.jsonl", LOSS_PLOT)  # with checkpoints/: what makes a directory "an existing run"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became NaN/inf; nothing of that step was applied or saved."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint of the last finished step was written. `signum` says which."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGTERM / SIGINT set a flag that the loop reads at each step boundary (a second SIGINT aborts at once).
+
+    Installed only in the main thread (signal handlers cannot be set elsewhere); restored on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, dist_info: DistInfo) -> None:
+    """Refuse to train into an existing run unless resuming or told to overwrite it (issue 14 item 2)."""
+    ckpts = run_dir / ckpt_lib.CHECKPOINTS
+    existing = [f for f in _RUN_FILES if (run_dir / f).exists()] + (
+        [ckpt_lib.CHECKPOINTS] if ckpts.is_dir() and any(ckpts.iterdir()) else []
+    )
+    if existing and not resume:
+        if not overwrite:
+            raise FileExistsError(
+                f"{run_dir} already holds a training run ({', '.join(existing)}); continue it with --resume, "
+                "replace it with --overwrite, or choose another --out"
+            )
+        if dist_info.is_main:
+            shutil.rmtree(ckpts, ignore_errors=True)
+            for f in _RUN_FILES:
+                (run_dir / f).unlink(missing_ok=True)
+    if dist_info.world_size > 1:
+        dist.barrier()  # nobody writes before every rank has looked
 
 
 @dataclass(frozen=True)
@@ -145,7 +217,8 @@ def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: Dis
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     now = config_to_dict(cfg)
-    diff = [k for k in now if k not in _RESUME_FREE_FIELDS and saved.get(k) != now[k]]
+    free = _RESUME_FREE_FIELDS | ({"steps"} if cfg.steps >= int(saved.get("steps", 0)) else set())  # extension
+    diff = [k for k in now if k not in free and saved.get(k) != now[k]]
     if diff:
         raise ValueError(
             f"--resume: the config differs from the checkpoint's in {diff} (saved: "
@@ -179,6 +252,28 @@ def accumulate_gradients(
             history[k].append(float(v))
 
 
+def _check_resume_dataset(saved: dict | None, now: dict, dataset_dir: Any) -> None:
+    from latentvla.data.validate import fingerprint_diff
+
+    if saved is None:  # checkpoints written before fingerprints existed
+        return
+    diff = fingerprint_diff(saved, now)
+    if diff:
+        raise ValueError(
+            f"--resume: dataset {dataset_dir} differs from the one this run was trained on: {'; '.join(diff)}; "
+            "resume with the original --dataset, or start a new --out"
+        )
+
+
+def _all_ranks_agree(flags: list[bool], dist_info: DistInfo) -> list[bool]:
+    """Element-wise OR of per-rank flags (one tiny all-reduce under DDP), so every rank takes the same branch."""
+    if dist_info.world_size == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=dist_info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def _reduce_metrics(history: dict[str, list[float]], dist_info: DistInfo) -> dict[str, float]:
     """Mean of each metric over the micro-batches since the last row, then over ranks."""
     keys = sorted(history)
@@ -206,14 +301,18 @@ def train(
     resume: bool = False,
     show_progress: bool = True,
     stop_at: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train `cfg` on the LeRobot dataset at `dataset_dir`, writing to `run_dir`; returns a summary dict.
 
-    `resume` continues from `run_dir/checkpoints/last`. `stop_at` ends the run (with a checkpoint) after that
-    many optimizer steps while keeping the schedule of the full `cfg.steps` — what a kill + `--resume` does.
+    `resume` continues from the newest intact checkpoint of `run_dir`; without it an existing run is refused
+    unless `overwrite` (which deletes its checkpoints and metrics first). `stop_at` ends the run (with a
+    checkpoint) after that many optimizer steps while keeping the schedule of the full `cfg.steps` — what a
+    kill + `--resume` does.
     """
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.validate import dataset_fingerprint, validate_dataset
     from latentvla.policy import Policy
 
     # ---------------------------------------------------------------------------------------------- setup
@@ -221,6 +320,9 @@ def train(
     run_dir = Path(run_dir)
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
+    validate_dataset(reader, camera_keys=[f"{OBS_IMAGES}.{c}" for c in cfg.policy.cameras])
+    _prepare_run_dir(run_dir, resume, overwrite, dist_info)
+    fingerprint = dataset_fingerprint(reader)
     normalizer = make_normalizer(reader)
     dataset = VLADataset(
         dataset_dir, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer,
@@ -233,16 +335,24 @@ def train(
         model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model)
     )
     seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
-    start_step = 0
+    start_step, schedule_steps, extensions = 0, cfg.steps, []
     if resume:
-        last = ckpt_lib.latest_checkpoint(run_dir)
+        last = ckpt_lib.latest_intact_checkpoint(run_dir)  # warns about each damaged newer one it skips
         if last is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint under {run_dir / ckpt_lib.CHECKPOINTS}")
-        _check_resume_config(ckpt_lib.load_train_config_dict(last), cfg)
-        model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
+            raise FileNotFoundError(f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS}")
+        saved_cfg = ckpt_lib.load_train_config_dict(last)
+        _check_resume_config(saved_cfg, cfg)
         state = ckpt_lib.load_training_state(last)
+        _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
+        model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
+        schedule_steps = int(state.get("schedule_steps", saved_cfg["steps"]))
+        extensions = list(state.get("extensions", []))
+        if cfg.steps > int(saved_cfg["steps"]):  # extending the run: recorded, the original part unchanged
+            extensions.append(
+                {"at_step": start_step, "from_steps": int(saved_cfg["steps"]), "to_steps": cfg.steps}
+            )
         rngs = state["rng"]
         ckpt_lib.set_rng_state(rngs[dist_info.rank] if len(rngs) == dist_info.world_size else rngs[0])
     end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
@@ -254,7 +364,7 @@ def train(
         # stages leave whole modules unused (the head in stage I, action tokens in III)
         loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=ids, find_unused_parameters=True)
     loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
-    boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, cfg.steps)]
+    boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, schedule_steps)]
     logger = MetricsLogger(
         run_dir, end_step, start_step=start_step, enabled=dist_info.is_main, show_progress=show_progress,
         use_wandb=cfg.wandb, config=config_to_dict(cfg),
@@ -267,39 +377,67 @@ def train(
     t0, saved = time.perf_counter(), None
     model.train()
 
-    # ------------------------------------------------------------------------------------------------ loop
-    for step in range(start_step, end_step):
-        stage = stage_at(step, cfg.policy.curriculum, cfg.steps)
-        if step in boundaries[1:]:
-            # LaRA trains each stage as a fresh run from the previous weights (Table 5): restart Adam's moments
-            optimizer.state.clear()
-        lrs = set_lrs(optimizer, step, stage, cfg, boundaries)
-        optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        model.on_optimizer_step(step)
-        logger.advance()
+    def save(done: int) -> Path | None:
+        rng_states = _gather_rng(dist_info)  # collective: every rank takes part
+        if not dist_info.is_main:
+            return None
+        training_state = {
+            "optimizer": optimizer.state_dict(),
+            "sampler": {"micro_batches": done * cfg.grad_accum},
+            "dataset": fingerprint,
+            "schedule_steps": schedule_steps,
+            "extensions": extensions,
+        }
+        return ckpt_lib.save_checkpoint(
+            run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states,
+            extra_config={"extensions": extensions} if extensions else None,
+        )  # fmt: skip
 
-        done = step + 1
-        if done % cfg.log_every == 0 or done == end_step or done in boundaries:  # rows never mix two stages
-            row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm)}
-            logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
-            stage_losses[stage.name].append(row["loss"])
-            history = defaultdict(list)
-        if done % cfg.save_every == 0 or done == end_step:
-            rng_states = _gather_rng(dist_info)  # collective: every rank takes part
-            if dist_info.is_main:
-                training_state = {
-                    "optimizer": optimizer.state_dict(),
-                    "sampler": {"micro_batches": done * cfg.grad_accum},
-                }
-                saved = ckpt_lib.save_checkpoint(
-                    run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states
+    # ------------------------------------------------------------------------------------------------ loop
+    with _StopSignals() as stop, contextlib.closing(logger):
+        for step in range(start_step, end_step):
+            # past the original total (an extension) the last stage continues at a constant LR (optim.set_lrs)
+            stage = stage_at(min(step, schedule_steps - 1), cfg.policy.curriculum, schedule_steps)
+            if step in boundaries[1:]:
+                # LaRA trains each stage as a fresh run from the previous weights (Table 5): restart Adam's moments
+                optimizer.state.clear()
+            lrs = set_lrs(optimizer, step, stage, cfg, boundaries, schedule_steps)
+            optimizer.zero_grad(set_to_none=True)
+            accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            step_loss = sum(history["loss"][-cfg.grad_accum :])
+            bad, stopping = _all_ranks_agree(
+                [not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))), stop.signum is not None],
+                dist_info,
+            )
+            if bad:  # before optimizer.step: the weights, the EMA target and `last` stay the previous good ones
+                good = ckpt_lib.latest_checkpoint(run_dir)
+                raise NonFiniteLossError(
+                    f"step {step + 1}: the loss is {step_loss} and the gradient norm {float(grad_norm)}; stopped "
+                    f"without saving ({good or 'no checkpoint'} is the last good one). Check the data with "
+                    "`latentvla dataset info`, lower the learning rate, or resume with --resume"
+                )
+            optimizer.step()
+            model.on_optimizer_step(step)
+            logger.advance()
+
+            done = step + 1
+            if done % cfg.log_every == 0 or done == end_step or done in boundaries or stopping:  # one stage/row
+                row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm)}
+                logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
+                stage_losses[stage.name].append(row["loss"])
+                history = defaultdict(list)
+            if done % cfg.save_every == 0 or done == end_step or stopping:
+                saved = save(done)
+            if stopping and done < end_step:
+                name = signal.Signals(stop.signum).name if stop.signum is not None else "a signal (another rank)"
+                raise TrainingInterrupted(
+                    f"interrupted by {name}: saved {saved or 'a checkpoint'} at step {done} of {cfg.steps}; "
+                    "continue with the same command plus --resume",
+                    stop.signum or signal.SIGTERM,
                 )
 
     # ---------------------------------------------------------------------------------------------- finish
-    logger.close()
     elapsed = time.perf_counter() - t0
     if dist_info.is_main:
         plot_losses(run_dir / "metrics.jsonl", run_dir / LOSS_PLOT)

@@ -123,13 +123,25 @@ def lr_multiplier(
 
 
 def set_lrs(
-    optimizer: torch.optim.Optimizer, step: int, stage: StageSpec, cfg: Any, boundaries: Sequence[int]
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    stage: StageSpec,
+    cfg: Any,
+    boundaries: Sequence[int],
+    schedule_steps: int | None = None,
 ) -> dict:
     """Write this step's LR into every param group; returns `{"lr_backbone": .., "lr_head": ..}` for logging.
 
     `cfg` is a TrainConfig (reads steps, warmup_frac, min_lr_frac); the group's `base_lr` came from it too.
+    `schedule_steps` (default `cfg.steps`) is the total the schedule was laid out for. A run extended past it
+    (`--resume --steps N`, N larger) keeps the last stage at a constant `min_lr_frac`: the LR the cosine
+    ended with, so the original part of the run stays exactly as it was and the extension is a gentle tail.
     """
-    mult = lr_multiplier(step, boundaries, cfg.steps, cfg.warmup_frac, cfg.min_lr_frac)
+    total = cfg.steps if schedule_steps is None else schedule_steps
+    if step >= total:
+        mult = cfg.min_lr_frac
+    else:
+        mult = lr_multiplier(step, boundaries, total, cfg.warmup_frac, cfg.min_lr_frac)
     stage_mult = {"backbone": stage.lr_backbone, "head": stage.lr_head}
     lrs = {"lr_backbone": 0.0, "lr_head": 0.0}
     for group in optimizer.param_groups:
