@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 HALTING_CHOICES = ("mse", "cosine")
 
@@ -63,9 +64,13 @@ def main(args: argparse.Namespace) -> int:
     from latentvla.serve.server import run_server
 
     halting = None if kwargs is None else make_halting(args.halting, **kwargs)
-    path = resolve_checkpoint(args.run)  # RUN/checkpoints/last when RUN is a training run
-    print(f"loading {path}", flush=True)
-    policy = Policy.from_pretrained(path, device=args.device)
+    try:  # a run dir resolves to its newest intact checkpoint (damaged newer ones are skipped with a warning)
+        path = resolve_checkpoint(args.run)
+        print(f"loading {path}", flush=True)
+        policy = Policy.from_pretrained(path, device=args.device)
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint / a damaged one named explicitly
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     run_server(
         policy,
         args.host,

@@ -406,9 +406,8 @@ def train(
             accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             step_loss = sum(history["loss"][-cfg.grad_accum :])
-            bad, stopping = _all_ranks_agree(
-                [not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))), stop.signum is not None],
-                dist_info,
+            (bad,) = _all_ranks_agree(
+                [not (math.isfinite(step_loss) and math.isfinite(float(grad_norm)))], dist_info
             )
             if bad:  # before optimizer.step: the weights, the EMA target and `last` stay the previous good ones
                 good = ckpt_lib.latest_checkpoint(run_dir)
@@ -422,6 +421,7 @@ def train(
             logger.advance()
 
             done = step + 1
+            (stopping,) = _all_ranks_agree([stop.signum is not None], dist_info)  # a signal during this step
             if done % cfg.log_every == 0 or done == end_step or done in boundaries or stopping:  # one stage/row
                 row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm)}
                 logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
