@@ -162,23 +162,22 @@ def test_damaged_png_is_one_line(damage, dataset, tmp_path, capsys):
 
     root = _copy(dataset, tmp_path)
 
-    def edit(cells):
-        png = cells[5]["bytes"]
+    def damaged(png: bytes) -> bytes:
         if damage == "corrupt":
-            png = png[:20] + bytes(len(png) - 20)
-        elif damage == "truncated":
-            png = png[: len(png) // 2]
-        else:
-            buf = io.BytesIO()
-            Image.new("RGB", (16, 16)).save(buf, format="PNG")
-            png = buf.getvalue()
-        cells[5] = {"bytes": png, "path": None}
-        return cells
+            return png[:20] + bytes(len(png) - 20)
+        if damage == "truncated":
+            return png[: len(png) // 2]
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def edit(cells):  # every frame but the first: the open-time header check passes, the first sample fails
+        return [c if i == 0 else {"bytes": damaged(c["bytes"]), "path": None} for i, c in enumerate(cells)]
 
     _edit_column(root, IMAGE, edit)
     assert _train_cli(root, tmp_path / "run") == 2
     err = capsys.readouterr().err
-    assert "row 5" in err and "Traceback" not in err
+    assert "episode #" in err and "frames [" in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_empty_dataset_is_one_line(dataset, tmp_path, capsys):
@@ -374,3 +373,23 @@ def test_extending_a_finished_run(dataset, reference, tmp_path):
     history = json.loads((ckpt_lib.latest_checkpoint(tmp_path / "a") / "config.json").read_text())["extensions"]
     assert history == [{"at_step": 6, "from_steps": 6, "to_steps": 9}]
     assert json.loads((tmp_path / "b/checkpoints/000009/config.json").read_text())["extensions"] == history
+
+
+def test_video_dataset_without_decoder_is_one_line(tmp_path, monkeypatch, capsys):
+    from latentvla.data import video
+    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.data.synthetic import synthetic_episode
+
+    writer = DatasetWriter(tmp_path / "vds", fps=10, robot_type="synthetic", video=True)
+    for i in range(2):
+        episode, meta = synthetic_episode(i, 8, 32, 0, True, ("corner4",))
+        writer.add_episode(episode, key=f"synthetic/{i:04d}", meta=meta)
+    writer.finalize()
+
+    def no_av():
+        raise ImportError("video datasets need PyAV: pip install 'latentvla[video]' (or pip install av)")
+
+    monkeypatch.setattr(video, "_av", no_av)
+    assert _train_cli(tmp_path / "vds", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "stored as video and no video decoder is installed" in err and "pip install" in err

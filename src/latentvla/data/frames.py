@@ -181,10 +181,30 @@ class FrameStore:
             else:
                 out[t] = hit
         if missing:
-            for t, frame in self._decode(key, episode, missing).items():
+            for t, frame in self._checked_decode(key, episode, missing).items():
                 self._decoded.put((key, episode, t), frame, frame.nbytes)
                 out[t] = frame
         return [out[t] for t in indices]
+
+    def _checked_decode(self, key: str, episode: int, indices: list[int]) -> dict[int, np.ndarray]:
+        """`_decode`, with a damaged or wrong-size image as one clear `DatasetFormatError` (issue 14 item 13)."""
+        from latentvla.data.lerobot_format import DatasetFormatError
+
+        where = f"{self.locations[key][episode].path}: camera {key!r}, episode #{episode}, frames {indices}"
+        try:
+            frames = self._decode(key, episode, indices)
+        except DatasetFormatError:
+            raise
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified / truncated image, bad CRC
+            raise DatasetFormatError(f"{where}: cannot decode ({e}); re-collect or drop that episode") from e
+        expected = tuple(self.shape[key])
+        for t, frame in frames.items():
+            if frame.shape != expected and (frame.shape[2], *frame.shape[:2]) != expected:  # HWC or CHW spec
+                raise DatasetFormatError(
+                    f"{where}: frame {t} is {list(frame.shape)} but the dataset declares {list(expected)} "
+                    "(meta/info.json); every frame of a camera must have the declared size"
+                )
+        return frames
 
     def _decode(self, key: str, episode: int, indices: list[int]) -> dict[int, np.ndarray]:
         loc = self.locations[key][episode]

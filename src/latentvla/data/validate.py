@@ -8,7 +8,9 @@ names the file, column, episode and frame at fault and says how to fix it.
     check_info(info, path)          shape of meta/info.json itself (called by the reader before anything else)
     validate_dataset(reader, ...)   non-empty, finite state/action columns, finite stats, image shape vs info
 
-The column scan reads the numeric columns only (no image decode); the image check decodes one frame per camera.
+The column scan reads the numeric columns only; the image check reads one stored frame's PNG / video header per
+camera (no pixel decode: opening a dataset decodes nothing, data/frames.py). A damaged image found later, when a
+sample is decoded, is one `DatasetFormatError` too (frames.py).
 `validate_dataset` remembers what it checked on the reader, so the training loop and `VLADataset` can both call
 it on the same reader without scanning twice.
 """
@@ -90,19 +92,44 @@ def _check_finite_stats(reader: Any, keys: Sequence[str]) -> None:
                 )
 
 
+def _stored_image_shape(reader: Any, key: str) -> tuple[int, int, int]:
+    """(H, W, 3) of one stored frame of camera `key`, read from the PNG / video header (no pixel decode, so
+    opening a dataset still decodes nothing: data/frames.py)."""
+    if reader.features[key].get("dtype") == "video":
+        path = reader.video_location(0, key).path
+        try:
+            from latentvla.data.video import probe
+
+            info = probe(path)
+        except ImportError as e:
+            raise _error(
+                f"{reader.root}: {key!r} is stored as video and no video decoder is installed ({e})."
+            ) from e
+        except (OSError, ValueError) as e:
+            raise _error(f"{path}: cannot open the video of {key!r} ({e}); the file is corrupt or missing.") from e
+        return int(info["video.height"]), int(info["video.width"]), 3
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    path = reader._data_file(0)
+    try:
+        cell = pq.ParquetFile(path).read_row_group(0, columns=[key]).column(0)[0].as_py()
+        with Image.open(io.BytesIO(cell["bytes"])) as image:  # parses the header only
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError, KeyError, TypeError) as e:
+        raise _error(f"{path}: the first image of {key!r} cannot be read ({e}); the file is corrupt.") from e
+    return height, width, 3  # every frame is converted to RGB when decoded
+
+
 def _check_image_shape(reader: Any, key: str) -> None:
     declared = tuple(int(d) for d in reader.features[key]["shape"])
-    episode = reader.episode(0)
-    if key not in episode:
-        raise _error(
-            f"{reader.root}: no frames could be read for {key!r} (dtype {reader.features[key].get('dtype')!r}); "
-            'a video dataset needs the video extra (pip install -e ".[video]").'
-        )
-    stored = tuple(np.asarray(episode[key][0]).shape)
+    stored = _stored_image_shape(reader, key)
     if stored != declared and stored != (*declared[1:], declared[0]):  # HWC, or a channel-first declaration
         raise _error(
             f"{reader.root}/meta/info.json: {key!r} is declared {list(declared)} but the stored images are "
-            f"{list(stored)} (episode 0, frame 0); fix the shape in info.json."
+            f"{list(stored)}; fix the shape in info.json."
         )
 
 
