@@ -18,6 +18,7 @@ torch.set_num_threads(1)
 
 # ------------------------------------------------------------------------------ a toy adapter (pure numpy)
 RECEIVED: list[np.ndarray] = []  # every action the toy env was stepped with (in-process runs only)
+EVENTS: list[tuple[str, str]] = []  # ("make" | "close", task)
 
 
 class ToyEnv:
@@ -25,7 +26,8 @@ class ToyEnv:
 
     def __init__(self, task: str, cameras: tuple[str, ...], image_size: int, max_steps: int) -> None:
         self.instruction, self.fps = f"move the cube to goal {task}", 10
-        self.cameras, self.size, self.max_steps = cameras, image_size, max_steps
+        self.cameras, self.size, self.max_steps, self.task = cameras, image_size, max_steps, task
+        EVENTS.append(("make", task))
         self.goal = np.array([0.1, 0.0, 0.0]) * (1 + int(task[-1]))
 
     def reset(self, *, episode: int, split: str = "train", seed: int = 0) -> tuple[dict, dict]:
@@ -55,7 +57,7 @@ class ToyEnv:
         return {K.OBS_STATE: state, K.TASK: self.instruction} | {f"{K.OBS_IMAGES}.{c}": img for c in self.cameras}
 
     def close(self) -> None:
-        pass
+        EVENTS.append(("close", self.task))
 
 
 class ToySimulator(Simulator):
@@ -71,7 +73,7 @@ class ToySimulator(Simulator):
 
     def resolve_tasks(self, spec):
         names = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
-        if not names or any(n not in ("goal1", "goal2") for n in names):
+        if not names or any(n not in ("goal1", "goal2", "goal3") for n in names):
             raise ValueError(f"unknown toy task in {spec!r}")
         return names
 
@@ -100,6 +102,7 @@ def toy(monkeypatch):
     monkeypatch.setitem(registry.SIMULATORS, "toy", f"{__name__}:SIMULATOR")
     registry.get_simulator.cache_clear()
     RECEIVED.clear()
+    EVENTS.clear()
     yield SIMULATOR
     registry.get_simulator.cache_clear()
 
@@ -207,6 +210,16 @@ def test_toy_simulator_evaluates_under_its_protocol(toy, tmp_path):
     # the CLI: unknown env / a checkpoint that does not fit are one line and exit code 2
     assert cli(["eval", ckpt, "--env", "toi", "--tasks", "goal1", "--out", str(tmp_path / "x")]) == 2
     assert cli(["eval", ckpt, "--env", "libero", "--tasks", "libero_object", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_eval_workers_keep_few_envs_alive(toy, tmp_path):
+    from latentvla.eval.evaluate import MAX_ENVS_PER_WORKER, evaluate
+
+    ckpt = _toy_checkpoint(tmp_path / "ckpt")
+    evaluate(ckpt, "goal1,goal2,goal3", 2, env="toy", workers=1, progress=False, max_steps=2)
+    assert MAX_ENVS_PER_WORKER == 2
+    assert EVENTS[:4] == [("make", "goal1"), ("make", "goal2"), ("close", "goal1"), ("make", "goal3")]
+    assert sorted(EVENTS[4:]) == [("close", "goal2"), ("close", "goal3")]  # the rest closed at the end
 
 
 def test_toy_simulator_collects_annotated_demonstrations(toy, tmp_path, capsys):
