@@ -138,3 +138,20 @@ def test_annotate_motion_words_use_the_libero_frame(tmp_path):
     assert annotate_episode(ep, **kw, layout=get_simulator("libero").state_layout)[K.COT_REASONING][0].startswith(
         "globally move left,"
     )
+
+
+def test_annotate_keeps_a_video_dataset_in_video_layout(tmp_path):
+    pytest.importorskip("av")
+    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.data.synthetic import synthetic_episode, to_libero_layout
+
+    writer = DatasetWriter(tmp_path / "vid", fps=20, robot_type="panda", video=True)
+    for i in range(2):
+        ep, meta = to_libero_layout(*synthetic_episode(i, LENGTH, 16, with_cot=False), i)
+        writer.add_episode(ep, key=f"e/{i}", meta=meta)
+    data = writer.finalize()
+    _write_lara_files(data / "annotations")
+    assert cli(["annotate", str(data)]) == 0
+    reader = LeRobotDatasetReader(data)
+    assert reader.features[f"{K.OBS_IMAGES}.image"]["dtype"] == "video"
+    assert reader.episode(0)[K.COT_SUBTASK][0] == "reach the alphabet soup"

@@ -366,8 +366,9 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
     cams = [k.removeprefix(f"{K.OBS_IMAGES}.") for k in reader.camera_keys]
     camera = camera or (cams[0] if cams else K.DEFAULT_CAMERA)
     tmp = root.with_name(f"{root.name}.annotating")
-    writer = DatasetWriter(
-        tmp, fps=reader.fps, robot_type=reader.info.get("robot_type", "unknown"), overwrite=True
+    video = any(reader.features.get(k, {}).get("dtype") == "video" for k in reader.camera_keys)
+    writer = DatasetWriter(  # a video dataset stays a video dataset
+        tmp, fps=reader.fps, robot_type=reader.info.get("robot_type", "unknown"), overwrite=True, video=video
     )
     if box_source is None and lara is not None and lara.bbox:
         box_source = LaraBoxes(lara)
