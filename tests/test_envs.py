@@ -209,6 +209,10 @@ def test_toy_simulator_evaluates_under_its_protocol(toy, tmp_path):
     )
     # the CLI: unknown env / a checkpoint that does not fit are one line and exit code 2
     assert cli(["eval", ckpt, "--env", "toi", "--tasks", "goal1", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        cli(["eval", ckpt, "--env", "toy", "--tasks", "goal1", "--execution", "sometimes", "--out", str(tmp_path)])
+        == 2
+    )
     assert cli(["eval", ckpt, "--env", "libero", "--tasks", "libero_object", "--out", str(tmp_path / "y")]) == 2
 
 

@@ -71,6 +71,10 @@ class EvalSettings:
             raise ValueError(f"gripper must be one of {GRIPPER_MODES}, got {self.gripper!r}")
         get_simulator(self.env).protocol(self.protocol)  # fail in the parent, not in every worker
         parse_halting(self.halting)
+        if self.execution is not None:
+            from latentvla.models.execution import make_horizon
+
+            make_horizon(self.execution)
 
     @property
     def sim_protocol(self):
