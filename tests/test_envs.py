@@ -157,6 +157,8 @@ def test_registry_lists_simulators_without_importing_them():
     with pytest.raises(ValueError, match="Did you mean 'papers'"):
         lib.protocol("paper")
     assert registry.get_simulator("metaworld").resolve_tasks("reach") == ["reach-v3"]
+    flipped = registry.flipped_cameras()  # what ProjectedGeometryBoxes un-rotates, declared by each adapter
+    assert {"corner4", "image", "image2"} <= flipped and "topview" not in flipped
     with pytest.raises(ValueError, match="LIBERO task or suite"):
         lib.resolve_tasks("reach-v3")  # fails fast, before importing LIBERO
 

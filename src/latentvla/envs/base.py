@@ -175,6 +175,7 @@ class Simulator(ABC):
     action_dim: int
     cameras: tuple[str, ...]  # camera names accepted by `make`
     default_cameras: tuple[str, ...]
+    flipped_cameras: frozenset[str] = frozenset()  # cameras whose frames are stored rotated by 180°
     has_expert: bool = False  # a scripted expert exists (`collect` needs one)
     default_protocol: str = "default"
     # Client key map of the policy server: openpi-style key -> LeRobot key (ecosystem.md §2).

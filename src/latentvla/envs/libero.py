@@ -214,6 +214,7 @@ class LiberoSimulator(Simulator):
     state_dim, action_dim = 8, 7
     cameras = tuple(CAMERA_NAMES)
     default_cameras = ("image", "image2")
+    flipped_cameras = frozenset(CAMERA_NAMES)
     has_expert = False  # LIBERO ships human demonstrations, no scripted expert
     default_protocol = "papers"
     install_hint = INSTALL

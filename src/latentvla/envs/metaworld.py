@@ -42,6 +42,8 @@ import numpy as np
 
 from latentvla import constants as K
 from latentvla.envs.base import EvalProtocol, Simulator, TaskSpec
+from latentvla.envs.camera import box_corners, camera_params
+from latentvla.envs.camera import project_points as _project
 from latentvla.envs.metaworld_tasks import SUITES, TASK_IDS, TASKS, canonical_task, resolve_tasks
 
 # Headless rendering: MuJoCo picks its GL backend at import time, so this must precede any `import mujoco`.
@@ -105,37 +107,9 @@ def episode_seed(task: str, split: str, episode: int, seed: int = 0) -> int:
     return int(ss.generate_state(1)[0])
 
 
-def camera_params(data: Any, model: Any, cam_id: int) -> np.ndarray:
-    """(13,) float32: camera pos(3), xmat(9, row-major), fovy(1, degrees) — the PRIV_CAMERA layout."""
-    return np.concatenate([data.cam_xpos[cam_id], data.cam_xmat[cam_id], [model.cam_fovy[cam_id]]]).astype(
-        np.float32
-    )
-
-
 def project_points(points: np.ndarray, params: np.ndarray, camera: str) -> tuple[np.ndarray, np.ndarray]:
-    """World points (N, 3) -> normalized image coords (N, 2) in the stored (upright) image, in_front (N,).
-
-    Pinhole model of MuJoCo cameras: the camera frame has x right, y up and looks along -z; `fovy` is the
-    vertical field of view; images are square. (0, 0) is the top-left corner, (1, 1) the bottom-right.
-    """
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    params = np.asarray(params, dtype=np.float64)
-    pos, xmat, fovy = params[:3], params[3:12].reshape(3, 3), params[12]
-    pc = (points - pos) @ xmat  # world -> camera frame
-    depth = -pc[:, 2]
-    in_front = depth > 1e-6
-    f = 0.5 / np.tan(np.deg2rad(fovy) / 2.0)  # focal length in units of the image height
-    safe = np.where(in_front, depth, 1.0)
-    uv = np.stack([0.5 + f * pc[:, 0] / safe, 0.5 - f * pc[:, 1] / safe], axis=1)
-    if camera in FLIPPED_CAMERAS:
-        uv = 1.0 - uv
-    return uv, in_front
-
-
-def box_corners(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(8, 3) corners of the axis-aligned box [lo, hi]."""
-    idx = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
-    return np.where(idx == 0, lo, hi)
+    """`envs.camera.project_points` for a Meta-World camera (the corner cameras' images are stored rotated)."""
+    return _project(points, params, flipped=camera in FLIPPED_CAMERAS)
 
 
 class MetaWorldEnv:
@@ -331,6 +305,7 @@ class MetaWorldSimulator(Simulator):
     fps = FPS
     state_dim, action_dim = 4, 4
     cameras = CAMERAS
+    flipped_cameras = FLIPPED_CAMERAS
     default_cameras = (K.DEFAULT_CAMERA,)
     has_expert = True
     install_hint = 'pip install -e ".[sim]"'

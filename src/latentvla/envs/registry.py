@@ -45,3 +45,8 @@ def client_key_map() -> dict[str, str]:
     for name in SIMULATORS:
         out.update(get_simulator(name).client_keys)
     return out
+
+
+def flipped_cameras() -> frozenset[str]:
+    """Camera names whose frames some simulator stores rotated by 180° (for projecting privileged boxes)."""
+    return frozenset().union(*(get_simulator(name).flipped_cameras for name in SIMULATORS))
