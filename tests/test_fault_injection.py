@@ -37,7 +37,11 @@ def _argv(dataset: Path, run: Path, *extra: str) -> list[str]:
 
 def _env() -> dict:
     src = str(Path(__file__).resolve().parents[1] / "src")
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -165,7 +165,9 @@ def test_bad_inputs_have_clear_errors(data):
     policy, _ = make_policy(data, "lara")
     with pytest.raises(ValueError, match="mode"):
         policy.model.sample_actions({}, mode="loud")
-    with pytest.raises(ValueError, match="uint8"):
-        policy.make_batch([{TASK: "x", OBS_STATE: np.zeros(3), f"{OBS_IMAGES}.corner4": np.zeros((8, 8, 3))}])
+    with pytest.raises(ValueError, match=r"float images must be in \[0, 1\]"):  # 0..255 floats: not guessed
+        policy.make_batch(
+            [{TASK: "x", OBS_STATE: np.zeros(4), f"{OBS_IMAGES}.corner4": np.full((8, 8, 3), 200.0)}]
+        )
     with pytest.raises(ValueError, match="Did you mean"):
         get_preset("rd-vla")

@@ -2,7 +2,8 @@
 
 `LatentVLA` (models/vla.py) only ever sees normalized tensors. `Policy` owns the dataset statistics (saved with
 every checkpoint as `stats.json`, never baked into module buffers — the lerobot migration lesson), converts raw
-observations (uint8 HWC images, unnormalized state, instruction string) into a batch, unnormalizes and clips the
+observations (uint8 HWC/CHW or float [0, 1] images, unnormalized state, instruction string; validated by
+`observation.py`, the server's checks) into a batch, unnormalizes and clips the
 chunk, and runs the action queue whose execution horizon may adapt to the recurrent depth used (RD-VLA §III-D).
 
     Policy.from_pretrained(dir)       dir = a checkpoint dir, or a run dir (uses RUN/checkpoints/last)
@@ -39,6 +40,7 @@ from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.execution import make_horizon
 from latentvla.models.halting import make_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
+from latentvla.observation import BadObservation, prepare_image, prepare_state, prepare_task
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -145,18 +147,19 @@ class Policy(nn.Module):
     def make_batch(self, observations: list[dict]) -> dict:
         """Raw observations -> a normalized model batch on the policy's device."""
         dev, size = self.device, self.config.image_size
-        batch: dict[str, Any] = {TASK: [str(o[TASK]) for o in observations]}
+        for o in observations:
+            missing = [
+                k for k in (TASK, OBS_STATE, *(f"{OBS_IMAGES}.{c}" for c in self.config.cameras)) if k not in o
+            ]
+            if missing:
+                raise BadObservation(f"observation lacks {missing} (it has {sorted(o)})")
+        # one validator with the server (observation.py): uint8 HWC/CHW or float in [0, 1], scaled by 255 once
+        batch: dict[str, Any] = {TASK: [prepare_task(TASK, o[TASK]) for o in observations]}
         for cam in self.config.cameras:
             key = f"{OBS_IMAGES}.{cam}"
-            imgs = []
-            for o in observations:
-                img = np.asarray(o[key])
-                if img.ndim != 3 or img.shape[-1] != 3 or img.shape[:2] != (size, size):
-                    raise ValueError(f"{key} must be uint8 ({size}, {size}, 3) HWC, got {img.shape} {img.dtype}")
-                imgs.append(img)
-            arr = torch.from_numpy(np.stack(imgs)).to(dev).permute(0, 3, 1, 2).float() / 255.0
-            batch[key] = arr
-        state = np.stack([np.asarray(o[OBS_STATE], dtype=np.float32) for o in observations])
+            imgs = [prepare_image(key, o[key], size) for o in observations]
+            batch[key] = torch.from_numpy(np.stack(imgs)).to(dev).permute(0, 3, 1, 2).float() / 255.0
+        state = np.stack([prepare_state(OBS_STATE, o[OBS_STATE], self.config.state_dim) for o in observations])
         batch[OBS_STATE] = torch.from_numpy(self.normalizer.normalize(OBS_STATE, state)).to(dev)
         return batch
 

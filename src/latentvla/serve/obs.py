@@ -10,7 +10,8 @@ Two key styles are accepted (ecosystem.md §2):
 Images may be uint8 HWC (what openpi clients send), CHW, or float in [0, 1] (openpi's image parsers accept the
 same), of any size: they are resized to the model's square `image_size` with PIL bilinear (antialiased when
 shrinking, i.e. area-like). Non-square frames are stretched, not padded: the policy was trained on square
-camera frames. Anything else raises `BadRequest` naming the key, what arrived and what was expected.
+camera frames. Anything else raises `BadRequest` naming the key, what arrived and what was expected. The checks
+themselves live in `latentvla/observation.py`, shared with `Policy.infer`.
 """
 
 from __future__ import annotations
@@ -19,22 +20,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
+from latentvla.observation import (  # noqa: F401  (MAX_* re-exported for the server and its tests)
+    MAX_IMAGE_SIDE,
+    MAX_TASK_CHARS,
+    BadObservation,
+    prepare_image,
+    prepare_state,
+    prepare_task,
+)
 
 # openpi LIBERO example keys (openpi `examples/libero/main.py`), mapped onto our cameras by position.
 OPENPI_IMAGE_KEYS = ("observation/image", "observation/wrist_image")
 OPENPI_STATE = "observation/state"
 OPENPI_PROMPT = "prompt"
 
-MAX_TASK_CHARS = 2000  # an instruction is a sentence; a megabyte "prompt" is a mistake, not a task
-MAX_IMAGE_SIDE = 4096  # larger frames are almost certainly a wrong array, and resizing them costs seconds
-
-
-class BadRequest(ValueError):
-    """The client's request is malformed; the message says which key and what was expected."""
+# The image / state / instruction checks are the ones `Policy.infer` runs too (latentvla/observation.py).
+BadRequest = BadObservation  # the server's name for a malformed request
 
 
 @dataclass(frozen=True)
@@ -86,81 +88,6 @@ def _first_present(raw: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[str, 
         if key in raw:
             return key, raw[key]
     return None
-
-
-def _as_array(key: str, value: Any, what: str) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, list | tuple):  # plain msgpack lists from a client that skipped numpy packing
-        try:
-            return np.asarray(value)
-        except ValueError as e:
-            raise BadRequest(f"{key!r}: could not read the list as an array ({e}); expected {what}.") from None
-    raise BadRequest(f"{key!r}: expected {what} as a numpy array, got {type(value).__name__}.")
-
-
-def _to_uint8_hwc(key: str, img: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) from uint8/int/float HWC or CHW, or BadRequest."""
-    if img.ndim != 3 or 3 not in (img.shape[0], img.shape[-1]):
-        raise BadRequest(f"{key!r}: expected an RGB image of shape (H, W, 3) or (3, H, W), got shape {img.shape}.")
-    if img.shape[-1] != 3:  # CHW -> HWC (an HxWx3 image with H == 3 stays as is)
-        img = np.moveaxis(img, 0, -1)
-    h, w = img.shape[:2]
-    if min(h, w) < 1 or max(h, w) > MAX_IMAGE_SIDE:
-        raise BadRequest(f"{key!r}: image sides must be in [1, {MAX_IMAGE_SIDE}], got shape {img.shape}.")
-    if img.dtype == np.uint8:
-        return np.ascontiguousarray(img)
-    if img.dtype.kind in "iu":
-        if img.min() < 0 or img.max() > 255:
-            raise BadRequest(f"{key!r}: integer image values must be in [0, 255], got [{img.min()}, {img.max()}].")
-        return img.astype(np.uint8)
-    if img.dtype.kind == "f":
-        if not np.isfinite(img).all():
-            raise BadRequest(f"{key!r}: image contains NaN or inf.")
-        lo, hi = float(img.min()), float(img.max())
-        if lo < -1e-3 or hi > 1 + 1e-3:
-            raise BadRequest(
-                f"{key!r}: float images must be in [0, 1], got [{lo:.3g}, {hi:.3g}]; send uint8 or divide by 255."
-            )
-        return np.round(np.clip(img, 0.0, 1.0) * 255).astype(np.uint8)
-    raise BadRequest(f"{key!r}: expected a uint8 (or float in [0, 1]) image, got dtype {img.dtype}.")
-
-
-def prepare_image(key: str, value: Any, image_size: int) -> np.ndarray:
-    """Validate one camera frame and resize it to uint8 (image_size, image_size, 3)."""
-    img = _to_uint8_hwc(key, _as_array(key, value, "a uint8 HxWx3 image"))
-    if img.shape[:2] == (image_size, image_size):
-        return img.copy()  # decoded arrays are read-only views onto the message buffer
-    resized = Image.fromarray(img).resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8).copy()
-
-
-def prepare_state(key: str, value: Any, state_dim: int) -> np.ndarray:
-    """Validate the proprioceptive state: finite real numbers of shape (state_dim,), returned as float32."""
-    state = _as_array(key, value, f"float of shape ({state_dim},)")
-    if state.dtype.kind not in "fiu":
-        raise BadRequest(f"{key!r}: expected a float array of shape ({state_dim},), got dtype {state.dtype}.")
-    if state.shape != (state_dim,):
-        raise BadRequest(f"{key!r}: expected shape ({state_dim},), got {state.shape}.")
-    state = state.astype(np.float32)
-    if not np.isfinite(state).all():
-        raise BadRequest(f"{key!r}: state contains NaN or inf (or values beyond float32 range): {state.tolist()}.")
-    return state
-
-
-def prepare_task(key: str, value: Any) -> str:
-    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind == "U":
-        value = str(value)
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest(f"{key!r}: instruction bytes are not valid UTF-8.") from None
-    if not isinstance(value, str):
-        raise BadRequest(f"{key!r}: expected the instruction as a str, got {type(value).__name__}.")
-    if len(value) > MAX_TASK_CHARS:
-        raise BadRequest(f"{key!r}: instruction is {len(value)} characters; the limit is {MAX_TASK_CHARS}.")
-    return value
 
 
 def prepare_observation(raw: Any, spec: ObservationSpec) -> dict[str, Any]:
