@@ -16,14 +16,22 @@ text, then close 1011. Every exception is caught per connection; the server itse
 
 Concurrency: requests from all connections go through one `MicroBatcher`. A single worker thread runs the
 policy (torch is never called from two threads at once); requests that queue up while it is busy are run
-together through `policy.infer_batch` when the policy has it.
+together through `policy.infer_batch` when the policy has it. A request whose client disconnects while it waits
+is dropped before the policy sees it.
+
+Shutdown (SIGTERM / SIGINT, or `stop()`): the server stops accepting connections, idle clients get a close frame
+1001 "going away" at once, a client whose request is in flight gets its reply first and then the same close
+frame; after `drain_timeout` seconds whatever is left is closed the same way. Schedulers (SLURM, Kubernetes)
+send SIGTERM before killing, so robots see a clean close instead of a dropped TCP connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import logging
+import signal
 import threading
 import time
 import traceback
@@ -44,6 +52,8 @@ from latentvla.serve.obs import BadRequest, ObservationSpec, prepare_observation
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 2**20  # 64 MiB: a 4-camera 1080p uint8 observation is ~25 MB
+DRAIN_TIMEOUT_S = 30.0  # on shutdown, how long in-flight requests may take before their clients are closed
+SHUTDOWN_REASON = "server shutting down"
 
 
 class PolicyOutputError(RuntimeError):
@@ -165,6 +175,7 @@ class PolicyServer:
         halting: Any = None,
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch: int = 8,
+        drain_timeout: float = DRAIN_TIMEOUT_S,
     ):
         meta = dict(policy.metadata)
         modes = list(meta.get("modes", [mode]))
@@ -196,6 +207,9 @@ class PolicyServer:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.drain_timeout = drain_timeout
+        self._busy: dict[ServerConnection, bool] = {}  # open connections -> a request of theirs is in flight
+        self._draining = False
 
     # ----------------------------------------------------------------------------------------- policy calls
     def _kwargs(self) -> dict:
@@ -247,12 +261,32 @@ class PolicyServer:
             reply["server_timing"]["prev_total_ms"] = prev_total_ms
         return reply
 
-    async def _respond(self, message: str | bytes, prev_total_ms: float | None) -> tuple[bytes | str, bool]:
+    async def _submit_unless_gone(self, obs: dict, ws: ServerConnection | None) -> _Outcome:
+        """Queue `obs` for the policy; if the client disconnects first, cancel it (the batcher skips cancelled
+        jobs, so no policy time is spent on a client that is gone) and raise ConnectionClosed."""
+        if ws is None:
+            return await self._batcher.submit(obs)
+        job = asyncio.ensure_future(self._batcher.submit(obs))
+        gone = asyncio.ensure_future(ws.wait_closed())
+        try:
+            await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+            raise ConnectionClosed(None, None)
+        return job.result()
+
+    async def _respond(
+        self, message: str | bytes, prev_total_ms: float | None, ws: ServerConnection | None = None
+    ) -> tuple[bytes | str, bool]:
         """(frame to send, close afterwards?) for one request."""
         start = time.monotonic()
         try:
             obs = await asyncio.to_thread(self._decode, message)
-            outcome = await self._batcher.submit(obs)
+            outcome = await self._submit_unless_gone(obs, ws)
             # latentvla.policy.Policy raises FloatingPointError on non-finite output: a refusal, not a crash
             if isinstance(outcome.error, FloatingPointError | PolicyOutputError):
                 raise PolicyOutputError(str(outcome.error))
@@ -268,20 +302,24 @@ class PolicyServer:
         """One client connection: metadata frame, then lockstep request/reply until it disconnects."""
         peer = ws.remote_address
         log.info("connection from %s", peer)
+        self._busy[ws] = False
         try:
             await ws.send(self._metadata_frame)
             prev_total_ms = None
-            while True:
+            while not self._draining:
                 start = time.monotonic()
                 message = await ws.recv()
-                frame, close = await self._respond(message, prev_total_ms)
+                self._busy[ws] = True  # no await since recv returned: shutdown sees it as in flight
+                frame, close = await self._respond(message, prev_total_ms, ws)
                 await ws.send(frame)
+                self._busy[ws] = False
                 if close:
                     await ws.close(
                         CloseCode.INTERNAL_ERROR, "Internal server error. Traceback included in previous frame."
                     )
                     return
                 prev_total_ms = (time.monotonic() - start) * 1e3
+            await ws.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)  # the reply went out; now the clean close
         except ConnectionClosed:
             log.info("connection from %s closed", peer)
         except Exception:  # never let one connection take the server down
@@ -290,6 +328,25 @@ class PolicyServer:
                 await ws.close(CloseCode.INTERNAL_ERROR, "Internal server error.")
             except Exception:
                 log.debug("close after error failed", exc_info=True)
+        finally:
+            self._busy.pop(ws, None)
+
+    async def _drain(self) -> None:
+        """Close idle connections now; let in-flight requests answer, then close those (bounded by drain_timeout)."""
+        self._draining = True
+        idle = [ws for ws, busy in self._busy.items() if not busy]
+        await asyncio.gather(
+            *(ws.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON) for ws in idle), return_exceptions=True
+        )
+        deadline = time.monotonic() + self.drain_timeout
+        while self._busy and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._busy:
+            log.warning(
+                "closing %d connections whose requests did not finish in %.0f s",
+                len(self._busy),
+                self.drain_timeout,
+            )
 
     # ----------------------------------------------------------------------------------------- lifecycle
     async def serve(self, ready: Callable[[str, int], None] | None = None) -> None:
@@ -297,6 +354,11 @@ class PolicyServer:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         hard_limit = None if self.max_message_bytes is None else 2 * self.max_message_bytes + 2**20
         self._batcher.start()
+        signals = []
+        for sig in (signal.SIGTERM, signal.SIGINT):  # only possible in the main thread's loop
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                self._loop.add_signal_handler(sig, self._stop.set)
+                signals.append(sig)
         try:
             server: Server
             async with serve(
@@ -306,7 +368,12 @@ class PolicyServer:
                 if ready is not None:
                     ready(self.host, self.port)
                 await self._stop.wait()
+                log.info("shutting down: no new connections, finishing in-flight requests")
+                server.close(close_connections=False)  # stop listening; open connections are drained below
+                await self._drain()
         finally:
+            for sig in signals:
+                self._loop.remove_signal_handler(sig)
             await self._batcher.stop()
 
     def start_in_thread(self, timeout: float = 10.0) -> int:
@@ -339,7 +406,6 @@ def run_server(policy: Any, host: str = "127.0.0.1", port: int = 8000, **kwargs:
     def ready(h: str, p: int) -> None:
         print(f"listening on ws://{h}:{p}  (health: http://{h}:{p}/healthz)", flush=True)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # SIGTERM / SIGINT end it gracefully (module docstring)
         asyncio.run(server.serve(ready))
-    except KeyboardInterrupt:
-        print("server stopped", flush=True)
+    print("server stopped", flush=True)
