@@ -222,6 +222,7 @@ def test_nonfinite_loss_stops_without_publishing(dataset, tmp_path, monkeypatch)
 # -------------------------------------------------------------------- forgotten --resume, other data (2, 3)
 
 
+@pytest.mark.slow
 def test_existing_run_is_refused_without_resume_or_overwrite(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     assert _train_cli(dataset, run) == 0
@@ -297,6 +298,7 @@ def _damage(ckpt: Path, what: str) -> None:
         (ckpt / "config.json").write_text('{"policy": {')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["weights", "state", "config"])
 def test_damaged_newest_checkpoint_falls_back_with_a_warning(what, dataset, reference, tmp_path):
     from latentvla.checkpoint_check import CheckpointSkippedWarning, CorruptCheckpointError
@@ -353,6 +355,7 @@ def test_disk_full_during_checkpoint_write(dataset, reference, tmp_path, monkeyp
 # --------------------------------------------------------------------------------- extending a run (11)
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run(dataset, reference, tmp_path):
     import shutil
 

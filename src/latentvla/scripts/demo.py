@@ -129,7 +129,7 @@ def main(args: argparse.Namespace) -> int:
                 ],
             )
             t = time.time()
-            summary = train(cfg, data, run)
+            summary = train(cfg, data, run, overwrite=True)  # no checkpoint yet: restart a killed run
             results[m] = {"train_s": time.time() - t, "steps": steps[m], "train_summary": summary}
         else:
             _log(f"2/5 reusing {run}")

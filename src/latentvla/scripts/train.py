@@ -94,7 +94,7 @@ def main(args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
-    except (NonFiniteLossError, CheckpointError) as e:  # NaN loss / disk full: nothing bad was published
+    except (NonFiniteLossError, CheckpointError, OSError) as e:  # NaN loss / disk full: nothing bad published
         print(f"error: {e}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:

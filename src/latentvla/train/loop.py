@@ -339,7 +339,10 @@ def train(
     if resume:
         last = ckpt_lib.latest_intact_checkpoint(run_dir)  # warns about each damaged newer one it skips
         if last is None:
-            raise FileNotFoundError(f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS}")
+            raise FileNotFoundError(
+                f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS} (stopped before its first "
+                "save?); start the run again with --overwrite"
+            )
         saved_cfg = ckpt_lib.load_train_config_dict(last)
         _check_resume_config(saved_cfg, cfg)
         state = ckpt_lib.load_training_state(last)
@@ -461,7 +464,7 @@ def load_train_config(ckpt_or_run: str | Path) -> TrainConfig:
     """The TrainConfig saved with a checkpoint (or the newest checkpoint of a run)."""
     path = Path(ckpt_or_run)
     if not ckpt_lib.is_complete(path):
-        found = ckpt_lib.latest_checkpoint(path)
+        found = ckpt_lib.latest_intact_checkpoint(path)
         if found is None:
             raise FileNotFoundError(f"{path} is neither a checkpoint nor a run with checkpoints")
         path = found
