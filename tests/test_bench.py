@@ -58,3 +58,33 @@ def test_cli_needs_exactly_one_source(capsys):
     assert "give a checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="Did you mean"):
         _random_policy("lara-rdd", "micro")
+
+
+def test_bench_data_cli_reports_decode_and_loader_rates(tmp_path, capsys):
+    from latentvla.data.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=6, image_size=16, cameras=("a", "b"))
+    out = tmp_path / "data.json"
+    argv = [
+        "bench",
+        "data",
+        str(root),
+        "--workers",
+        "0",
+        "--batch-size",
+        "4",
+        "--batches",
+        "2",
+        "--json",
+        str(out),
+    ]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    # caches off: each sample decodes camera a's frames t and t+1 (t+1 absent at an episode end) and b's frame t
+    assert 2.0 < report["decoded_frames_per_sample"] <= 3.0
+    assert report["frames"] == 12 and report["storage"] == ["image"]
+    for key in ("open_s", "decode_frames_per_s", "loader_samples_per_s", "peak_rss_mb", "peak_pss_mb"):
+        assert report[key] > 0, key
+    assert "bottleneck" not in capsys.readouterr().out  # no --train-preset: no training comparison
+    assert main(["bench", "data", str(root), "--workers", "-1"]) == 2
+    assert main(["bench", "data", str(tmp_path / "missing")]) == 2

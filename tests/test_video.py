@@ -168,7 +168,10 @@ def _err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean())
 
 
-def test_reads_lerobot_video_layouts(lerobot_video):
+def test_reads_lerobot_video_layouts(lerobot_video, capsys):
+    assert cli_main(["dataset", "info", str(lerobot_video)]) == 0
+    out = capsys.readouterr().out
+    assert f"camera {KEYS[1]}: video " in out and f"{SIDE}x{SIDE}" in out and "size on disk" in out
     reader = LeRobotDatasetReader(lerobot_video)
     assert reader.camera_keys == list(KEYS) and reader.num_frames == sum(LENGTHS)
     for e, n in enumerate(LENGTHS):
@@ -271,3 +274,15 @@ def test_train_steps_on_lerobot_video_dataset(layout, tmp_path):
             "num_workers=1"]  # fmt: skip
     assert cli_main(argv) == 0
     assert (tmp_path / "run" / "checkpoints" / "000005" / "model.safetensors").is_file()
+
+
+def test_annotate_keeps_a_video_dataset_video(tmp_path):
+    from latentvla.data.annotate import annotate_dataset
+    from latentvla.data.convert import convert_dataset
+
+    png = write_synthetic_dataset(tmp_path / "png", num_episodes=2, length=8, image_size=SIDE, with_cot=False)
+    vid = convert_dataset(png, tmp_path / "vid", video=True)
+    annotate_dataset(vid)
+    reader = LeRobotDatasetReader(vid)
+    assert reader.features["observation.images.corner4"]["dtype"] == "video" and "cot.text" in reader.features
+    assert reader.episode(1)["observation.images.corner4"].shape == (8, SIDE, SIDE, 3)

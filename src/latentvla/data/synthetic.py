@@ -213,8 +213,10 @@ def write_synthetic_dataset(
     cameras: tuple[str, ...] = (DEFAULT_CAMERA,),
     overwrite: bool = True,
     layout: str = "default",
+    video: bool = False,
 ) -> Path:
-    """Write a synthetic LeRobot v3.0 dataset to `root` and return its path (`layout`: "default" or "libero")."""
+    """Write a synthetic LeRobot v3.0 dataset to `root` and return its path (`layout`: "default" or "libero";
+    cameras as AV1 video with `video=True`)."""
     from latentvla.data.lerobot_format import DatasetWriter
 
     if layout not in LAYOUTS:
@@ -222,7 +224,7 @@ def write_synthetic_dataset(
     synthetic_episodes(1, length, image_size)  # validates the arguments before touching the disk
     libero = layout == "libero"
     writer = DatasetWriter(root, fps=LIBERO_FPS if libero else FPS, robot_type="panda" if libero else "synthetic",
-                           overwrite=overwrite)  # fmt: skip
+                           overwrite=overwrite, video=video)  # fmt: skip
     for i in range(num_episodes):
         episode, meta = synthetic_episode(i, length, image_size, seed, with_cot and not libero, cameras)
         if libero:

@@ -5,6 +5,8 @@
     latentvla bench train --dataset data/mw4               # a real dataset instead of a synthetic one
     latentvla bench latency RUN --json latency.json        # per-call latency per reasoning path, RD memory
     latentvla bench latency --preset lara-rd               # the same on a random-init config
+    latentvla bench data DIR --workers 2 --json data.json  # data pipeline: open time, decode frames/s, samples/s, RSS
+    latentvla bench data DIR --train-preset lara-no-cot --train-steps 20   # + training rate and peak RSS
 
 Each measurement lives in `latentvla/bench/`; this file only parses arguments. Add a measurement by adding a
 sub-subcommand here (a `register_<name>` function below and its entry in `_SUBCOMMANDS`).
@@ -63,6 +65,46 @@ def main_train(args: argparse.Namespace) -> int:
             "threads": torch.get_num_threads(),
             "results": results,
         }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="data pipeline: open time, decode frames/s, loader samples/s, peak RSS")
+    p.add_argument("dir", help="LeRobot dataset directory (PNG-in-parquet or video)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batches", type=int, default=30, help="timed DataLoader batches")
+    p.add_argument("--camera", action="append", help="camera name; repeat (default: every camera)")
+    p.add_argument("--train-preset", default=None, help="also measure this preset's training samples/s")
+    p.add_argument("--train-steps", type=int, default=0, help="also run train() this many steps, record peak RSS")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides for the training part")
+    p.set_defaults(func=main_data)
+
+
+def main_data(args: argparse.Namespace) -> int:
+    import torch
+
+    from latentvla.bench.data_throughput import bench_data, format_report
+    from latentvla.data.lerobot_format import DatasetFormatError
+
+    if args.workers < 0 or args.batch_size < 1 or args.batches < 1:
+        print("error: --workers must be >= 0, --batch-size and --batches >= 1", file=sys.stderr)
+        return 2
+    try:
+        report = bench_data(
+            args.dir, workers=args.workers, batch_size=args.batch_size, batches=args.batches, cameras=args.camera,
+            train_preset=args.train_preset, train_steps=args.train_steps, train_overrides=list(args.overrides),
+        )  # fmt: skip
+    except (DatasetFormatError, ValueError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    if args.json:
+        payload = {"benchmark": "data", "torch": torch.__version__, "threads": torch.get_num_threads(), **report}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
@@ -132,4 +174,4 @@ def main_latency(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS = [register_train, register_latency]
+_SUBCOMMANDS = [register_train, register_latency, register_data]
