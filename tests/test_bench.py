@@ -88,3 +88,23 @@ def test_bench_data_cli_reports_decode_and_loader_rates(tmp_path, capsys):
     assert "bottleneck" not in capsys.readouterr().out  # no --train-preset: no training comparison
     assert main(["bench", "data", str(root), "--workers", "-1"]) == 2
     assert main(["bench", "data", str(tmp_path / "missing")]) == 2
+
+
+def test_tree_memory_counts_child_processes():
+    import subprocess
+    import sys
+    import time
+
+    from latentvla.bench.data_throughput import tree_memory_mb
+
+    before, _ = tree_memory_mb()
+    code = "import sys, time; b = bytearray(150 * 2**20); b[::4096] = b'x' * len(b[::4096]); print(1, flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # the child has touched its 150 MB
+        time.sleep(0.05)
+        during, pss = tree_memory_mb()
+    finally:
+        child.kill()
+        child.wait()
+    assert during - before > 140 and pss > 140

@@ -6,7 +6,7 @@
     latentvla bench latency RUN --json latency.json        # per-call latency per reasoning path, RD memory
     latentvla bench latency --preset lara-rd               # the same on a random-init config
     latentvla bench data DIR --workers 2 --json data.json  # data pipeline: open time, decode frames/s, samples/s, RSS
-    latentvla bench data DIR --train-preset lara-no-cot --train-steps 20   # + training rate and peak RSS
+    latentvla bench data DIR --train-preset lara-no-cot --train-steps 20   # + training rate, train() peak RSS
 
 Each measurement lives in `latentvla/bench/`; this file only parses arguments. Add a measurement by adding a
 sub-subcommand here (a `register_<name>` function below and its entry in `_SUBCOMMANDS`).
@@ -81,7 +81,13 @@ def register_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-preset", default=None, help="also measure this preset's training samples/s")
     p.add_argument("--train-steps", type=int, default=0, help="also run train() this many steps, record peak RSS")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides for the training part")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig override for the training part; repeat (e.g. policy.cameras=corner4,top)",
+    )
     p.set_defaults(func=main_data)
 
 
@@ -97,7 +103,7 @@ def main_data(args: argparse.Namespace) -> int:
     try:
         report = bench_data(
             args.dir, workers=args.workers, batch_size=args.batch_size, batches=args.batches, cameras=args.camera,
-            train_preset=args.train_preset, train_steps=args.train_steps, train_overrides=list(args.overrides),
+            train_preset=args.train_preset, train_steps=args.train_steps, train_overrides=list(args.override),
         )  # fmt: skip
     except (DatasetFormatError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
