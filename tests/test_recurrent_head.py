@@ -28,11 +28,11 @@ def _record_core(monkeypatch, head, perturb_at=None):
     """Wrap core_step: record the state entering each iteration and which iteration outputs get a gradient."""
     entering, grad_hits, orig = [], [], head.core_step
 
-    def wrapped(s, s_pre, lat, vis):
+    def wrapped(s, s_pre, core):
         if perturb_at is not None and len(entering) == perturb_at:
             s = s + 0.5 * torch.randn_like(s)  # s is detached here, so this stays outside the graph
         entering.append(s)
-        out = orig(s, s_pre, lat, vis)
+        out = orig(s, s_pre, core)
         if out.requires_grad:
             idx = len(entering)
             out.register_hook(lambda g: grad_hits.append(idx))
@@ -50,7 +50,8 @@ def test_tbptt_gradient_only_through_last_d_iterations(monkeypatch):
     head = _head()
     pc, lc, vc, st, act = _ctx()
     entering, grad_hits = _record_core(monkeypatch, head)
-    loss, out = head.loss(act, pc, lc, vc, st, None, num_iterations=20, backprop_depth=8)
+    kw = {"prelude_vision_context": vc[:, 1:], "num_iterations": 20, "backprop_depth": 8}
+    loss, out = head.loss(act, pc, lc, vc, st, None, **kw)
     assert len(entering) == 20 and out.iterations.tolist() == [20, 20]
     # Iterations 1..12 ran under no_grad: their outputs (= states entering 2..13) carry no graph.
     for k in range(1, 13):
@@ -61,17 +62,14 @@ def test_tbptt_gradient_only_through_last_d_iterations(monkeypatch):
     assert sorted(grad_hits) == list(range(13, 21))  # backward visits exactly the last 8 iterations
     base = _grads(head)
     assert all(torch.isfinite(g).all() for g in base.values())
-    # Every parameter except the prelude's (unused) vision branch learns, the core through the last 8 steps.
-    expected = {
-        n for n, _ in head.named_parameters() if not n.startswith(("prelude.kv_vision", "prelude.vision_gate"))
-    }
-    assert set(base) == expected
+    # Every parameter learns (the prelude's gated vision path too), the core through the last 8 steps.
+    assert set(base) == {n for n, _ in head.named_parameters()}
 
     # Perturb the detached state entering iteration 13: same params get gradients, still finite, values move.
     head.zero_grad(set_to_none=True)
     monkeypatch.undo()
     _record_core(monkeypatch, head, perturb_at=12)
-    loss2, _ = head.loss(act, pc, lc, vc, st, None, num_iterations=20, backprop_depth=8)
+    loss2, _ = head.loss(act, pc, lc, vc, st, None, **kw)
     loss2.mean().backward()
     pert = _grads(head)
     assert set(pert) == set(base)
@@ -114,24 +112,26 @@ def test_fixed_depth_paths_agree():
 
 
 def test_halting_is_per_element_with_designed_chunks(monkeypatch):
-    """Element 0's chunk converges at iteration 3, element 1's at 6: each stops there, actions frozen."""
+    """Element 0's chunk converges at iteration 3, element 1's at 6: each stops there, actions frozen, and a
+    halted element leaves the active batch (compaction): the core computes 3 x 2 + 3 x 1 rows, not 6 x 2."""
     head = _head()
     pc, lc, vc, st, _ = _ctx()
     values = {0: [0.0, 1.0, 1.001, 5.0, 9.0, 13.0, 17.0, 21.0], 1: [0.0, 1.0, 2.0, 3.0, 4.0, 4.001, 4.002, 4.003]}
     calls = []
-    core_calls = []
+    core_rows = []
     orig_core = head.core_step
 
-    def fake_decode(s, lat, vis):
+    def fake_decode(s, coda):
         k = len(calls)
         calls.append(k)
-        return torch.stack([torch.full((K, A), values[b][k]) for b in range(B)])
+        active = range(B) if s.shape[0] == B else [1]  # element 0 halts first
+        return torch.stack([torch.full((K, A), values[b][k]) for b in active])
 
     monkeypatch.setattr(head, "decode", fake_decode)
-    monkeypatch.setattr(head, "core_step", lambda *a: core_calls.append(1) or orig_core(*a))
+    monkeypatch.setattr(head, "core_step", lambda s, *a: core_rows.append(s.shape[0]) or orig_core(s, *a))
     out = head(pc, lc, vc, st, num_iterations=8, halting=MSEConvergence(delta=1e-4))
     assert out.iterations.tolist() == [3, 6]
-    assert len(core_calls) == 6  # the loop stops once every element has halted
+    assert core_rows == [2, 2, 2, 1, 1, 1]  # the loop stops once every element has halted
     torch.testing.assert_close(out.actions[0], torch.full((K, A), 1.001))
     torch.testing.assert_close(out.actions[1], torch.full((K, A), 4.001))
     assert math.isnan(out.deltas[0, 3]) and math.isnan(out.deltas[1, 6])  # not computed after halting

@@ -10,6 +10,12 @@ Layer i cross-attends the context when i is even and self-attends the token sequ
 `interleave_self_attention`). The time convention and all flow-matching maths live in `flow_matching.py`
 (t = 0 noise, t = 1 data, Euler from 0 to 1). Keys masked out by `context_mask` (False = padding) are ignored;
 the released LaRA code passes no mask, which is equivalent when there is no padding.
+
+The context is fixed within a call, so its cross-attention keys/values are projected ONCE per call
+(`project_context`) and reused by every Euler step in `sample` and by every noise draw in `loss` (openpi's π0
+computes the prefix KV once for all denoising steps). `repeats` = R draws R (t, noise) pairs per example per
+backbone forward (GR00T / LaRA `repeated_diffusion_steps = 4`, papers.md §1); the per-sample loss is their mean.
+`cache_context=False` keeps the re-projecting path as the reference for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class ActionExpertConfig:
     num_steps: int = 4  # Euler steps at inference ([LC] num_inference_timesteps: 4)
     time_sampling: str = "beta"  # "beta" (LaRA code) or "uniform" (LaRA paper)
     ffn_mult: int = 4
+    repeats: int = 4  # (t, noise) draws per example per backbone forward ([LC] repeated_diffusion_steps: 4)
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.depth < 1 or self.heads < 1:
@@ -45,8 +52,8 @@ class ActionExpertConfig:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}.")
         if self.width % 2:
             raise ValueError(f"width must be even for the sinusoidal time embedding, got {self.width}.")
-        if self.num_future_tokens < 0 or self.num_steps < 1 or self.ffn_mult < 1:
-            raise ValueError("num_future_tokens must be >= 0, num_steps >= 1 and ffn_mult >= 1.")
+        if self.num_future_tokens < 0 or self.num_steps < 1 or self.ffn_mult < 1 or self.repeats < 1:
+            raise ValueError("num_future_tokens must be >= 0, num_steps, ffn_mult and repeats >= 1.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
         if self.time_sampling not in fm.TIME_SAMPLERS:
@@ -86,20 +93,29 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
 
-    def _attend(self, x: Tensor, context: Tensor | None, key_mask: Tensor | None) -> Tensor:
-        B, L, W = x.shape
-        src = context if self.cross else x
+    def _split(self, z: Tensor) -> Tensor:
+        B, L, W = z.shape
+        return z.view(B, L, self.heads, W // self.heads).transpose(1, 2)
+
+    def project(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, heads, T, d) of `src` (the context for a cross-attention block)."""
         k, v = self.kv(src).chunk(2, dim=-1)
-        split = lambda z: z.view(B, z.shape[1], self.heads, W // self.heads).transpose(1, 2)  # noqa: E731
+        return self._split(k).contiguous(), self._split(v).contiguous()
+
+    def _attend(self, x: Tensor, context_kv: tuple[Tensor, Tensor] | None, key_mask: Tensor | None) -> Tensor:
+        B, L, W = x.shape
+        k, v = context_kv if self.cross else self.project(x)
         mask = key_mask[:, None, None, :] if (self.cross and key_mask is not None) else None
         p = self.drop.p if self.training else 0.0
-        y = F.scaled_dot_product_attention(split(self.q(x)), split(k), split(v), attn_mask=mask, dropout_p=p)
+        y = F.scaled_dot_product_attention(self._split(self.q(x)), k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(B, L, W))
 
-    def forward(self, x: Tensor, c: Tensor, context: Tensor, key_mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, c: Tensor, context_kv: tuple[Tensor, Tensor] | None, key_mask: Tensor | None
+    ) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=-1)
         x = x + gate1[:, None] * self.drop(
-            self._attend(_modulate(self.norm1(x), shift1, scale1), context, key_mask)
+            self._attend(_modulate(self.norm1(x), shift1, scale1), context_kv, key_mask)
         )
         return x + gate2[:, None] * self.drop(self.mlp(_modulate(self.norm2(x), shift2, scale2)))
 
@@ -156,11 +172,19 @@ class FlowMatchingExpert(nn.Module):
             )
         return context_mask
 
+    def project_context(self, context: Tensor) -> list[tuple[Tensor, Tensor] | None]:
+        """Per block: the context's keys/values (cross-attention blocks) or None (self-attention blocks)."""
+        return [blk.project(context) if blk.cross else None for blk in self.blocks]
+
     def velocity(
         self, x_t: Tensor, t: Tensor, context: Tensor, context_mask: Tensor | None, state: Tensor | None
     ) -> Tensor:
         """Predicted velocity (B,H,A) at noisy chunk x_t (B,H,A), time t (B,) in [0, 1] (0 = noise)."""
         key_mask = self._check(context, context_mask, state)
+        return self._velocity(x_t, t, self.project_context(context), key_mask, state)
+
+    def _velocity(self, x_t: Tensor, t: Tensor, context_kv: list, key_mask: Tensor | None, state: Tensor | None):
+        """`velocity` on already-projected context keys/values (checked inputs)."""
         if x_t.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(f"x_t must be (B,{self.horizon},{self.action_dim}), got {tuple(x_t.shape)}.")
         B, W = x_t.shape[0], self.cfg.width
@@ -171,8 +195,8 @@ class FlowMatchingExpert(nn.Module):
         if self.state_mlp is not None and state is not None:  # state=None: LaRA's released LIBERO setting
             parts.insert(0, self.state_mlp(state.to(x_t.dtype))[:, None])
         x = torch.cat(parts, dim=1)  # (B, [1] + F + H, W)
-        for block in self.blocks:
-            x = block(x, c, context, key_mask)
+        for block, kv in zip(self.blocks, context_kv, strict=True):
+            x = block(x, c, kv, key_mask)
         shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
         x = self.final_drop(_modulate(self.final_norm(x), shift, scale))
         return self.decoder(x[:, -self.horizon :])
@@ -185,14 +209,26 @@ class FlowMatchingExpert(nn.Module):
         state: Tensor | None,
         action_is_pad: Tensor | None,
         generator: torch.Generator | None = None,
+        *,
+        cache_context: bool = True,
     ) -> Tensor:
-        """Per-sample flow-matching loss (B,): ||v(x_t, t) - (a - eps)||², masked by action_is_pad ([LP] Eq. 4)."""
-        B = actions.shape[0]
-        t = fm.sample_time(B, generator, kind=self.cfg.time_sampling, device=actions.device).to(actions.dtype)
-        noise = self._noise(actions.shape, generator, actions)
-        x_t = fm.interpolate(noise, actions, t)
-        pred = self.velocity(x_t, t, context, context_mask, state)
-        return fm.flow_matching_loss(pred, fm.target_velocity(noise, actions), action_is_pad)
+        """Per-sample flow-matching loss (B,): ||v(x_t, t) - (a - eps)||², masked by action_is_pad ([LP] Eq. 4),
+        averaged over `repeats` (t, noise) draws whose context keys/values are projected once."""
+        key_mask = self._check(context, context_mask, state)
+        B, R = actions.shape[0], self.cfg.repeats
+        rep = lambda z: z if z is None or R == 1 else z.repeat_interleave(R, dim=0)  # noqa: E731
+        t = fm.sample_time(B * R, generator, kind=self.cfg.time_sampling, device=actions.device)
+        t = t.to(actions.dtype)
+        noise = self._noise((B * R, *actions.shape[1:]), generator, actions)
+        target = rep(actions)
+        x_t = fm.interpolate(noise, target, t)
+        if cache_context:  # project the B contexts once, then copy keys/values to the R draws of each
+            kv = [None if p is None else (rep(p[0]), rep(p[1])) for p in self.project_context(context)]
+            pred = self._velocity(x_t, t, kv, rep(key_mask), rep(state))
+        else:  # reference: R copies of the context, each projected
+            pred = self.velocity(x_t, t, rep(context), rep(key_mask), rep(state))
+        loss = fm.flow_matching_loss(pred, fm.target_velocity(noise, target), rep(action_is_pad))
+        return loss.view(B, R).mean(dim=1)
 
     @torch.no_grad()
     def sample(
@@ -203,8 +239,11 @@ class FlowMatchingExpert(nn.Module):
         num_steps: int | None = None,
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        cache_context: bool = True,
     ) -> Tensor:
-        """Integrate the velocity field from noise (t = 0) to an action chunk (B,H,A) with Euler steps."""
+        """Integrate the velocity field from noise (t = 0) to an action chunk (B,H,A) with Euler steps; the
+        context keys/values are projected once for all steps (`cache_context=False`: at every step)."""
         B = context.shape[0]
         shape = (B, self.horizon, self.action_dim)
         if noise is None:
@@ -212,7 +251,11 @@ class FlowMatchingExpert(nn.Module):
         elif noise.shape != shape:
             raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}.")
         steps = self.cfg.num_steps if num_steps is None else num_steps
-        return fm.euler_integrate(lambda x, t: self.velocity(x, t, context, context_mask, state), noise, steps)
+        if not cache_context:
+            return fm.euler_integrate(lambda x, t: self.velocity(x, t, context, context_mask, state), noise, steps)
+        key_mask = self._check(context, context_mask, state)
+        kv = self.project_context(context)
+        return fm.euler_integrate(lambda x, t: self._velocity(x, t, kv, key_mask, state), noise, steps)
 
     @staticmethod
     def _noise(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:

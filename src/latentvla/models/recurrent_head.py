@@ -1,7 +1,7 @@
 """Recurrent-depth action head of RD-VLA (papers.md §2.3-2.5, [RP] §III-B Eq. 1-5, [RF] action_heads.py;
 Huginn §3 for the prelude/core/coda recipe, init and truncated BPTT).
 
-    K learned queries ─ Prelude block (x-attn: prelude context, mid layer) ─► S_pre (B,K,D)
+    K learned queries ─ Prelude block (x-attn: mid-layer latent keys, gated mid-layer vision keys) ─► S_pre (B,K,D)
     S_0 ~ TruncNormal(0, 0.632, ±3σ)   (fresh per call, seedable)
     for k = 1..r:   x_k = RMSNorm(γ · W[S_{k-1}; S_pre])                 input injection, W: 2D -> D
                     S_k = ExitNorm(Core_2(Core_1(x_k, ctx), ctx))         2 weight-tied blocks
@@ -10,13 +10,22 @@ Huginn §3 for the prelude/core/coda recipe, init and truncated BPTT).
 
 Block = pre-RMSNorm self-attention over the K tokens (RoPE, no mask) → pre-RMSNorm gated cross-attention
 (separate K/V projections for latent and vision keys, vision logits × tanh(g), g init 0, ONE joint softmax)
-→ pre-RMSNorm SwiGLU FFN; no biases. The prelude's context is one tensor, all of it on the ungated side.
+→ pre-RMSNorm SwiGLU FFN; no biases. Every block, the prelude included, reads its layer's image tokens through
+the gated vision path ([RP] Eq. 1: the prelude cross-attends h^(12)_{vis+lat}).
 
-Training (grad enabled, no halting): the first r - d iterations run under torch.no_grad() (no graph at all),
-the last min(d, r) with gradient, then the coda (truncated BPTT, d = 8). Inference (grad disabled, or a halting
-strategy given): without halting the chunk is decoded once at the end; with halting it is decoded every
-iteration, each batch element freezes its state/actions at its first halting iteration, and the loop stops
-when all have halted. Only (B,) / (B,R) scalars are kept across iterations, so memory is flat in depth.
+Context cache: the context and the (tied) weights are fixed within a call, so each block projects its context
+into keys/values ONCE per call (`RecurrentBlock.project`) and every iteration reuses them. At width 896 with 577
+context tokens that projection is ~88 % of a block-iteration's FLOPs (bench/head.py `head_flops`); the official
+head ([RF] action_heads.py) re-projects it at every iteration. Exact: the same ops on the same numbers.
+`cache_context=False` keeps the re-projecting path as the reference for tests and `latentvla bench head`.
+
+Training (grad enabled, no halting): the first r - d iterations run under torch.no_grad() (no graph at all)
+on a detached copy of the cached keys/values, the last min(d, r) with gradient on the cached ones (their
+gradients accumulate into the one projection), then the coda (truncated BPTT, d = 8). Inference (grad
+disabled, or a halting strategy given): without halting the chunk is decoded once at the end; with halting it
+is decoded every iteration, and an element that halts leaves the active batch (its state, chunk and cached
+keys/values are dropped from the rows still iterating), so a batch costs the sum of its elements' depths, not
+B x the deepest. Only (B,) / (B,R) scalars are kept across iterations, so memory is flat in depth.
 """
 
 from __future__ import annotations
@@ -99,6 +108,29 @@ def _rope(x: Tensor, base: float) -> Tensor:
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+@dataclass(frozen=True)
+class CrossContext:
+    """What one block cross-attends in one call: the raw context (re-projected at every use: the reference path)
+    or its keys/values projected once (the cache), each (B, heads, T, d) with the vision keys already gated."""
+
+    latent: Tensor | None = None  # (B, T_lat, Dc)
+    vision: Tensor | None = None  # (B, T_vis, Dc)
+    kv: tuple[Tensor, Tensor] | None = None
+
+    def detach(self) -> CrossContext:
+        d = lambda t: None if t is None else t.detach()  # noqa: E731
+        return CrossContext(
+            d(self.latent), d(self.vision), None if self.kv is None else (d(self.kv[0]), d(self.kv[1]))
+        )
+
+    def rows(self, keep: Tensor) -> CrossContext:
+        """The batch rows selected by `keep` (bool (B,) or indices): halted elements leave the active batch."""
+        r = lambda t: None if t is None else t[keep]  # noqa: E731
+        return CrossContext(
+            r(self.latent), r(self.vision), None if self.kv is None else (r(self.kv[0]), r(self.kv[1]))
+        )
+
+
 class RecurrentBlock(nn.Module):
     """RD-VLA "RecurrentLayer": self-attn (RoPE) → gated joint cross-attn → SwiGLU, all pre-RMSNorm, no biases."""
 
@@ -112,7 +144,10 @@ class RecurrentBlock(nn.Module):
         self.q_cross = nn.Linear(width, width, bias=False)
         self.kv_latent = nn.Linear(context_dim, 2 * width, bias=False)
         self.kv_vision = nn.Linear(context_dim, 2 * width, bias=False)
-        self.vision_gate = nn.Parameter(torch.zeros(()))  # g: vision logits × tanh(g), closed at init
+        # g: vision logits × tanh(g). At init tanh(0) = 0 zeroes the vision LOGITS, not the vision attention:
+        # every vision key then gets the same share exp(0) of the joint softmax (a uniform average of the
+        # vision values enters), and the gate learns how sharply to attend to them ([RF] action_heads.py).
+        self.vision_gate = nn.Parameter(torch.zeros(()))
         self.o_cross = nn.Linear(width, width, bias=False)
         self.norm_ffn = nn.RMSNorm(width, eps=1e-6)
         self.ffn_in = nn.Linear(width, 2 * ffn_mult * width, bias=False)  # gate and up, fused
@@ -126,10 +161,8 @@ class RecurrentBlock(nn.Module):
         B, h, L, d = z.shape
         return z.transpose(1, 2).reshape(B, L, h * d)
 
-    def forward(self, x: Tensor, latent_ctx: Tensor, vision_ctx: Tensor | None) -> Tensor:
-        q, k, v = self.qkv_self(self.norm_self(x)).chunk(3, dim=-1)
-        q, k = _rope(self._heads(q), self.rope_base), _rope(self._heads(k), self.rope_base)
-        x = x + self.o_self(self._merge(F.scaled_dot_product_attention(q, k, self._heads(v))))
+    def project(self, latent_ctx: Tensor, vision_ctx: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Context (B,T_lat,Dc) [+ (B,T_vis,Dc)] -> keys, values (B, heads, T, d): the per-call cacheable part."""
         k_lat, v_lat = self.kv_latent(latent_ctx).chunk(2, dim=-1)
         keys, values = [k_lat], [v_lat]
         if vision_ctx is not None:
@@ -138,9 +171,21 @@ class RecurrentBlock(nn.Module):
             # concatenated keys is the single joint softmax of [RF] (gate on logits, not on the output).
             keys.append(torch.tanh(self.vision_gate) * k_vis)
             values.append(v_vis)
+        return self._heads(torch.cat(keys, 1)).contiguous(), self._heads(torch.cat(values, 1)).contiguous()
+
+    def context(self, latent_ctx: Tensor, vision_ctx: Tensor | None, cache: bool) -> CrossContext:
+        """This block's cross-attention context for one call, projected now (cache) or at every use."""
+        if cache:
+            return CrossContext(kv=self.project(latent_ctx, vision_ctx))
+        return CrossContext(latent_ctx, vision_ctx)
+
+    def forward(self, x: Tensor, ctx: CrossContext) -> Tensor:
+        q, k, v = self.qkv_self(self.norm_self(x)).chunk(3, dim=-1)
+        q, k = _rope(self._heads(q), self.rope_base), _rope(self._heads(k), self.rope_base)
+        x = x + self.o_self(self._merge(F.scaled_dot_product_attention(q, k, self._heads(v))))
+        keys, values = ctx.kv if ctx.kv is not None else self.project(ctx.latent, ctx.vision)
         q = self._heads(self.q_cross(self.norm_cross(x)))
-        att = F.scaled_dot_product_attention(q, self._heads(torch.cat(keys, 1)), self._heads(torch.cat(values, 1)))
-        x = x + self.o_cross(self._merge(att))
+        x = x + self.o_cross(self._merge(F.scaled_dot_product_attention(q, keys, values)))
         gate, up = self.ffn_in(self.norm_ffn(x)).chunk(2, dim=-1)
         return x + self.ffn_down(F.silu(gate) * up)
 
@@ -193,32 +238,32 @@ class RecurrentDepthHead(nn.Module):
         """Fresh scratchpad S_0 ~ TruncNormal(0, init_std, ±3σ), (B, K, D)."""
         return _trunc_normal((batch, self.cfg.chunk, self.cfg.width), self.cfg.init_std, generator, like)
 
-    def core_step(self, s: Tensor, s_pre: Tensor, latent_ctx: Tensor, vision_ctx: Tensor | None) -> Tensor:
-        """One recurrence: input injection, the weight-tied core blocks, exit norm. (B,K,D) -> (B,K,D)."""
+    def core_step(self, s: Tensor, s_pre: Tensor, core: list[CrossContext]) -> Tensor:
+        """One recurrence: input injection, the weight-tied core blocks (each with its context), exit norm."""
         x = self.inject_norm(self.inject_gamma * self.adapter(torch.cat([s, s_pre], dim=-1)))
-        for blk in self.core:
-            x = blk(x, latent_ctx, vision_ctx)
+        for blk, ctx in zip(self.core, core, strict=True):
+            x = blk(x, ctx)
         return self.exit_norm(x)
 
-    def decode(self, s: Tensor, latent_ctx: Tensor, vision_ctx: Tensor | None) -> Tensor:
+    def decode(self, s: Tensor, coda: CrossContext) -> Tensor:
         """Coda → RMSNorm → per-token linear: scratchpad (B,K,D) -> chunk (B,H=K,A)."""
-        return self.action_out(self.out_norm(self.coda(s, latent_ctx, vision_ctx)))
+        return self.action_out(self.out_norm(self.coda(s, coda)))
 
-    def _contexts(self, prelude_context, core_latent_context, core_vision_context, state) -> Tensor:
-        B = prelude_context.shape[0]
-        named = {"prelude_context": prelude_context, "core_latent_context": core_latent_context}
-        named["core_vision_context"] = core_vision_context
-        for name, c in named.items():
+    def _latent_keys(self, contexts: dict[str, Tensor | None], state: Tensor | None) -> Tensor:
+        """Validate the contexts; the core/coda latent keys [core_latent_context; proprio token]."""
+        B = contexts["prelude_context"].shape[0]
+        for name, c in contexts.items():
             if c is not None and (c.dim() != 3 or c.shape[0] != B or c.shape[2] != self.context_dim):
                 raise ValueError(f"{name} must be (B={B}, T, {self.context_dim}), got {tuple(c.shape)}.")
+        latent = contexts["core_latent_context"]
         if state is None:
-            return core_latent_context
+            return latent
         if self.proprio is None:
             raise ValueError("this head was built with state_dim=0; pass state=None or build it with state_dim.")
         if state.shape != (B, self.state_dim):
             raise ValueError(f"state must be (B,S) = ({B}, {self.state_dim}), got {tuple(state.shape)}.")
-        p = self.proprio(state.to(core_latent_context.dtype))[:, None]  # (B, 1, Dc)
-        return torch.cat([core_latent_context, p], dim=1)
+        p = self.proprio(state.to(latent.dtype))[:, None]  # (B, 1, Dc)
+        return torch.cat([latent, p], dim=1)
 
     def forward(
         self,
@@ -227,70 +272,87 @@ class RecurrentDepthHead(nn.Module):
         core_vision_context: Tensor | None,
         state: Tensor | None,
         *,
+        prelude_vision_context: Tensor | None = None,
         num_iterations: int,
         backprop_depth: int | None = None,
         halting: HaltingStrategy | None = None,
         generator: torch.Generator | None = None,
+        cache_context: bool = True,
     ) -> RecurrentOutput:
-        """Run prelude, `num_iterations` core iterations (fewer per element if `halting` stops it), coda."""
+        """Run prelude, `num_iterations` core iterations (fewer per element if `halting` stops it), coda.
+
+        prelude_context / prelude_vision_context: mid-layer latent / image tokens (the prelude's ungated and
+        gated keys); core_latent_context / core_vision_context: the same at the last layer (core and coda)."""
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}.")
-        latent_ctx = self._contexts(prelude_context, core_latent_context, core_vision_context, state)
-        B = prelude_context.shape[0]
-        queries = self.queries[None].expand(B, -1, -1).to(prelude_context.dtype)
-        if halting is None and torch.is_grad_enabled():
-            s_pre = self.prelude(queries, prelude_context, None)
+        named = {
+            "prelude_context": prelude_context,
+            "prelude_vision_context": prelude_vision_context,
+            "core_latent_context": core_latent_context,
+            "core_vision_context": core_vision_context,
+        }
+        train = halting is None and torch.is_grad_enabled()
+        with torch.enable_grad() if train else torch.no_grad():
+            latent_ctx = self._latent_keys(named, state)
+            B = prelude_context.shape[0]
+            queries = self.queries[None].expand(B, -1, -1).to(prelude_context.dtype)
+            s_pre = self.prelude(queries, self.prelude.context(prelude_context, prelude_vision_context, False))
+            core = [blk.context(latent_ctx, core_vision_context, cache_context) for blk in self.core]
+            coda = self.coda.context(latent_ctx, core_vision_context, cache_context)
             s = self.init_state(B, generator, s_pre)
-            return self._train_path(s, s_pre, latent_ctx, core_vision_context, num_iterations, backprop_depth)
-        with torch.no_grad():
-            s_pre = self.prelude(queries, prelude_context, None)
-            s = self.init_state(B, generator, s_pre)
-            return self._infer_path(s, s_pre, latent_ctx, core_vision_context, num_iterations, halting)
+            if train:
+                return self._train_path(s, s_pre, core, coda, num_iterations, backprop_depth)
+            return self._infer_path(s, s_pre, core, coda, num_iterations, halting)
 
-    def _train_path(self, s, s_pre, latent_ctx, vision_ctx, r: int, backprop_depth: int | None) -> RecurrentOutput:
+    def _train_path(self, s, s_pre, core, coda, r: int, backprop_depth: int | None) -> RecurrentOutput:
         n_no_grad, n_grad = split_depth(r, self.cfg.backprop_depth if backprop_depth is None else backprop_depth)
+        frozen = [c.detach() for c in core]  # the no-grad iterations reuse the detached keys/values
         with torch.no_grad():  # truncated BPTT: these iterations build no autograd graph at all
             for _ in range(n_no_grad):
-                s = self.core_step(s, s_pre, latent_ctx, vision_ctx)
-        for _ in range(n_grad):
-            s = self.core_step(s, s_pre, latent_ctx, vision_ctx)
+                s = self.core_step(s, s_pre, frozen)
+        for _ in range(n_grad):  # each graded iteration adds its gradient into the one cached projection
+            s = self.core_step(s, s_pre, core)
         B = s.shape[0]
         return RecurrentOutput(
-            actions=self.decode(s, latent_ctx, vision_ctx),
+            actions=self.decode(s, coda),
             iterations=torch.full((B,), r, dtype=torch.long, device=s.device),
             deltas=torch.full((B, r), float("nan"), device=s.device),
             latents=s,
         )
 
-    def _infer_path(self, s, s_pre, latent_ctx, vision_ctx, r: int, halting) -> RecurrentOutput:
+    def _infer_path(self, s, s_pre, core, coda, r: int, halting) -> RecurrentOutput:
         B, dev = s.shape[0], s.device
         deltas = torch.full((B, r), float("nan"), device=dev)
         if halting is None:  # fixed depth, decode once: the cheapest path (latency benchmarks)
             for _ in range(r):
-                s = self.core_step(s, s_pre, latent_ctx, vision_ctx)
+                s = self.core_step(s, s_pre, core)
             iters = torch.full((B,), r, dtype=torch.long, device=dev)
-            return RecurrentOutput(self.decode(s, latent_ctx, vision_ctx), iters, deltas, s)
+            return RecurrentOutput(self.decode(s, coda), iters, deltas, s)
         halting.reset(B)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        rows = torch.arange(B, device=dev)  # the active batch: elements that have not halted yet
         iters = torch.zeros(B, dtype=torch.long, device=dev)
-        actions = prev = None
+        latents, actions = s.clone(), None
         for k in range(1, r + 1):
-            # Halted elements keep their state; the rest advance. (Computing all rows and selecting keeps shapes
-            # static; the wasted work is bounded by the batch's slowest element.)
-            s = torch.where(done[:, None, None], s, self.core_step(s, s_pre, latent_ctx, vision_ctx))
-            a = self.decode(s, latent_ctx, vision_ctx)
-            newly = torch.zeros_like(done)
-            if prev is not None:
-                deltas[:, k - 1] = torch.where(done, float("nan"), mean_squared_change(prev, a))
-                halt, _ = halting.check(prev, a)
-                newly = halt.to(dev) & ~done
-            actions = a if actions is None else torch.where(done[:, None, None], actions, a)
-            iters = torch.where(done, iters, k)
-            done = done | newly
-            prev = a
-            if bool(done.all()):
+            s = self.core_step(s, s_pre, core)
+            a = self.decode(s, coda)
+            latents[rows], iters[rows] = s, k
+            if actions is None:  # k = 1: nothing to compare with yet (earliest stop is k = 2, as in [RF])
+                actions, halt = a.clone(), torch.zeros(len(rows), dtype=torch.bool, device=dev)
+            else:
+                deltas[rows, k - 1] = mean_squared_change(actions[rows], a)
+                current = actions.clone()
+                current[rows] = a
+                # The strategy sees the whole batch (its patience streaks are per element); halted rows compare
+                # their frozen chunk with itself and are ignored.
+                halt = halting.check(actions, current)[0].to(dev)[rows]
+                actions = current
+            if bool(halt.all()):
                 break
-        return RecurrentOutput(actions, iters, deltas, s)
+            if bool(halt.any()):  # compaction: the halted elements leave the active batch
+                keep = ~halt
+                rows, s, s_pre = rows[keep], s[keep], s_pre[keep]
+                core, coda = [c.rows(keep) for c in core], coda.rows(keep)
+        return RecurrentOutput(actions, iters, deltas, latents)
 
     def loss(
         self,
@@ -301,9 +363,11 @@ class RecurrentDepthHead(nn.Module):
         state: Tensor | None,
         action_is_pad: Tensor | None,
         *,
+        prelude_vision_context: Tensor | None = None,
         num_iterations: int | None = None,
         backprop_depth: int | None = None,
         generator: torch.Generator | None = None,
+        cache_context: bool = True,
     ) -> tuple[Tensor, RecurrentOutput]:
         """Per-sample L1 chunk loss (B,) at depth `num_iterations` (default: r ~ log-normal-Poisson, §2.4),
         and the head's output, whose `.iterations` is the depth used (for metrics)."""
@@ -311,7 +375,14 @@ class RecurrentDepthHead(nn.Module):
             c = self.cfg
             num_iterations = sample_depth(generator, c.mean_recurrence, c.depth_sigma, 1, c.max_depth)
         contexts = (prelude_context, core_latent_context, core_vision_context, state)
-        out = self(*contexts, num_iterations=num_iterations, backprop_depth=backprop_depth, generator=generator)
+        out = self(
+            *contexts,
+            prelude_vision_context=prelude_vision_context,
+            num_iterations=num_iterations,
+            backprop_depth=backprop_depth,
+            generator=generator,
+            cache_context=cache_context,
+        )
         return l1_chunk_loss(out.actions, actions, action_is_pad), out
 
 
