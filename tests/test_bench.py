@@ -39,9 +39,57 @@ def test_latency_report_has_every_path_and_flat_recurrent_memory():
     assert "explicit / latent" in format_table(report)
 
 
-def test_flow_checkpoint_has_no_recurrent_keys():
+def test_flow_checkpoint_has_no_recurrent_keys_and_times_the_expert_both_ways():
     report = bench_latency(_random_policy("lara", "micro").eval(), warmup=0, repeats=1)
     assert "rd_fixed_ms" not in report and "rd_peak_mem_mb" not in report
+    assert (
+        report["expert_steps"] == 4 and report["expert_sample_ms"] > 0 and report["expert_sample_uncached_ms"] > 0
+    )
+    assert report["expert_actions_max_abs_diff"] <= 1e-6  # the cache changes time, not actions
+    assert "context K/V once" in format_table(report)
+
+
+def test_head_flop_model_matches_a_flop_counter():
+    """The per-iteration FLOP model equals torch's FLOP counter on the real head (r = 3 minus r = 2), both paths."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from latentvla.bench.head import CHUNK, STATE_DIM, head_flops, split_context
+    from latentvla.models.recurrent_head import RecurrentDepthHead, RecurrentHeadConfig
+
+    W, T = 32, 28
+    n_lat, n_vis = split_context(T)
+    assert (n_lat, n_vis) == (3, 24) and split_context(577) == (64, 512)
+    head = RecurrentDepthHead(RecurrentHeadConfig(width=W, heads=2, chunk=CHUNK), W, 7, STATE_DIM)
+    head.requires_grad_(False)  # the counter's module hooks need grad mode; r <= backprop_depth: no no_grad block
+    lat, vis, st = torch.randn(1, n_lat, W), torch.randn(1, n_vis, W), torch.randn(1, STATE_DIM)
+
+    def flops(r, cache):
+        # the math SDPA backend runs attention as counted bmm's (the CPU flash kernel has no FLOP formula)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            head(lat, lat, vis, st, prelude_vision_context=vis, num_iterations=r, cache_context=cache)
+        return counter.get_total_flops()
+
+    model = head_flops(W, T)
+    assert flops(3, True) - flops(2, True) == model["per_iteration_cached"]
+    assert flops(3, False) - flops(2, False) == model["per_iteration_uncached"]
+    paper = head_flops(896, 577)  # RD-VLA's head: the projection is ~88 % of an iteration
+    assert 0.87 < paper["projection_share"] < 0.89
+
+
+def test_cli_bench_head_writes_json_and_paths_agree(tmp_path, capsys):
+    out = tmp_path / "head.json"
+    args = ["bench", "head", "--width", "32", "--heads", "2", "--context", "28", "--batch", "2",
+            "--iterations", "1,3", "--repeats", "1", "--warmup", "0", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["max_abs_diff"] <= 1e-6 and set(report["cached"]["ms"]) == {"1", "3"}
+    assert report["per_iteration_ratio"] is not None and report["cached"]["peak_mem_mb"] > 0
+    assert "per-iteration cost cached / uncached" in capsys.readouterr().out
+    assert main([*args[:-2], "--no-cache"]) == 0 and "cached ms/call" in capsys.readouterr().out
+    assert main(["bench", "head", "--context", "2"]) == 2
+    assert "--context must be >= 3" in capsys.readouterr().err
 
 
 def test_cli_random_preset_writes_json(tmp_path, capsys):

@@ -9,6 +9,9 @@ warm-up, median and p90 over repeats:
     rd_fixed_ms       recurrent head at fixed depths            (only when the checkpoint has a recurrent head)
     rd_adaptive_ms    recurrent head with MSE halting (delta), and its mean iterations
     rd_peak_mem_mb    peak live tensor memory of one call per depth: constant in depth is RD-VLA's claim
+    expert_sample_ms  flow expert alone: its Euler steps on the context of one latent call, context keys/values
+                      projected once (cached) and at every step (`expert_sample_uncached_ms`, the reference),
+                      same fixed noise; `expert_actions_max_abs_diff` between the two (flow checkpoints only)
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated`; on CPU a `TorchDispatchMode` that tracks the bytes of
 every tensor storage created by an op and released when the last tensor using it dies. That counts what the
@@ -159,9 +162,49 @@ def bench_latency(
         report["rd_peak_mem_mb"] = {
             str(k): _peak_mb(lambda k=k: call(mode="latent", iterations=k)) for k in depths
         }
+    if policy.config.head == "flow":
+        report.update(_expert_sampling(policy, call, warmup, repeats, seed))
     report["ratio_explicit_over_latent"] = report["explicit_ms"] / report["latent_ms"]
     report["ratio_latent_over_no_reasoning"] = report["latent_ms"] / report["no_reasoning_ms"]
     return report
+
+
+def _expert_sampling(policy, call, warmup: int, repeats: int, seed: int) -> dict[str, Any]:
+    """Time the flow expert's `sample` alone on the inputs of one latent call, cached vs re-projecting."""
+    head, seen = policy.model.head, {}
+    original = head.sample
+
+    def spy(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        return original(*args, **kwargs)
+
+    head.sample = spy  # instance attribute: shadows the method for one call
+    try:
+        call(mode="latent")
+    finally:
+        del head.sample
+    if not seen:  # a stage-I/II checkpoint acts through action tokens: no expert call to time
+        return {}
+    context = seen["args"][0]
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(context.shape[0], head.horizon, head.action_dim, generator=g).to(context)
+    kwargs = {**seen["kwargs"], "noise": noise, "generator": None}
+
+    def sample(cache: bool):
+        out = head.sample(*seen["args"], **kwargs, cache_context=cache)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        return out
+
+    cached = _time_calls(lambda: sample(True), warmup, repeats)
+    uncached = _time_calls(lambda: sample(False), warmup, repeats)
+    return {
+        "expert_steps": int(kwargs.get("num_steps") or head.cfg.num_steps),
+        "expert_context_tokens": int(context.shape[1]),
+        "expert_sample_ms": cached["median"],
+        "expert_sample_uncached_ms": uncached["median"],
+        "expert_actions_max_abs_diff": float((sample(True) - sample(False)).abs().max()),
+    }
 
 
 def format_table(report: dict) -> str:
@@ -180,6 +223,17 @@ def format_table(report: dict) -> str:
                 f"delta {report['rd_adaptive_delta']:g})",
                 report["rd_adaptive_ms"],
             )
+        )
+    if "expert_sample_ms" in report:
+        n, t = report["expert_steps"], report["expert_context_tokens"]
+        rows.append(
+            (
+                f"flow expert alone, {n} Euler steps, {t} context tokens, context K/V once",
+                report["expert_sample_ms"],
+            )
+        )
+        rows.append(
+            (f"flow expert alone, {n} Euler steps, context K/V every step", report["expert_sample_uncached_ms"])
         )
     lines = ["| path | median ms/call |", "|---|---:|", *[f"| {n} | {v:.2f} |" for n, v in rows]]
     lines += [

@@ -7,6 +7,7 @@
     latentvla bench latency --preset lara-rd               # the same on a random-init config
     latentvla bench data DIR --workers 2 --json data.json  # data pipeline: open time, decode frames/s, samples/s, RSS
     latentvla bench data DIR --train-preset lara-no-cot --train-steps 20   # + training rate, train() peak RSS
+    latentvla bench head --width 896 --heads 8 --context 577 --batch 1 --json head.json   # RD head, cache vs not
 
 Each measurement lives in `latentvla/bench/`; this file only parses arguments. Add a measurement by adding a
 sub-subcommand here (a `register_<name>` function below and its entry in `_SUBCOMMANDS`).
@@ -180,4 +181,60 @@ def main_latency(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS = [register_train, register_latency, register_data]
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,4,8, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def register_head(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("head", help="recurrent head alone: per-iteration cost with vs without the context cache")
+    p.add_argument("--width", type=int, default=896, help="head width = context width (RD-VLA: 896)")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--context", type=int, default=577, help="key tokens: latent + 1 proprio + vision (577)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--iterations", type=_int_list, default=(1, 4, 8, 12, 32), help="depths, e.g. 1,4,8,12,32")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-cache", action="store_true", help="time only the re-projecting reference path")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    p.set_defaults(func=main_head)
+
+
+def main_head(args: argparse.Namespace) -> int:
+    import platform
+
+    import torch
+
+    from latentvla.bench.head import bench_head, format_table
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        report = bench_head(
+            width=args.width, heads=args.heads, context=args.context, batch=args.batch,
+            iterations=args.iterations, repeats=args.repeats, warmup=args.warmup, device=args.device,
+            modes=("uncached",) if args.no_cache else ("cached", "uncached"),
+            progress=lambda name: print(f"timing {name} ...", file=sys.stderr),
+        )  # fmt: skip
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    report.update(
+        {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or ""}
+    )
+    print(format_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+_SUBCOMMANDS = [register_train, register_latency, register_data, register_head]

@@ -1,0 +1,187 @@
+"""The recurrent-depth head alone, with and without its per-call context cache (issue 16), in one process.
+
+    latentvla bench head --width 896 --heads 8 --context 577 --batch 1 --json head.json   # RD-VLA's head
+    latentvla bench head --width 128 --heads 4 --context 81                               # the tiny preset's
+
+What is timed: one inference call of `RecurrentDepthHead` at fixed depth r (no halting, no grad) on random
+contexts shaped like RD-VLA's: `context` key tokens = latent tokens + 1 proprio token + vision tokens (8/9 of
+the rest, RD-VLA: 64 + 1 + 512 = 577), context width = head width. Both paths run interleaved, same seed:
+
+    cached     every block projects its context into keys/values once per call (this repo)
+    uncached   every block re-projects the context at every iteration (the official head's structure, [RF])
+
+Per-iteration cost = least-squares slope of the median call time over the depths; the fixed part (prelude,
+coda, projections of the cached path) is the intercept. `max_abs_diff` compares the two paths' actions at every
+depth. Peak memory: live tensor bytes of one call at the largest depth (bench/latency.py's tracker; CUDA's
+allocator on a GPU). `head_flops` is the matmul FLOP model that explains the ratio.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from latentvla.bench.latency import PeakTensorMemory
+from latentvla.models.recurrent_head import RecurrentDepthHead, RecurrentHeadConfig
+
+DEFAULT_ITERATIONS = (1, 4, 8, 12, 32)
+CHUNK, ACTION_DIM, STATE_DIM = 8, 7, 8  # RD-VLA LIBERO: 8 x 7 chunk, 8-d proprio
+
+
+def split_context(tokens: int) -> tuple[int, int]:
+    """(latent, vision) key tokens for `tokens` = latent + 1 proprio + vision, vision = 8/9 of the rest."""
+    if tokens < 3:
+        raise ValueError(f"--context must be >= 3 (latent + proprio + vision tokens), got {tokens}")
+    vision = max(1, round((tokens - 1) * 8 / 9))
+    return tokens - 1 - vision, vision
+
+
+def head_flops(
+    width: int, context: int, *, chunk: int = CHUNK, ffn_mult: int = 4, core_layers: int = 2
+) -> dict[str, float]:
+    """Matmul FLOPs (2 per multiply-add) of one core iteration, batch 1, context width = head width.
+
+    Per block: self-attn qkv/out (4 K D^2), attention over K and over T keys, cross q/out (2 K D^2), SwiGLU
+    (3 K D F), and the context projection 2 T D (2 D) — the part the cache moves out of the loop."""
+    K, D, T, F = chunk, width, context, ffn_mult * width
+    per_block = 2 * (3 * K * D * D + K * D * D + 2 * K * K * D + 2 * K * D * D + 2 * K * T * D + 3 * K * D * F)
+    projection = 2 * T * D * 2 * D
+    adapter = 2 * K * 2 * D * D
+    cached = adapter + core_layers * per_block
+    uncached = cached + core_layers * projection
+    return {
+        "per_iteration_uncached": float(uncached),
+        "per_iteration_cached": float(cached),
+        "projection_share": core_layers * projection / uncached,
+        "ratio": cached / uncached,
+    }
+
+
+def _slope(xs: list[int], ys: list[float]) -> float:
+    return float(np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)[0])
+
+
+def _peak_mb(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    tracker = PeakTensorMemory()
+    with tracker:
+        fn()
+    return tracker.peak / 2**20
+
+
+def bench_head(
+    *,
+    width: int = 896,
+    heads: int = 8,
+    context: int = 577,
+    batch: int = 1,
+    iterations=DEFAULT_ITERATIONS,
+    repeats: int = 3,
+    warmup: int = 1,
+    modes=("cached", "uncached"),
+    device: str = "cpu",
+    progress=None,
+) -> dict[str, Any]:
+    """The report (see the module docstring); raises ValueError on bad sizes."""
+    if batch < 1 or repeats < 1 or warmup < 0 or not iterations or min(iterations) < 1:
+        raise ValueError("--batch, --repeats and every --iterations value must be >= 1 (--warmup >= 0)")
+    n_lat, n_vis = split_context(context)
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    cfg = RecurrentHeadConfig(width=width, heads=heads, chunk=CHUNK, max_depth=max(iterations))
+    head = RecurrentDepthHead(cfg, context_dim=width, action_dim=ACTION_DIM, state_dim=STATE_DIM).to(dev).eval()
+    with torch.no_grad():  # open the gates (tanh(0) = 0 zeroes the vision logits) so the vision keys matter
+        for blk in [head.prelude, *head.core, head.coda]:
+            blk.vision_gate.fill_(0.5)
+    g = torch.Generator().manual_seed(1)
+    ctx = {
+        k: torch.randn(batch, n, width, generator=g).to(dev)
+        for k, n in (("pl", n_lat), ("pv", n_vis), ("cl", n_lat), ("cv", n_vis))
+    }
+    state = torch.randn(batch, STATE_DIM, generator=g).to(dev)
+
+    def call(r: int, mode: str) -> torch.Tensor:
+        with torch.no_grad():
+            out = head(ctx["pl"], ctx["cl"], ctx["cv"], state, prelude_vision_context=ctx["pv"], num_iterations=r,
+                       generator=torch.Generator(device=dev).manual_seed(2), cache_context=mode == "cached")  # fmt: skip
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out.actions
+
+    times: dict[str, dict[int, list[float]]] = {m: {r: [] for r in iterations} for m in modes}
+    for rep in range(warmup + repeats):
+        for r in iterations:
+            if progress and rep == warmup:
+                progress(f"r={r}")
+            for mode in modes:  # interleaved: both paths see the same machine state
+                t0 = time.perf_counter()
+                call(r, mode)
+                if rep >= warmup:
+                    times[mode][r].append((time.perf_counter() - t0) * 1000.0)
+    report: dict[str, Any] = {
+        "benchmark": "head",
+        "width": width,
+        "heads": heads,
+        "context": context,
+        "latent_tokens": n_lat,
+        "vision_tokens": n_vis,
+        "batch": batch,
+        "chunk": CHUNK,
+        "iterations": list(iterations),
+        "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
+        "device": str(dev),
+        "flops": head_flops(width, context),
+    }
+    for mode in modes:
+        ms = {r: float(np.median(v)) for r, v in times[mode].items()}
+        report[mode] = {
+            "ms": {str(r): v for r, v in ms.items()},
+            "per_iteration_ms": _slope(list(ms), list(ms.values())) if len(ms) > 1 else None,
+            "peak_mem_mb": _peak_mb(lambda mode=mode: call(max(iterations), mode)),
+        }
+    if len(modes) == 2:
+        c, u = report["cached"]["per_iteration_ms"], report["uncached"]["per_iteration_ms"]
+        report["per_iteration_ratio"] = c / u if c is not None and u else None
+        report["max_abs_diff"] = max(
+            float((call(r, "cached") - call(r, "uncached")).abs().max()) for r in iterations
+        )
+    return report
+
+
+def format_table(report: dict) -> str:
+    """A markdown table of the report."""
+    modes = [m for m in ("cached", "uncached") if m in report]
+    lines = [
+        f"recurrent head: width {report['width']}, {report['heads']} heads, {report['context']} context tokens "
+        f"({report['latent_tokens']} latent + 1 proprio + {report['vision_tokens']} vision), batch "
+        f"{report['batch']}, {report['params_m']:.2f} M params, {report['device']}",
+        "",
+        "| iterations | " + " | ".join(f"{m} ms/call" for m in modes) + " |",
+        "|---:|" + "---:|" * len(modes),
+    ]
+    for r in report["iterations"]:
+        lines.append(f"| {r} | " + " | ".join(f"{report[m]['ms'][str(r)]:.2f}" for m in modes) + " |")
+    for m in modes:
+        per = report[m]["per_iteration_ms"]
+        per_s = "n/a" if per is None else f"{per:.2f}"
+        lines.append(f"\n{m}: {per_s} ms per iteration, peak {report[m]['peak_mem_mb']:.1f} MB")
+    f = report["flops"]
+    lines.append(
+        f"\nFLOP model per iteration: cached {f['per_iteration_cached'] / 1e9:.3f} G, uncached "
+        f"{f['per_iteration_uncached'] / 1e9:.3f} G (context projection {100 * f['projection_share']:.1f} %)"
+    )
+    if report.get("per_iteration_ratio") is not None:
+        lines.append(
+            f"per-iteration cost cached / uncached = {report['per_iteration_ratio']:.3f}x; "
+            f"max_abs_diff = {report['max_abs_diff']:.2e}"
+        )
+    return "\n".join(lines)
