@@ -52,7 +52,6 @@ def test_flow_checkpoint_has_no_recurrent_keys_and_times_the_expert_both_ways():
 def test_head_flop_model_matches_a_flop_counter():
     """The per-iteration FLOP model equals torch's FLOP counter on the real head (r = 3 minus r = 2), both paths."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     from latentvla.bench.head import CHUNK, STATE_DIM, head_flops, split_context

@@ -33,7 +33,7 @@ def _time_stage(loss_module, optimizer, batches, stage, cfg, device, steps: int,
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, device, autocast, history)
+        accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, device, autocast, history, step=i)
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         loss_module.model.on_optimizer_step(i)

@@ -3,7 +3,7 @@
 `LatentVLA` runs the backbone once over the sequence and hands the result to its head through three methods:
 
     head.n_query                                   tokens the head needs appended to the backbone sequence
-    head.compute_loss(out, seq, batch, generator)  -> (per-sample loss (B,), metrics)
+    head.compute_loss(out, seq, batch, generator, step=None)  -> (per-sample loss (B,), metrics)
     head.sample_actions(out, seq, batch, options)  -> SampleOutput (normalized chunk + head diagnostics)
 
 The heads' networks live in `action_expert.py` and `recurrent_head.py`; the classes here add only the wiring
@@ -20,7 +20,7 @@ from torch import Tensor
 from latentvla.constants import ACTION, ACTION_IS_PAD, OBS_STATE
 from latentvla.models.action_expert import FlowMatchingExpert
 from latentvla.models.backbone import BackboneOutput
-from latentvla.models.recurrence import sample_depth
+from latentvla.models.recurrence import sample_depth, step_depth
 from latentvla.models.recurrent_head import RecurrentDepthHead
 from latentvla.models.sampling import SampleOptions, SampleOutput
 from latentvla.models.sequence import SequenceBatch
@@ -36,7 +36,8 @@ class FlowHead(FlowMatchingExpert):
 
     n_query = 0
 
-    def compute_loss(self, out: BackboneOutput, seq: SequenceBatch, batch: dict, generator=None):
+    def compute_loss(self, out: BackboneOutput, seq: SequenceBatch, batch: dict, generator=None, step=None):
+        # `expert.repeats` (t, noise) draws per example share this one backbone forward and one K/V projection.
         state = _state(batch, self.state_dim)
         loss = self.loss(batch[ACTION], out.hidden, seq.valid, state, batch[ACTION_IS_PAD], generator=generator)
         return loss, {"loss_flow": loss.mean().item()}
@@ -66,21 +67,30 @@ class RecurrentHead(RecurrentDepthHead):
         self.prelude_layer = num_layers // 2  # RD-VLA taps h^(12) of 24 for the prelude ...
         self.core_layer = num_layers  # ... and the last layer for core and coda
 
-    def read(self, out: BackboneOutput, seq: SequenceBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """(prelude context, core latent context, core vision context) gathered from the backbone taps."""
+    def read(self, out: BackboneOutput, seq: SequenceBatch) -> dict[str, Tensor]:
+        """The backbone taps: query (latent) and image tokens at the prelude's and at the core's layer. The prelude
+        reads its image tokens through the gated vision path, like the core ([RP] Eq. 1: h^(12)_{vis+lat})."""
         mid, last = out.layers[self.prelude_layer], out.layers[self.core_layer]
         q, im = seq.query_index, seq.image_index
-        return torch.cat([gather(mid, q), gather(mid, im)], dim=1), gather(last, q), gather(last, im)
+        return {
+            "prelude_context": gather(mid, q),
+            "prelude_vision_context": gather(mid, im),
+            "core_latent_context": gather(last, q),
+            "core_vision_context": gather(last, im),
+        }
 
-    def compute_loss(self, out: BackboneOutput, seq: SequenceBatch, batch: dict, generator=None):
+    def compute_loss(self, out: BackboneOutput, seq: SequenceBatch, batch: dict, generator=None, step=None):
         c = self.cfg
-        # One depth per step for the whole batch (Huginn: all workers draw the same r), TBPTT through the last d.
-        depth = sample_depth(generator, mean=c.mean_recurrence, sigma=c.depth_sigma, max_depth=c.max_depth)
+        # One depth per optimizer step for the whole batch, all micro-batches and all DDP ranks (Huginn: all
+        # workers draw the same r; step-seeded, recurrence.step_depth), TBPTT through the last d. Without a step
+        # (direct calls, tests) the depth comes from `generator`.
+        draw = dict(mean=c.mean_recurrence, sigma=c.depth_sigma, max_depth=c.max_depth)
+        depth = sample_depth(generator, **draw) if step is None else step_depth(step, **draw)
         loss, _ = self.loss(
             batch[ACTION],
-            *self.read(out, seq),
-            _state(batch, self.state_dim),
-            batch[ACTION_IS_PAD],
+            state=_state(batch, self.state_dim),
+            action_is_pad=batch[ACTION_IS_PAD],
+            **self.read(out, seq),
             num_iterations=depth,
             backprop_depth=c.backprop_depth,
             generator=generator,
@@ -94,8 +104,8 @@ class RecurrentHead(RecurrentDepthHead):
         if options.iterations is None:
             raise ValueError("the recurrent head needs options.iterations (LatentVLA fills in the config default)")
         res = self(
-            *self.read(out, seq),
-            _state(batch, self.state_dim),
+            **self.read(out, seq),
+            state=_state(batch, self.state_dim),
             num_iterations=options.iterations,
             halting=options.halting,
             generator=options.generator,

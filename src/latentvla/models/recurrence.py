@@ -1,7 +1,11 @@
 """Recurrent-depth schedule maths (Huginn [HP] Eq. 1-2; RD-VLA [RP] Eq. 6; papers.md §2.4, §3), pure functions.
 
-Training depth r is drawn once per forward pass (whole batch):
+Training depth r is drawn once per optimizer step (whole batch, every micro-batch, every DDP rank):
     tau ~ N(ln(mean) - sigma^2 / 2, sigma^2),   r ~ Poisson(exp(tau)) + 1,   clamped to [min_depth, max_depth]
+`step_depth` seeds that draw from the step number alone, as Huginn's sampler does ("all workers draw the same
+r per step", [HP] §3 / Fig. 3): ranks whose global RNG streams differ (per-rank seeds for noise and
+augmentation) and the micro-batches of one accumulated step all run the same depth, and a resumed run redraws
+the same sequence.
 With mean 32 and sigma 0.5 this has mean ~33, median ~29 (Huginn Fig. 3). Truncated BPTT then runs the first
 r - d iterations without gradient and the last min(d, r) with it (d = 8 in both papers).
 """
@@ -34,6 +38,16 @@ def sample_depth(
     rate = tau.exp().clamp(max=MAX_POISSON_RATE)
     r = int(torch.poisson(rate, generator=generator).item()) + 1
     return max(min_depth, min(max_depth, r))
+
+
+DEPTH_SEED = 514229  # fixed offset of the step-seeded depth stream (any constant: only step-equality matters)
+
+
+def step_depth(step: int, mean: float = 32.0, sigma: float = 0.5, min_depth: int = 1, max_depth: int = 64) -> int:
+    """The training depth of optimizer step `step`: `sample_depth` on a generator seeded by the step alone."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}.")
+    return sample_depth(torch.Generator().manual_seed(DEPTH_SEED + step), mean, sigma, min_depth, max_depth)
 
 
 def split_depth(r: int, backprop_depth: int = 8) -> tuple[int, int]:

@@ -194,8 +194,11 @@ class LatentVLA(nn.Module):
 
     # ------------------------------------------------------------------------------------- verb 1: loss
 
-    def compute_loss(self, batch: dict, stage: StageSpec, generator: torch.Generator | None = None):
-        """Per-sample loss (B,) and scalar metrics for one curriculum stage."""
+    def compute_loss(
+        self, batch: dict, stage: StageSpec, generator: torch.Generator | None = None, *, step: int | None = None
+    ):
+        """Per-sample loss (B,) and scalar metrics for one curriculum stage; `step` (the optimizer step) seeds
+        what must agree across micro-batches and DDP ranks (the recurrent head's depth)."""
         prefix = self.embed_prefix(batch, self._train_layout(batch, stage))
         out, _ = self._forward(prefix)
         terms: list[tuple[str, float, Tensor]] = []  # (metric name, weight, per-sample loss)
@@ -209,7 +212,7 @@ class LatentVLA(nn.Module):
             terms.append(("loss_vis", stage.w_vis, self._visual_loss(out.hidden, prefix.seq, batch)))
         metrics: dict[str, float] = {}
         if stage.train_head:
-            head_loss, metrics = self.head.compute_loss(out, prefix.seq, batch, generator)
+            head_loss, metrics = self.head.compute_loss(out, prefix.seq, batch, generator, step=step)
             terms.append(("", stage.w_head, head_loss))
         loss = torch.zeros(batch[ACTION].shape[0], device=batch[ACTION].device)
         for name, weight, term in terms:

@@ -188,8 +188,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict, stage: StageSpec) -> tuple[Tensor, dict[str, float]]:
-        return self.model.compute_loss(batch, stage)
+    def forward(self, batch: dict, stage: StageSpec, step: int | None = None) -> tuple[Tensor, dict[str, float]]:
+        return self.model.compute_loss(batch, stage, step=step)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -234,8 +234,10 @@ def accumulate_gradients(
     device: torch.device,
     autocast: Any,
     history: dict[str, list[float]],
+    step: int | None = None,
 ) -> None:
-    """Forward + backward over `grad_accum` micro-batches, appending their metrics to `history`.
+    """Forward + backward over `grad_accum` micro-batches of optimizer step `step`, appending their metrics to
+    `history`. The step reaches the model, which seeds from it what all micro-batches and ranks must share.
 
     Each micro-batch contributes mean(per-sample loss) / grad_accum and DDP averages over ranks, so the gradient
     is the mean over every sample of the step. Only the last micro-batch all-reduces (`no_sync` before it).
@@ -246,7 +248,7 @@ def accumulate_gradients(
         sync = contextlib.nullcontext() if not ddp or micro == grad_accum - 1 else loss_module.no_sync()
         with sync:
             with autocast:
-                per_sample, metrics = loss_module(batch, stage)
+                per_sample, metrics = loss_module(batch, stage, step)
             (per_sample.float().mean() / grad_accum).backward()
         for k, v in metrics.items():
             history[k].append(float(v))
@@ -406,7 +408,9 @@ def train(
                 optimizer.state.clear()
             lrs = set_lrs(optimizer, step, stage, cfg, boundaries, schedule_steps)
             optimizer.zero_grad(set_to_none=True)
-            accumulate_gradients(loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history)
+            accumulate_gradients(
+                loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history, step=step
+            )
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             step_loss = sum(history["loss"][-cfg.grad_accum :])
             (bad,) = _all_ranks_agree(
