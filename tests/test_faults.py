@@ -201,8 +201,10 @@ def test_nonfinite_loss_stops_without_publishing(dataset, tmp_path, monkeypatch)
     calls = [0]
     forward = loop.LossModule.forward
 
-    def poisoned(self, batch, stage):  # step 4's loss is NaN (as NaN data past the checks would make it)
-        per_sample, metrics = forward(self, batch, stage)
+    def poisoned(
+        self, batch, stage, step=None
+    ):  # step 4's loss is NaN (as NaN data past the checks would make it)
+        per_sample, metrics = forward(self, batch, stage, step)
         calls[0] += 1
         if calls[0] == 4:
             per_sample = per_sample * float("nan")
