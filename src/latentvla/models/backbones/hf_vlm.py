@@ -1,0 +1,275 @@
+"""A pretrained transformers vision-language model behind the backbone interface (`BackboneConfig(kind="hf_vlm")`).
+
+The papers' systems are defined by their VLM (papers.md §1.2: LaRA fine-tunes Qwen3-VL-4B end to end and uses
+its own vision tower for the visual-latent targets). This backbone loads one from a LOCAL directory
+(`AutoModelForImageTextToText`, never a hub download) and exposes the same verbs as the tiny backbone:
+
+    encode_image(images, camera) -> (B, N, D)   the VLM's own vision tower + merger/projector at its native
+                                                preprocessing (`AutoImageProcessor` from the directory)
+    embed(ids), forward(embeds, attention_mask=, position_ids=, cache=), logits(hidden), new_cache()
+    vision                                      the tower as one module: images -> (B, n, D) on a square grid
+                                                (what LaRA's EMA target copies, §1.2 "Visual-latent prediction")
+
+Families (`FAMILIES`): Qwen2.5-VL, Qwen3-VL (M-RoPE: 3-D positions, image tokens wrapped in
+<|vision_start|>/<|vision_end|> as the Qwen chat template does), Idefics3 / SmolVLM (pixel-shuffle connector,
+no image splitting) and PaliGemma (SigLIP + linear projector). Our 4-D LaRA mask replaces each family's own mask,
+so PaliGemma's bidirectional prefix and Qwen's causal text both become the LaRA layout (papers.md §1.3).
+
+Not wired: Qwen3-VL's DeepStack (vision features added to the first LM layers' hidden states at the image
+positions); the merged image tokens alone are fed, so a pretrained Qwen3-VL sees slightly different image inputs
+than it was trained with until fine-tuning adapts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from latentvla.models.backbone import (
+    BackboneOutput,
+    HFTokenizer,
+    _check_forward_args,
+    cache_length,
+    init_new_rows,
+    rescale_to_rms,
+)
+
+_HF_INSTALL = 'pip install -e ".[hf]"'
+# model_type -> (text model attribute of `.model`, vision kind); see VLMVision.forward.
+FAMILIES = {
+    "qwen2_5_vl": ("language_model", "qwen"),
+    "qwen3_vl": ("language_model", "qwen"),
+    "idefics3": ("text_model", "idefics3"),
+    "smolvlm": ("text_model", "idefics3"),
+    "paligemma": ("language_model", "paligemma"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def vlm_model_type(path: str | os.PathLike) -> str | None:
+    """The `model_type` of a local transformers directory if it is a supported VLM family, else None."""
+    import json
+
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return None
+    model_type = json.loads(cfg.read_text()).get("model_type")
+    return model_type if model_type in FAMILIES else None
+
+
+class VLMVision(nn.Module):
+    """The VLM's vision tower (+ merger / connector / projector) as one module: (B, 3, H, W) in [0, 1] ->
+    (B, n, D) tokens in the LM width, row-major on a square grid for square images.
+
+    Preprocessing is the image processor saved with the model (resize, rescale, normalise, patchify): the
+    processor runs on CPU tensors (the PIL-backed processors are the ones that work without torchvision,
+    scale-facts.md §1), then the pixels move to the tower's device.
+    """
+
+    def __init__(self, kind: str, modules: dict[str, nn.Module], processor: Any, merge: int = 1) -> None:
+        super().__init__()
+        self.kind, self.processor, self.merge = kind, processor, merge
+        self.parts = nn.ModuleDict(modules)
+
+    def preprocess(self, images: Tensor) -> dict[str, Tensor]:
+        x = images.detach().float().clamp(0, 1).cpu()
+        kw: dict[str, Any] = {"do_rescale": False, "return_tensors": "pt"}
+        if self.kind == "idefics3":
+            kw["do_image_splitting"] = False
+            return self.processor(images=[[xi] for xi in x], **kw)
+        return self.processor(images=list(x), **kw)
+
+    def forward(self, images: Tensor) -> Tensor:
+        inputs = self.preprocess(images)
+        B = images.shape[0]
+        dev = next(self.parameters()).device
+        dtype = next(self.parameters()).dtype
+        pv = inputs["pixel_values"].to(dev, dtype)
+        if self.kind == "qwen":
+            grid = inputs["image_grid_thw"].to(dev)
+            out = self.parts["tower"](pv, grid_thw=grid, return_dict=True)
+            return out.pooler_output.reshape(B, -1, out.pooler_output.shape[-1])
+        if self.kind == "idefics3":
+            feats = self.parts["tower"](pixel_values=pv.flatten(0, 1), return_dict=True).last_hidden_state
+            feats = self.parts["projector"](feats)
+            return feats.reshape(B, -1, feats.shape[-1])
+        feats = self.parts["tower"](pv, return_dict=True).last_hidden_state  # paligemma
+        return self.parts["projector"](feats)
+
+
+def _vision_parts(kind: str, inner: nn.Module) -> dict[str, nn.Module]:
+    if kind == "qwen":
+        return {"tower": inner.visual}
+    if kind == "idefics3":
+        return {"tower": inner.vision_model, "projector": inner.connector}
+    return {"tower": inner.vision_tower, "projector": inner.multi_modal_projector}
+
+
+def mrope_positions(position_ids: Tensor, table: Tensor, n_image: int, span: int) -> Tensor:
+    """1-D positions (B, T) -> Qwen M-RoPE positions (3, B, T) (temporal, height, width).
+
+    Image tokens fill columns [0, n_image) and hold 1-D positions 0..n_image-1 (models/sequence.py), so the
+    mapping is a pure function of the 1-D position: p < n_image looks up `table` (3, n_image), the per-image
+    (t, h, w) grid positions Qwen's `get_rope_index` assigns; text continues after the image block's largest
+    position: p - n_image + span on all three axes. Pads (position 0, never attended) map to the first entry.
+    """
+    p = position_ids.long()
+    is_img = p < n_image
+    text = (p - n_image + span)[None].expand(3, -1, -1)
+    img = table.to(p.device)[:, p.clamp(max=n_image - 1)]
+    return torch.where(is_img[None], img, text)
+
+
+def qwen_position_table(grids: list[tuple[int, int]], wrap: bool) -> tuple[Tensor, int]:
+    """(3, n_image) M-RoPE positions of an image block of merged grids (gh, gw) per camera, and its span.
+
+    As Qwen's `get_rope_index` for images: a block starting at s gets t = s, h = s + i, w = s + j; the next token
+    starts at s + max(gh, gw). With `wrap`, each image is preceded and followed by a text-like
+    <|vision_start|> / <|vision_end|> token (one position each).
+    """
+    cols: list[Tensor] = []
+    s = 0
+    for gh, gw in grids:
+        if wrap:
+            cols.append(torch.full((3, 1), s))
+            s += 1
+        i, j = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        cols.append(torch.stack([torch.full((gh * gw,), s), s + i.flatten(), s + j.flatten()]))
+        s += max(gh, gw)
+        if wrap:
+            cols.append(torch.full((3, 1), s))
+            s += 1
+    return torch.cat(cols, dim=1), s
+
+
+class HFVLMBackbone(nn.Module):
+    """A local transformers VLM (`FAMILIES`) behind the backbone interface; see the module docstring."""
+
+    def __init__(self, cfg: Any) -> None:  # cfg: BackboneConfig (kind="hf_vlm")
+        super().__init__()
+        try:
+            from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+        except ImportError as e:
+            raise ImportError(f"BackboneConfig(kind='hf_vlm') needs transformers: `{_HF_INSTALL}`.") from e
+        path = Path(cfg.hf_path or "")
+        if not path.is_dir():
+            raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory; hub downloads are disabled.")
+        model_type = vlm_model_type(path)
+        if model_type is None:
+            raise ValueError(f"{path} is not a supported VLM (config.json model_type must be one of {sorted(FAMILIES)}).")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.cfg, self.model_type = cfg, model_type
+        text_attr, vision_kind = FAMILIES[model_type]
+        dtype = "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
+        self.vlm = AutoModelForImageTextToText.from_pretrained(
+            path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+        )
+        self.tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins)
+        old_vocab = self.vlm.get_input_embeddings().weight.shape[0]
+        self.vlm.resize_token_embeddings(self.tokenizer.vocab_size, mean_resizing=False)
+        init_new_rows(self.vlm, self.tokenizer, old_vocab)
+        inner = self.vlm.model
+        # Plain (unregistered) references: the modules stay registered once, under `vlm` (peft / FSDP wrap them
+        # in place, so these stay valid).
+        object.__setattr__(self, "_text", getattr(inner, text_attr))
+        tc = self.vlm.config.get_text_config()
+        self.width, self.num_layers = tc.hidden_size, tc.num_hidden_layers
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        merge = getattr(self.vlm.config.vision_config, "spatial_merge_size", 1)
+        object.__setattr__(self, "_vision", VLMVision(vision_kind, _vision_parts(vision_kind, inner), processor, merge))
+        self._init_layout(cfg)
+        emb = self.vlm.get_input_embeddings().weight[:old_vocab].detach().float()
+        self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())  # target scale of fed-back thoughts
+        if cfg.freeze_vision:
+            self._vision.requires_grad_(False)
+        if cfg.grad_checkpointing:
+            self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora.rank > 0:
+            from latentvla.models.backbones.lora import apply_lora
+
+            self.vlm = apply_lora(self.vlm, cfg.lora, self.tokenizer.new_token_ids)
+
+    # A transformers layer under gradient checkpointing drops the KV cache (modeling_layers.py), so the Coconut
+    # multi-pass forward must recompute prefixes instead (thinking.latent_forward reads this).
+    @property
+    def cache_in_training(self) -> bool:
+        return not self.cfg.grad_checkpointing
+
+    @property
+    def vision(self) -> VLMVision:
+        return self._vision
+
+    def _init_layout(self, cfg: Any) -> None:
+        """Image tokens per camera, and the M-RoPE table for Qwen (from one dummy image at `image_size`)."""
+        probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+        inputs = self._vision.preprocess(probe)
+        self.qwen = self._vision.kind == "qwen"
+        if self.qwen:
+            _, h, w = inputs["image_grid_thw"][0].tolist()
+            gh, gw = h // self._vision.merge, w // self._vision.merge
+            self.tokens_per_image = gh * gw + 2  # + <|vision_start|>, <|vision_end|>
+            table, span = qwen_position_table([(gh, gw)] * cfg.num_cameras, wrap=True)
+            self.register_buffer("mrope_table", table, persistent=False)
+            self.mrope_span = span
+            c = self.vlm.config
+            self.register_buffer("_wrap_ids", torch.tensor([c.vision_start_token_id, c.vision_end_token_id]), False)
+        else:
+            with torch.no_grad():
+                self.tokens_per_image = self._vision(probe.to(self.vlm.dtype)).shape[1]
+        self.n_image = self.tokens_per_image * cfg.num_cameras
+
+    # ------------------------------------------------------------------------------------- interface
+
+    def encode_image(self, images: Tensor, camera: int = 0) -> Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, tokens_per_image, D); cameras are told apart by position (M-RoPE) or
+        by order, as the VLM does for several images in one prompt."""
+        if not 0 <= camera < self.cfg.num_cameras:
+            raise ValueError(f"camera index {camera} out of range; the backbone has {self.cfg.num_cameras}.")
+        feats = self._vision(images)
+        if self.qwen:
+            wrap = self.embed(self._wrap_ids).to(feats.dtype)  # (2, D): <|vision_start|>, <|vision_end|>
+            B = feats.shape[0]
+            feats = torch.cat([wrap[:1].expand(B, 1, -1), feats, wrap[1:].expand(B, 1, -1)], dim=1)
+        return feats
+
+    def encode_images(self, images: list[Tensor]) -> Tensor:
+        return torch.cat([self.encode_image(x, i) for i, x in enumerate(images)], dim=1)
+
+    def new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.vlm.config.get_text_config())
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.vlm.get_input_embeddings()(ids)
+
+    def thought(self, hidden: Tensor) -> Tensor:
+        """A fed-back Coconut thought: rescaled to the token-embedding RMS when `cfg.rescale_thoughts` (a
+        pretrained LM's final hidden state is ~13x a token embedding's norm, offline-pretrained.md §1)."""
+        return rescale_to_rms(hidden, self.embed_rms) if self.cfg.rescale_thoughts else hidden
+
+    def forward(
+        self, embeds: Tensor, *, attention_mask: Tensor, position_ids: Tensor, cache: Any = None
+    ) -> BackboneOutput:
+        _check_forward_args(embeds, attention_mask, position_ids, cache_length(cache))
+        additive = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=embeds.device)
+        additive = additive.masked_fill(~attention_mask, torch.finfo(embeds.dtype).min)[:, None]
+        pos = mrope_positions(position_ids, self.mrope_table, self.n_image, self.mrope_span) if self.qwen else position_ids
+        last: list[Tensor] = []  # the pre-norm output of the last block (transformers' last state is post-norm)
+        hook = self._text.layers[-1].register_forward_hook(
+            lambda _m, _i, o: last.append(o[0] if isinstance(o, tuple) else o)
+        )
+        try:
+            out = self._text(inputs_embeds=embeds, attention_mask=additive, position_ids=pos, cache=cache,
+                             use_cache=cache is not None, output_hidden_states=True)  # fmt: skip
+        finally:
+            hook.remove()
+        layers = (*out.hidden_states[: self.num_layers], last[-1])
+        return BackboneOutput(hidden=out.last_hidden_state, layers=layers)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.vlm.get_output_embeddings()(hidden)

@@ -1,0 +1,85 @@
+"""LoRA on a transformers backbone via `peft` (RD-VLA fine-tunes its LLM with LoRA r=64, alpha 128, all linear
+layers, papers.md §2.2), and which weights an adapter checkpoint must hold.
+
+- `LoraSettings.rank == 0` means no LoRA (full fine-tuning, LaRA's setup, papers.md §1.7).
+- Targets: `"all-linear"` of the language model only. peft's "all-linear" would also adapt the vision tower and
+  its merger (scale-facts.md §2), so they are excluded by name; the vision tower is frozen or fully trained by
+  `BackboneConfig.freeze_vision`, never adapted.
+- Our added special / action tokens stay fully trainable through peft's `trainable_token_indices` (only those
+  rows), which keeps a tied `lm_head` tied after merging (scale-facts.md §2); RD-VLA's "queries trainable".
+- An adapter checkpoint stores everything that is not a frozen weight of the base model (`is_base_weight`):
+  adapters, the new token rows, heads, projector, EMA target. `Policy.from_pretrained` rebuilds the base from
+  `hf_path` and loads those on top; `merge` folds the adapters into the base weights for a full export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+# Module names that belong to a VLM's vision side (Qwen `visual`, Idefics3 `vision_model` + `connector`,
+# PaliGemma `vision_tower` + `multi_modal_projector`, our `vision` encoders); LoRA never targets them.
+VISION_MODULES = r".*(visual|vision_model|vision_tower|connector|multi_modal_projector|vision)\..*"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA on the language model. rank 0 = off. `targets`: peft target_modules ("all-linear" or a
+    comma-separated list of module names such as "q_proj,v_proj")."""
+
+    rank: int = 0
+    alpha: float = 0.0  # 0 -> 2 * rank (RD-VLA / OpenVLA-OFT convention)
+    dropout: float = 0.0
+    targets: str = "all-linear"
+
+    def __post_init__(self) -> None:
+        if self.rank < 0 or self.alpha < 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"LoRA needs rank >= 0, alpha >= 0 and dropout in [0, 1), got {self}.")
+
+    @property
+    def scale_alpha(self) -> float:
+        return self.alpha or 2.0 * self.rank
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int]) -> nn.Module:
+    """Wrap a transformers model with LoRA adapters (a `peft.PeftModel`); only adapters and new rows train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ImportError('LoRA needs peft: pip install -e ".[hf]"') from e
+    targets: Any = settings.targets if settings.targets == "all-linear" else settings.targets.split(",")
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.scale_alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        exclude_modules=VISION_MODULES,
+        trainable_token_indices={"embed_tokens": list(new_token_ids)} if new_token_ids else None,
+    )
+    return get_peft_model(model, config)
+
+
+def is_lora_model(model: nn.Module) -> bool:
+    return any("lora_" in n for n, _ in model.named_parameters())
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """The base transformers model with the adapters folded into its weights."""
+    return model.merge_and_unload()
+
+
+def base_weight_names(module: nn.Module) -> set[str]:
+    """State-dict names under `module` that an adapter checkpoint leaves out: frozen parameters and buffers of
+    the peft-wrapped base model (they are rebuilt from `hf_path`)."""
+    names = set()
+    for mod_name, mod in module.named_modules():
+        if type(mod).__name__ != "PeftModel" and not hasattr(mod, "peft_config"):
+            continue
+        for n, p in mod.named_parameters():
+            if not p.requires_grad:
+                names.add(f"{mod_name}.{n}" if mod_name else n)
+        for n, _ in mod.named_buffers():
+            names.add(f"{mod_name}.{n}" if mod_name else n)
+    return names
