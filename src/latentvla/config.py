@@ -18,6 +18,10 @@ Presets (paper ablations are names, not flags — house style §4.7):
     lara-no-cot       no reasoning: backbone + flow expert
     rdvla             RD-VLA: backbone with query tokens + recurrent-depth head (L1, random depth, TBPTT)
     lara-rd           LaRA's latent CoT curriculum with the recurrent head as the action head (neither paper)
+    lara-qwen3vl      the LaRA paper's setup: Qwen3-VL-4B (--backbone DIR), Table 5 steps / batch / LRs, 16-layer DiT
+    rdvla-minivla     the RD-VLA paper's setup: Qwen2.5-0.5B (--backbone DIR) + frozen DINOv2/SigLIP (--vision DIR),
+                      LoRA r=64, 64 queries, head width 896 / 8 heads, mean depth 32, TBPTT 8, L1, lr 2e-4
+Every preset takes a local transformers model with `use_backbone` (CLI `--backbone DIR [--vision DIR]`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any, Literal
 from latentvla.constants import DEFAULT_CAMERA
 from latentvla.models.action_expert import ActionExpertConfig
 from latentvla.models.backbone import BackboneConfig
+from latentvla.models.backbones.lora import LoraSettings
 from latentvla.models.curriculum import CurriculumConfig
 from latentvla.models.recurrent_head import RecurrentHeadConfig
 from latentvla.registry import did_you_mean, lookup
@@ -85,6 +90,7 @@ class TrainConfig:
     seed: int = 0
     lr_backbone: float = 3e-4  # paper: VLM 1e-5, expert 1e-4 for 4B models; scaled up for tiny random-init ones
     lr_head: float = 1e-3
+    lr_vision: float | None = None  # the image encoder's LR; None = lr_backbone (LaRA: VLM 1e-5, vision 1e-5)
     weight_decay: float = 1e-4
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.1
@@ -98,6 +104,8 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA only
     wandb: bool = False
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # multi-process: DDP, or FSDP2 fully_shard (train/parallel.py)
+    save_merged: bool = False  # LoRA runs: the final checkpoint also gets merged/ (adapters folded in)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -105,6 +113,8 @@ class TrainConfig:
         for name in ("log_every", "save_every", "keep_last"):  # 0 used to crash mid-run or after training
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)} (e.g. {name}=1)")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(did_you_mean(self.parallel, ("ddp", "fsdp"), "parallel mode"))
 
 
 # ----------------------------------------------------------------------------------------------- presets
@@ -144,7 +154,85 @@ def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
         "lara-rd": lambda s: TrainConfig(
             "lara-rd", _policy("lara-rd", s, curriculum=CurriculumConfig("lara"), **rd)
         ),
+        "lara-qwen3vl": lambda s: _lara_qwen3vl(),
+        "rdvla-minivla": lambda s: _rdvla_minivla(),
     }
+
+
+# The paper presets need a local model directory (`use_backbone`): what each paper used.
+PAPER_BACKBONES = {
+    "lara-qwen3vl": "Qwen3-VL-4B-Instruct (papers.md §1.2)",
+    "rdvla-minivla": "Qwen2.5-0.5B + --vision DINOv2 / SigLIP dirs (MiniVLA, papers.md §2.2)",
+}
+
+
+def _lara_qwen3vl() -> TrainConfig:
+    """LaRA Table 5, LIBERO column (papers.md §1.7): stages 5k / 2k+2k+2k / 40k; VLM and vision 1e-5, DiT 1e-4;
+    AdamW, cosine, warm-up 0.1; horizon 8; 3 thinking tokens; 16 <img_next>; 16-layer DiT. Batch 16 per GPU on
+    8 H100 = 128 global (Table 5 does not say per-device or global, §1.7). The whole VLM trains (no LoRA), in bf16
+    autocast over fp32 master weights; FSDP2 (`--fsdp`) shards them over the 8 GPUs."""
+    policy = PolicyConfig(
+        preset="lara-qwen3vl",
+        backbone=BackboneConfig(dtype="float32", rescale_thoughts=True, grad_checkpointing=True),
+        expert=ActionExpertConfig(width=1024, depth=16, heads=16, num_future_tokens=32, dropout=0.2),
+        curriculum=CurriculumConfig("lara", fractions=(5.0, 2.0, 2.0, 2.0, 40.0)),
+        horizon=8,
+        n_img_next=16,
+    )
+    return TrainConfig("lara-qwen3vl", policy, steps=51_000, batch_size=128, lr_backbone=1e-5, lr_vision=1e-5,
+                       lr_head=1e-4, weight_decay=1e-8, warmup_frac=0.1, min_lr_frac=0.05)  # fmt: skip
+
+
+def _rdvla_minivla() -> TrainConfig:
+    """RD-VLA (papers.md §2.2-2.4): LoRA r=64 alpha 128 on all linear LM layers, frozen vision encoder, 64 query
+    tokens (trainable), head width 896 / 8 heads, mean recurrence 32, TBPTT 8, L1, one AdamW at lr 2e-4,
+    constant (no warm-up, no decay within 40k steps), batch 16 x grad-accum 2. A single 24 GB GPU suffices."""
+    policy = PolicyConfig(
+        preset="rdvla-minivla",
+        backbone=BackboneConfig(freeze_vision=True, lora=LoraSettings(rank=64, alpha=128.0)),
+        head="recurrent",
+        n_query=64,
+        recurrent=RecurrentHeadConfig(width=896, heads=8, mean_recurrence=32, backprop_depth=8),
+        curriculum=CurriculumConfig("rd"),
+        horizon=8,
+    )
+    return TrainConfig("rdvla-minivla", policy, steps=40_000, batch_size=16, grad_accum=2, lr_backbone=2e-4,
+                       lr_head=2e-4, warmup_frac=0.0, min_lr_frac=1.0, weight_decay=0.01)  # fmt: skip
+
+
+def use_backbone(cfg: TrainConfig, backbone_dir: str | None, vision_dirs: tuple[str, ...] = ()) -> TrainConfig:
+    """Point a preset at a local transformers model: a VLM directory (Qwen2.5-VL, Qwen3-VL, SmolVLM, PaliGemma)
+    becomes kind "hf_vlm" (its own vision tower); a causal LM becomes kind "hf" with our vision encoder, or the
+    local SigLIP / DINOv2 encoders in `vision_dirs` (fused) behind a learned projector."""
+    from pathlib import Path
+
+    from latentvla.models.backbones.hf_vlm import vlm_model_type
+    from latentvla.models.vision import VisionConfig
+
+    bb = cfg.policy.backbone
+    if backbone_dir is None:
+        if vision_dirs:
+            raise ValueError("--vision needs --backbone (a local causal LM directory to pair it with).")
+        if cfg.preset in PAPER_BACKBONES:
+            raise ValueError(
+                f"preset {cfg.preset} needs --backbone DIR, a local {PAPER_BACKBONES[cfg.preset]} directory "
+                "(README 'GPU recipes'); no hub downloads."
+            )
+        return cfg
+    path = Path(backbone_dir)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--backbone {backbone_dir}: not a local transformers model directory (no config.json).")
+    for v in vision_dirs:
+        if not (Path(v) / "config.json").is_file():
+            raise ValueError(f"--vision {v}: not a local transformers model directory (no config.json).")
+    if vlm_model_type(path) is not None:
+        if vision_dirs:
+            raise ValueError(f"--backbone {backbone_dir} is a VLM with its own vision tower; drop --vision.")
+        bb = replace(bb, kind="hf_vlm", hf_path=str(path.resolve()))
+    else:
+        vision = VisionConfig(kind="hf", paths=tuple(str(Path(v).resolve()) for v in vision_dirs)) if vision_dirs else bb.vision
+        bb = replace(bb, kind="hf", hf_path=str(path.resolve()), vision=vision)
+    return replace(cfg, policy=replace(cfg.policy, backbone=bb))
 
 
 PRESETS = _presets()

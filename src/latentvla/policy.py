@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from dataclasses import replace
+
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from latentvla.checkpoint_check import (
@@ -96,8 +98,15 @@ class Policy(nn.Module):
         """model.safetensors + config.json ({"policy": ..., **extra}) + stats.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(directory / WEIGHTS))  # handles tied weights (HF LMs tie lm_head to embeddings)
-        cfg = {"policy": config_to_dict(self.config), **(extra_config or {})}
+        extra = dict(extra_config or {})
+        if self.is_lora:  # the adapter only: the frozen base weights are rebuilt from hf_path on load
+            from latentvla.models.backbones.lora import adapter_state_dict
+
+            save_file(adapter_state_dict(self.model), str(directory / WEIGHTS))
+            extra["weights"] = "adapter"
+        else:
+            save_model(self.model, str(directory / WEIGHTS))  # handles tied weights (HF LMs tie lm_head to embeddings)
+        cfg = {"policy": config_to_dict(self.config), **extra}
         (directory / CONFIG).write_text(json.dumps(cfg, indent=2))
         (directory / STATS).write_text(json.dumps(self.normalizer.to_dict()))
 
@@ -111,12 +120,36 @@ class Policy(nn.Module):
         config = config_from_dict(PolicyConfig, raw["policy"])
         normalizer = Normalizer.from_dict(json.loads((ckpt / STATS).read_text()))
         policy = cls(config, normalizer)
+        if raw.get("weights") == "adapter":
+            from latentvla.models.backbones.lora import load_adapter_state_dict
+
+            load_adapter_state_dict(policy.model, load_file(str(ckpt / WEIGHTS)))
+            return policy.to(device).eval()
         missing, unexpected = load_model(policy.model, str(ckpt / WEIGHTS), strict=True)
         if missing or unexpected:  # strict=True raises already; kept explicit for older safetensors
             raise RuntimeError(
                 f"checkpoint {ckpt} does not match its config: missing {missing}, unexpected {unexpected}"
             )
         return policy.to(device).eval()
+
+    @property
+    def is_lora(self) -> bool:
+        return self.config.backbone.kind != "tiny" and self.config.backbone.lora.rank > 0
+
+    def save_merged(self, directory: str | Path, extra_config: dict | None = None) -> None:
+        """A full checkpoint with the LoRA adapters folded into the base weights (loads without peft's wrapper:
+        its config says lora.rank = 0). Merges a copy; this policy keeps its adapters."""
+        import copy
+
+        from latentvla.models.backbones.lora import merge_backbone
+
+        if not self.is_lora:
+            raise ValueError("save_merged: this policy has no LoRA adapters; save_pretrained writes it whole.")
+        merged = copy.deepcopy(self)
+        merge_backbone(merged.model.backbone)
+        bb = replace(merged.config.backbone, lora=replace(merged.config.backbone.lora, rank=0))
+        merged.config = replace(merged.config, backbone=bb)
+        merged.save_pretrained(directory, extra_config)
 
     # ------------------------------------------------------------------------------------------ verbs
 

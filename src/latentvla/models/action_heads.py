@@ -64,8 +64,13 @@ class RecurrentHead(RecurrentDepthHead):
     def __init__(self, cfg, context_dim: int, action_dim: int, state_dim: int, *, n_query: int, num_layers: int):
         super().__init__(cfg, context_dim, action_dim, state_dim)
         self.n_query = n_query
-        self.prelude_layer = num_layers // 2  # RD-VLA taps h^(12) of 24 for the prelude ...
-        self.core_layer = num_layers  # ... and the last layer for core and coda
+        self.prelude_layer = cfg.prelude_layer or num_layers // 2  # RD-VLA taps h^(12) of 24 for the prelude ...
+        self.core_layer = cfg.core_layer or num_layers  # ... and the last layer for core and coda
+        if not (1 <= self.prelude_layer <= num_layers and 1 <= self.core_layer <= num_layers):
+            raise ValueError(
+                f"recurrent.prelude_layer / core_layer must be in [1, {num_layers}] (the backbone's layers), got "
+                f"{self.prelude_layer}, {self.core_layer}."
+            )
 
     def read(self, out: BackboneOutput, seq: SequenceBatch) -> dict[str, Tensor]:
         """The backbone taps: query (latent) and image tokens at the prelude's and at the core's layer. The prelude

@@ -163,7 +163,7 @@ class _VisionMixin(nn.Module):
     def _init_vision(self, cfg: BackboneConfig, width: int) -> None:
         self.vision = build_vision(cfg.vision, width)
         self.camera_embed = nn.Parameter(torch.randn(cfg.num_cameras, width) * 0.02)
-        self.tokens_per_image = cfg.vision.num_tokens
+        self.tokens_per_image = getattr(self.vision, "num_tokens", cfg.vision.num_tokens)
 
     def encode_image(self, images: Tensor, camera: int = 0) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, N, D) image tokens of camera index `camera`."""
@@ -335,8 +335,8 @@ class HFBackbone(_VisionMixin):
         self.width, self.num_layers = self.lm.config.hidden_size, self.lm.config.num_hidden_layers
         self._init_vision(cfg, self.width)
         self.vision.to(self.lm.dtype)
-        if cfg.freeze_vision:
-            self.vision.requires_grad_(False)
+        if cfg.freeze_vision:  # pretrained encoders only: a new projector keeps training
+            self.vision.freeze() if hasattr(self.vision, "freeze") else self.vision.requires_grad_(False)
         if cfg.grad_checkpointing:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         object.__setattr__(self, "_text", self.lm.model)  # unregistered: survives the peft wrap below

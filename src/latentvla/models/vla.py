@@ -125,10 +125,15 @@ class LatentVLA(nn.Module):
         return self.tokenizer.action_token_ids[0]  # bins 0..n-1 map to <act_0>..<act_n-1>
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters split into the two LR groups (LaRA Table 5: VLM 1e-5, expert 1e-4)."""
-        backbone = [p for p in self.backbone.parameters() if p.requires_grad]
+        """Trainable parameters split into the LR groups (LaRA Table 5: VLM 1e-5, vision 1e-5, expert 1e-4)."""
+        vision_ids = {id(p) for p in self.backbone.vision.parameters()}
+        trainable = [p for p in self.backbone.parameters() if p.requires_grad]
         head = [p for p in self.head.parameters() if p.requires_grad]
-        return {"backbone": backbone, "head": head}
+        return {
+            "backbone": [p for p in trainable if id(p) not in vision_ids],
+            "vision": [p for p in trainable if id(p) in vision_ids],
+            "head": head,
+        }
 
     @torch.no_grad()
     def on_optimizer_step(self, step: int) -> None:

@@ -4,11 +4,18 @@
     latentvla train --preset rdvla --dataset data/mw4 --out runs/rd policy.horizon=8 lr_head=5e-4
     latentvla train --preset lara --dataset data/mw4 --out runs/lara --steps 2000 --resume   # after a kill
     latentvla train --preset lara --dataset data/mw4 --out runs/lara --nproc 2               # DDP via torchrun
+    latentvla train --preset lara --backbone models/Qwen2.5-VL-3B --dataset D --out R          # a local VLM
+    latentvla train --preset rdvla-minivla --backbone models/Qwen2.5-0.5B --vision models/dinov2 \
+        --vision models/siglip --dataset D --out R
+    latentvla train --preset lara-qwen3vl --backbone models/Qwen3-VL-4B --dataset D --out R --nproc 8 --fsdp
 
 `--steps` is the total over the whole curriculum (train/curriculum.py splits it). Trailing `key=value` items
 override any TrainConfig field (dotted for nested ones: `policy.horizon=8`, `policy.curriculum.schedule=lara`).
 Under `torchrun --nproc_per_node=N latentvla train ...` (or `--nproc N`, which launches exactly that) the run is
-data-parallel; `--batch-size` stays the global batch and must be divisible by N.
+data-parallel; `--batch-size` stays the global batch and must be divisible by N. `--fsdp` shards parameters,
+gradients and optimizer state with FSDP2 instead of replicating them (DDP). Multi-node: run
+`torchrun --nnodes M --nproc_per_node N --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m latentvla.cli train ...`
+on every node (README "GPU recipes").
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--preset", required=True, help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd"
+        "--preset",
+        required=True,
+        help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd | lara-qwen3vl | rdvla-minivla",
     )
     p.add_argument("--dataset", required=True, help="LeRobot dataset directory")
     p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, plots)")
@@ -34,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint of OUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT (else refused)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DDP (re-launches via torchrun)")
+    p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP (parallel=fsdp)")
+    p.add_argument("--backbone", default=None, metavar="DIR", help="local transformers VLM or causal LM directory")
+    p.add_argument("--vision", action="append", default=[], metavar="DIR",
+                   help="local SigLIP / DINOv2 dir for an LM backbone (repeat to fuse several)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. policy.horizon=8")
     p.set_defaults(func=main)
@@ -41,14 +54,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace):
     """Preset at `--size`, then the explicit flags, then the key=value overrides (later wins)."""
-    from latentvla.config import apply_overrides, get_preset
+    from latentvla.config import apply_overrides, get_preset, use_backbone
 
-    cfg = get_preset(args.preset, args.size)
+    cfg = use_backbone(get_preset(args.preset, args.size), args.backbone, tuple(args.vision))
     flags = [
         f"{k}={v}"
         for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed))
         if v is not None
     ]
+    flags += ["parallel=fsdp"] * args.fsdp
     return apply_overrides(cfg, flags + list(args.overrides))
 
 
@@ -58,7 +72,11 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--seed", args.seed)):
         if value is not None:
             argv += [flag, str(value)]
+    argv += ["--backbone", args.backbone] if args.backbone else []
+    for v in args.vision:
+        argv += ["--vision", v]
     argv += ["--resume"] * args.resume + ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
+    argv += ["--fsdp"] * args.fsdp
     argv += list(args.overrides)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     cmd += ["-m", "latentvla.cli", *argv]

@@ -20,7 +20,7 @@ from torch import nn
 
 from latentvla.models.curriculum import StageSpec
 
-GROUPS = ("backbone", "head")
+GROUPS = ("backbone", "vision", "head")
 ADAM_BETAS = (0.9, 0.95)
 # Parameter names containing one of these are embedding-like (token tables, learned query / thinking tokens,
 # positional tables) and get no weight decay, like nn.Embedding weights.
@@ -46,6 +46,7 @@ def build_optimizer(
     lr_head: float,
     weight_decay: float,
     no_decay_ids: set[int] | None = None,
+    lr_vision: float | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over `{"backbone": params, "head": params}` with per-group base LRs.
 
@@ -59,7 +60,7 @@ def build_optimizer(
     if lr_backbone < 0 or lr_head < 0 or weight_decay < 0:
         raise ValueError("learning rates and weight decay must be >= 0")
     no_decay_ids = no_decay_ids or set()
-    base = {"backbone": lr_backbone, "head": lr_head}
+    base = {"backbone": lr_backbone, "vision": lr_backbone if lr_vision is None else lr_vision, "head": lr_head}
     groups: list[dict[str, Any]] = []
     seen: set[int] = set()
     for name in GROUPS:
@@ -142,7 +143,7 @@ def set_lrs(
         mult = cfg.min_lr_frac
     else:
         mult = lr_multiplier(step, boundaries, total, cfg.warmup_frac, cfg.min_lr_frac)
-    stage_mult = {"backbone": stage.lr_backbone, "head": stage.lr_head}
+    stage_mult = {"backbone": stage.lr_backbone, "vision": stage.lr_backbone, "head": stage.lr_head}
     lrs = {"lr_backbone": 0.0, "lr_head": 0.0}
     for group in optimizer.param_groups:
         group["lr"] = group["base_lr"] * stage_mult[group["group"]] * mult

@@ -83,3 +83,38 @@ def base_weight_names(module: nn.Module) -> set[str]:
         for n, _ in mod.named_buffers():
             names.add(f"{mod_name}.{n}" if mod_name else n)
     return names
+
+
+def adapter_state_dict(module: nn.Module) -> dict:
+    """`module.state_dict()` without the frozen base weights (`base_weight_names`); tensors that share storage
+    are kept once (safetensors refuses shared tensors)."""
+    skip = base_weight_names(module)
+    out, seen = {}, set()
+    for name, t in module.state_dict().items():
+        if name in skip or t.data_ptr() in seen and t.numel():
+            continue
+        seen.add(t.data_ptr())
+        out[name] = t.detach().contiguous()
+    return out
+
+
+def load_adapter_state_dict(module: nn.Module, state: dict) -> None:
+    """Load an `adapter_state_dict` on a freshly built module (base weights already loaded from `hf_path`)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    skip = base_weight_names(module)
+    shared = {n for n in missing if n not in skip and _shares_storage(module, n, state)}
+    bad = [n for n in missing if n not in skip and n not in shared]
+    if bad or unexpected:
+        raise RuntimeError(f"adapter checkpoint does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
+
+
+def _shares_storage(module: nn.Module, name: str, state: dict) -> bool:
+    sd = module.state_dict()
+    ptr = sd[name].data_ptr()
+    return any(sd[k].data_ptr() == ptr for k in state if k in sd)
+
+
+def merge_backbone(backbone: nn.Module) -> None:
+    """Fold the LoRA adapters (and trainable token rows) into the backbone's transformers model, in place."""
+    attr = "vlm" if hasattr(backbone, "vlm") else "lm"
+    setattr(backbone, attr, merge_lora(getattr(backbone, attr)))

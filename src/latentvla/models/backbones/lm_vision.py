@@ -1,0 +1,82 @@
+"""A separate pretrained vision encoder (SigLIP and / or DINOv2) from local directories + a learned projector:
+the vision side of the "LM + vision encoder" backbone (RD-VLA's MiniVLA = Qwen2.5-0.5B + a frozen fused
+DINOv2+SigLIP encoder, Prismatic recipe, 256 tokens per 224 px image; papers.md §2.2).
+
+    VisionConfig(kind="hf", paths=("DIR_DINOV2", "DIR_SIGLIP"))   # one or several encoders, fused
+    images (B, 3, H, W) in [0, 1] -> each encoder at its own config.image_size, mean / std from its image
+    processor -> patch features (CLS / register tokens dropped), all on the same grid -> concatenated along
+    channels (Prismatic "fused") -> 2-layer GELU MLP projector -> (B, grid * grid, D)
+
+`freeze()` freezes the pretrained encoders; the projector always trains (it is new).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_SUPPORTED = ("siglip_vision_model", "siglip", "dinov2")
+
+
+def _load_encoder(path: Path) -> tuple[nn.Module, str, Tensor, Tensor, int]:
+    from transformers import AutoImageProcessor, Dinov2Model, SiglipVisionModel
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"vision encoder dir {path} has no config.json (a local transformers model).")
+    model_type = json.loads(cfg_file.read_text()).get("model_type")
+    if model_type not in _SUPPORTED:
+        raise ValueError(f"{path}: model_type {model_type!r} is not a supported vision encoder {_SUPPORTED}.")
+    cls = Dinov2Model if model_type == "dinov2" else SiglipVisionModel
+    model = cls.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    mean = torch.tensor(proc.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(proc.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    return model, model_type, mean, std, model.config.image_size
+
+
+class HFVisionEncoder(nn.Module):
+    """One or several local SigLIP / DINOv2 encoders, fused, + an MLP projector to the LM width."""
+
+    def __init__(self, paths: tuple[str, ...], out_dim: int) -> None:
+        super().__init__()
+        if not paths:
+            raise ValueError("VisionConfig(kind='hf') needs paths: local SigLIP / DINOv2 dirs (CLI: --vision DIR).")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.encoders = nn.ModuleList()
+        self.kinds, self.sizes, grids = [], [], []
+        for i, p in enumerate(paths):
+            model, kind, mean, std, size = _load_encoder(Path(p))
+            self.encoders.append(model)
+            self.kinds.append(kind)
+            self.sizes.append(size)
+            self.register_buffer(f"mean{i}", mean, persistent=False)
+            self.register_buffer(f"std{i}", std, persistent=False)
+            grids.append(size // model.config.patch_size)
+        if len(set(grids)) != 1:
+            raise ValueError(f"fused encoders must share one patch grid, got {grids} (image_size / patch_size).")
+        self.grid = grids[0]
+        width = sum(e.config.hidden_size for e in self.encoders)
+        self.projector = nn.Sequential(nn.Linear(width, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid * self.grid
+
+    def freeze(self) -> None:
+        """Freeze the pretrained encoders (RD-VLA); the projector keeps training."""
+        self.encoders.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        feats = []
+        for i, (enc, kind, size) in enumerate(zip(self.encoders, self.kinds, self.sizes)):
+            x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = ((x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")).to(next(enc.parameters()).dtype)
+            h = enc(pixel_values=x).last_hidden_state
+            feats.append(h[:, -self.grid * self.grid :])  # DINOv2: drop CLS (and register) tokens in front
+        return self.projector(torch.cat(feats, dim=-1).to(self.projector[0].weight.dtype))
