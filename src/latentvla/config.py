@@ -230,7 +230,11 @@ def use_backbone(cfg: TrainConfig, backbone_dir: str | None, vision_dirs: tuple[
             raise ValueError(f"--backbone {backbone_dir} is a VLM with its own vision tower; drop --vision.")
         bb = replace(bb, kind="hf_vlm", hf_path=str(path.resolve()))
     else:
-        vision = VisionConfig(kind="hf", paths=tuple(str(Path(v).resolve()) for v in vision_dirs)) if vision_dirs else bb.vision
+        vision = (
+            VisionConfig(kind="hf", paths=tuple(str(Path(v).resolve()) for v in vision_dirs))
+            if vision_dirs
+            else bb.vision
+        )
         bb = replace(bb, kind="hf", hf_path=str(path.resolve()), vision=vision)
     return replace(cfg, policy=replace(cfg.policy, backbone=bb))
 

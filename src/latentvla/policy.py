@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from dataclasses import replace
-
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
@@ -43,6 +42,16 @@ from latentvla.models.execution import make_horizon
 from latentvla.models.halting import make_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
 from latentvla.observation import BadObservation, prepare_image, prepare_state, prepare_task
+
+
+def _dedup(model: nn.Module, state_dict: dict) -> dict:
+    """`state_dict` without the extra names of parameters the model ties, keeping the alphabetically first one as
+    `save_model` does (so `load_model` restores the others from the tie)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    drop = {n for names in groups.values() for n in sorted(names)[1:]}
+    return {k: v.contiguous() for k, v in state_dict.items() if k not in drop}
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -94,7 +103,9 @@ class Policy(nn.Module):
     def from_config(cls, config: PolicyConfig, normalizer: Normalizer) -> Policy:
         return cls(config, normalizer)
 
-    def save_pretrained(self, directory: str | Path, extra_config: dict | None = None) -> None:
+    def save_pretrained(
+        self, directory: str | Path, extra_config: dict | None = None, state_dict: dict | None = None
+    ) -> None:
         """model.safetensors + config.json ({"policy": ..., **extra}) + stats.json."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -102,10 +113,14 @@ class Policy(nn.Module):
         if self.is_lora:  # the adapter only: the frozen base weights are rebuilt from hf_path on load
             from latentvla.models.backbones.lora import adapter_state_dict
 
-            save_file(adapter_state_dict(self.model), str(directory / WEIGHTS))
+            save_file(adapter_state_dict(self.model, state_dict), str(directory / WEIGHTS))
             extra["weights"] = "adapter"
+        elif state_dict is not None:  # e.g. gathered from FSDP2 shards; tied tensors kept once
+            save_file(_dedup(self.model, state_dict), str(directory / WEIGHTS))
         else:
-            save_model(self.model, str(directory / WEIGHTS))  # handles tied weights (HF LMs tie lm_head to embeddings)
+            save_model(
+                self.model, str(directory / WEIGHTS)
+            )  # handles tied weights (HF LMs tie lm_head to embeddings)
         cfg = {"policy": config_to_dict(self.config), **extra}
         (directory / CONFIG).write_text(json.dumps(cfg, indent=2))
         (directory / STATS).write_text(json.dumps(self.normalizer.to_dict()))

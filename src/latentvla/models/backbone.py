@@ -59,7 +59,9 @@ class BackboneConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     # transformers kinds ("hf", "hf_vlm") only:
-    dtype: str = "float32"  # weights as loaded; "auto" = the checkpoint's dtype (bf16 for Qwen), CUDA autocast on top
+    dtype: str = (
+        "float32"  # weights as loaded; "auto" = the checkpoint's dtype (bf16 for Qwen), CUDA autocast on top
+    )
     lora: LoraSettings = field(default_factory=LoraSettings)
     freeze_vision: bool = False  # RD-VLA freezes its vision encoder; LaRA trains the VLM's (papers.md §2.2, §1.2)
     grad_checkpointing: bool = False

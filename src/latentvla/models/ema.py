@@ -32,7 +32,12 @@ def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
             f"EMA target and online module differ in parameters, e.g. {missing}; use make_ema(online)."
         )
     for name, p in t_params.items():
-        p.lerp_(o_params[name].detach().to(p.dtype), 1.0 - decay)
+        p.lerp_(_full(o_params[name]).detach().to(p.dtype), 1.0 - decay)
     o_buffers = dict(online.named_buffers())
     for name, b in target.named_buffers():
-        b.copy_(o_buffers[name])
+        b.copy_(_full(o_buffers[name]))
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP2-sharded DTensor (an all-gather: every rank must call), else `t`."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -43,7 +43,9 @@ class VisionConfig:
             raise ValueError(did_you_mean(self.kind, VISION_KINDS, "vision kind"))
         object.__setattr__(self, "paths", tuple(self.paths))
         if self.kind == "hf" and not self.paths:
-            raise ValueError("VisionConfig(kind='hf') needs paths: local SigLIP / DINOv2 dirs (CLI: --vision DIR).")
+            raise ValueError(
+                "VisionConfig(kind='hf') needs paths: local SigLIP / DINOv2 dirs (CLI: --vision DIR)."
+            )
         if self.grid < 1 or self.channels < 1:
             raise ValueError(f"VisionConfig.grid and .channels must be >= 1, got {self.grid}, {self.channels}.")
 

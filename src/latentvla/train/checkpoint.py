@@ -131,13 +131,15 @@ def save_checkpoint(
     keep_last: int = 2,
     rng_states: list[dict] | None = None,
     extra_config: dict | None = None,
+    weights: dict | None = None,
 ) -> Path:
     """Write checkpoint `step` atomically, move the `last` pointer, prune to the newest `keep_last`.
 
     `policy` is a Policy (its `save_pretrained` writes weights, config and stats); `training_state` is the dict
     from the loop (optimizer state, sampler position, ...). `rng_states` holds one `get_rng_state()` per rank
     (DDP ranks draw different noise); it defaults to this process's state. `extra_config` adds sections to
-    config.json (the loop records the run's step extensions there).
+    config.json (the loop records the run's step extensions there). `weights` replaces the policy's own state
+    dict (FSDP2: the gathered full weights, train/parallel.py).
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
@@ -150,7 +152,9 @@ def save_checkpoint(
     rng_states = rng_states if rng_states is not None else [get_rng_state()]
     try:
         tmp.mkdir()
-        policy.save_pretrained(tmp, extra_config={"train": config_to_dict(train_config), **(extra_config or {})})
+        policy.save_pretrained(
+            tmp, extra_config={"train": config_to_dict(train_config), **(extra_config or {})}, state_dict=weights
+        )
         torch.save({**training_state, "step": step, "rng": rng_states}, tmp / TRAINING_STATE)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:

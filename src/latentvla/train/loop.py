@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader
 from latentvla.config import TrainConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE
 from latentvla.train import checkpoint as ckpt_lib
+from latentvla.train import parallel
 from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries
 from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
 from latentvla.train.optim import build_optimizer, no_decay_param_ids, set_lrs
@@ -333,11 +334,8 @@ def train(
     seed_everything(cfg.seed)  # same on every rank: identical init (and EMA copy) everywhere
     policy = Policy.from_config(cfg.policy, normalizer).to(dist_info.device)
     model = policy.model
-    optimizer = build_optimizer(
-        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model)
-    )
     seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
-    start_step, schedule_steps, extensions = 0, cfg.steps, []
+    start_step, schedule_steps, extensions, state = 0, cfg.steps, [], None
     if resume:
         last = ckpt_lib.latest_intact_checkpoint(run_dir)  # warns about each damaged newer one it skips
         if last is None:
@@ -350,7 +348,6 @@ def train(
         state = ckpt_lib.load_training_state(last)
         _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
         model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
-        optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         schedule_steps = int(state.get("schedule_steps", saved_cfg["steps"]))
         extensions = list(state.get("extensions", []))
@@ -363,11 +360,20 @@ def train(
     end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     if start_step >= end_step:
         raise ValueError(f"nothing to do: the run is already at step {start_step} (target {end_step})")
-    loss_module: nn.Module = LossModule(model)
-    if dist_info.world_size > 1:
-        ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-        # stages leave whole modules unused (the head in stage I, action tokens in III)
-        loss_module = nn.parallel.DistributedDataParallel(loss_module, device_ids=ids, find_unused_parameters=True)
+    # DDP or FSDP2 (train/parallel.py); FSDP2 swaps parameters for DTensors, so the optimizer comes after it
+    loss_module = parallel.wrap(
+        LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16
+    )
+    sharded = parallel.is_sharded(loss_module)
+    optimizer = build_optimizer(
+        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),
+        lr_vision=cfg.lr_vision,
+    )  # fmt: skip
+    if state is not None:
+        if sharded:
+            parallel.load_optimizer_state(loss_module, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
     loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
     boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, schedule_steps)]
     logger = MetricsLogger(
@@ -384,19 +390,25 @@ def train(
 
     def save(done: int) -> Path | None:
         rng_states = _gather_rng(dist_info)  # collective: every rank takes part
+        weights, optim_state = (
+            parallel.full_state_dict(loss_module, optimizer) if sharded else (None, optimizer.state_dict())
+        )  # collective under FSDP2: the full weights and optimizer state on every rank's CPU
         if not dist_info.is_main:
             return None
         training_state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optim_state,
             "sampler": {"micro_batches": done * cfg.grad_accum},
             "dataset": fingerprint,
             "schedule_steps": schedule_steps,
             "extensions": extensions,
         }
-        return ckpt_lib.save_checkpoint(
+        path = ckpt_lib.save_checkpoint(
             run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states,
-            extra_config={"extensions": extensions} if extensions else None,
+            extra_config={"extensions": extensions} if extensions else None, weights=weights,
         )  # fmt: skip
+        if cfg.save_merged and policy.is_lora and done == end_step:  # LoRA folded in, next to the adapter
+            Policy.from_pretrained(path).save_merged(path / "merged")
+        return path
 
     # ------------------------------------------------------------------------------------------------ loop
     with _StopSignals() as stop, contextlib.closing(logger):
@@ -411,7 +423,7 @@ def train(
             accumulate_gradients(
                 loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history, step=step
             )
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            grad_norm = parallel.to_local_scalar(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             step_loss = sum(history["loss"][-cfg.grad_accum :])
             (bad,) = _all_ranks_agree(
                 [not (math.isfinite(step_loss) and math.isfinite(float(grad_norm)))], dist_info

@@ -160,7 +160,9 @@ class HFVLMBackbone(nn.Module):
             raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory; hub downloads are disabled.")
         model_type = vlm_model_type(path)
         if model_type is None:
-            raise ValueError(f"{path} is not a supported VLM (config.json model_type must be one of {sorted(FAMILIES)}).")
+            raise ValueError(
+                f"{path} is not a supported VLM (config.json model_type must be one of {sorted(FAMILIES)})."
+            )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.cfg, self.model_type = cfg, model_type
         text_attr, vision_kind = FAMILIES[model_type]
@@ -168,7 +170,9 @@ class HFVLMBackbone(nn.Module):
         self.vlm = AutoModelForImageTextToText.from_pretrained(
             path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
         )
-        self.tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins)
+        self.tokenizer = HFTokenizer(
+            AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins
+        )
         old_vocab = self.vlm.get_input_embeddings().weight.shape[0]
         self.vlm.resize_token_embeddings(self.tokenizer.vocab_size, mean_resizing=False)
         init_new_rows(self.vlm, self.tokenizer, old_vocab)
@@ -180,7 +184,9 @@ class HFVLMBackbone(nn.Module):
         self.width, self.num_layers = tc.hidden_size, tc.num_hidden_layers
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
         merge = getattr(self.vlm.config.vision_config, "spatial_merge_size", 1)
-        object.__setattr__(self, "_vision", VLMVision(vision_kind, _vision_parts(vision_kind, inner), processor, merge))
+        object.__setattr__(
+            self, "_vision", VLMVision(vision_kind, _vision_parts(vision_kind, inner), processor, merge)
+        )
         self._init_layout(cfg)
         emb = self.vlm.get_input_embeddings().weight[:old_vocab].detach().float()
         self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())  # target scale of fed-back thoughts
@@ -216,7 +222,9 @@ class HFVLMBackbone(nn.Module):
             self.register_buffer("mrope_table", table, persistent=False)
             self.mrope_span = span
             c = self.vlm.config
-            self.register_buffer("_wrap_ids", torch.tensor([c.vision_start_token_id, c.vision_end_token_id]), False)
+            self.register_buffer(
+                "_wrap_ids", torch.tensor([c.vision_start_token_id, c.vision_end_token_id]), False
+            )
         else:
             with torch.no_grad():
                 self.tokens_per_image = self._vision(probe.to(self.vlm.dtype)).shape[1]
@@ -258,7 +266,11 @@ class HFVLMBackbone(nn.Module):
         _check_forward_args(embeds, attention_mask, position_ids, cache_length(cache))
         additive = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=embeds.device)
         additive = additive.masked_fill(~attention_mask, torch.finfo(embeds.dtype).min)[:, None]
-        pos = mrope_positions(position_ids, self.mrope_table, self.n_image, self.mrope_span) if self.qwen else position_ids
+        pos = (
+            mrope_positions(position_ids, self.mrope_table, self.n_image, self.mrope_span)
+            if self.qwen
+            else position_ids
+        )
         last: list[Tensor] = []  # the pre-norm output of the last block (transformers' last state is post-norm)
         hook = self._text.layers[-1].register_forward_hook(
             lambda _m, _i, o: last.append(o[0] if isinstance(o, tuple) else o)

@@ -46,7 +46,9 @@ class HFVisionEncoder(nn.Module):
     def __init__(self, paths: tuple[str, ...], out_dim: int) -> None:
         super().__init__()
         if not paths:
-            raise ValueError("VisionConfig(kind='hf') needs paths: local SigLIP / DINOv2 dirs (CLI: --vision DIR).")
+            raise ValueError(
+                "VisionConfig(kind='hf') needs paths: local SigLIP / DINOv2 dirs (CLI: --vision DIR)."
+            )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.encoders = nn.ModuleList()
         self.kinds, self.sizes, grids = [], [], []
@@ -74,8 +76,10 @@ class HFVisionEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         feats = []
-        for i, (enc, kind, size) in enumerate(zip(self.encoders, self.kinds, self.sizes)):
-            x = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        for i, (enc, size) in enumerate(zip(self.encoders, self.sizes)):
+            x = F.interpolate(
+                images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
             x = ((x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")).to(next(enc.parameters()).dtype)
             h = enc(pixel_values=x).last_hidden_state
             feats.append(h[:, -self.grid * self.grid :])  # DINOv2: drop CLS (and register) tokens in front

@@ -85,12 +85,12 @@ def base_weight_names(module: nn.Module) -> set[str]:
     return names
 
 
-def adapter_state_dict(module: nn.Module) -> dict:
-    """`module.state_dict()` without the frozen base weights (`base_weight_names`); tensors that share storage
-    are kept once (safetensors refuses shared tensors)."""
+def adapter_state_dict(module: nn.Module, state: dict | None = None) -> dict:
+    """`module.state_dict()` (or `state`, the same names, e.g. gathered from FSDP2) without the frozen base
+    weights (`base_weight_names`); tensors that share storage are kept once (safetensors refuses them)."""
     skip = base_weight_names(module)
     out, seen = {}, set()
-    for name, t in module.state_dict().items():
+    for name, t in (module.state_dict() if state is None else state).items():
         if name in skip or t.data_ptr() in seen and t.numel():
             continue
         seen.add(t.data_ptr())
@@ -105,7 +105,9 @@ def load_adapter_state_dict(module: nn.Module, state: dict) -> None:
     shared = {n for n in missing if n not in skip and _shares_storage(module, n, state)}
     bad = [n for n in missing if n not in skip and n not in shared]
     if bad or unexpected:
-        raise RuntimeError(f"adapter checkpoint does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"adapter checkpoint does not match the model: missing {bad[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def _shares_storage(module: nn.Module, name: str, state: dict) -> bool:
