@@ -186,10 +186,11 @@ def _lara_qwen3vl() -> TrainConfig:
 def _rdvla_minivla() -> TrainConfig:
     """RD-VLA (papers.md §2.2-2.4): LoRA r=64 alpha 128 on all linear LM layers, frozen vision encoder, 64 query
     tokens (trainable), head width 896 / 8 heads, mean recurrence 32, TBPTT 8, L1, one AdamW at lr 2e-4,
-    constant (no warm-up, no decay within 40k steps), batch 16 x grad-accum 2. A single 24 GB GPU suffices."""
+    constant (no warm-up, no decay within 40k steps), batch 16 x grad-accum 2. The frozen base loads in bf16 (LoRA
+    adapters stay fp32). A single 24 GB GPU suffices (RD-VLA README)."""
     policy = PolicyConfig(
         preset="rdvla-minivla",
-        backbone=BackboneConfig(freeze_vision=True, lora=LoraSettings(rank=64, alpha=128.0)),
+        backbone=BackboneConfig(dtype="bfloat16", freeze_vision=True, lora=LoraSettings(rank=64, alpha=128.0)),
         head="recurrent",
         n_query=64,
         recurrent=RecurrentHeadConfig(width=896, heads=8, mean_recurrence=32, backprop_depth=8),

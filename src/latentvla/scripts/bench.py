@@ -8,6 +8,8 @@
     latentvla bench data DIR --workers 2 --json data.json  # data pipeline: open time, decode frames/s, samples/s, RSS
     latentvla bench data DIR --train-preset lara-no-cot --train-steps 20   # + training rate, train() peak RSS
     latentvla bench head --width 896 --heads 8 --context 577 --batch 1 --json head.json   # RD head, cache vs not
+    latentvla bench memory --preset lara-qwen3vl --fsdp 8  # per-GPU memory at the papers' scale (meta device)
+    latentvla bench memory --preset rdvla-minivla --backbone DIR --vision DIR --lora 64 --batch-size 16
 
 Each measurement lives in `latentvla/bench/`; this file only parses arguments. Add a measurement by adding a
 sub-subcommand here (a `register_<name>` function below and its entry in `_SUBCOMMANDS`).
@@ -233,8 +235,41 @@ def main_head(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
+def register_memory(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("memory", help="parameters and per-GPU training memory from configs alone (meta device)")
+    p.add_argument("--preset", required=True, help="e.g. lara-qwen3vl, rdvla-minivla, or any preset + --backbone")
+    p.add_argument("--backbone", default=None, metavar="DIR", help="local model dir (only config.json is read)")
+    p.add_argument("--vision", action="append", default=[], metavar="DIR", help="local SigLIP / DINOv2 dir")
+    p.add_argument("--lora", type=int, nargs="?", const=64, default=None, metavar="RANK",
+                   help="LoRA on the language model (rank, default 64); 0 = full fine-tuning")  # fmt: skip
+    p.add_argument("--fsdp", type=int, default=None, metavar="N", help="FSDP2 over N GPUs (default: 1 GPU)")
+    p.add_argument("--gpus", type=int, default=None, help="DDP over this many GPUs (without --fsdp)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
+    p.add_argument("--gpu-gb", type=float, default=80.0, help="GPU memory for the largest-batch column")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    p.set_defaults(func=main_memory)
+
+
+def main_memory(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from latentvla.bench.memory import estimate
+
+    world = args.fsdp or args.gpus or 1
+    try:
+        report = estimate(
+            args.preset, args.backbone, tuple(args.vision), lora=args.lora, world=world, fsdp=args.fsdp is not None,
+            batch_size=args.batch_size, gpu_gb=args.gpu_gb,
+        )  # fmt: skip
+    except (ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.table())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(dataclasses.asdict(report), indent=2))
         print(f"wrote {args.json}")
     return 0
 
 
-_SUBCOMMANDS = [register_train, register_latency, register_data, register_head]
+_SUBCOMMANDS = [register_train, register_latency, register_data, register_head, register_memory]

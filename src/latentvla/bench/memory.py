@@ -1,0 +1,265 @@
+"""`latentvla bench memory`: parameters and per-GPU training memory of a preset at the papers' scale, from model
+configs alone (no weights): every module is built on the `meta` device.
+
+    parameters / trainable     counted on the meta-device model (LoRA applied with peft, frozen vision, EMA copy)
+    weights                    trainable in fp32 (AdamW master weights), frozen ones in the load dtype
+                               (`BackboneConfig.dtype`); FSDP2 divides by N, DDP replicates; the EMA target is
+                               never sharded (train/parallel.py)
+    gradients / optimizer      fp32, 4 and 8 bytes per trainable parameter (AdamW m and v); / N under FSDP2
+    activations                measured: the bytes autograd saves for backward (`saved_tensors_hooks`) in a meta
+                               forward of the language model (bf16, the CUDA autocast dtype) and of the action head,
+                               at the per-GPU batch; with gradient checkpointing, one layer input per layer plus
+                               one layer recomputed. The trainable vision tower (LaRA) cannot run on meta (its
+                               grid sizes are host values): estimated as 34 bytes x tokens x width per layer
+                               (Korthikanti et al. 2022, attention scores not stored by SDPA).
+    largest batch              per GPU, linear in the activations, leaving `reserve_gb` for the allocator / CUDA.
+
+`--backbone DIR` reads DIR/config.json (and --vision dirs). Without it, the two paper presets use the reference
+architectures in `REFERENCE_CONFIGS` (written from the public config.json files of Qwen3-VL-4B-Instruct,
+Qwen2.5-0.5B, DINOv2 ViT-L/14 and SigLIP so400m/14-224; check them against your local copies by passing DIR).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from latentvla.models.action_heads import build_action_head
+from latentvla.models.backbones.lora import VISION_MODULES
+
+GB = 1e9
+_QWEN3VL_4B = {
+    "model_type": "qwen3_vl",
+    "text_config": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
+                        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+                        rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
+                                         "mrope_interleaved": True}),
+    "vision_config": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
+                          patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
+                          deepstack_visual_indexes=[5, 11, 17]),
+    "tie_word_embeddings": True,
+}  # fmt: skip
+_QWEN25_05B = {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+               "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True}  # fmt: skip
+_DINOV2_L = {"model_type": "dinov2", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+             "num_attention_heads": 16, "image_size": 224, "patch_size": 14}  # fmt: skip
+_SIGLIP_SO400M = {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                  "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 224, "patch_size": 14}  # fmt: skip
+# preset -> (backbone config, vision encoder configs, cameras, name)
+REFERENCE_CONFIGS = {
+    "lara-qwen3vl": (_QWEN3VL_4B, [], 2, "Qwen3-VL-4B"),
+    "rdvla-minivla": (_QWEN25_05B, [_DINOV2_L, _SIGLIP_SO400M], 2, "Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m"),
+}
+TEXT_TOKENS = 128  # instruction + explicit CoT text of the longest (Stage I) LaRA prompt, papers.md §1.2
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
+
+
+@dataclass
+class MemoryReport:
+    preset: str
+    backbone: str
+    world: int
+    mode: str
+    batch_per_gpu: int
+    seq_len: int
+    params: int
+    trainable: int
+    ema_params: int
+    weights_gb: float
+    grads_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    total_gb: float
+    gpu_gb: float
+    max_batch_per_gpu: int
+
+    def table(self) -> str:
+        rows = [
+            ("preset", self.preset), ("backbone", self.backbone),
+            ("GPUs x parallel", f"{self.world} x {self.mode}"), ("batch per GPU", self.batch_per_gpu),
+            ("sequence length", self.seq_len), ("parameters", f"{self.params:,}"),
+            ("trainable parameters", f"{self.trainable:,}"), ("EMA target parameters", f"{self.ema_params:,}"),
+            ("weights / GPU", f"{self.weights_gb:.2f} GB"), ("gradients / GPU", f"{self.grads_gb:.2f} GB"),
+            ("optimizer / GPU", f"{self.optimizer_gb:.2f} GB"), ("activations / GPU", f"{self.activations_gb:.2f} GB"),
+            ("total / GPU", f"{self.total_gb:.2f} GB"),
+            (f"largest batch / GPU in {self.gpu_gb:g} GB", self.max_batch_per_gpu),
+        ]  # fmt: skip
+        return "\n".join(["| quantity | value |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def _hf_config(data: dict) -> Any:
+    from transformers import AutoConfig
+
+    data = dict(data)
+    return AutoConfig.for_model(data.pop("model_type"), **data)
+
+
+def _read(path: str) -> dict:
+    f = Path(path) / "config.json"
+    if not f.is_file():
+        raise ValueError(f"{path}: no config.json (a local transformers model directory is needed).")
+    return json.loads(f.read_text())
+
+
+def _meta_model(cfg_dict: dict, dtype: torch.dtype) -> nn.Module:
+    import transformers as tf
+
+    config = _hf_config(cfg_dict)
+    mt = cfg_dict["model_type"]
+    with torch.device("meta"):
+        if mt in ("dinov2", "siglip_vision_model", "siglip"):
+            cls = tf.Dinov2Model if mt == "dinov2" else tf.SiglipVisionModel
+            return cls._from_config(getattr(config, "vision_config", config), dtype=dtype)
+        auto = tf.AutoModelForImageTextToText if vlm_model_type_from(mt) else tf.AutoModelForCausalLM
+        return auto.from_config(config, dtype=dtype)
+
+
+def vlm_model_type_from(model_type: str) -> bool:
+    from latentvla.models.backbones.hf_vlm import FAMILIES
+
+    return model_type in FAMILIES
+
+
+def _saved_bytes(fn, seq: int = 0) -> int:
+    """Bytes autograd saves for backward while `fn()` runs (each tensor once). (.., seq, seq) tensors are the
+    attention probabilities of the meta device's math SDPA; CUDA's fused SDPA does not store them: not counted."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if not (seq and t.dim() >= 2 and t.shape[-1] == t.shape[-2] == seq):
+            saved[id(t)] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
+
+
+def _lm_activations(text: nn.Module, batch: int, seq: int, width: int, checkpointing: bool) -> int:
+    x = torch.randn(batch, seq, width, device="meta", dtype=torch.bfloat16, requires_grad=True)
+    pos = torch.arange(seq, device="meta")[None].expand(batch, seq)
+    full = _saved_bytes(lambda: text(inputs_embeds=x, position_ids=pos), seq)
+    if not checkpointing:
+        return full
+    layers = len(text.layers)
+    return layers * x.numel() * x.element_size() + full // layers
+
+
+def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] = (), *, lora: int | None = None,
+             world: int = 1, fsdp: bool = False, batch_size: int | None = None, gpu_gb: float = 80.0,
+             reserve_gb: float = 4.0) -> MemoryReport:  # fmt: skip
+    """The memory table of `preset` (see the module docstring)."""
+    from latentvla.config import get_preset
+
+    cfg = get_preset(preset)
+    if backbone is not None:
+        bb_cfg, vis_cfgs = _read(backbone), [_read(v) for v in vision]
+        cameras, name = len(cfg.policy.cameras), Path(backbone).name
+    elif preset in REFERENCE_CONFIGS:
+        bb_cfg, vis_cfgs, cameras, name = REFERENCE_CONFIGS[preset]
+    else:
+        raise ValueError(f"bench memory --preset {preset} needs --backbone DIR (reference configs exist for "
+                         f"{sorted(REFERENCE_CONFIGS)}).")  # fmt: skip
+    pc, bbc = cfg.policy, cfg.policy.backbone
+    if lora is not None:
+        bbc = replace(bbc, lora=replace(bbc.lora, rank=lora))
+    if world < 1 or (batch_size or cfg.batch_size) % world:
+        raise ValueError(
+            f"--batch-size {batch_size or cfg.batch_size} must be a multiple of the GPU count {world}."
+        )
+    per_gpu = (batch_size or cfg.batch_size) // world
+    load_bytes = BYTES[bbc.dtype]
+    model = _meta_model(bb_cfg, torch.bfloat16 if load_bytes == 2 else torch.float32)
+    is_vlm = vlm_model_type_from(bb_cfg["model_type"])
+    text_cfg = model.config.get_text_config()
+    width, n_layers = text_cfg.hidden_size, text_cfg.num_hidden_layers
+    new_tokens = 8 + pc.num_action_bins  # our special tokens + action bins (models/tokenizer.py)
+    model.resize_token_embeddings(text_cfg.vocab_size + new_tokens, mean_resizing=False)
+    encoders = [_meta_model(v, torch.bfloat16 if load_bytes == 2 else torch.float32) for v in vis_cfgs]
+    with torch.device("meta"):
+        head = build_action_head(pc, width, n_layers)
+        fused = sum(e.config.hidden_size for e in encoders)
+        projector = (
+            nn.Sequential(nn.Linear(fused, width), nn.GELU(), nn.Linear(width, width)) if encoders else None
+        )
+    vision_params = sum(p.numel() for e in encoders for p in e.parameters())
+    if is_vlm:
+        vision_params = sum(p.numel() for n, p in model.named_parameters() if _is_vision(n))
+    if bbc.lora.rank > 0:
+        from peft import LoraConfig, get_peft_model
+
+        ids = list(range(text_cfg.vocab_size, text_cfg.vocab_size + new_tokens))
+        model = get_peft_model(model, LoraConfig(
+            r=bbc.lora.rank, lora_alpha=bbc.lora.scale_alpha, target_modules="all-linear",
+            exclude_modules=VISION_MODULES, trainable_token_indices={"embed_tokens": ids}))  # fmt: skip
+    backbone_params = sum(p.numel() for p in model.parameters())
+    backbone_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if is_vlm and bbc.freeze_vision and bbc.lora.rank == 0:
+        backbone_trainable -= vision_params
+    vision_trainable = 0 if (bbc.freeze_vision or bbc.lora.rank > 0) else (vision_params if encoders else 0)
+    small = sum(p.numel() for m in (head, projector) if m is not None for p in m.parameters())
+    params = backbone_params + vision_params * (not is_vlm) + small
+    trainable = backbone_trainable + vision_trainable + small
+    uses_visual = any(s.visual_latents for s in pc.curriculum.stages())
+    ema = vision_params if uses_visual else 0
+    frozen = params - trainable
+    shard = world if fsdp else 1
+    weights = (trainable * 4 + frozen * load_bytes) / shard + ema * load_bytes
+    grads, optim = trainable * 4 / shard, trainable * 8 / shard
+    # sequence: image tokens per camera + text + thinking + <img_next> + queries + discrete actions
+    tokens_per_image = _tokens_per_image(bb_cfg, vis_cfgs, is_vlm)
+    stages = pc.curriculum.stages()
+    seq = cameras * tokens_per_image + TEXT_TOKENS + 5 + pc.n_query
+    seq += pc.n_img_next * uses_visual + pc.horizon * pc.action_dim * any(s.discrete_actions for s in stages)
+    text = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = (
+        text.model.language_model
+        if is_vlm and hasattr(text.model, "language_model")
+        else getattr(text.model, "text_model", text.model)
+    )
+    act = _lm_activations(text, per_gpu, seq, width, bbc.grad_checkpointing)
+    act += _head_activations(head, pc, per_gpu, seq, width, cameras * tokens_per_image)
+    if is_vlm and not bbc.freeze_vision and bbc.lora.rank == 0:
+        vc = model.config.vision_config
+        patches = tokens_per_image * getattr(vc, "spatial_merge_size", 1) ** 2
+        act += 34 * per_gpu * cameras * patches * vc.hidden_size * getattr(vc, "depth", 0)
+    fixed = weights + grads + optim
+    max_batch = max(0, int((gpu_gb * GB - reserve_gb * GB - fixed) // (act / per_gpu))) if per_gpu else 0
+    return MemoryReport(preset, name, world, "fsdp" if fsdp else "ddp", per_gpu, seq, params, trainable, ema,
+                        weights / GB, grads / GB, optim / GB, act / GB, (fixed + act) / GB, gpu_gb, max_batch)  # fmt: skip
+
+
+def _is_vision(name: str) -> bool:
+    import re
+
+    return re.match(VISION_MODULES, name + ".") is not None or ".visual." in name or name.startswith("visual")
+
+
+def _tokens_per_image(bb: dict, vis: list[dict], is_vlm: bool, image_size: int = 224) -> int:
+    """Image tokens per camera at 224 px (both papers' input size, papers.md §1.2, §2.2)."""
+    if not is_vlm:
+        return (vis[0]["image_size"] // vis[0]["patch_size"]) ** 2 if vis else 16
+    vc = bb.get("vision_config", {})
+    if "spatial_merge_size" in vc:  # Qwen: patches merged 2x2, + <|vision_start|>, <|vision_end|>
+        return (image_size // vc["patch_size"] // vc["spatial_merge_size"]) ** 2 + 2
+    side = vc.get("image_size", image_size) // vc.get("patch_size", 14)
+    return side * side // (bb.get("scale_factor", 1) ** 2)
+
+
+def _head_activations(head: nn.Module, pc: Any, batch: int, seq: int, width: int, n_image: int) -> int:
+    """Bytes the action head saves for backward in fp32 (meta forward of its loss)."""
+    state = torch.zeros(batch, pc.state_dim, device="meta") if pc.use_state else None
+    actions = torch.zeros(batch, pc.horizon, pc.action_dim, device="meta")
+    ctx = torch.zeros(batch, seq, width, device="meta", requires_grad=True)
+    if pc.head == "flow":
+        return _saved_bytes(lambda: head.loss(actions, ctx, None, state, None))
+    q, im = ctx[:, : pc.n_query], ctx[:, pc.n_query : pc.n_query + n_image]  # RD: queries + image tokens
+    prelude = ctx[:, : pc.n_query + n_image]
+    rc = pc.recurrent  # TBPTT: only the last `backprop_depth` iterations keep activations
+    return _saved_bytes(lambda: head.loss(actions, prelude, q, im, state, None, num_iterations=rc.backprop_depth,
+                                          backprop_depth=rc.backprop_depth))  # fmt: skip
