@@ -336,7 +336,6 @@ class HFBackbone(_VisionMixin):
         self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())
         self.width, self.num_layers = self.lm.config.hidden_size, self.lm.config.num_hidden_layers
         self._init_vision(cfg, self.width)
-        self.vision.to(self.lm.dtype)
         if cfg.freeze_vision:  # pretrained encoders only: a new projector keeps training
             self.vision.freeze() if hasattr(self.vision, "freeze") else self.vision.requires_grad_(False)
         if cfg.grad_checkpointing:
@@ -369,6 +368,7 @@ class HFBackbone(_VisionMixin):
         self, embeds: Tensor, *, attention_mask: Tensor, position_ids: Tensor, cache: Any = None
     ) -> BackboneOutput:
         _check_forward_args(embeds, attention_mask, position_ids, cache_length(cache))
+        embeds = embeds.to(self.lm.dtype)  # bf16 weights: fed-back fp32 thoughts enter in the weights' dtype
         additive = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=embeds.device)
         additive = additive.masked_fill(~attention_mask, torch.finfo(embeds.dtype).min)[:, None]
         last: list[Tensor] = []  # transformers' last hidden state is post-norm; capture the pre-norm block output
@@ -380,11 +380,12 @@ class HFBackbone(_VisionMixin):
                              cache=cache, use_cache=cache is not None, output_hidden_states=True)  # fmt: skip
         finally:
             hook.remove()
-        layers = (*out.hidden_states[: self.num_layers], last[-1])
-        return BackboneOutput(hidden=out.last_hidden_state, layers=layers)
+        layers = tuple(h.float() for h in (*out.hidden_states[: self.num_layers], last[-1]))
+        return BackboneOutput(hidden=out.last_hidden_state.float(), layers=layers)  # heads run in fp32
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return self.lm.get_output_embeddings()(hidden)
+        head = self.lm.get_output_embeddings()
+        return head(hidden.to(head.weight.dtype))
 
 
 def rescale_to_rms(hidden: Tensor, target_rms: float) -> Tensor:

@@ -264,6 +264,7 @@ class HFVLMBackbone(nn.Module):
         self, embeds: Tensor, *, attention_mask: Tensor, position_ids: Tensor, cache: Any = None
     ) -> BackboneOutput:
         _check_forward_args(embeds, attention_mask, position_ids, cache_length(cache))
+        embeds = embeds.to(self.vlm.dtype)  # bf16 weights: fed-back fp32 thoughts enter in the weights' dtype
         additive = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=embeds.device)
         additive = additive.masked_fill(~attention_mask, torch.finfo(embeds.dtype).min)[:, None]
         pos = (
@@ -280,8 +281,9 @@ class HFVLMBackbone(nn.Module):
                              use_cache=cache is not None, output_hidden_states=True)  # fmt: skip
         finally:
             hook.remove()
-        layers = (*out.hidden_states[: self.num_layers], last[-1])
-        return BackboneOutput(hidden=out.last_hidden_state, layers=layers)
+        layers = tuple(h.float() for h in (*out.hidden_states[: self.num_layers], last[-1]))
+        return BackboneOutput(hidden=out.last_hidden_state.float(), layers=layers)  # heads run in fp32
 
     def logits(self, hidden: Tensor) -> Tensor:
-        return self.vlm.get_output_embeddings()(hidden)
+        head = self.vlm.get_output_embeddings()
+        return head(hidden.to(head.weight.dtype))
