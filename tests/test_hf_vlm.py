@@ -265,3 +265,70 @@ def test_bfloat16_weights_load_in_their_dtype(tiny, data):
     assert policy.model.backbone.vlm.dtype == torch.bfloat16
     stage = stage_boundaries(policy.config.curriculum, 10)[0][1]
     assert torch.isfinite(policy.model.compute_loss(data[2], stage)[0]).all()
+
+
+# ---- CLI: train on a transformers-written directory, bench latency, bench memory ----------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["lara", "rdvla"])
+def test_cli_train_on_a_saved_qwen25vl_then_bench_latency(tiny, data, tmp_path, preset, capsys):
+    from latentvla.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--preset", preset, "--backbone", str(tiny["qwen2_5_vl"]), "--dataset", str(data[0]),
+            "--out", str(run), "--steps", "8", "--batch-size", "2", "--no-progress", "policy.horizon=4"]  # fmt: skip
+    assert main(argv) == 0
+    assert Policy.from_pretrained(run).config.backbone.kind == "hf_vlm"
+    capsys.readouterr()
+    assert main(["bench", "latency", str(run), "--repeats", "1", "--warmup", "0"]) == 0
+    assert "latent" in capsys.readouterr().out
+
+
+def test_cli_backbone_errors_are_one_line(tiny, data, tmp_path, capsys):
+    from latentvla.cli import main
+
+    base = ["train", "--dataset", str(data[0]), "--out", str(tmp_path / "r"), "--steps", "1"]
+    assert main([*base, "--preset", "lara-qwen3vl"]) == 2
+    assert "needs --backbone DIR" in capsys.readouterr().err
+    assert main([*base, "--preset", "lara", "--backbone", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert (
+        main([*base, "--preset", "lara", "--backbone", str(tiny["qwen2_5_vl"]), "--vision", str(tiny["siglip"])])
+        == 2
+    )
+    assert "drop --vision" in capsys.readouterr().err
+
+
+def test_bench_memory_from_configs_alone(tiny, tmp_path, capsys):
+    """The table comes from config.json alone (weights deleted: meta device); FSDP divides what it shards."""
+    from latentvla.bench.memory import estimate
+    from latentvla.cli import main
+
+    cfg_only = tmp_path / "cfg"
+    cfg_only.mkdir()
+    (cfg_only / "config.json").write_text((tiny["qwen2_5_vl"] / "config.json").read_text())
+    one = estimate("lara", str(cfg_only), batch_size=8)
+    four = estimate("lara", str(cfg_only), batch_size=8, world=4, fsdp=True)
+    assert one.params == four.params == one.trainable  # full fine-tuning
+    assert four.grads_gb == pytest.approx(one.grads_gb / 4) and four.optimizer_gb == pytest.approx(
+        one.optimizer_gb / 4
+    )
+    assert four.batch_per_gpu == 2 and four.activations_gb < one.activations_gb
+    lora = estimate("rdvla", str(cfg_only), lora=8, batch_size=8)
+    vlm = transformers.AutoModelForImageTextToText.from_pretrained(tiny["qwen2_5_vl"])
+    new_rows = (8 + get_preset("rdvla").policy.num_action_bins) * 64 * 2  # embeddings + untied lm_head
+    assert lora.params - lora.trainable == sum(p.numel() for p in vlm.parameters()) + new_rows  # base frozen
+    assert main(["bench", "memory", "--preset", "rdvla", "--backbone", str(cfg_only), "--lora", "8", "--fsdp", "2",
+                 "--batch-size", "4"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| trainable parameters |" in out and "2 x fsdp" in out
+
+
+@pytest.mark.slow
+def test_bench_memory_paper_presets_from_reference_configs(capsys):
+    from latentvla.cli import main
+
+    assert main(["bench", "memory", "--preset", "lara-qwen3vl", "--fsdp", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen3-VL-4B" in out and "8 x fsdp" in out
+    assert main(["bench", "memory", "--preset", "rdvla-minivla", "--gpu-gb", "24"]) == 0
+    assert "DINOv2" in capsys.readouterr().out
