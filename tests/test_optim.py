@@ -75,7 +75,7 @@ def test_optimizer_groups_betas_and_no_decay():
     assert by_name["head/decay"]["lr"] == 1e-3 and by_name["backbone/decay"]["lr"] == 1e-4
     assert all(g["betas"] == ADAM_BETAS for g in opt.param_groups)
     with pytest.raises(ValueError, match="unknown parameter group"):
-        build_optimizer({"vision": [toy.proj.weight]}, 1e-4, 1e-3, 0.0)
+        build_optimizer({"encoder": [toy.proj.weight]}, 1e-4, 1e-3, 0.0)
     with pytest.raises(ValueError, match="more than one group"):
         build_optimizer({"backbone": [toy.proj.weight], "head": [toy.proj.weight]}, 1e-4, 1e-3, 0.0)
 
@@ -105,6 +105,26 @@ def test_set_lrs_applies_stage_multipliers():
     lrs = set_lrs(opt, 9, stage, Cfg, [0])
     assert lrs["lr_head"] == pytest.approx(0.0, abs=1e-12)
     assert all(math.isclose(g["lr"], lrs[f"lr_{g['group']}"]) for g in opt.param_groups)
+
+
+def test_vision_group_has_its_own_base_lr_and_follows_the_backbone_stage_multiplier():
+    """LaRA Table 5: VLM / vision / heads LRs; lr_vision=None means the backbone's LR."""
+    toy = _Toy()
+    groups = {"backbone": [toy.proj.weight], "vision": [toy.embed.weight], "head": [toy.head.weight]}
+    opt = build_optimizer(groups, 1e-5, 1e-4, 0.0, lr_vision=3e-5)
+    base = {g["group"]: g["base_lr"] for g in opt.param_groups}
+    assert base == {"backbone": 1e-5, "vision": 3e-5, "head": 1e-4}
+    assert {g["group"]: g["base_lr"] for g in build_optimizer(groups, 1e-5, 1e-4, 0.0).param_groups}[
+        "vision"
+    ] == 1e-5
+
+    class Cfg:
+        steps, warmup_frac, min_lr_frac = 10, 0.0, 0.0
+
+    stage = StageSpec(name="III", latent_components=(), explicit_components=(), visual_latents=False,
+                      discrete_actions=False, train_head=True, w_head=1.0, lr_backbone=0.5, lr_head=1.0)  # fmt: skip
+    lrs = set_lrs(opt, 0, stage, Cfg, [0])
+    assert lrs["lr_vision"] == pytest.approx(1.5e-5) and lrs["lr_backbone"] == pytest.approx(5e-6)
 
 
 def test_sampler_resume_and_rank_shards_cover_the_global_batch():

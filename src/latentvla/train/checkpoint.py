@@ -152,9 +152,11 @@ def save_checkpoint(
     rng_states = rng_states if rng_states is not None else [get_rng_state()]
     try:
         tmp.mkdir()
-        policy.save_pretrained(
-            tmp, extra_config={"train": config_to_dict(train_config), **(extra_config or {})}, state_dict=weights
-        )
+        extra = {"train": config_to_dict(train_config), **(extra_config or {})}
+        if weights is None:
+            policy.save_pretrained(tmp, extra_config=extra)
+        else:
+            policy.save_pretrained(tmp, extra_config=extra, state_dict=weights)
         torch.save({**training_state, "step": step, "rng": rng_states}, tmp / TRAINING_STATE)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
