@@ -235,6 +235,8 @@ def main_head(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
+
+
 def register_memory(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("memory", help="parameters and per-GPU training memory from configs alone (meta device)")
     p.add_argument("--preset", required=True, help="e.g. lara-qwen3vl, rdvla-minivla, or any preset + --backbone")
