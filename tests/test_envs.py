@@ -113,7 +113,11 @@ def test_gripper_postprocessing_modes():
     np.testing.assert_array_equal(postprocess_gripper(a, "none"), a.astype(np.float32))
     assert postprocess_gripper(a, "binarize")[:, -1].tolist() == [1.0, -1.0, -1.0]
     # OpenVLA: [0, 1] with 1 = open -> -1 open / +1 close at 0.5 (normalize, binarize, invert)
-    assert postprocess_gripper(np.array([0.0, 0.9]).reshape(2, 1), "openvla")[:, -1].tolist() == [1.0, -1.0]
+    assert postprocess_gripper(np.array([0.0, 0.9, 0.5]).reshape(3, 1), "openvla")[:, -1].tolist() == [
+        1.0,
+        -1.0,
+        0.0,
+    ]
     np.testing.assert_array_equal(
         postprocess_gripper(a, "binarize")[:, :-1], a[:, :-1].astype(np.float32)
     )  # arm untouched

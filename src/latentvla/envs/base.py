@@ -151,9 +151,10 @@ def postprocess_gripper(action: np.ndarray, mode: str) -> np.ndarray:
     """Gripper post-processing on the last action dimension (LIBERO / Meta-World: +1 closes, -1 opens).
 
     none      the policy's value, unchanged
-    binarize  +1 if > 0 else -1 (LaRA-VLA's LIBERO evaluator thresholds the gripper the same way)
+    binarize  +1 if > 0 else -1: a hard open/close for policies trained on LIBERO's +-1 gripper labels
+              (LaRA-VLA's evaluator thresholds its [0, 1] gripper output at 0.5 the same way)
     openvla   OpenVLA's `normalize_gripper_action(binarize=True)` then `invert_gripper_action`: the policy
-              outputs the gripper in [0, 1] with 1 = open, mapped to -1 (open) / +1 (close) at 0.5
+              outputs the gripper in [0, 1] with 1 = open; -sign(2a - 1), so -1 open / +1 close (0 at 0.5)
     """
     if mode not in GRIPPER_MODES:
         raise ValueError(did_you_mean(mode, GRIPPER_MODES, "gripper post-processing"))
@@ -161,7 +162,7 @@ def postprocess_gripper(action: np.ndarray, mode: str) -> np.ndarray:
     if mode == "binarize":
         a[..., -1] = np.where(a[..., -1] > 0, 1.0, -1.0)
     elif mode == "openvla":
-        a[..., -1] = np.where(2.0 * a[..., -1] - 1.0 > 0, -1.0, 1.0)
+        a[..., -1] = -np.sign(2.0 * a[..., -1] - 1.0)
     return a
 
 
