@@ -42,7 +42,7 @@ from latentvla.eval.runtime import ActionRecorder, FrameRecorder, run_episode
 
 HALTING_ARG = {"mse": "delta", "cosine": "threshold"}  # the one numeric argument of each halting strategy
 VIDEO_FPS = 20
-MAX_ENVS_PER_WORKER = 2
+MAX_ENVS_PER_WORKER = 1  # jobs arrive task by task; a LIBERO env holds ~1 GB
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _run_job(task: str, episode: int, video_stem: str | None) -> dict:
     settings, policy, envs = _WORKER["settings"], _WORKER["policy"], _WORKER["envs"]
     sim, max_steps = get_simulator(settings.env), settings.steps_for(task)
     if task not in envs:
-        while len(envs) >= MAX_ENVS_PER_WORKER:  # jobs arrive task by task; LIBERO envs hold ~100s of MB each
+        while len(envs) >= MAX_ENVS_PER_WORKER:
             envs.pop(next(iter(envs))).close()
         cfg = policy.config
         limit = max_steps + settings.sim_protocol.warmup_steps  # the warm-up steps run in the env too
