@@ -228,7 +228,7 @@ def test_eval_workers_keep_few_envs_alive(toy, tmp_path):
     ckpt = _toy_checkpoint(tmp_path / "ckpt")
     evaluate(ckpt, "goal1,goal2,goal3", 2, env="toy", workers=1, progress=False, max_steps=2)
     assert MAX_ENVS_PER_WORKER == 1  # one env per task, closed before the next task's env is made
-    assert EVENTS == [(e, f"goal{i}") for i in (1, 2, 3) for e in ("make", "close")]
+    assert [(e, f"goal{i}") for i in (1, 2, 3) for e in ("make", "close")] == EVENTS
 
 
 def test_toy_simulator_collects_annotated_demonstrations(toy, tmp_path, capsys):
