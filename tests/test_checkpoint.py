@@ -103,3 +103,12 @@ def test_missing_state_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a complete training checkpoint"):
         ck.load_training_state(tmp_path)
     assert ck.latest_checkpoint(tmp_path) is None
+
+
+def test_prune_removes_older_dirs_left_incomplete_by_a_kill(tmp_path):
+    """A kill during pruning leaves a half-deleted old step dir; the next save removes it."""
+    junk = tmp_path / "checkpoints" / "000001"
+    junk.mkdir(parents=True)
+    (junk / "config.json").write_text("{}")  # the weights were already deleted when the kill came
+    _save(tmp_path, 2)
+    assert not junk.exists() and ck.latest_checkpoint(tmp_path).name == "000002"

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentvla.checkpoint_check import newest_intact
+from latentvla.checkpoint_check import newest_intact, step_dirs
 from latentvla.config import config_to_dict
 
 CHECKPOINTS = "checkpoints"
@@ -182,6 +182,9 @@ def save_checkpoint(
         ) from e
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old)
+    for junk in step_dirs(run_dir):  # older step dirs left incomplete by a kill during an earlier prune
+        if int(junk.name) < step and not is_complete(junk):
+            shutil.rmtree(junk, ignore_errors=True)
     return final
 
 
