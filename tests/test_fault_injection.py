@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from latentvla.train.checkpoint import latest_checkpoint, list_checkpoints
 
 pytestmark = pytest.mark.slow
-STEPS = 12
+STEPS = 20
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +81,20 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(dataset, re
         proc = subprocess.Popen(_argv(dataset, run, *resume), env=_env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)  # fmt: skip
         if kills < 3 and _wait_for_checkpoint_after(run, step, proc):
-            time.sleep(rng.uniform(0.0, 0.4))  # a random moment: mid-step, mid-checkpoint-write, mid-prune
+            time.sleep(rng.uniform(0.0, 0.25))  # a random moment: mid-step, mid-checkpoint-write, mid-prune
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills += 1
                 step = int(latest_checkpoint(run).name)  # the next kill waits for progress beyond this
+                if step == STEPS:  # killed after its final checkpoint: nothing left to resume
+                    break
                 resume = ["--resume"]
                 continue
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
         break
-    assert kills >= 2  # bounded: at most 3 kills, and the run is long enough for at least 2
+    assert kills >= 2  # bounded: at most 3 kills; several land before the end (20 steps)
     _assert_same(_final_weights(run), reference)
     assert not any(p.name.endswith(".tmp") for p in (run / "checkpoints").iterdir())
 
