@@ -433,7 +433,7 @@ def train(
                 raise NonFiniteLossError(
                     f"step {step + 1}: the loss is {step_loss} and the gradient norm {float(grad_norm)}; stopped "
                     f"without saving ({good or 'no checkpoint'} is the last good one). Check the data with "
-                    "`latentvla dataset info`, lower the learning rate, or resume with --resume"
+                    "`latentvla dataset info` or train again with a lower learning rate (--overwrite or a new --out)"
                 )
             optimizer.step()
             model.on_optimizer_step(step)
