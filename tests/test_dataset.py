@@ -147,12 +147,12 @@ def test_cli_info_and_show(root, tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert cli_main(["dataset", "info", str(tmp_path / "missing")]) == 1
+    assert cli_main(["dataset", "info", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     root = write_synthetic_dataset(tmp_path / "ds", num_episodes=1, length=4)
     data = root / "data/chunk-000/file-000.parquet"
     data.write_bytes(data.read_bytes()[:100])
-    assert cli_main(["dataset", "info", str(root)]) == 1
+    assert cli_main(["dataset", "info", str(root)]) == 2
     err = capsys.readouterr().err.strip()
     assert "file-000.parquet" in err and "\n" not in err

@@ -152,6 +152,9 @@ def test_bad_info_json_is_one_line(info, message, dataset, tmp_path, capsys):
     (root / "meta" / "info.json").write_text(json.dumps(data))
     assert _train_cli(root, tmp_path / "run") == 2
     assert message in capsys.readouterr().err
+    assert _cli("dataset", "info", str(root)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncated", "wrong-size"])

@@ -185,9 +185,9 @@ def main(args: argparse.Namespace) -> int:
         sheet.save(args.out)
         print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
         return 0
-    except (DatasetFormatError, ValueError, KeyError, IndexError, OSError) as e:
+    except (DatasetFormatError, ValueError, KeyError, IndexError, OSError) as e:  # bad input: exit 2 (house rule)
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 def _convert(args: argparse.Namespace) -> int:
