@@ -28,7 +28,8 @@ def test_quat2axisangle_matches_rotation_vectors():
 def test_missing_install_is_one_line_naming_the_command(monkeypatch, tmp_path, capsys):
     from latentvla.cli import main as cli
 
-    monkeypatch.setitem(sys.modules, "libero", None)  # import libero -> ImportError
+    for name in ("libero", "libero.libero", "libero.libero.benchmark"):  # even if imported earlier
+        monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError
     monkeypatch.setattr(L, "_BENCH", L._Benchmark())
     with pytest.raises(ImportError, match=r'pip install -e "\.\[sim,libero\]"'):
         L.resolve_tasks("libero_object")
