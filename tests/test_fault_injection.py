@@ -29,9 +29,9 @@ def dataset(tmp_path_factory) -> Path:
     return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "ds", num_episodes=2, length=8, image_size=32)
 
 
-def _argv(dataset: Path, run: Path, *extra: str) -> list[str]:
+def _argv(dataset: Path, run: Path, *extra: str, steps: int = STEPS) -> list[str]:
     return [sys.executable, "-m", "latentvla.cli", "train", "--preset", "lara", "--size", "micro",
-            "--dataset", str(dataset), "--out", str(run), "--steps", str(STEPS), "--batch-size", "2", "--no-progress",
+            "--dataset", str(dataset), "--out", str(run), "--steps", str(steps), "--batch-size", "2", "--no-progress",
             "num_workers=0", "policy.horizon=4", "save_every=1", "keep_last=2", "log_every=1", *extra]  # fmt: skip
 
 
@@ -64,9 +64,9 @@ def _wait_for_checkpoint_after(run: Path, step: int, proc: subprocess.Popen, tim
     raise TimeoutError(f"no new checkpoint in {run} after {timeout} s")
 
 
-def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+def _final_weights(run: Path, steps: int = STEPS) -> dict[str, torch.Tensor]:
     last = latest_checkpoint(run)
-    assert last.name == f"{STEPS:06d}"
+    assert last.name == f"{steps:06d}"
     return load_file(str(last / "model.safetensors"))
 
 
@@ -113,3 +113,28 @@ def test_sigterm_writes_a_checkpoint_and_resume_is_exact(dataset, reference, tmp
     done = subprocess.run(_argv(dataset, run, "--resume"), env=_env(), capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()
     _assert_same(_final_weights(run), reference)
+
+
+def test_sigterm_to_a_ddp_launcher_saves_once_and_resume_is_exact(dataset, tmp_path):
+    """`train --nproc 2`: SIGTERM to the launcher reaches both ranks (via torchrun), they stop on the same step
+    and write one checkpoint; resuming matches an uninterrupted 2-process run."""
+    ddp, steps = ["--nproc", "2"], 8
+    full = subprocess.run(
+        _argv(dataset, tmp_path / "full", *ddp, steps=steps), env=_env(), capture_output=True, timeout=600
+    )
+    assert full.returncode == 0, full.stderr.decode()
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        _argv(dataset, run, *ddp, steps=steps), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert _wait_for_checkpoint_after(run, 1, proc, timeout=300)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "interrupted by SIGTERM" in err.decode(), err.decode()
+    stopped = int(latest_checkpoint(run).name)
+    assert stopped < steps
+    resumed = subprocess.run(
+        _argv(dataset, run, *ddp, "--resume", steps=steps), env=_env(), capture_output=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    _assert_same(_final_weights(run, steps), _final_weights(tmp_path / "full", steps))

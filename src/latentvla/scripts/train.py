@@ -23,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,7 +83,21 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
     cmd += ["-m", "latentvla.cli", *argv]
     print("launching:", " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+    # SIGTERM / SIGINT to this launcher (Kubernetes signals only PID 1) go to torchrun, which passes them to
+    # every rank: they agree on the step, save one checkpoint and exit; we wait for that instead of dying first.
+    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code != 0 and (Path(args.out) / "checkpoints").is_dir():
+        print(
+            f"torchrun exited with {code}; continue the run with the same command plus --resume", file=sys.stderr
+        )
+    return code
 
 
 def main(args: argparse.Namespace) -> int:

@@ -76,19 +76,26 @@ class TrainingInterrupted(RuntimeError):
 
 
 class _StopSignals:
-    """SIGTERM / SIGINT set a flag that the loop reads at each step boundary (a second SIGINT aborts at once).
+    """SIGTERM / SIGINT set a flag that the loop reads at each step boundary; a second Ctrl-C at least
+    `ABORT_AFTER_S` after the first aborts at once (closer ones are the same signal delivered twice: to the
+    process group and forwarded by the launcher / torchrun).
 
     Installed only in the main thread (signal handlers cannot be set elsewhere); restored on exit.
     """
 
+    ABORT_AFTER_S = 2.0
+
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+        now = time.monotonic()
+        if self.signum == signal.SIGINT == signum and now - self._first_at >= self.ABORT_AFTER_S:
             raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is None:
+            self.signum, self._first_at = signum, now
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
