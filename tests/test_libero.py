@@ -85,6 +85,11 @@ def test_rollout_init_states_flip_warmup_and_truncation():
             episode.apply_action({"action": np.array([0, 0, 0.5, 0, 0, 0, 0.3], np.float32)})
         assert episode.is_done() and not episode.success  # 10 + 4 = max_steps 14: truncated, not solved
         assert env.privileged()[K.PRIV_GRIPPER].shape == (1,)
+        # success is LIBERO's check_success(): it ends the episode as solved
+        episode.reset()
+        env.env.check_success = lambda: True
+        episode.apply_action({"action": np.zeros(7, np.float32)})
+        assert episode.success and episode.is_done() and env._steps == 11
     finally:
         env.close()
 
