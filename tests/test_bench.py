@@ -73,6 +73,10 @@ def test_head_flop_model_matches_a_flop_counter():
     model = head_flops(W, T)
     assert flops(3, True) - flops(2, True) == model["per_iteration_cached"]
     assert flops(3, False) - flops(2, False) == model["per_iteration_uncached"]
+    core = sum(p.numel() for n, p in head.core.named_parameters() if p.dim() == 2 and ".kv_" not in n)
+    assert model["weight_bytes_cached"] == 4 * (core + head.adapter.weight.numel())
+    kv = sum(p.numel() for n, p in head.core.named_parameters() if ".kv_" in n)
+    assert model["weight_bytes_uncached"] == model["weight_bytes_cached"] + 4 * kv
     paper = head_flops(896, 577)  # RD-VLA's head: the projection is ~88 % of an iteration
     assert 0.87 < paper["projection_share"] < 0.89
 

@@ -42,21 +42,29 @@ def split_context(tokens: int) -> tuple[int, int]:
 def head_flops(
     width: int, context: int, *, chunk: int = CHUNK, ffn_mult: int = 4, core_layers: int = 2
 ) -> dict[str, float]:
-    """Matmul FLOPs (2 per multiply-add) of one core iteration, batch 1, context width = head width.
+    """Matmul FLOPs (2 per multiply-add) and fp32 weight bytes read by one core iteration, batch 1, context width
+    = head width.
 
     Per block: self-attn qkv/out (4 K D^2), attention over K and over T keys, cross q/out (2 K D^2), SwiGLU
-    (3 K D F), and the context projection 2 T D (2 D) — the part the cache moves out of the loop."""
+    (3 K D F), and the context projection 2 T D (2 D) — the part the cache moves out of the loop. Every iteration
+    also streams the core's weights; with K = 8 query rows per batch element those reads, not the FLOPs, bound
+    the cached iteration at small batch on a CPU (roofline: time ~ max(FLOPs / peak, bytes / bandwidth))."""
     K, D, T, F = chunk, width, context, ffn_mult * width
     per_block = 2 * (3 * K * D * D + K * D * D + 2 * K * K * D + 2 * K * D * D + 2 * K * T * D + 3 * K * D * F)
     projection = 2 * T * D * 2 * D
     adapter = 2 * K * 2 * D * D
     cached = adapter + core_layers * per_block
     uncached = cached + core_layers * projection
+    block_params = 4 * D * D + 2 * D * D + 3 * D * F  # qkv_self, o_self, q_cross, o_cross, ffn_in, ffn_down
+    bytes_cached = 4 * (2 * D * D + core_layers * block_params)
+    bytes_uncached = bytes_cached + 4 * core_layers * 2 * (D * 2 * D)  # + kv_latent, kv_vision
     return {
         "per_iteration_uncached": float(uncached),
         "per_iteration_cached": float(cached),
         "projection_share": core_layers * projection / uncached,
         "ratio": cached / uncached,
+        "weight_bytes_cached": float(bytes_cached),
+        "weight_bytes_uncached": float(bytes_uncached),
     }
 
 
@@ -177,7 +185,8 @@ def format_table(report: dict) -> str:
     f = report["flops"]
     lines.append(
         f"\nFLOP model per iteration: cached {f['per_iteration_cached'] / 1e9:.3f} G, uncached "
-        f"{f['per_iteration_uncached'] / 1e9:.3f} G (context projection {100 * f['projection_share']:.1f} %)"
+        f"{f['per_iteration_uncached'] / 1e9:.3f} G (context projection {100 * f['projection_share']:.1f} %); "
+        f"weights read {f['weight_bytes_cached'] / 2**20:.0f} MB vs {f['weight_bytes_uncached'] / 2**20:.0f} MB"
     )
     if report.get("per_iteration_ratio") is not None:
         lines.append(
