@@ -91,6 +91,7 @@ def test_cli_bench_head_writes_json_and_paths_agree(tmp_path, capsys):
     assert report["per_iteration_ratio"] is not None and report["cached"]["peak_mem_mb"] > 0
     assert "per-iteration cost cached / uncached" in capsys.readouterr().out
     assert main([*args[:-2], "--no-cache"]) == 0 and "cached ms/call" in capsys.readouterr().out
+    assert main([*args[:-2], "--train"]) == 0 and "training step" in capsys.readouterr().out
     assert main(["bench", "head", "--context", "2"]) == 2
     assert "--context must be >= 3" in capsys.readouterr().err
 

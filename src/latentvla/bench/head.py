@@ -2,6 +2,7 @@
 
     latentvla bench head --width 896 --heads 8 --context 577 --batch 1 --json head.json   # RD-VLA's head
     latentvla bench head --width 128 --heads 4 --context 81                               # the tiny preset's
+    latentvla bench head --train --iterations 8,32 --batch 8     # a training step: TBPTT forward + backward
 
 What is timed: one inference call of `RecurrentDepthHead` at fixed depth r (no halting, no grad) on random
 contexts shaped like RD-VLA's: `context` key tokens = latent tokens + 1 proprio token + vision tokens (8/9 of
@@ -12,7 +13,8 @@ the rest, RD-VLA: 64 + 1 + 512 = 577), context width = head width. Both paths ru
 
 Per-iteration cost = least-squares slope of the median call time over the depths; the fixed part (prelude,
 coda, projections of the cached path) is the intercept. `max_abs_diff` compares the two paths' actions at every
-depth. Peak memory: live tensor bytes of one call at the largest depth (bench/latency.py's tracker; CUDA's
+depth. `--train` times a training step instead (forward with truncated BPTT through the last 8 iterations,
+L1 loss, backward). Peak memory: live tensor bytes of one call at the largest depth (bench/latency.py's tracker; CUDA's
 allocator on a GPU). `head_flops` is the matmul FLOP model that explains the ratio.
 """
 
@@ -96,6 +98,7 @@ def bench_head(
     repeats: int = 3,
     warmup: int = 1,
     modes=("cached", "uncached"),
+    train: bool = False,
     device: str = "cpu",
     progress=None,
 ) -> dict[str, Any]:
@@ -117,13 +120,27 @@ def bench_head(
     }
     state = torch.randn(batch, STATE_DIM, generator=g).to(dev)
 
+    target = torch.randn(batch, CHUNK, ACTION_DIM, generator=g).to(dev)
+
     def call(r: int, mode: str) -> torch.Tensor:
+        if train:
+            return train_step(r, mode)
         with torch.no_grad():
             out = head(ctx["pl"], ctx["cl"], ctx["cv"], state, prelude_vision_context=ctx["pv"], num_iterations=r,
                        generator=torch.Generator(device=dev).manual_seed(2), cache_context=mode == "cached")  # fmt: skip
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return out.actions
+
+    def train_step(r: int, mode: str) -> torch.Tensor:
+        head.zero_grad(set_to_none=True)
+        loss, out = head.loss(target, ctx["pl"], ctx["cl"], ctx["cv"], state, None, prelude_vision_context=ctx["pv"],
+                              num_iterations=r, generator=torch.Generator(device=dev).manual_seed(2),
+                              cache_context=mode == "cached")  # fmt: skip
+        loss.mean().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out.actions.detach()
 
     times: dict[str, dict[int, list[float]]] = {m: {r: [] for r in iterations} for m in modes}
     actions: dict[tuple[str, int], torch.Tensor] = {}
@@ -144,6 +161,7 @@ def bench_head(
         "latent_tokens": n_lat,
         "vision_tokens": n_vis,
         "batch": batch,
+        "train": train,
         "chunk": CHUNK,
         "iterations": list(iterations),
         "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
@@ -160,6 +178,8 @@ def bench_head(
     if len(modes) == 2:
         c, u = report["cached"]["per_iteration_ms"], report["uncached"]["per_iteration_ms"]
         report["per_iteration_ratio"] = c / u if c is not None and u else None
+        top = str(max(iterations))
+        report["call_ratio_at_max_depth"] = report["cached"]["ms"][top] / report["uncached"]["ms"][top]
         diffs = [(actions["cached", r] - actions["uncached", r]).abs().max() for r in iterations]
         report["max_abs_diff"] = float(max(diffs))
     return report
@@ -171,7 +191,8 @@ def format_table(report: dict) -> str:
     lines = [
         f"recurrent head: width {report['width']}, {report['heads']} heads, {report['context']} context tokens "
         f"({report['latent_tokens']} latent + 1 proprio + {report['vision_tokens']} vision), batch "
-        f"{report['batch']}, {report['params_m']:.2f} M params, {report['device']}",
+        f"{report['batch']}, {report['params_m']:.2f} M params, {report['device']}"
+        + (", training step (TBPTT forward + backward)" if report.get("train") else ", inference"),
         "",
         "| iterations | " + " | ".join(f"{m} ms/call" for m in modes) + " |",
         "|---:|" + "---:|" * len(modes),
@@ -190,7 +211,8 @@ def format_table(report: dict) -> str:
     )
     if report.get("per_iteration_ratio") is not None:
         lines.append(
-            f"per-iteration cost cached / uncached = {report['per_iteration_ratio']:.3f}x; "
+            f"per-iteration cost cached / uncached = {report['per_iteration_ratio']:.3f}x; per call at "
+            f"{max(report['iterations'])} iterations {report['call_ratio_at_max_depth']:.3f}x; "
             f"max_abs_diff = {report['max_abs_diff']:.2e}"
         )
     return "\n".join(lines)

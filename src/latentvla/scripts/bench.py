@@ -203,6 +203,7 @@ def register_head(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-cache", action="store_true", help="time only the re-projecting reference path")
+    p.add_argument("--train", action="store_true", help="time a training step (TBPTT forward + backward)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
@@ -222,7 +223,7 @@ def main_head(args: argparse.Namespace) -> int:
         report = bench_head(
             width=args.width, heads=args.heads, context=args.context, batch=args.batch,
             iterations=args.iterations, repeats=args.repeats, warmup=args.warmup, device=args.device,
-            modes=("uncached",) if args.no_cache else ("cached", "uncached"),
+            modes=("uncached",) if args.no_cache else ("cached", "uncached"), train=args.train,
             progress=lambda name: print(f"timing {name} ...", file=sys.stderr),
         )  # fmt: skip
     except (ValueError, RuntimeError) as e:
