@@ -179,6 +179,16 @@ def test_every_stage_trains_and_checkpoint_round_trips(tiny, data, tmp_path, fam
         )
 
 
+def test_visual_target_at_its_own_resolution_is_the_ema_towers_4x4_grid(tiny, data):
+    """LaRA: the next frame at 112 px through the EMA Qwen tower + merger = 4 x 4 tokens = the 16 targets."""
+    policy = _policy(tiny, data, "qwen2_5_vl", "lara", "policy.target_image_size=112")
+    frames = torch.rand(2, 3, 32, 32)
+    tokens = policy.model.ema_vision(torch.nn.functional.interpolate(frames, size=(112, 112), mode="bilinear",
+                                                                     antialias=True))  # fmt: skip
+    assert tokens.shape[1] == 16
+    torch.testing.assert_close(policy.model._visual_targets(frames), tokens)
+
+
 def test_frozen_vision_gets_no_gradient(tiny, data):
     policy = _policy(tiny, data, "qwen2_5_vl", "rdvla", "policy.backbone.freeze_vision=true")
     stage = stage_boundaries(policy.config.curriculum, 10)[0][1]

@@ -58,6 +58,7 @@ class PolicyConfig:
     action_dim: int = 4
     horizon: int = 8  # action chunk length H (LaRA LIBERO 8, RD-VLA 8)
     n_img_next: int = 16  # LaRA: 16 <img_next> tokens regressing a 4x4 pooled next-frame feature grid
+    target_image_size: int = 0  # next frame resized to this for the EMA target (LaRA: 112 px); 0 = image_size
     n_query: int = 0  # RD-VLA's learned latent tokens in the backbone (64 in the paper)
     num_action_bins: int = 64  # discrete action tokens (stages I/II)
     ema_decay: float = 0.999  # LaRA code: EMA teacher momentum 0.999 ...
@@ -74,6 +75,8 @@ class PolicyConfig:
             raise ValueError("at least one camera is required")
         if self.head == "recurrent" and self.n_query < 1:
             raise ValueError("the recurrent head reads the backbone's query tokens: set n_query >= 1")
+        if self.target_image_size < 0:
+            raise ValueError(f"target_image_size must be >= 0 (0 = image_size), got {self.target_image_size}")
         for name in ("state_dim", "action_dim", "horizon", "image_size", "num_action_bins"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -178,6 +181,7 @@ def _lara_qwen3vl() -> TrainConfig:
         curriculum=CurriculumConfig("lara", fractions=(5.0, 2.0, 2.0, 2.0, 40.0)),
         horizon=8,
         n_img_next=16,
+        target_image_size=112,  # LaRA img_next.res: 112 px -> 4x4 merged Qwen tokens = the 16 targets (§1.2)
     )
     return TrainConfig("lara-qwen3vl", policy, steps=51_000, batch_size=128, lr_backbone=1e-5, lr_vision=1e-5,
                        lr_head=1e-4, weight_decay=1e-8, warmup_frac=0.1, min_lr_frac=0.05)  # fmt: skip
