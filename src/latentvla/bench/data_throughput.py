@@ -3,7 +3,8 @@
 `bench_data` measures, on one dataset:
 
 - `open_s`, `open_rss_mb`: time and memory to open `VLADataset` (metadata only; images stay on disk);
-- `decode_frames_per_s`, `samples_per_s_1proc`: one process, caches off, random samples (pure decode cost);
+- `decode_frames_per_s`: frames read + decoded per second inside the frame store (caches off, random samples);
+- `samples_per_s_1proc`: whole samples (decode + augmentation + tensors) in one process at 1 torch thread;
 - `loader_samples_per_s`: the training `DataLoader` (random rank-sharded batches, `workers` persistent workers
   with prefetch), after its first batch (worker start-up is reported as `first_batch_s`);
 - `peak_rss_mb` / `peak_pss_mb`: the largest total RSS / PSS of this process plus its workers, sampled every
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 _PAGE_MB = 1 / 1024  # /proc reports kB
 
@@ -99,6 +101,22 @@ def _open(root: str | Path, cameras: list[str] | None, chunk_size: int, **kwargs
     return VLADataset(root, chunk_size=chunk_size, cameras=cameras, augment=True, **kwargs)
 
 
+def _time_frame_reads(store: Any) -> list[float]:
+    """Wraps `store.frames` so the seconds spent reading + decoding frames accumulate in the returned cell."""
+    spent = [0.0]
+    frames = store.frames
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return frames(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    store.frames = timed
+    return spent
+
+
 def bench_data(
     root: str | Path,
     *,
@@ -130,12 +148,16 @@ def bench_data(
 
         uncached = _open(root, cameras, chunk_size, decoded_cache_mb=0)
         picks = np.random.default_rng(0).integers(0, len(uncached), min(decode_samples, len(uncached)))
+        decode_s = _time_frame_reads(uncached.frames)
         DECODE_COUNTS.clear()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as in a DataLoader worker (torch sets 1 thread there)
         t0 = time.perf_counter()
         for i in picks:
             uncached[int(i)]
         elapsed = time.perf_counter() - t0
-        report["decode_frames_per_s"] = sum(DECODE_COUNTS.values()) / elapsed
+        torch.set_num_threads(threads)
+        report["decode_frames_per_s"] = sum(DECODE_COUNTS.values()) / decode_s[0]
         report["decoded_frames_per_sample"] = sum(DECODE_COUNTS.values()) / len(picks)
         report["samples_per_s_1proc"] = len(picks) / elapsed
         del uncached
