@@ -5,7 +5,9 @@ Each strategy is a two-method class (Huginn's exit evaluators, without string sw
     check(prev_actions, actions)  ->  (halt (B,) bool, score (B,) float)
 `actions` is the chunk decoded through the coda at iteration k, `prev_actions` the one at k - 1 (both
 normalized, (B, H, A)), so the earliest possible stop is iteration 2, as in the RD code. The head asks every
-iteration and freezes each batch element on its own at the first iteration whose `halt` is True.
+iteration and freezes each batch element on its own at the first iteration whose `halt` is True; that element
+then leaves the head's active batch (no more compute for it). `check` always receives the whole batch (a halted
+row compares its frozen chunk with itself), so per-element state such as the patience streak stays aligned.
 
 - FixedDepth: never halts early (score = mean squared change, for logging).
 - MSEConvergence(delta): halt when mean((a_k - a_{k-1})^2) < delta. The paper writes ||.||^2 (Eq. 7); the RD
