@@ -83,6 +83,31 @@ def test_qwen_mrope_positions_equal_transformers_get_rope_index(tiny):
     assert torch.equal(ours, ref)
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_two_camera_prompt_equals_transformers_own_forward(tiny, family):
+    """Our image tokens (own tower at native preprocessing, <|vision_start|>/<|vision_end|>), M-RoPE positions and
+    (Qwen3-VL) DeepStack injection reproduce the VLM's own forward on input_ids + pixel_values, 2 cameras."""
+    bb = _backbone(tiny, family, num_cameras=2, image_size=64)
+    c = bb.vlm.config
+    images = [torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    inputs = bb.vision.preprocess(torch.cat(images))
+    n, text = bb.tokens_per_image - 2, [5, 6, 7, 8]
+    ids = torch.tensor([([c.vision_start_token_id] + [c.image_token_id] * n + [c.vision_end_token_id]) * 2 + text])
+    with torch.no_grad():
+        ref = bb.vlm.model(
+            input_ids=ids,
+            pixel_values=inputs["pixel_values"],
+            image_grid_thw=inputs["image_grid_thw"],
+            mm_token_type_ids=(ids == c.image_token_id).int(),
+            attention_mask=torch.ones_like(ids),
+        )
+        embeds = torch.cat([bb.encode_images(images), bb.embed(torch.tensor([text]))], 1)
+        T = embeds.shape[1]
+        out = bb(embeds, attention_mask=torch.ones(T, T, dtype=torch.bool).tril()[None],
+                 position_ids=torch.arange(T)[None])  # fmt: skip
+    torch.testing.assert_close(out.hidden, ref.last_hidden_state, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", VLMS)
 def test_cached_multipass_equals_naive_and_layers(tiny, family):
     bb = _backbone(tiny, family)

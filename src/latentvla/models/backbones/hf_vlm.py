@@ -15,9 +15,11 @@ Families (`FAMILIES`): Qwen2.5-VL, Qwen3-VL (M-RoPE: 3-D positions, image tokens
 no image splitting) and PaliGemma (SigLIP + linear projector). Our 4-D LaRA mask replaces each family's own mask,
 so PaliGemma's bidirectional prefix and Qwen's causal text both become the LaRA layout (papers.md §1.3).
 
-Not wired: Qwen3-VL's DeepStack (vision features added to the first LM layers' hidden states at the image
-positions); the merged image tokens alone are fed, so a pretrained Qwen3-VL sees slightly different image inputs
-than it was trained with until fine-tuning adapts.
+Qwen3-VL's DeepStack (intermediate vision features added to the first LM layers' hidden states at the image
+positions) is wired through a per-batch side channel: `encode_image` keeps the features of the images it just
+encoded and the next forward that starts at column 0 (the prompt pass, or each prefix pass of the cache-free
+multi-pass) adds them; later cached passes never hold image columns. Tests check the whole path equals
+transformers' own forward.
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class VLMVision(nn.Module):
         return self.processor(images=list(x), **kw)
 
     def forward(self, images: Tensor) -> Tensor:
+        return self.encode(images)[0]
+
+    def encode(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(tokens (B, n, D), DeepStack features: one (B, n, D) per injected LM layer, Qwen3-VL only)."""
         inputs = self.preprocess(images)
         B = images.shape[0]
         dev = next(self.parameters()).device
@@ -92,13 +98,14 @@ class VLMVision(nn.Module):
         if self.kind == "qwen":
             grid = inputs["image_grid_thw"].to(dev)
             out = self.parts["tower"](pv, grid_thw=grid, return_dict=True)
-            return out.pooler_output.reshape(B, -1, out.pooler_output.shape[-1])
+            deep = [f.reshape(B, -1, f.shape[-1]) for f in (getattr(out, "deepstack_features", None) or [])]
+            return out.pooler_output.reshape(B, -1, out.pooler_output.shape[-1]), deep
         if self.kind == "idefics3":
             feats = self.parts["tower"](pixel_values=pv.flatten(0, 1), return_dict=True).last_hidden_state
             feats = self.parts["projector"](feats)
-            return feats.reshape(B, -1, feats.shape[-1])
+            return feats.reshape(B, -1, feats.shape[-1]), []
         feats = self.parts["tower"](pv, return_dict=True).last_hidden_state  # paligemma
-        return self.parts["projector"](feats)
+        return self.parts["projector"](feats), []
 
 
 def _vision_parts(kind: str, inner: nn.Module) -> dict[str, nn.Module]:
@@ -237,7 +244,11 @@ class HFVLMBackbone(nn.Module):
         by order, as the VLM does for several images in one prompt."""
         if not 0 <= camera < self.cfg.num_cameras:
             raise ValueError(f"camera index {camera} out of range; the backbone has {self.cfg.num_cameras}.")
-        feats = self._vision(images)
+        feats, deep = self._vision.encode(images)
+        if camera == 0:
+            self._deepstack: dict[int, list[Tensor]] = {}
+        if deep:
+            self._deepstack[camera] = deep
         if self.qwen:
             wrap = self.embed(self._wrap_ids).to(feats.dtype)  # (2, D): <|vision_start|>, <|vision_end|>
             B = feats.shape[0]
@@ -278,11 +289,29 @@ class HFVLMBackbone(nn.Module):
         )
         try:
             out = self._text(inputs_embeds=embeds, attention_mask=additive, position_ids=pos, cache=cache,
-                             use_cache=cache is not None, output_hidden_states=True)  # fmt: skip
+                             use_cache=cache is not None, output_hidden_states=True,
+                             **self._deepstack_inputs(embeds, cache_length(cache)))  # fmt: skip
         finally:
             hook.remove()
         layers = tuple(h.float() for h in (*out.hidden_states[: self.num_layers], last[-1]))
         return BackboneOutput(hidden=out.last_hidden_state.float(), layers=layers)  # heads run in fp32
+
+    def _deepstack_inputs(self, embeds: Tensor, past: int) -> dict:
+        """Qwen3-VL DeepStack kwargs for a pass that holds the image columns [0, n_image) (else none)."""
+        deep = getattr(self, "_deepstack", {})
+        B, T = embeds.shape[:2]
+        cams = self.cfg.num_cameras
+        if past or self.n_image > T or len(deep) != cams or deep[0][0].shape[0] != B:
+            return {}
+        n = self.tokens_per_image - 2  # image tokens between <|vision_start|> and <|vision_end|>
+        mask = torch.zeros(B, T, dtype=torch.bool, device=embeds.device)
+        for k in range(cams):
+            mask[:, k * self.tokens_per_image + 1 : k * self.tokens_per_image + 1 + n] = True
+        per_layer = [torch.cat([deep[k][i] for k in range(cams)], dim=1) for i in range(len(deep[0]))]
+        return {
+            "visual_pos_masks": mask,
+            "deepstack_visual_embeds": [f.reshape(-1, f.shape[-1]) for f in per_layer],
+        }
 
     def logits(self, hidden: Tensor) -> Tensor:
         head = self.vlm.get_output_embeddings()
