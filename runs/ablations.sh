@@ -8,3 +8,4 @@ latentvla train --preset lara-latent-text --dataset $DATA --out $OUT/latent-text
 latentvla train --preset lara             --dataset $DATA --out $OUT/lara        --steps $STEPS  # latent text + visual
 latentvla train --preset rdvla            --dataset $DATA --out $OUT/rdvla       --steps $STEPS  # recurrent depth
 latentvla train --preset lara-rd          --dataset $DATA --out $OUT/lara-rd     --steps $STEPS  # both
+latentvla train --preset ecot             --dataset $DATA --out $OUT/ecot        --steps $STEPS  # ECoT-style token actions (explicit latency baseline)

@@ -72,6 +72,7 @@ def test_state_token_optional_and_validated():
         ActionExpertConfig(width=30, heads=4)
 
 
+@pytest.mark.slow
 def test_overfits_a_handful_of_pairs():
     """Deterministic (context -> chunk) map: the FM loss drops >= 90 % and 4-step samples land on the targets."""
     torch.manual_seed(0)

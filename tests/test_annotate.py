@@ -152,7 +152,7 @@ def test_annotate_episode_columns_and_stage1_format():
     assert cols[K.COT_REASONING][10].endswith("close the gripper")
     assert "globally move up" in cols[K.COT_REASONING][15]
     pattern = (
-        r"Subtask: [a-z ]+ BBox: \[(\d\.\d{4} ){3}\d\.\d{4}\] Reasoning: globally .+, locally .+, .+gripper.*"
+        r"Subtask: [a-z ]+\. BBox: \[(\d\.\d{4} ){3}\d\.\d{4}\]\. Reasoning: globally .+, locally .+, .+gripper.*"
     )
     assert all(re.fullmatch(pattern, text) for text in cols[K.COT_TEXT])
     # unknown task + no box source: noun fallback, boxes flagged invisible

@@ -33,10 +33,34 @@ def test_latency_report_has_every_path_and_flat_recurrent_memory():
         assert report[key] > 0, key
     assert set(report["rd_fixed_ms"]) == {"1", "4", "8"}
     mem = report["rd_peak_mem_mb"]
-    # inference keeps no per-iteration state: peak memory may not grow with depth (RD-VLA's constant memory)
+    # inference keeps no per-iteration state: the head's peak memory may not grow with depth (RD-VLA)
     assert mem["8"] <= 1.05 * mem["4"], mem
     assert report["num_thinking_tokens"] == 3
     assert "explicit / latent" in format_table(report)
+
+
+def test_head_memory_measurement_catches_a_per_iteration_leak():
+    """The head-alone peak must see a leak of one scratchpad per iteration (the whole-call peak, dominated by the
+    backbone, did not): keep every state the core produces and the 8-iteration peak grows."""
+    from latentvla.bench.latency import example_observation, head_peak_mb
+
+    policy = _random_policy("rdvla", "micro").eval()
+    obs = example_observation(policy)
+    head = policy.model.head
+    scratch_mb = head.cfg.chunk * head.cfg.width * 4 / 2**20  # one (1, K, D) float32 scratchpad
+    flat = head_peak_mb(policy, obs, (4, 32))
+    assert flat["32"] - flat["4"] < scratch_mb, flat  # not even one scratchpad more at 32 iterations
+    kept, real = [], head.core_step
+    head.core_step = lambda *a, **k: kept.append(real(*a, **k)) or kept[-1]
+    leaky = head_peak_mb(policy, obs, (4, 32))
+    assert leaky["32"] - leaky["4"] >= 0.9 * 28 * scratch_mb, leaky
+
+
+def test_bench_runs_only_the_modes_a_model_has():
+    report = bench_latency(_random_policy("ecot", "micro").eval(), warmup=0, repeats=1)
+    assert report["latent_ms"] is None and report["explicit_ms"] > 0 and report["explicit_cot_tokens"] >= 0
+    report = bench_latency(_random_policy("lara", "micro").eval(), warmup=0, repeats=1)
+    assert report["explicit_cot_tokens"] > 0 and report["ratio_latent_over_no_reasoning"] > 0
 
 
 def test_flow_checkpoint_has_no_recurrent_keys_and_times_the_expert_both_ways():

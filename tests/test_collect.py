@@ -35,7 +35,7 @@ def test_collect_writes_annotated_dataset(tmp_path):
     assert ep[K.PRIV_TARGET_CORNERS].shape == (length, 24)
     assert all(s == "move toward the goal" for s in ep[K.COT_SUBTASK])
     assert np.mean(ep[K.COT_BBOX_VISIBLE]) >= 0.9
-    assert ep[K.COT_TEXT][0].startswith("Subtask: move toward the goal BBox: [")
+    assert ep[K.COT_TEXT][0].startswith("Subtask: move toward the goal. BBox: [")
     # the same (task, episode, seed) reproduces the same first frame
     from latentvla.envs.metaworld import MetaWorldConfig, MetaWorldEnv
 

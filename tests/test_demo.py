@@ -8,7 +8,7 @@ import pytest
 
 from latentvla.cli import main
 
-pytestmark = pytest.mark.sim
+pytestmark = [pytest.mark.sim, pytest.mark.slow]
 
 
 def test_demo_writes_report_and_summary(tmp_path, capsys):

@@ -135,7 +135,8 @@ def test_eval_is_deterministic_and_writes_lerobot_schema(rd_ckpt, tmp_path):
     (task,) = info["per_task"]
     assert task["task"] == "reach-v3" and task["task_group"] == "easy"
     m = task["metrics"]
-    assert m["n_episodes"] == 1 and m["avg_length"] == 12 and 0.0 <= m["pc_success"] <= 100.0
+    assert m["n_episodes"] == 1 and m["avg_length"] == 12
+    assert m["pc_success"] == 100.0 * sum(bool(e["success"]) for e in a["episodes"]) / len(a["episodes"])
     assert m["n_calls"] == 3  # 12 steps / execution horizon 4 (rdvla default "fixed:4")
     assert m["avg_iterations"] == 8 and m["latency_ms_median"] > 0  # rdvla's default test-time depth
     assert "| reach-v3 | easy |" in (tmp_path / "c" / "eval_table.md").read_text()
@@ -171,7 +172,9 @@ def test_analyze_latents_plots_components_and_scores(lara_ckpt, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     res = json.loads(out.with_suffix(".json").read_text())
     assert res["components"] == ["subtask", "bbox", "reasoning"] and res["n_samples"] == 6
-    assert -1.0 <= res["silhouette"] <= 1.0 and 0.0 <= res["centroid_accuracy"] <= 1.0
+    # even untrained, each thinking token sits at its own position after a different prefix (eval/latents.py):
+    # clearly separated; a collapse of the three latents would score ~0
+    assert res["silhouette"] > 0.2 and res["centroid_accuracy"] > 0.9, res
 
 
 def test_analyze_latents_rejects_checkpoint_without_thinking_tokens(rd_ckpt, tmp_path):

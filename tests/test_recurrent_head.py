@@ -212,6 +212,7 @@ def test_l1_loss_masks_padding_and_bad_inputs_raise():
         RecurrentHeadConfig(width=30, heads=4)
 
 
+@pytest.mark.slow
 def test_overfits_and_more_iterations_lower_the_error():
     """Random-depth training (mean 32, TBPTT 4) on 6 pairs: L1 falls >= 90 %; at test time 1 -> 4 -> 8 iterations
     monotonically lower the error (the RD-VLA Fig. 4 effect in miniature)."""

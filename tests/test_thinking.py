@@ -142,9 +142,8 @@ def test_generate_matches_naive_greedy_and_stops(bb):
     mask = seq.attention_mask()
     with torch.no_grad():
         ref = _naive_greedy(bb, embeds, mask, seq.position_ids, 6)
-    out = generate(bb, embeds, mask, seq.position_ids, max_new_tokens=6, stop_ids=[tok.query_id])
-    if not out.stopped.any():
-        assert torch.equal(out.tokens, ref) and out.lengths.tolist() == [6, 6]
+    out = generate(bb, embeds, mask, seq.position_ids, max_new_tokens=6, stop_ids=())  # no stop: all 6 compared
+    assert torch.equal(out.tokens, ref) and out.lengths.tolist() == [6, 6] and not out.stopped.any()
     stop = int(ref[0, 2])  # make the third token of row 0 a stop token
     out = generate(bb, embeds, mask, seq.position_ids, max_new_tokens=6, stop_ids=[stop])
     n0 = int(out.lengths[0])

@@ -59,7 +59,9 @@ def test_resume_equals_uninterrupted(preset, dataset, tmp_path):
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in full_rows], abs=1e-5)
     if preset == "lara":
         assert [r["stage"] for r in rows] == ["I", "I", "II-1", "II-2", "II-3", "III", "III", "III", "III", "III"]
-        assert "loss_cot" in rows[0] and "loss_flow" in rows[-1]
+        assert "loss_cot" in rows[0] and any("loss_flow" in r for r in rows if r["stage"] == "III")
+        mixed = [k for r in rows for k in r if "@" in k]  # Coconut stage mixing (mix_prob 0.3), resumed exactly
+        assert mixed and all(k.split("@")[1] in ("I", "II-1", "II-2", "II-3") for k in mixed)
     with pytest.raises(ValueError, match="already at step"):
         train(cfg, dataset, tmp_path / "split", resume=True, show_progress=False)
     with pytest.raises(ValueError, match="differs from the checkpoint"):  # fewer steps than the run: refused
@@ -83,13 +85,14 @@ def _ddp_worker(rank: int, world: int, port: int, cfg, dataset: str, run: str) -
     train(cfg, dataset, run, show_progress=False)
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_equal_one_process(dataset, tmp_path):
     """2 processes x batch 2 == 1 process x batch 4. The test controls the randomness: augmentation off and a
-    preset whose loss draws no noise (lara-explicit: CoT / action-token CE + visual-latent L1 vs the EMA target),
+    preset whose loss draws no noise (ecot: CoT / action-token CE, one stage),
     since per-rank noise streams legitimately differ from one process's stream."""
     from latentvla.train.loop import train
 
-    cfg = _cfg("lara-explicit", 3, "batch_size=4", "augment=false")
+    cfg = _cfg("ecot", 3, "batch_size=4", "augment=false")
     train(cfg, dataset, tmp_path / "single", show_progress=False)
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(dataset), str(tmp_path / "ddp")), nprocs=2, join=True)
     assert _max_diff(_weights(tmp_path / "single"), _weights(tmp_path / "ddp")) <= 2e-5
@@ -107,7 +110,7 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--preset", "lara", "--dataset", str(dataset), "--out", str(run), "--steps", "6",
             "--batch-size", "2", "--no-progress", "log_every=4", "save_every=3", "keep_last=1", "augment=false",
-            "policy.horizon=4"]  # fmt: skip
+            "policy.horizon=4", "policy.curriculum.mix_prob=0"]  # fmt: skip
     assert main(argv) == 0
     rows = read_metrics(run / "metrics.jsonl")
     assert all({"stage", "step", "loss", "lr_backbone", "lr_head"} <= r.keys() for r in rows)

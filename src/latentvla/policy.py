@@ -39,7 +39,7 @@ from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.stats import Normalizer
 from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.execution import make_horizon
-from latentvla.models.halting import make_halting
+from latentvla.models.halting import parse_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
 from latentvla.observation import BadObservation, prepare_image, prepare_state, prepare_task
 
@@ -121,7 +121,8 @@ class Policy(nn.Module):
             save_model(
                 self.model, str(directory / WEIGHTS)
             )  # handles tied weights (HF LMs tie lm_head to embeddings)
-        cfg = {"policy": config_to_dict(self.config), **extra}
+        # The curriculum stage the weights are at: a periodic stage-I/II checkpoint acts as that stage (issue 10).
+        cfg = {"policy": config_to_dict(self.config), "stage": self.model.stage.name, **extra}
         (directory / CONFIG).write_text(json.dumps(cfg, indent=2))
         (directory / STATS).write_text(json.dumps(self.normalizer.to_dict()))
 
@@ -135,6 +136,8 @@ class Policy(nn.Module):
         config = config_from_dict(PolicyConfig, raw["policy"])
         normalizer = Normalizer.from_dict(json.loads((ckpt / STATS).read_text()))
         policy = cls(config, normalizer)
+        if "stage" in raw:  # checkpoints from before stage recording act as the final stage
+            policy.model.set_stage(raw["stage"])
         if raw.get("weights") == "adapter":
             from latentvla.models.backbones.lora import load_adapter_state_dict
 
@@ -189,7 +192,7 @@ class Policy(nn.Module):
             "action_low": self.action_low.tolist(),
             "action_high": self.action_high.tolist(),
             "head": c.head,
-            "modes": ["latent", "explicit", "none"],
+            "modes": list(self.model.modes),  # the first is the default
         }
 
     def make_batch(self, observations: list[dict]) -> dict:
@@ -216,14 +219,14 @@ class Policy(nn.Module):
         self,
         observations: list[dict],
         *,
-        mode: str = "latent",
+        mode: str | None = None,
         iterations: int | None = None,
         halting: Any = None,
         generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, SampleOutput]:
         """Unnormalized, clipped (B, H, A) chunks and the raw SampleOutput."""
         if isinstance(halting, str):
-            halting = make_halting(halting)
+            halting = parse_halting(halting)
         out = self.model.sample_actions(
             self.make_batch(observations), mode=mode, iterations=iterations, halting=halting, generator=generator
         )

@@ -26,7 +26,7 @@ motion, LOCAL_DEADZONE = 1 mm for the one-step local motion, since one action mo
 No axis named -> "stay". Words combine as "forward-left and up".
 
 Stage-I string (4 decimals; invisible boxes print as zeros, their `cot.bbox_visible` is False):
-    "Subtask: grasp the puck BBox: [0.4123 0.5010 0.4522 0.5391] Reasoning: globally move down, ..."
+    "Subtask: grasp the puck. BBox: [0.4123 0.5010 0.4522 0.5391]. Reasoning: globally move down, ..."
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 
 from latentvla import constants as K
 from latentvla.data.boxes import BoxSource, ProjectedGeometryBoxes
+from latentvla.data.cot import format_cot
 from latentvla.envs.base import StateLayout, TaskSpec
 
 GLOBAL_DEADZONE = 0.01  # metres
@@ -253,12 +254,6 @@ def reasoning_text(global_delta: np.ndarray, local_delta: np.ndarray, gripper: s
             f"locally {motion_phrase(local_delta, LOCAL_DEADZONE)}, {gripper}")  # fmt: skip
 
 
-def stage1_text(subtask: str, bbox: np.ndarray, reasoning: str) -> str:
-    """The full Stage-I CoT string with a 4-decimal box."""
-    box = " ".join(f"{v:.4f}" for v in np.asarray(bbox, dtype=np.float64).reshape(4))
-    return f"Subtask: {subtask} BBox: [{box}] Reasoning: {reasoning}"
-
-
 # ---------------------------------------------------------------------------------------- episodes
 def _ee_and_gripper(episode: dict, layout: StateLayout | None) -> tuple[np.ndarray, np.ndarray]:
     if K.PRIV_EE_POS in episode and K.PRIV_GRIPPER in episode:
@@ -311,7 +306,7 @@ def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, 
         )
         subtasks.append(sub)
         reasonings.append(rea)
-        texts.append(stage1_text(sub, bbox[t], rea))
+        texts.append(format_cot(sub, bbox[t], bool(visible[t]), rea))
     return {
         K.COT_SEGMENT: segments,
         K.COT_SUBTASK: subtasks,

@@ -65,6 +65,21 @@ def _camera_key(name: str, available: list[str]) -> str:
     return key
 
 
+def shift_box(
+    box: np.ndarray, visible: bool, shift: tuple[int, int] | None, size: tuple[int, int]
+) -> tuple[np.ndarray, bool]:
+    """The normalized xyxy `box` after the random shift `shift` = (dy, dx) crop offset into the image padded by
+    AUGMENT_PAD: content moves by (AUGMENT_PAD - dy, AUGMENT_PAD - dx) px; the box moves with it and is clipped
+    to the frame, and a box clipped to nothing is no longer visible (the BBox text must describe the pixels the
+    model sees, not the unshifted frame: at 64 px a 4 px error is larger than the goal dots)."""
+    if shift is None or not visible:
+        return box, visible
+    h, w = size
+    off = np.array([(AUGMENT_PAD - shift[1]) / w, (AUGMENT_PAD - shift[0]) / h] * 2, dtype=np.float32)
+    moved = np.clip(box + off, 0.0, 1.0).astype(np.float32)
+    return moved, bool(moved[2] > moved[0] and moved[3] > moved[1])
+
+
 class VLADataset(Dataset):
     """Training samples from a LeRobot dataset: images, normalized state, action chunk + pad mask, CoT fields."""
 
@@ -222,8 +237,9 @@ class VLADataset(Dataset):
         sample[TASK] = self.tasks[int(self.task_index[i])]
         for key in _COT_STRINGS:
             sample[key] = self.strings[key][i]
-        sample[COT_BBOX] = torch.from_numpy(self.bbox[i])
-        sample[COT_BBOX_VISIBLE] = torch.tensor(bool(self.bbox_visible[i]))
+        box, visible = shift_box(self.bbox[i], bool(self.bbox_visible[i]), shift, self.image_size)
+        sample[COT_BBOX] = torch.from_numpy(box)
+        sample[COT_BBOX_VISIBLE] = torch.tensor(visible)
         sample["has_cot"] = torch.tensor(self.has_cot and bool(self.strings[COT_TEXT][i]))
         for name in ("episode_index", "frame_index", "index", "task_index"):
             sample[name] = torch.tensor(int(getattr(self, name)[i]), dtype=torch.int64)

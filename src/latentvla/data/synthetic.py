@@ -43,6 +43,7 @@ from latentvla.constants import (
     PRIV_OBJECT_POS,
     TASK,
 )
+from latentvla.data.cot import format_cot
 
 FPS = 10
 MAX_STEP = 0.05  # largest per-frame displacement (image fraction) = action 1.0
@@ -110,7 +111,7 @@ def _render(
 
 
 def _cot(pos, goal, boxes, gripper, noun) -> dict:
-    """Per-frame CoT columns (LaRA §3.2 Stage-I format, matching models.vla.compose_cot)."""
+    """Per-frame CoT columns (LaRA §3.2 Stage-I format, data/cot.py)."""
     length = len(pos)
     grasp, moving = max(1, length // 4), max(1, (3 * length) // 4)
     columns = {COT_SEGMENT: [], COT_SUBTASK: [], COT_REASONING: [], COT_TEXT: []}
@@ -124,11 +125,10 @@ def _cot(pos, goal, boxes, gripper, noun) -> dict:
         local = pos[min(t + 1, length - 1)] - pos[t]
         hand = "open" if gripper[t] > 0.5 else "closed"
         reasoning = f"globally {_direction(goal - pos[t])}, locally {_direction(local)}, gripper {hand}"
-        box = " ".join(f"{v:.4f}" for v in boxes[t])
         columns[COT_SEGMENT].append(segment)
         columns[COT_SUBTASK].append(subtask)
         columns[COT_REASONING].append(reasoning)
-        columns[COT_TEXT].append(f"Subtask: {subtask}. BBox: [{box}]. Reasoning: {reasoning}")
+        columns[COT_TEXT].append(format_cot(subtask, boxes[t], True, reasoning))
     columns[COT_BBOX] = boxes
     columns[COT_BBOX_VISIBLE] = np.ones(length, dtype=bool)
     return columns

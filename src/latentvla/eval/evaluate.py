@@ -39,8 +39,8 @@ from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.envs.base import GRIPPER_MODES, postprocess_gripper
 from latentvla.envs.registry import get_simulator
 from latentvla.eval.runtime import ActionRecorder, FrameRecorder, run_episode
+from latentvla.models.halting import parse_halting
 
-HALTING_ARG = {"mse": "delta", "cosine": "threshold"}  # the one numeric argument of each halting strategy
 VIDEO_FPS = 20
 MAX_ENVS_PER_WORKER = 1  # jobs arrive task by task; a LIBERO env holds ~1 GB
 
@@ -50,7 +50,7 @@ class EvalSettings:
     """How every episode of one evaluation is run (shipped to the workers)."""
 
     run_dir: str
-    mode: str = "latent"
+    mode: str | None = None  # None: the model's default (explicit for a model whose last stage writes CoT text)
     iterations: int | None = None  # fixed recurrent depth; with `halting`, the cap (None: the config's default)
     halting: str | None = None  # "mse:5e-4", "cosine:0.999", "fixed" or None
     seed: int = 0
@@ -61,7 +61,7 @@ class EvalSettings:
     execution: str | None = None  # execution-horizon spec (None: protocol full chunk, else the checkpoint's)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("latent", "explicit", "none"):
+        if self.mode is not None and self.mode not in ("latent", "explicit", "none"):
             raise ValueError(f"mode must be 'latent', 'explicit' or 'none', got {self.mode!r}")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
@@ -94,26 +94,6 @@ class EvalSettings:
         if self.execution is not None:
             return self.execution
         return f"fixed:{horizon}" if self.sim_protocol.execute_full_chunk else None
-
-
-def parse_halting(spec: str | None):
-    """ "mse:5e-4" -> MSEConvergence(delta=5e-4); "cosine:0.999"; "fixed"; None -> None (fixed depth)."""
-    if spec is None:
-        return None
-    from latentvla.models.halting import make_halting
-
-    name, _, value = spec.partition(":")
-    if not value:
-        if name in HALTING_ARG:
-            raise ValueError(f"halting {name!r} needs a threshold, e.g. '{name}:5e-4' (RD-VLA's best mse δ)")
-        return make_halting(name)
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"halting threshold in {spec!r} is not a number; write e.g. 'mse:5e-4'") from None
-    if name not in HALTING_ARG:
-        raise ValueError(f"halting {name!r} takes no threshold; use one of {sorted(HALTING_ARG)} with ':value'")
-    return make_halting(name, **{HALTING_ARG[name]: number})
 
 
 def episode_torch_seed(seed: int, task_id: int, episode: int) -> int:
@@ -384,7 +364,7 @@ def evaluate(
     tasks: str | list[str],
     episodes: int | None,
     *,
-    mode: str = "latent",
+    mode: str | None = None,
     iterations: int | None = None,
     halting: str | None = None,
     seed: int | None = None,

@@ -77,42 +77,38 @@ def _lara_stages(visual: bool) -> list[tuple[StageSpec, float]]:
     return [(stage_i, 0.2), *[(s, 0.1) for s in stage_ii], (stage_iii, 0.5)]
 
 
-def _head_only(name: str) -> StageSpec:
-    """No reasoning tokens: backbone + continuous action head from step 0."""
-    return StageSpec(
-        name=name, latent_components=(), explicit_components=(), visual_latents=False,
-        discrete_actions=False, train_head=True, w_head=1.0,
-    )  # fmt: skip
+def _stage(name: str, **kw) -> StageSpec:
+    """A stage with no reasoning tokens and no action output unless `kw` says otherwise."""
+    base = dict(latent_components=(), explicit_components=(), visual_latents=False, discrete_actions=False,
+                train_head=False)  # fmt: skip
+    return StageSpec(name=name, **{**base, **kw})
 
 
 def _schedule_table() -> dict[str, list[tuple[StageSpec, float]]]:
+    """LaRA Table 4 as schedules that differ from `lara` in ONE factor each: all use the flow expert, the same
+    total steps and the same stage-III share (50 %); only `lara` has visual latents (issue 10, item 8)."""
     comps = COT_COMPONENTS
+    head = dict(train_head=True, w_head=1.0)
+    tokens = dict(discrete_actions=True, w_act=1.0)
     return {
-        # the full curriculum: latent text + latent vision (paper's best, Table 4 row 4)
+        # row 4, the full curriculum: latent text + latent vision (the paper's best)
         "lara": _lara_stages(visual=True),
-        # latent text only (Table 4 row 3)
+        # row 3, latent text only: `lara` without visual latents
         "lara-latent-text": _lara_stages(visual=False),
-        # explicit CoT, stage I only: the ECoT-style baseline; acts through discrete action tokens (row 2)
+        # row 2, explicit text: the CoT is never compressed. Stage I for the 50 % that `lara` spends in I + II,
+        # then the expert learns on the explicit text (teacher-forced; like `lara`'s stage III only the expert's
+        # loss counts, and stage mixing rehearses stage I). At inference it writes its CoT, then acts.
         "lara-explicit": [
-            (
-                StageSpec(
-                    name="I",
-                    latent_components=(),
-                    explicit_components=comps,
-                    visual_latents=True,
-                    discrete_actions=True,
-                    train_head=False,
-                    w_cot=1.0,
-                    w_vis=0.1,
-                    w_act=1.0,
-                ),
-                1.0,
-            )
-        ],  # fmt: skip
-        # no reasoning at all: backbone + flow expert from step 0 (row 1)
-        "no-cot": [(_head_only("III"), 1.0)],
+            (_stage("I", explicit_components=comps, w_cot=1.0, **tokens), 0.5),
+            (_stage("III", explicit_components=comps, **head), 0.5),
+        ],
+        # row 1, no reasoning: the same 50 % of backbone training on action tokens alone, then the expert
+        "no-cot": [(_stage("I", **tokens), 0.5), (_stage("III", **head), 0.5)],
+        # ECoT-style token-action model (Zawalski et al.): explicit CoT text, then discrete action tokens, no
+        # action expert; the explicit-CoT latency baseline (one stage)
+        "ecot": [(_stage("I", explicit_components=comps, w_cot=1.0, **tokens), 1.0)],
         # RD-VLA: backbone with query tokens + recurrent head, L1 from step 0
-        "rd": [(_head_only("RD"), 1.0)],
+        "rd": [(_stage("RD", **head), 1.0)],
     }
 
 
@@ -121,13 +117,23 @@ SCHEDULES = _schedule_table()
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    """A named schedule and, optionally, custom stage fractions (same length as the schedule)."""
+    """A named schedule, optionally custom stage fractions (same length as the schedule), and stage mixing.
+
+    `mix_prob` is Coconut's `uniform_prob` (papers.md: 0 in its main runs, 0.3 "to mix other stages"): with this
+    probability a training step uses an earlier stage, drawn uniformly, instead of the scheduled one, so explicit
+    CoT (stage I) and discrete actions keep being rehearsed after their stage ends. Without it a `lara` model's
+    explicit decoding drifts after stage III (README). Coconut mixes per sample; we mix per step (one layout per
+    batch) and draw from (seed, step) only, so every DDP rank trains the same stage.
+    """
 
     schedule: str = "lara"
     fractions: tuple[float, ...] | None = None
+    mix_prob: float = 0.3
 
     def __post_init__(self) -> None:
         stages = lookup(SCHEDULES, self.schedule, "curriculum schedule")
+        if not 0.0 <= self.mix_prob <= 1.0:
+            raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}")
         if self.fractions is not None:
             if len(self.fractions) != len(stages):
                 raise ValueError(

@@ -8,6 +8,7 @@ update interval is the caller's business (train/loop.py).
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -18,6 +19,14 @@ def make_ema(module: nn.Module) -> nn.Module:
     target = copy.deepcopy(module)
     target.requires_grad_(False)
     return target.eval()
+
+
+def horizon_decay(time_constant: float, every: int) -> float:
+    """The per-update decay whose EMA forgets a factor e every `time_constant` optimizer steps, updating every
+    `every` steps: decay ** (time_constant / every) = 1/e. (The code's 0.999 every 2 steps is 1,999 steps.)"""
+    if time_constant <= 0 or every < 1:
+        raise ValueError(f"time_constant must be > 0 and every >= 1, got {time_constant}, {every}.")
+    return math.exp(-every / time_constant)
 
 
 @torch.no_grad()

@@ -103,6 +103,39 @@ HaltingStrategy = FixedDepth | MSEConvergence | CosineConvergence
 HALTING = {"fixed": FixedDepth, "mse": MSEConvergence, "cosine": CosineConvergence}
 
 
+HALTING_ARG = {"mse": "delta", "cosine": "threshold"}  # the one numeric argument of each thresholded strategy
+
+
+def parse_halting(spec: str | None) -> HaltingStrategy | None:
+    """THE halting spec parser (eval, serve, Policy, sweeps): "mse:5e-4" -> MSEConvergence(delta=5e-4),
+    "cosine:0.999", "fixed"; None -> None (fixed depth). A thresholded strategy needs its threshold."""
+    if spec is None:
+        return None
+    name, _, value = spec.strip().partition(":")
+    if not value:
+        if name in HALTING_ARG:
+            raise ValueError(f"halting {name!r} needs a threshold, e.g. '{name}:5e-4' (RD-VLA's best mse δ)")
+        return make_halting(name)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"halting threshold in {spec!r} is not a number; write e.g. 'mse:5e-4'") from None
+    if name not in HALTING_ARG:
+        raise ValueError(f"halting {name!r} takes no threshold; use one of {sorted(HALTING_ARG)} with ':value'")
+    return make_halting(name, **{HALTING_ARG[name]: number})
+
+
+def halting_spec(name: str | None, delta: float | None) -> str | None:
+    """The CLI flags `--halting NAME --delta X` as a `parse_halting` spec ("mse:0.0005"), validated."""
+    if name is None:
+        if delta is not None:
+            raise ValueError("--delta only makes sense with --halting mse|cosine")
+        return None
+    spec = name if delta is None else f"{name}:{delta!r}"
+    parse_halting(spec)
+    return spec
+
+
 def make_halting(name: str, **kwargs: float) -> HaltingStrategy:
     """Build a strategy by name ("fixed", "mse", "cosine"); unknown names get a did-you-mean error."""
     cls = lookup(HALTING, name, "halting strategy")

@@ -15,12 +15,15 @@ MODES = ("latent", "explicit", "none")
 class SampleOptions:
     """Test-time options of one `sample_actions` call; every field has a model default.
 
-    mode "latent": the final stage's prompt (K thinking tokens, <img_next> x16), then the action output.
-    mode "explicit": greedy CoT text generation with the KV cache (ECoT-style), then act on the text.
+    mode "latent": the acting stage's prompt (K thinking tokens, <img_next> x16), then the action output.
+    mode "explicit": greedy CoT text generation with the KV cache (ECoT-style), then act on the text, continuing
+        the same cache.
     mode "none": no reasoning tokens at all (image + instruction -> action output): the latency floor.
+    mode None (default): what the model was trained to do — "explicit" when its acting stage still has explicit
+        CoT text (lara-explicit, ecot, a stage-I/II checkpoint), else "latent".
     """
 
-    mode: str = "latent"
+    mode: str | None = None
     iterations: int | None = None  # recurrent head depth (default PolicyConfig.iterations)
     halting: Any = None  # a models/halting.py criterion for the recurrent head
     num_steps: int | None = None  # flow-matching Euler steps (default ActionExpertConfig.num_steps)
@@ -29,7 +32,7 @@ class SampleOptions:
     max_cot_tokens: int = 96  # explicit mode: cap on generated CoT tokens
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        if self.mode is not None and self.mode not in MODES:
             raise ValueError(f"mode must be 'latent', 'explicit' or 'none', got {self.mode!r}")
         if self.max_cot_tokens < 1:
             raise ValueError(f"max_cot_tokens must be >= 1, got {self.max_cot_tokens}")

@@ -2,7 +2,7 @@
 
 One row of a batch (columns left to right):
 
-    [IMAGE x n_image][PAD gap][instruction " @"][<sot>][<thinking> x K][<eot>][explicit CoT][PAD gap]
+    [IMAGE x n_image][PAD gap][instruction " @"][<sot>][<thinking> x K][<eot>][explicit CoT <eos>][PAD gap]
     [<img_next> x n_img_next][action tokens x L | none in Stage III][<query> x n_query]
 
 The two PAD gaps make every block that later code indexes sit in the same columns in every row:
@@ -16,7 +16,12 @@ Segments: IMAGE, TEXT (instruction, " @", <sot>, <eot>, explicit CoT), THINKING,
 
 Targets (already shifted, because of the gaps): `targets[b, t]` is the id the model must predict from position t,
 i.e. the next real token when that token is supervised, else -100. Supervised tokens (LaRA §1.6): explicit CoT
-text, the first <img_next> (the end-of-CoT signal explicit decoding stops on) and the action tokens.
+text, the first <img_next> and the action tokens.
+
+End of CoT: every explicit CoT ends with <eos> (`tokenizer.eos_id`), supervised in every stage that has explicit text,
+and explicit decoding stops on it. LaRA does not name its end-of-CoT signal; the first <img_next> (what this
+layout used before) is only present, hence only trained, when the curriculum has visual latents, so a model
+without them never learned to stop (issue 10, item 4). `explicit_cot=None` (latent prompts) adds no <eos>.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ def build_sequence(
     *,
     n_image: int,
 ) -> SequenceBatch:
-    """Lay out a batch (see the module docstring). `explicit_cot[b]` is encoded verbatim after <eot>.
+    """Lay out a batch (see the module docstring). `explicit_cot[b]` is encoded verbatim after <eot>, then <eos>.
 
     Stage I: n_latent=0 and the full CoT as explicit text; Stage II-k: n_latent=k and the remaining components
     as text; Stage III: no `action_token_ids`. Inference prompts: explicit_cot=None (latent mode), or
@@ -140,7 +145,7 @@ def build_sequence(
     _check_args(tokenizer, instructions, explicit_cot, n_latent, n_img_next, action_token_ids, n_query, n_image)
     tok, B = tokenizer, len(instructions)
     prefixes = [tok.encode(s.strip() + " @") + [tok.start_thinking_id] for s in instructions]
-    texts = [tok.encode(s) for s in explicit_cot] if explicit_cot is not None else [[] for _ in range(B)]
+    texts = [tok.encode(s) + [tok.eos_id] for s in explicit_cot] if explicit_cot is not None else [[]] * B
     acts = action_token_ids.tolist() if action_token_ids is not None else [[] for _ in range(B)]
     P, E = max(map(len, prefixes)), max(map(len, texts))
     S = Segment
@@ -177,6 +182,40 @@ def build_sequence(
     L = len(acts[0])
     return SequenceBatch(input_ids, segments, position_ids, torch.tensor(tgt_rows), cols(0, n_image),
                          cols(think0, n_latent), cols(img0, n_img_next), cols(act0, L), cols(act0 + L, n_query))  # fmt: skip
+
+
+def extend_sequence(seq: SequenceBatch, ids: Tensor, segments: Sequence[int]) -> SequenceBatch:
+    """`seq` with the same columns `ids` (B, n) of `segments` (n,) appended (unsupervised): the layout of a
+    prompt continued from its KV cache (explicit CoT tokens, <eos>, <img_next>, queries). Appended <img_next> and
+    <query> blocks must be contiguous; indices of the appended blocks replace the prompt's (which has none)."""
+    B, n = ids.shape
+    if len(segments) != n:
+        raise ValueError(f"{n} appended ids but {len(segments)} segments")
+    T = seq.input_ids.shape[1]
+    new_seg = torch.tensor(list(segments), device=seq.segments.device).expand(B, n)
+    segs = torch.cat([seq.segments, new_seg], dim=1)
+    real = segs != Segment.PAD
+    dev = seq.segments.device
+
+    def block(kind: Segment, old: Tensor) -> Tensor:
+        cols = [T + j for j, s in enumerate(segments) if s == kind]
+        if not cols:
+            return old
+        if cols != list(range(cols[0], cols[0] + len(cols))) or old.shape[1]:
+            raise ValueError(f"appended {kind.name} tokens must form one block not already in the prompt")
+        return torch.tensor(cols, device=dev).expand(B, len(cols)).contiguous()
+
+    return SequenceBatch(
+        input_ids=torch.cat([seq.input_ids, ids.to(seq.input_ids)], dim=1),
+        segments=segs,
+        position_ids=((real.cumsum(1) - 1) * real).long(),
+        targets=torch.cat([seq.targets, torch.full_like(ids, IGNORE).to(seq.targets)], dim=1),
+        image_index=seq.image_index,
+        thinking_index=seq.thinking_index,
+        img_next_index=block(Segment.IMG_NEXT, seq.img_next_index),
+        action_index=seq.action_index,
+        query_index=block(Segment.QUERY, seq.query_index),
+    )
 
 
 def _shifted_targets(ids: list[int], segs: list[int], sup: list[bool]) -> list[int]:

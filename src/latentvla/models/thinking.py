@@ -45,7 +45,8 @@ def _check_no_lookahead(mask: Tensor, bounds: list[tuple[int, int]], past: int) 
             )
 
 
-def _concat(outputs: list[BackboneOutput]) -> BackboneOutput:
+def concat_outputs(outputs: list[BackboneOutput]) -> BackboneOutput:
+    """Outputs of consecutive column ranges -> one output over all of them."""
     if len(outputs) == 1:
         return outputs[0]
     hidden = torch.cat([o.hidden for o in outputs], dim=1)
@@ -101,7 +102,7 @@ def latent_forward(
                 cache=cache,
             )  # fmt: skip
         )
-    out = _concat(outputs)
+    out = concat_outputs(outputs)
     return out, out.hidden[:, list(thinking_cols)]
 
 
@@ -127,6 +128,7 @@ class GenerationOutput:
     lengths: Tensor  # (B,) number of generated tokens before the stop token (or n if none)
     stopped: Tensor  # (B,) bool: the row produced a stop token
     text: list[str]  # decoded tokens[b, :lengths[b]]
+    states: BackboneOutput | None = None  # keep_states: outputs at every cached column (prompt + fed tokens)
 
 
 @torch.no_grad()
@@ -141,17 +143,21 @@ def generate(
     thinking_cols: Sequence[int] = (),
     cache: Any = None,
     allowed_ids: Sequence[int] | None = None,
+    keep_states: bool = False,
 ) -> GenerationOutput:
     """Run the prompt (latent thoughts included) with the cache, then decode greedily until a stop id.
 
     The prompt must end with a real token in every row (left padding only, as `build_sequence(...,
     n_img_next=0)` gives); new tokens attend to every key the prompt's last position attends to, plus each other.
-    Typical use (explicit CoT): stop_ids=[tokenizer.img_next_id], the end-of-CoT signal the CE loss trains.
+    Typical use (explicit CoT): stop_ids=[tokenizer.eos_id], the end-of-CoT signal the CE loss trains.
+    `keep_states` returns the backbone outputs of every column the cache now holds, so a caller can continue
+    the sequence from the cache (append tokens with `cache`) without re-running the prompt.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     cache = backbone.new_cache() if cache is None else cache
     out, _ = latent_forward(backbone, embeds, attention_mask, position_ids, thinking_cols, cache)
+    kept = [out] if keep_states else None
     keys = attention_mask[:, -1]  # (B, T_past + T): what the last prompt token sees
     pos, h = position_ids[:, -1], out.hidden[:, -1]
     B, pad = embeds.shape[0], backbone.tokenizer.pad_id
@@ -176,5 +182,8 @@ def generate(
         step_out = backbone(backbone.embed(nxt[:, None]), attention_mask=keys[:, None], position_ids=pos[:, None],
                             cache=cache)  # fmt: skip
         h = step_out.hidden[:, -1]
+        if kept is not None:
+            kept.append(step_out)
     text = [backbone.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, lengths.tolist())]
-    return GenerationOutput(tokens=tokens, lengths=lengths, stopped=stopped, text=text)
+    states = concat_outputs(kept) if kept is not None else None
+    return GenerationOutput(tokens=tokens, lengths=lengths, stopped=stopped, text=text, states=states)

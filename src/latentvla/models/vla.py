@@ -38,33 +38,28 @@ from latentvla.constants import (
     OBS_IMAGES,
     TASK,
 )
+from latentvla.data.cot import format_cot
 from latentvla.models import sequence as seq_lib
 from latentvla.models.action_heads import build_action_head, gather
 from latentvla.models.action_tokenizer import BinningActionTokenizer
-from latentvla.models.backbone import BackboneOutput, build_backbone
+from latentvla.models.backbone import BackboneOutput, build_backbone, cache_length
 from latentvla.models.curriculum import StageSpec, final_stage
-from latentvla.models.ema import ema_update, make_ema
+from latentvla.models.ema import ema_update, horizon_decay, make_ema
 from latentvla.models.sampling import SampleOptions, SampleOutput, stack_outputs
-from latentvla.models.thinking import generate, latent_forward
+from latentvla.models.thinking import concat_outputs, generate, latent_forward
 
 __all__ = ["LatentVLA", "Layout", "SampleOptions", "SampleOutput", "compose_cot"]
 
 
 def compose_cot(batch: dict, components: tuple[str, ...], index: int) -> str:
-    """The explicit CoT text of sample `index` for the given components, in LaRA's Stage-I format (Fig. 8)."""
-    parts = []
-    for comp in components:
-        if comp == "subtask":
-            parts.append(f"Subtask: {batch[COT_SUBTASK][index]}.")
-        elif comp == "bbox":
-            if bool(batch[COT_BBOX_VISIBLE][index]):
-                box = " ".join(f"{float(v):.4f}" for v in batch[COT_BBOX][index])
-                parts.append(f"BBox: [{box}].")
-            else:
-                parts.append("BBox: none.")
-        elif comp == "reasoning":
-            parts.append(f"Reasoning: {batch[COT_REASONING][index]}")
-    return " ".join(parts)
+    """The explicit CoT text of sample `index` for the given components (data/cot.py, LaRA Fig. 8)."""
+    return format_cot(
+        batch[COT_SUBTASK][index],
+        batch[COT_BBOX][index].tolist(),
+        bool(batch[COT_BBOX_VISIBLE][index]),
+        batch[COT_REASONING][index],
+        components,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +90,7 @@ class LatentVLA(nn.Module):
         self.cfg = cfg
         stages = cfg.curriculum.stages()
         self.final = final_stage(cfg.curriculum)
+        self.stage = self.final  # the stage the model acts as at inference (`set_stage`; Policy reads checkpoints)
         self.backbone = build_backbone(
             replace(
                 cfg.backbone,
@@ -135,11 +131,19 @@ class LatentVLA(nn.Module):
             "head": head,
         }
 
+    def ema_decay(self, total_steps: int | None) -> float:
+        """The EMA target's per-update decay: a time constant of `ema_horizon` x the run (PolicyConfig), or the
+        fixed `ema_decay` (LaRA code: 0.999 every 2 steps) when ema_horizon is 0 or the run length is unknown."""
+        c = self.cfg
+        if c.ema_horizon > 0 and total_steps:
+            return horizon_decay(c.ema_horizon * total_steps, c.ema_every)
+        return c.ema_decay
+
     @torch.no_grad()
-    def on_optimizer_step(self, step: int) -> None:
-        """EMA target update every `ema_every` optimizer steps (LaRA code: momentum 0.999 every 2 steps)."""
+    def on_optimizer_step(self, step: int, total_steps: int | None = None) -> None:
+        """EMA target update every `ema_every` optimizer steps of a `total_steps` run (see `ema_decay`)."""
         if self.ema_vision is not None and (step + 1) % self.cfg.ema_every == 0:
-            ema_update(self.ema_vision, self.backbone.vision, self.cfg.ema_decay)
+            ema_update(self.ema_vision, self.backbone.vision, self.ema_decay(total_steps))
 
     def _image_tokens(self, batch: dict) -> Tensor:
         feats = [
@@ -254,27 +258,56 @@ class LatentVLA(nn.Module):
 
     # ---------------------------------------------------------------------------------- verb 2: sample
 
+    def set_stage(self, name: str) -> None:
+        """Act as the curriculum stage `name` (recorded in every checkpoint): a stage-I/II checkpoint acts through
+        its discrete action tokens with that stage's layout, not with an untrained head."""
+        stages = {s.name: s for s in self.cfg.curriculum.stages()}
+        if name not in stages:
+            raise ValueError(
+                f"stage {name!r} is not in schedule {self.cfg.curriculum.schedule!r}: {sorted(stages)}"
+            )
+        self.stage = stages[name]
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The reasoning modes this model can run, the default first."""
+        writes_text = any(s.explicit_components for s in self.cfg.curriculum.stages())
+        if self.stage.explicit_components:
+            return ("explicit", "none")
+        return ("latent", "none", "explicit") if writes_text else ("latent", "none")
+
     @torch.no_grad()
     def sample_actions(self, batch: dict, options: SampleOptions | None = None, **overrides) -> SampleOutput:
         """An action chunk (normalized) for each observation in `batch`.
 
         `options` (models/sampling.py) carries every test-time choice; keyword `overrides` replace its fields
-        (`sample_actions(batch, mode="explicit")`). See `SampleOptions` for the three modes.
+        (`sample_actions(batch, mode="explicit")`). See `SampleOptions` for the modes.
         """
         opts = replace(options or SampleOptions(), **overrides)
+        mode = opts.mode or self.modes[0]
+        if mode not in self.modes:
+            raise ValueError(self._mode_error(mode))
         if opts.iterations is None:
             opts = replace(opts, iterations=self.cfg.iterations)
-        if opts.mode == "explicit":
+        if mode == "explicit":
             return stack_outputs([self._sample_explicit(_index(batch, i), opts) for i in range(len(batch[TASK]))])
-        latent = opts.mode == "latent"
+        latent = mode == "latent"
         layout = Layout(
-            n_latent=self.final.num_thinking if latent else 0, visual=self.final.visual_latents and latent
+            n_latent=self.stage.num_thinking if latent else 0, visual=self.stage.visual_latents and latent
         )
         return self._act(batch, layout, opts)
 
+    def _mode_error(self, mode: str) -> str:
+        if mode == "latent":
+            return (
+                f"mode 'latent' would feed this {self.cfg.preset!r} model (stage {self.stage.name}) an empty CoT: it "
+                f"was trained to write {', '.join(self.stage.explicit_components)} as text; use mode 'explicit'"
+            )
+        return f"mode {mode!r}: this {self.cfg.preset!r} model never learned CoT text; use one of {self.modes}"
+
     def _act(self, batch: dict, layout: Layout, opts: SampleOptions) -> SampleOutput:
         """Run the reasoning prompt, then the trained action output (head, or discrete tokens before stage III)."""
-        if not self.final.train_head:
+        if not self.stage.train_head:
             return self._act_tokens(self.embed_prefix(batch, layout))
         prefix = self.embed_prefix(batch, replace(layout, n_query=self.head.n_query))
         out, latents = self._forward(prefix)
@@ -282,7 +315,7 @@ class LatentVLA(nn.Module):
         res.thinking_latents = latents
         return res
 
-    def _act_tokens(self, prefix: Prefix) -> SampleOutput:
+    def _act_tokens(self, prefix: Prefix, cache=None) -> SampleOutput:
         """Stages I/II: decode H*A action tokens greedily, restricted to the action vocabulary."""
         off, n_tok = self._action_offset, self.cfg.horizon * self.cfg.action_dim
         gen = generate(
@@ -293,27 +326,63 @@ class LatentVLA(nn.Module):
             max_new_tokens=n_tok,
             stop_ids=(),
             thinking_cols=prefix.seq.thinking_cols,
+            cache=cache,
             allowed_ids=range(off, off + self.cfg.num_action_bins),
         )
         return SampleOutput(self.action_tokenizer.decode(gen.tokens - off))
 
     def _sample_explicit(self, batch: dict, opts: SampleOptions) -> SampleOutput:
-        """ECoT-style: generate the CoT text token by token (KV cache), then act conditioned on it (batch of 1)."""
-        prefix = self.embed_prefix(batch, Layout())
-        # The first <img_next> is the trained end-of-CoT signal (sequence.py targets).
+        """ECoT-style (batch of 1): generate the CoT text token by token with the KV cache, then append <eos>,
+        <img_next> x16 and the head's queries to the same cache and act. Images are encoded once and the prompt
+        runs once. A stage-II-k model thinks its k latent components first and writes the rest."""
+        tok, stage = self.tokenizer, self.stage
+        n_latent = stage.num_thinking if stage.explicit_components else 0
+        prefix = self.embed_prefix(batch, Layout(n_latent=n_latent))
+        cache, prompt_len = self.backbone.new_cache(), prefix.embeds.shape[1]
         gen = generate(
             self.backbone,
             prefix.embeds,
             prefix.mask,
             prefix.seq.position_ids,
             max_new_tokens=opts.max_cot_tokens,
-            stop_ids=(self.tokenizer.img_next_id,),
+            stop_ids=(
+                tok.eos_id,
+                tok.img_next_id,
+            ),  # <eos>: the trained end of CoT (<img_next>: older checkpoints)
+            thinking_cols=prefix.seq.thinking_cols,
+            cache=cache,
+            keep_states=True,
         )
-        text = gen.text[0].strip()
-        # Re-encode the prompt with the generated CoT once and act: the stage-I layout with the text explicit.
-        res = self._act(batch, Layout(explicit=[text], visual=self.final.visual_latents), opts)
-        res.cot_text, res.cot_tokens = [text], gen.lengths
+        n, fed = int(gen.lengths[0]), cache_length(cache) - prompt_len
+        S = seq_lib.Segment
+        n_img = self.cfg.n_img_next if stage.visual_latents else 0
+        n_query = self.head.n_query if stage.train_head else 0
+        ids = [*gen.tokens[0, :n].tolist(), tok.eos_id, *[tok.img_next_id] * n_img, *[tok.query_id] * n_query]
+        segs = [S.TEXT] * (n + 1) + [S.IMG_NEXT] * n_img + [S.QUERY] * n_query
+        dev = prefix.embeds.device
+        seq = seq_lib.extend_sequence(prefix.seq, torch.tensor([ids], device=dev), segs)
+        new = slice(prompt_len + fed, seq.input_ids.shape[1])  # columns not yet in the cache
+        rest = Prefix(seq, self.backbone.embed(seq.input_ids[:, new]), seq.attention_mask()[:, new])
+        rest.seq = _columns(seq, new)
+        if not stage.train_head:
+            res = self._act_tokens(rest, cache=cache)
+        else:
+            tail = self.backbone(
+                rest.embeds, attention_mask=rest.mask, position_ids=rest.seq.position_ids, cache=cache
+            )
+            res = self.head.sample_actions(concat_outputs([gen.states, tail]), seq, batch, opts)
+        res.cot_text, res.cot_tokens = [gen.text[0].strip()], gen.lengths
         return res
+
+
+def _columns(seq: seq_lib.SequenceBatch, cols: slice) -> seq_lib.SequenceBatch:
+    """The columns `cols` of a sequence, for running them against a cache that holds the earlier ones."""
+    empty = seq.image_index[:, :0]
+    return seq_lib.SequenceBatch(
+        input_ids=seq.input_ids[:, cols], segments=seq.segments[:, cols], position_ids=seq.position_ids[:, cols],
+        targets=seq.targets[:, cols], image_index=empty, thinking_index=empty, img_next_index=empty,
+        action_index=empty, query_index=empty,
+    )  # fmt: skip
 
 
 def _index(batch: dict, i: int) -> dict:

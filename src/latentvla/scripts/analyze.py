@@ -3,6 +3,10 @@
     latentvla analyze latents runs/lara --dataset data/mw4 --out runs/lara/latents.png
     latentvla analyze latents runs/lara --dataset data/mw4 --out latents_tsne.png --method tsne --max-samples 300
 
+    latentvla analyze cot runs/lara --dataset data/mw6 --episodes 12 --json cot.json
+
+`cot` decodes explicit CoT on dataset frames and reports parse_rate, stop_rate, bbox_iou, subtask_match and
+mean_tokens against the annotation (eval/cot_analysis.py).
 `latents` plots the thinking-token latents coloured by CoT component (LaRA-VLA Fig. 6) and writes the
 separation scores (silhouette, nearest-centroid accuracy) to the plot's path with a .json suffix.
 """
@@ -30,6 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lat.add_argument("--seed", type=int, default=0)
     lat.add_argument("--batch-size", type=int, default=32)
     lat.set_defaults(func=main_latents)
+    cot = sub.add_parser("cot", help="explicit CoT decoding vs the annotation (parse/stop rate, box IoU, subtask)")
+    cot.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
+    cot.add_argument("--dataset", required=True, help="annotated LeRobot dataset directory")
+    cot.add_argument("--episodes", type=int, default=12, help="episodes, evenly spread over the dataset")
+    cot.add_argument("--frames-per-episode", type=int, default=4, help="evenly spaced frames per episode")
+    cot.add_argument(
+        "--max-cot-tokens", type=int, default=96, help="decoding cap (stop_rate counts stops before it)"
+    )
+    cot.add_argument("--json", default=None, help="also write the report to this JSON file")
+    cot.set_defaults(func=main_cot)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -43,4 +57,22 @@ def main_latents(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in res.items() if k not in ("run", "dataset")}, indent=2))
+    return 0
+
+
+def main_cot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latentvla.eval.cot_analysis import analyze_cot_run
+
+    try:
+        res = analyze_cot_run(args.run, args.dataset, episodes=args.episodes,
+                              frames_per_episode=args.frames_per_episode, max_cot_tokens=args.max_cot_tokens)  # fmt: skip
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
     return 0

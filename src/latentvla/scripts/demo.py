@@ -137,7 +137,7 @@ def main(args: argparse.Namespace) -> int:
 
     for m in models:
         _log(f"3/5 evaluating {m} on {args.eval_episodes} held-out episodes/task")
-        info = evaluate(out / "runs" / m, tasks, args.eval_episodes, mode="latent", seed=args.seed,
+        info = evaluate(out / "runs" / m, tasks, args.eval_episodes, mode=None, seed=args.seed,
                         max_steps=args.max_steps, workers=args.workers, out_dir=out / "eval" / m)  # fmt: skip
         info.pop("actions", None)
         results[m]["eval"] = {"overall": info["overall"], "per_task": info["per_task"]}

@@ -49,7 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="execution horizon, e.g. fixed:4 (default: protocol; LIBERO papers = whole chunk)",
     )
     p.add_argument(
-        "--mode", choices=("latent", "explicit", "none"), default="latent", help="reasoning at inference"
+        "--mode",
+        choices=("latent", "explicit", "none"),
+        default=None,
+        help="reasoning at inference (default: what the model was trained for: explicit CoT text if its last stage writes it, else latent)",
     )
     p.add_argument("--iterations", type=int, default=None,
                    help="fixed recurrent depth K (with --halting: the maximum depth)")  # fmt: skip
@@ -73,19 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def _halting_spec(args: argparse.Namespace) -> str | None:
-    if args.halting is None:
-        if args.delta is not None:
-            raise ValueError("--delta needs --halting mse|cosine")
-        return None
-    if args.delta is None or args.delta <= 0:
-        raise ValueError(f"--halting {args.halting} needs a positive --delta (RD-VLA's best mse δ is 5e-4)")
-    return f"{args.halting}:{args.delta:g}"
-
-
 def main(args: argparse.Namespace) -> int:
     from latentvla.eval.evaluate import evaluate, markdown_table
     from latentvla.eval.sweeps import parse_list, sweep_delta, sweep_iterations
+    from latentvla.models.halting import halting_spec
 
     out = Path(args.out)
     common = dict(mode=args.mode, seed=args.seed, max_steps=args.max_steps, workers=args.workers,
@@ -107,7 +101,7 @@ def main(args: argparse.Namespace) -> int:
                               iterations=args.iterations, **common)  # fmt: skip
             print(res["table"] + f"\nplot: {res['plot']}")
             return 0
-        info = evaluate(args.run, args.tasks, args.episodes, iterations=args.iterations, halting=_halting_spec(args),
+        info = evaluate(args.run, args.tasks, args.episodes, iterations=args.iterations, halting=halting_spec(args.halting, args.delta),
                         video_dir=out / "videos" if args.video else None, out_dir=out, **common)  # fmt: skip
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)

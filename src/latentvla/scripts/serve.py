@@ -17,23 +17,6 @@ import sys
 HALTING_CHOICES = ("mse", "cosine")
 
 
-def halting_kwargs(name: str | None, delta: float | None) -> dict | None:
-    """Keyword arguments for `make_halting(name, ...)`, or None for fixed depth.
-
-    `--delta` is the MSE threshold δ for "mse" (RD-VLA Eq. 7; the paper's best is 5e-4) and the similarity
-    threshold for "cosine" (0.999 in the RD-VLA code).
-    """
-    if name is None:
-        if delta is not None:
-            raise ValueError("--delta only makes sense with --halting mse|cosine.")
-        return None
-    if name == "mse":
-        return {} if delta is None else {"delta": float(delta)}
-    if name == "cosine":
-        return {} if delta is None else {"threshold": float(delta)}
-    raise ValueError(f"Unknown halting rule {name!r}; use one of {', '.join(HALTING_CHOICES)}.")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "serve", help="serve a policy over openpi's websocket protocol", description=__doc__.splitlines()[0]
@@ -42,7 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 to accept remote robots)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
-        "--mode", choices=("latent", "explicit", "none"), default="latent", help="reasoning mode at inference"
+        "--mode",
+        choices=("latent", "explicit", "none"),
+        default=None,
+        help="reasoning at inference (default: what the model was trained for: explicit CoT text if its last stage writes it, else latent)",
     )
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--iterations", type=int, default=None, help="fixed recurrent depth K (RD-VLA head)")
@@ -57,13 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kwargs = halting_kwargs(args.halting, args.delta)
     # torch imports stay out of `latentvla --help`
-    from latentvla.models.halting import make_halting
+    from latentvla.models.halting import halting_spec, parse_halting
     from latentvla.policy import Policy, resolve_checkpoint
     from latentvla.serve.server import run_server
 
-    halting = None if kwargs is None else make_halting(args.halting, **kwargs)
+    try:
+        halting = parse_halting(halting_spec(args.halting, args.delta))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:  # a run dir resolves to its newest intact checkpoint (damaged newer ones are skipped with a warning)
         path = resolve_checkpoint(args.run)
         print(f"loading {path}", flush=True)

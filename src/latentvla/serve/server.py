@@ -170,7 +170,7 @@ class PolicyServer:
         host: str = "127.0.0.1",
         port: int = 8000,
         *,
-        mode: str = "latent",
+        mode: str | None = None,
         iterations: int | None = None,
         halting: Any = None,
         max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
@@ -179,6 +179,7 @@ class PolicyServer:
     ):
         meta = dict(policy.metadata)
         modes = list(meta.get("modes", [mode]))
+        mode = mode or modes[0]  # None: the policy's default mode (listed first), e.g. explicit for lara-explicit
         if mode not in modes:
             raise ValueError(f"Unknown mode {mode!r} for this policy; available: {', '.join(modes)}.")
         if iterations is not None and iterations < 1:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from latentvla.models.curriculum import CurriculumConfig, StageSpec, final_stage
 
-__all__ = ["CurriculumConfig", "StageSpec", "final_stage", "stage_at", "stage_boundaries"]
+__all__ = ["CurriculumConfig", "StageSpec", "final_stage", "stage_at", "stage_boundaries", "training_stage"]
 
 
 def stage_boundaries(cfg: CurriculumConfig, total_steps: int) -> list[tuple[int, StageSpec]]:
@@ -32,3 +34,20 @@ def stage_at(step: int, cfg: CurriculumConfig, total_steps: int) -> StageSpec:
             current = stage
     assert current is not None
     return current
+
+
+def training_stage(step: int, cfg: CurriculumConfig, total_steps: int, seed: int) -> StageSpec:
+    """The stage step `step` trains: the scheduled one, or with probability `cfg.mix_prob` an earlier stage drawn
+    uniformly (Coconut's `uniform_prob`). A pure function of (seed, step): every DDP rank gets the same stage."""
+    scheduled = stage_at(step, cfg, total_steps)
+    earlier = []
+    for _, stage in stage_boundaries(cfg, total_steps):
+        if stage.name == scheduled.name:
+            break
+        earlier.append(stage)
+    if not earlier or cfg.mix_prob <= 0:
+        return scheduled
+    rng = np.random.default_rng([seed, step, 0x3C0C])
+    if rng.random() >= cfg.mix_prob:
+        return scheduled
+    return earlier[int(rng.integers(len(earlier)))]

@@ -53,7 +53,7 @@ from latentvla.config import TrainConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE
 from latentvla.train import checkpoint as ckpt_lib
 from latentvla.train import parallel
-from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries
+from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries, training_stage
 from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
 from latentvla.train.optim import build_optimizer, no_decay_param_ids, set_lrs
 from latentvla.train.sampler import ResumableBatchSampler
@@ -243,6 +243,7 @@ def accumulate_gradients(
     autocast: Any,
     history: dict[str, list[float]],
     step: int | None = None,
+    suffix: str = "",
 ) -> None:
     """Forward + backward over `grad_accum` micro-batches of optimizer step `step`, appending their metrics to
     `history`. The step reaches the model, which seeds from it what all micro-batches and ranks must share.
@@ -259,7 +260,9 @@ def accumulate_gradients(
                 per_sample, metrics = loss_module(batch, stage, step)
             (per_sample.float().mean() / grad_accum).backward()
         for k, v in metrics.items():
-            history[k].append(float(v))
+            history[k + suffix].append(float(v))
+            if suffix and k == "loss":
+                history[k].append(float(v))
 
 
 def _check_resume_dataset(saved: dict | None, now: dict, dataset_dir: Any) -> None:
@@ -422,14 +425,33 @@ def train(
         for step in range(start_step, end_step):
             # past the original total (an extension) the last stage continues at a constant LR (optim.set_lrs)
             stage = stage_at(min(step, schedule_steps - 1), cfg.policy.curriculum, schedule_steps)
+            model.set_stage(stage.name)  # recorded in checkpoints: a stage-I/II checkpoint acts as that stage
             if step in boundaries[1:]:
                 # LaRA trains each stage as a fresh run from the previous weights (Table 5): restart Adam's moments
                 optimizer.state.clear()
             lrs = set_lrs(optimizer, step, stage, cfg, boundaries, schedule_steps)
             optimizer.zero_grad(set_to_none=True)
-            accumulate_gradients(
-                loss_module, batches, stage, cfg.grad_accum, dist_info.device, autocast, history, step=step
+            # Coconut stage mixing: maybe an earlier stage's loss this step (same on every rank); LR, Adam resets and
+            # the row's stage follow the scheduled stage; "loss" is the optimized loss of every step in the row and
+            # a mixed step's other metrics are logged as "<key>@<stage>".
+            trained = training_stage(
+                min(step, schedule_steps - 1), cfg.policy.curriculum, schedule_steps, cfg.seed
             )
+            suffix = "" if trained is stage else f"@{trained.name}"
+            accumulate_gradients(
+                loss_module,
+                batches,
+                trained,
+                cfg.grad_accum,
+                dist_info.device,
+                autocast,
+                history,
+                suffix,
+                step=step,
+            )
+            if not trained.train_head:  # DDP zero-fills unused gradients; None (as in one process) keeps AdamW's
+                for p in model.head.parameters():  # momentum from moving the head on a step that did not train it
+                    p.grad = None
             grad_norm = parallel.to_local_scalar(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             step_loss = sum(history["loss"][-cfg.grad_accum :])
             (bad,) = _all_ranks_agree(
@@ -443,7 +465,7 @@ def train(
                     "`latentvla dataset info` or train again with a lower learning rate (--overwrite or a new --out)"
                 )
             optimizer.step()
-            model.on_optimizer_step(step)
+            model.on_optimizer_step(step, schedule_steps)
             logger.advance()
 
             done = step + 1
