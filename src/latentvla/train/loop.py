@@ -446,8 +446,8 @@ def train(
                 dist_info.device,
                 autocast,
                 history,
-                suffix,
                 step=step,
+                suffix=suffix,
             )
             if not trained.train_head:  # DDP zero-fills unused gradients; None (as in one process) keeps AdamW's
                 for p in model.head.parameters():  # momentum from moving the head on a step that did not train it
