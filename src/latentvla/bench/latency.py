@@ -192,7 +192,8 @@ def bench_latency(
         report["rd_call_peak_mem_mb"] = {
             str(k): _peak_mb(lambda k=k: call(mode="latent", iterations=k)) for k in depths
         }
-    if policy.config.head == "flow":
+    model = policy.model
+    if policy.config.head == "flow" and "latent" in model.modes and model.stage.train_head:  # the expert acts
         report.update(_expert_sampling(policy, call, warmup, repeats, seed))
     ratio = lambda a, b: report[a] / report[b] if report[a] and report[b] else None  # noqa: E731
     report["ratio_explicit_over_latent"] = ratio("explicit_ms", "latent_ms")
