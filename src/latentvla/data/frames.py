@@ -72,7 +72,7 @@ class LRUCache:
 def decode_png(data: bytes) -> np.ndarray:
     """One encoded image cell -> uint8 (H, W, 3), exactly as the eager reader decodes it."""
     DECODE_COUNTS["png"] += 1
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))  # writable (np.asarray of PIL is read-only)
 
 
 @dataclass(frozen=True)
