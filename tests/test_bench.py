@@ -184,3 +184,15 @@ def test_tree_memory_counts_child_processes():
         child.kill()
         child.wait()
     assert during - before > 140 and pss > 140
+
+
+def test_bench_data_with_training_records_rate_and_peak_rss(tmp_path):
+    from latentvla.bench.data_throughput import bench_data, format_report
+    from latentvla.data.synthetic import write_synthetic_dataset
+
+    root = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=6, image_size=16)
+    report = bench_data(root, workers=0, batch_size=2, batches=1, decode_samples=4, train_preset="lara-no-cot",
+                        train_steps=2, train_overrides=["policy.horizon=4"])  # fmt: skip
+    assert report["train_samples_per_s"] > 0 and report["train_steps"] == 2
+    assert report["train_peak_rss_mb"] >= report["train_peak_pss_mb"] > 0
+    assert "the bottleneck is" in format_report(report)

@@ -286,3 +286,10 @@ def test_annotate_keeps_a_video_dataset_video(tmp_path):
     reader = LeRobotDatasetReader(vid)
     assert reader.features["observation.images.corner4"]["dtype"] == "video" and "cot.text" in reader.features
     assert reader.episode(1)["observation.images.corner4"].shape == (8, SIDE, SIDE, 3)
+
+
+def test_dataset_show_on_a_lerobot_video_dataset(tmp_path):
+    root = write_lerobot_v3(tmp_path / "ds")
+    out = tmp_path / "sheet.png"
+    assert cli_main(["dataset", "show", str(root), "--episode", "2", "--camera", "image2", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
