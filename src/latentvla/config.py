@@ -23,7 +23,9 @@ Presets (paper ablations are names, not flags — house style §4.7):
     lara-qwen3vl      the LaRA paper's setup: Qwen3-VL-4B (--backbone DIR), Table 5 steps / batch / LRs, 16-layer DiT
     rdvla-minivla     the RD-VLA paper's setup: Qwen2.5-0.5B (--backbone DIR) + frozen DINOv2/SigLIP (--vision DIR),
                       LoRA r=64, 64 queries, head width 896 / 8 heads, mean depth 32, TBPTT 8, L1, lr 2e-4
-Every preset takes a local transformers model with `use_backbone` (CLI `--backbone DIR [--vision DIR]`).
+    bc                plain image behaviour cloning (conv + instruction + proprio -> MLP -> chunk, L1): the
+                      no-reasoning reference of reference/bc-baseline.md (models/bc.py, `model="bc"`)
+Every preset but `bc` takes a local transformers model with `use_backbone` (CLI `--backbone DIR [--vision DIR]`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from latentvla.constants import DEFAULT_CAMERA
 from latentvla.models.action_expert import ActionExpertConfig
 from latentvla.models.backbone import BackboneConfig
 from latentvla.models.backbones.lora import LoraSettings
+from latentvla.models.bc import BCConfig
 from latentvla.models.curriculum import CurriculumConfig
 from latentvla.models.recurrent_head import RecurrentHeadConfig
 from latentvla.registry import did_you_mean, lookup
@@ -49,11 +52,13 @@ class PolicyConfig:
     """Everything needed to rebuild a policy's modules (saved as config.json with every checkpoint)."""
 
     preset: str = "lara"
+    model: Literal["vla", "bc"] = "vla"  # LatentVLA (models/vla.py) or the plain BC policy (models/bc.py)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: Literal["flow", "recurrent"] = "flow"
     expert: ActionExpertConfig = field(default_factory=ActionExpertConfig)
     recurrent: RecurrentHeadConfig = field(default_factory=RecurrentHeadConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    bc: BCConfig = field(default_factory=BCConfig)  # model="bc" only
     cameras: tuple[str, ...] = (DEFAULT_CAMERA,)  # the first one is the primary camera (visual-latent target)
     image_size: int = 64
     state_dim: int = 4  # filled from the dataset at training time
@@ -76,6 +81,8 @@ class PolicyConfig:
     execution: str = "fixed:4"  # action-queue execution horizon (models/execution.py make_horizon spec)
 
     def __post_init__(self) -> None:
+        if self.model not in ("vla", "bc"):
+            raise ValueError(f"model must be 'vla' or 'bc', got {self.model!r}")
         if self.head not in ("flow", "recurrent"):
             raise ValueError(f"head must be 'flow' or 'recurrent', got {self.head!r}")
         if not self.cameras:
@@ -171,6 +178,14 @@ def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
         ),
         "lara-qwen3vl": lambda s: _lara_qwen3vl(),
         "rdvla-minivla": lambda s: _rdvla_minivla(),
+        # bc-baseline.md: AdamW lr 1e-3, batch 64 (the size dial does not apply: one fixed small network)
+        "bc": lambda s: TrainConfig(
+            "bc",
+            _policy("bc", s, model="bc", curriculum=CurriculumConfig("bc")),
+            batch_size=64,
+            lr_backbone=1e-3,
+            lr_head=1e-3,
+        ),  # fmt: skip
     }
 
 

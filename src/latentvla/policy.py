@@ -37,6 +37,7 @@ from latentvla.checkpoint_check import (
 from latentvla.config import PolicyConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.stats import Normalizer
+from latentvla.models.bc import BCPolicyModel
 from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.execution import make_horizon
 from latentvla.models.halting import parse_halting
@@ -88,7 +89,7 @@ class Policy(nn.Module):
                 f"the policy config (state {config.state_dim}, action {config.action_dim})"
             )
         self.config = config
-        self.model = LatentVLA(config)
+        self.model = BCPolicyModel(config) if config.model == "bc" else LatentVLA(config)
         self.normalizer = normalizer
         stats = normalizer.stats[ACTION]
         self.action_low = np.asarray(stats["min"], dtype=np.float32)

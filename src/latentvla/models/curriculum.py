@@ -109,6 +109,8 @@ def _schedule_table() -> dict[str, list[tuple[StageSpec, float]]]:
         "ecot": [(_stage("I", explicit_components=comps, w_cot=1.0, **tokens), 1.0)],
         # RD-VLA: backbone with query tokens + recurrent head, L1 from step 0
         "rd": [(_stage("RD", **head), 1.0)],
+        # plain behaviour cloning (models/bc.py): L1 on the chunk from step 0, no backbone sequence at all
+        "bc": [(_stage("BC", **head), 1.0)],
     }
 
 

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--preset",
         required=True,
-        help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd | lara-qwen3vl | rdvla-minivla",
+        help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd | lara-qwen3vl | rdvla-minivla | bc",
     )
     p.add_argument("--dataset", required=True, help="LeRobot dataset directory")
     p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, plots)")
