@@ -145,3 +145,63 @@ def test_lm_loss_matches_dense_cross_entropy():
     torch.testing.assert_close(per_sample, expected)
     none = torch.full_like(seq.targets, IGNORE)
     assert lm_loss(lambda h: h @ proj, hidden, none).tolist() == [0.0, 0.0]
+
+
+# ---- the vectorised layout against the original row-by-row one (kept here as the reference) ------------------
+def _reference_build_sequence(tok, instructions, explicit_cot, n_latent, n_img_next, action_token_ids, n_query,
+                              n_image):  # fmt: skip
+    from latentvla.models.sequence import SequenceBatch
+
+    S, B = Segment, len(instructions)
+    prefixes = [tok.encode(s.strip() + " @") + [tok.start_thinking_id] for s in instructions]
+    texts = [tok.encode(s) + [tok.eos_id] for s in explicit_cot] if explicit_cot is not None else [[]] * B
+    acts_ = action_token_ids.tolist() if action_token_ids is not None else [[] for _ in range(B)]
+    P, E = max(map(len, prefixes)), max(map(len, texts))
+    ids_rows, seg_rows, tgt_rows = [], [], []
+    for prefix, text, act in zip(prefixes, texts, acts_):
+        blocks = [([tok.pad_id] * n_image, S.IMAGE, False), ([tok.pad_id] * (P - len(prefix)), S.PAD, False),
+                  (prefix, S.TEXT, False), ([tok.thinking_id] * n_latent, S.THINKING, False),
+                  ([tok.end_thinking_id], S.TEXT, False), (text, S.TEXT, True),
+                  ([tok.pad_id] * (E - len(text)), S.PAD, False), ([tok.img_next_id] * n_img_next, S.IMG_NEXT, None),
+                  (act, S.ACTION, True), ([tok.query_id] * n_query, S.QUERY, False)]  # fmt: skip
+        ids = [i for b in blocks for i in b[0]]
+        segs = [int(b[1]) for b in blocks for _ in b[0]]
+        sup = [b[2] if b[2] is not None else j == 0 for b in blocks for j in range(len(b[0]))]
+        out, prev = [IGNORE] * len(ids), None
+        for t, seg in enumerate(segs):
+            if seg == S.PAD:
+                continue
+            if prev is not None and sup[t]:
+                out[prev] = ids[t]
+            prev = t
+        ids_rows.append(ids)
+        seg_rows.append(segs)
+        tgt_rows.append(out)
+    input_ids, segments = torch.tensor(ids_rows), torch.tensor(seg_rows)
+    real = segments != S.PAD
+    cols_ = lambda a, n: torch.arange(a, a + n).expand(B, n).contiguous()  # noqa: E731
+    think0 = n_image + P
+    img0 = think0 + n_latent + 1 + E
+    act0 = img0 + n_img_next
+    L = len(acts_[0])
+    return SequenceBatch(input_ids, segments, ((real.cumsum(1) - 1) * real).long(), torch.tensor(tgt_rows),
+                         cols_(0, n_image), cols_(think0, n_latent), cols_(img0, n_img_next), cols_(act0, L),
+                         cols_(act0 + L, n_query))  # fmt: skip
+
+
+@pytest.mark.parametrize("n_latent", [0, 1, 3])
+@pytest.mark.parametrize("n_img_next", [0, 1, 3])
+@pytest.mark.parametrize("variant", ["cot+acts", "cot", "acts+query", "bare"])
+def test_vectorised_layout_equals_the_row_by_row_reference(n_latent, n_img_next, variant):
+    g = torch.Generator().manual_seed(n_latent * 10 + n_img_next)
+    instr = ["push the puck", "open the top drawer of the cabinet slowly", "reach", "x"]
+    cot = [" Subtask: push BBox: [0.1 0.2 0.3 0.4]", "", " Reasoning: globally move forward", "ok ok"]
+    actions = torch.tensor(TOK.action_token_ids)[torch.randint(0, 16, (4, 5), generator=g)]
+    kw = {
+        "cot+acts": (cot, actions, 0), "cot": (cot, None, 0), "acts+query": (None, actions, 2), "bare": (None, None, 0)
+    }[variant]  # fmt: skip
+    args = (TOK, instr, kw[0], n_latent, n_img_next, kw[1], kw[2])
+    new, ref = build_sequence(*args, n_image=N_IMAGE), _reference_build_sequence(*args, N_IMAGE)
+    for name in ("input_ids", "segments", "position_ids", "targets", "image_index", "thinking_index",
+                 "img_next_index", "action_index", "query_index"):  # fmt: skip
+        assert torch.equal(getattr(new, name), getattr(ref, name)), name

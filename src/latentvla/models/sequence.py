@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from enum import IntEnum
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -143,45 +144,47 @@ def build_sequence(
     n_img_next=0 to end the prompt at <eot> for explicit decoding.
     """
     _check_args(tokenizer, instructions, explicit_cot, n_latent, n_img_next, action_token_ids, n_query, n_image)
-    tok, B = tokenizer, len(instructions)
-    prefixes = [tok.encode(s.strip() + " @") + [tok.start_thinking_id] for s in instructions]
-    texts = [tok.encode(s) + [tok.eos_id] for s in explicit_cot] if explicit_cot is not None else [[]] * B
-    acts = action_token_ids.tolist() if action_token_ids is not None else [[] for _ in range(B)]
+    tok, B, S = tokenizer, len(instructions), Segment
+    encode = _cached_encoder(tok)
+    prefixes = [encode(s.strip() + " @") + [tok.start_thinking_id] for s in instructions]
+    texts = (
+        [encode(s) + [tok.eos_id] for s in explicit_cot] if explicit_cot is not None else [[] for _ in range(B)]
+    )
+    L = action_token_ids.shape[1] if action_token_ids is not None else 0
     P, E = max(map(len, prefixes)), max(map(len, texts))
-    S = Segment
-    ids_rows, seg_rows, tgt_rows = [], [], []
-    for prefix, text, act in zip(prefixes, texts, acts):
-        blocks = [  # (ids, segment, supervised) in column order
-            ([tok.pad_id] * n_image, S.IMAGE, False),
-            ([tok.pad_id] * (P - len(prefix)), S.PAD, False),
-            (prefix, S.TEXT, False),
-            ([tok.thinking_id] * n_latent, S.THINKING, False),
-            ([tok.end_thinking_id], S.TEXT, False),
-            (text, S.TEXT, True),
-            ([tok.pad_id] * (E - len(text)), S.PAD, False),
-            ([tok.img_next_id] * n_img_next, S.IMG_NEXT, None),  # None: only the first one is supervised
-            (act, S.ACTION, True),
-            ([tok.query_id] * n_query, S.QUERY, False),
-        ]
-        ids = [i for b in blocks for i in b[0]]
-        segs = [int(b[1]) for b in blocks for _ in b[0]]
-        sup = [b[2] if b[2] is not None else j == 0 for b in blocks for j in range(len(b[0]))]
-        ids_rows.append(ids)
-        seg_rows.append(segs)
-        tgt_rows.append(_shifted_targets(ids, segs, sup))
-    input_ids, segments = torch.tensor(ids_rows), torch.tensor(seg_rows)
+    think0 = n_image + P
+    text0 = think0 + n_latent + 1
+    img0 = text0 + E
+    act0 = img0 + n_img_next
+    T = act0 + L + n_query
+    # Fixed blocks are the same in every row; the two variable-length blocks are written row by row, right-
+    # aligned (prefix, after the left gap) and left-aligned (CoT text, before the right gap).
+    ids = np.full((B, T), tok.pad_id, dtype=np.int64)
+    segs = np.full((B, T), int(S.PAD), dtype=np.int64)
+    sup = np.zeros((B, T), dtype=bool)
+    segs[:, :n_image] = S.IMAGE
+    ids[:, think0 : think0 + n_latent], segs[:, think0 : think0 + n_latent] = tok.thinking_id, S.THINKING
+    ids[:, text0 - 1], segs[:, text0 - 1] = tok.end_thinking_id, S.TEXT
+    ids[:, img0:act0], segs[:, img0:act0] = tok.img_next_id, S.IMG_NEXT
+    sup[:, img0 : img0 + min(1, n_img_next)] = True  # only the first <img_next> is supervised
+    if L:
+        ids[:, act0 : act0 + L], segs[:, act0 : act0 + L] = action_token_ids.cpu().numpy(), S.ACTION
+        sup[:, act0 : act0 + L] = True
+    ids[:, act0 + L :], segs[:, act0 + L :] = tok.query_id, S.QUERY
+    for b, (prefix, text) in enumerate(zip(prefixes, texts)):
+        ids[b, think0 - len(prefix) : think0], segs[b, think0 - len(prefix) : think0] = prefix, S.TEXT
+        ids[b, text0 : text0 + len(text)], segs[b, text0 : text0 + len(text)] = text, S.TEXT
+        sup[b, text0 : text0 + len(text)] = True
+    input_ids, segments = torch.from_numpy(ids), torch.from_numpy(segs)
     real = segments != S.PAD
     position_ids = ((real.cumsum(1) - 1) * real).long()
 
     def cols(start: int, n: int) -> Tensor:
         return torch.arange(start, start + n).expand(B, n).contiguous()
 
-    think0 = n_image + P
-    img0 = think0 + n_latent + 1 + E
-    act0 = img0 + n_img_next
-    L = len(acts[0])
-    return SequenceBatch(input_ids, segments, position_ids, torch.tensor(tgt_rows), cols(0, n_image),
-                         cols(think0, n_latent), cols(img0, n_img_next), cols(act0, L), cols(act0 + L, n_query))  # fmt: skip
+    return SequenceBatch(input_ids, segments, position_ids, shifted_targets(input_ids, real, torch.from_numpy(sup)),
+                         cols(0, n_image), cols(think0, n_latent), cols(img0, n_img_next), cols(act0, L),
+                         cols(act0 + L, n_query))  # fmt: skip
 
 
 def extend_sequence(seq: SequenceBatch, ids: Tensor, segments: Sequence[int]) -> SequenceBatch:
@@ -218,17 +221,42 @@ def extend_sequence(seq: SequenceBatch, ids: Tensor, segments: Sequence[int]) ->
     )
 
 
-def _shifted_targets(ids: list[int], segs: list[int], sup: list[bool]) -> list[int]:
-    """targets[t] = ids[next real t'] if sup[t'] else IGNORE, skipping PAD columns."""
-    out = [IGNORE] * len(ids)
-    prev = None
-    for t, seg in enumerate(segs):
-        if seg == Segment.PAD:
-            continue
-        if prev is not None and sup[t]:
-            out[prev] = ids[t]
-        prev = t
-    return out
+def shifted_targets(ids: Tensor, real: Tensor, sup: Tensor) -> Tensor:
+    """(B, T) targets: at the previous real column of every supervised real column t', its id; else IGNORE.
+
+    Pads are skipped: the token a position predicts is the next *real* token (the gaps change nothing).
+    """
+    B, T = ids.shape
+    col = torch.arange(T).expand(B, T)
+    # prev[b, t] = last real column < t (or -1): a running max over real columns, shifted right by one
+    last_real = torch.where(real, col, torch.full_like(col, -1)).cummax(dim=1).values
+    prev = torch.cat([torch.full((B, 1), -1, dtype=torch.long), last_real[:, :-1]], dim=1)
+    hit = sup & real & (prev >= 0)
+    targets = torch.full((B, T), IGNORE, dtype=torch.long)
+    rows = torch.arange(B)[:, None].expand(B, T)
+    targets[rows[hit], prev[hit]] = ids[hit]
+    return targets
+
+
+def _cached_encoder(tok: Tokenizer) -> Callable[[str], list[int]]:
+    """`tok.encode` memoised per tokenizer (instructions and CoT phrases repeat across every batch)."""
+    cache = getattr(tok, "_latentvla_encode_cache", None)
+    if cache is None:
+        cache = {}
+        try:
+            tok._latentvla_encode_cache = cache
+        except AttributeError:  # a tokenizer with __slots__: no memo
+            return tok.encode
+
+    def encode(text: str) -> list[int]:
+        ids = cache.get(text)
+        if ids is None:
+            if len(cache) > 200_000:  # unique box strings could grow it forever on a huge dataset
+                cache.clear()
+            ids = cache[text] = tok.encode(text)
+        return ids
+
+    return encode
 
 
 def lm_loss(logits_fn: Callable[[Tensor], Tensor], hidden: Tensor, targets: Tensor) -> Tensor:

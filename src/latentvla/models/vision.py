@@ -65,7 +65,8 @@ class GridTokens(nn.Module):
         self.col = nn.Parameter(torch.randn(1, grid, out_dim) * 0.02)
 
     def forward(self, fmap: Tensor) -> Tensor:
-        fmap = F.adaptive_avg_pool2d(fmap, self.grid)  # (B, C, g, g)
+        if fmap.shape[-2:] != (self.grid, self.grid):  # at 64 px the CNN map is already 4x4: pooling is identity
+            fmap = F.adaptive_avg_pool2d(fmap, self.grid)  # (B, C, g, g)
         tokens = self.proj(fmap.permute(0, 2, 3, 1))  # (B, g, g, D)
         return (tokens + self.row + self.col).flatten(1, 2)  # (B, N, D)
 

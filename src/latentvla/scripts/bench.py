@@ -3,6 +3,7 @@
     latentvla bench train                                  # samples/s per preset (and per LaRA stage), tiny size
     latentvla bench train --presets lara,rdvla --steps 10 --batch-size 16 --json bench_train.json
     latentvla bench train --dataset data/mw4               # a real dataset instead of a synthetic one
+    latentvla bench profile --dataset data/mw6 --presets lara,rdvla   # torch.profiler breakdown (docs/profile.md)
     latentvla bench latency RUN --json latency.json        # per-call latency per reasoning path, RD memory
     latentvla bench latency --preset lara-rd               # the same on a random-init config
     latentvla bench data DIR --workers 2 --json data.json  # data pipeline: open time, decode frames/s, samples/s, RSS
@@ -116,6 +117,56 @@ def main_data(args: argparse.Namespace) -> int:
         payload = {"benchmark": "data", "torch": torch.__version__, "threads": torch.get_num_threads(), **report}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register_profile(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("profile", help="torch.profiler breakdown of a training step per preset and stage")
+    p.add_argument("--presets", default="lara,rdvla", help="comma-separated presets")
+    p.add_argument("--dataset", required=True, help="LeRobot dataset dir")
+    p.add_argument("--steps", type=int, default=3, help="profiled optimizer steps per stage")
+    p.add_argument("--warmup", type=int, default=2, help="unprofiled optimizer steps per stage")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--trace-dir", default=None, help="write one Chrome trace per (preset, stage) here")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides")
+    p.set_defaults(func=main_profile)
+
+
+def main_profile(args: argparse.Namespace) -> int:
+    import torch
+
+    from latentvla.bench.profile_train import format_profile, profile_preset
+
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    if not Path(args.dataset, "meta", "info.json").is_file():
+        print(f"error: {args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
+              "`latentvla collect`", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        results = [
+            profile_preset(
+                p,
+                args.dataset,
+                steps=args.steps,
+                warmup=args.warmup,
+                batch_size=args.batch_size,
+                overrides=list(args.overrides),
+                trace_dir=args.trace_dir,
+            )  # fmt: skip
+            for p in presets
+        ]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per optimizer step (share of the step)"
+    )
+    print(format_profile(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "results": results}, indent=2))
         print(f"wrote {args.json}")
     return 0
 
@@ -275,4 +326,4 @@ def main_memory(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS = [register_train, register_latency, register_data, register_head, register_memory]
+_SUBCOMMANDS = [register_train, register_profile, register_latency, register_data, register_head, register_memory]

@@ -1,17 +1,22 @@
 """`latentvla demo`: the main job — collect, annotate, train, evaluate and benchmark on Meta-World, on CPU.
 
-    latentvla demo --out outputs/demo                      # default: 4 tasks, lara + rdvla + lara-no-cot, <= 30 min
+    latentvla demo --out outputs/demo                      # default: 6 tasks, lara/rdvla/lara-no-cot/bc, <= 30 min
     latentvla demo --minutes 10 --models rdvla             # smaller
     latentvla demo --tasks mt10 --episodes-per-task 40 --steps 20000 --minutes 600
 
 Steps (each writes under --out, and each is skipped when its output already exists, so an interrupted demo
 re-run continues where it stopped):
     1. data/        scripted-expert demonstrations with automatic CoT annotation (LeRobot v3.0)
-    2. runs/<m>/    training of each model; with no --steps, the step count is set from a measured throughput so
-                    that training fits the --minutes budget (what is left after collection, minus evaluation)
+    2. runs/<m>/    training of each model; with no --steps, every model gets the same wall-clock share of what is
+                    left of --minutes after collection (minus evaluation), turned into steps by a measured throughput
     3. eval/<m>/    held-out evaluation (split "eval": configurations disjoint from the training ones)
     4. latency/     per-call latency of each reasoning path, RD memory vs depth
-    5. report.md, summary.json (best_pc_success in percent and per-model results), plots
+    5. report.md, summary.json (best_pc_success in percent, per-model and per-task results, elapsed time, and
+                    whether the reasoning models beat the no-reasoning ones), plots
+
+Defaults follow reference/bc-baseline.md: its six tasks (three with large visible targets, three whose goal is a
+1-2 px dot: reach, push, pick-place), one camera (corner4, 64 px), and the plain image BC policy (`bc`) trained
+in the same run next to `lara`, `rdvla` and the no-reasoning ablation `lara-no-cot`.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-DEFAULT_TASKS = "button-press-topdown,drawer-close,window-open,coffee-pull"
-DEFAULT_MODELS = "lara,rdvla"  # add lara-no-cot (the no-reasoning ablation) when the budget allows
-# Share of the training budget per model (the curriculum model needs the most; no-cot is the fast ablation).
-TRAIN_SHARES = {"lara": 0.5, "rdvla": 0.5, "lara-no-cot": 0.25, "lara-rd": 0.5, "lara-explicit": 0.3,
-                "lara-latent-text": 0.4}  # fmt: skip
+DEFAULT_TASKS = "button-press-topdown,drawer-close,window-open,reach,push,pick-place"
+DEFAULT_MODELS = "lara,rdvla,lara-no-cot,bc"
+# Models that reason (thinking tokens / recurrent depth) vs the no-reasoning references they must beat.
+REASONING = ("lara", "rdvla", "lara-rd", "lara-latent-text", "lara-explicit")
+BASELINES = ("bc", "lara-no-cot")
 # CPU-budget overrides of the recurrent head: the paper trains with mean depth 32 (r ~ log-normal Poisson) and
 # runs 12 iterations at test time; on 2 cores a mean of 12 keeps 3x the optimizer steps in the same minutes.
 # TBPTT depth stays at the paper's 8. Recorded in each run's config.json.
@@ -45,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-episodes", type=int, default=10, help="held-out evaluation episodes per task")
     p.add_argument("--steps", type=int, default=None, help="training steps per model (default: fit --minutes)")
     p.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget for the whole demo")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="all models (default: each preset's own)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--camera", default="corner4")
     p.add_argument("--max-steps", type=int, default=200, help="episode cap during evaluation")
@@ -59,21 +64,39 @@ def _log(msg: str) -> None:
     print(f"[demo {datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _plan_steps(models: list[str], dataset: Path, budget_s: float, batch: int, overrides: list[str]) -> dict:
-    """Steps per model so that training fits `budget_s`, from a short measured throughput per preset."""
+def _measure_rates(models: list[str], dataset: Path, batch: dict[str, int], overrides: list[str]) -> dict:
+    """Optimizer steps per second of each model, from a short measured run (`latentvla bench train`)."""
     from latentvla.bench.train_throughput import run_train_bench
 
-    shares = {m: TRAIN_SHARES.get(m, 0.3) for m in models}
-    total = sum(shares.values())
-    plan = {}
+    rates = {}
     for m in models:
-        rate = run_train_bench(
-            [m], dataset, steps=3, batch_size=batch, warmup=1, overrides=[*overrides, *CPU_OVERRIDES.get(m, [])]
-        )[0]
-        steps_per_s = rate["samples_per_s"] / batch
-        plan[m] = max(50, int(0.85 * budget_s * shares[m] / total * steps_per_s))  # 15 % slack: logging, ckpts
-        _log(f"{m}: {rate['samples_per_s']:.0f} samples/s measured -> {plan[m]} steps")
-    return plan
+        rate = run_train_bench([m], dataset, steps=3, batch_size=batch[m], warmup=1,
+                               overrides=[*overrides, *CPU_OVERRIDES.get(m, [])])[0]  # fmt: skip
+        rates[m] = rate["samples_per_s"] / batch[m]
+        _log(f"{m}: {rate['samples_per_s']:.0f} samples/s measured")
+    return rates
+
+
+def plan_steps(rates: dict[str, float], budget_s: float) -> dict[str, int]:
+    """Equal wall-clock per model: each gets budget / n seconds (15 % slack for logging and checkpoints)."""
+    share = budget_s / max(1, len(rates))
+    return {m: max(50, int(0.85 * share * r)) for m, r in rates.items()}
+
+
+def reasoning_verdict(per_model: dict[str, float]) -> str:
+    """One sentence: did the best reasoning model beat every no-reasoning baseline that was run?"""
+    reasoning = {m: v for m, v in per_model.items() if m in REASONING}
+    baselines = {m: v for m, v in per_model.items() if m in BASELINES}
+    if not reasoning or not baselines:
+        return "Reasoning vs no reasoning: not compared (run at least one of each)."
+    best = max(reasoning, key=reasoning.get)
+    base = max(baselines, key=baselines.get)
+    diff = reasoning[best] - baselines[base]
+    against = ", ".join(f"{m} {v:.1f} %" for m, v in sorted(baselines.items()))
+    if diff > 0:
+        return f"Reasoning paid: {best} ({reasoning[best]:.1f} %) beat every no-reasoning model ({against})."
+    return (f"Reasoning did not pay in this run: the best reasoning model, {best} ({reasoning[best]:.1f} %), "
+            f"{'tied' if diff == 0 else 'lost to'} {base} ({against}).")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -107,9 +130,15 @@ def main(args: argparse.Namespace) -> int:
     eval_reserve = len(models) * (
         30 + n_tasks * args.eval_episodes * args.max_steps * 0.012 / max(1, args.workers)
     )
-    train_budget = budget - (time.time() - t0) - eval_reserve - 40 * len(models)  # 40 s per model: latency bench
-    steps = {m: args.steps for m in models} if args.steps else _plan_steps(
-        models, data, max(60.0, train_budget), args.batch_size, overrides)  # fmt: skip
+    batch = {m: args.batch_size or get_preset(m).batch_size for m in models}
+    if args.steps:
+        steps = {m: args.steps for m in models}
+    else:
+        rates = _measure_rates(models, data, batch, overrides)
+        # what is left after collection and the throughput measurement, minus evaluation and latency benches
+        train_budget = budget - (time.time() - t0) - eval_reserve - 40 * len(models)
+        steps = plan_steps(rates, max(60.0, train_budget))
+        _log(f"equal wall-clock per model ({max(60.0, train_budget) / len(models) / 60:.1f} min): {steps}")
 
     results = {}
     for i, m in enumerate(models):
@@ -122,7 +151,7 @@ def main(args: argparse.Namespace) -> int:
                     *overrides,
                     *CPU_OVERRIDES.get(m, []),
                     f"steps={steps[m]}",
-                    f"batch_size={args.batch_size}",
+                    f"batch_size={batch[m]}",
                     f"seed={args.seed}",
                     f"save_every={steps[m]}",
                     "log_every=25",
@@ -181,31 +210,51 @@ def _success_plot(out: Path, models: list[str], results: dict) -> Path:
     return path
 
 
+def per_task_table(models: list[str], results: dict) -> dict[str, dict[str, float]]:
+    """{task: {model: pc_success}}: the models side by side on every task (plus "average")."""
+    table: dict[str, dict[str, float]] = {}
+    for m in models:
+        for t in results[m]["eval"]["per_task"]:
+            table.setdefault(t["task"], {})[m] = t["metrics"]["pc_success"]
+        table.setdefault("average", {})[m] = results[m]["eval"]["overall"]["pc_success"]
+    return table
+
+
 def _write_report(out, args, tasks, models, results, latency, elapsed, format_table) -> dict:
     best = max(models, key=lambda m: results[m]["eval"]["overall"]["pc_success"])
+    table = per_task_table(models, results)
+    verdict = reasoning_verdict(table["average"])
     summary = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["latentvla", *sys.argv[1:]]) if sys.argv and "demo" in sys.argv else "latentvla demo",
         "tasks": tasks.split(","),
+        "eval_episodes_per_task": args.eval_episodes,
         "best_model": best,
         "best_pc_success": results[best]["eval"]["overall"]["pc_success"],
+        "per_task": table,
+        "reasoning_paid": verdict.startswith("Reasoning paid"),
+        "verdict": verdict,
         "elapsed_min": round(elapsed / 60, 2),
+        "elapsed_s": round(elapsed, 1),
         "models": {m: {**results[m], "latency": latency[m]} for m in models},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot = _success_plot(out, models, results)
-    names = [t["task"] for t in results[models[0]]["eval"]["per_task"]]
     lines = [f"# latentvla demo — {summary['date']}", "", f"Command: `{summary['command']}`  ",
-             f"Elapsed: {summary['elapsed_min']} min. Tasks: {', '.join(names)}. "
-             f"Held-out episodes per task: {args.eval_episodes} (split `eval`, disjoint from training).", "",
-             "## Success rate (%)", "", "| model | steps | " + " | ".join(n.replace("-v3", "") for n in names)
-             + " | average | mean iterations |", "|---|---:|" + "---:|" * (len(names) + 2)]  # fmt: skip
+             f"Elapsed: {summary['elapsed_min']} min. Held-out episodes per task: {args.eval_episodes} "
+             "(split `eval`, disjoint from training).", "", f"**{verdict}**", "",
+             "## Success rate (%), per task, models side by side", "",
+             "| task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]  # fmt: skip
+    for task, row in table.items():
+        name = f"**{task}**" if task == "average" else task.replace("-v3", "")
+        lines.append(f"| {name} | " + " | ".join(f"{row[m]:.0f}" if task != "average" else f"**{row[m]:.1f}**"
+                                                 for m in models) + " |")  # fmt: skip
+    lines += ["", "| model | steps | train min | mean iterations |", "|---|---:|---:|---:|"]
     for m in models:
-        per = [f"{t['metrics']['pc_success']:.0f}" for t in results[m]["eval"]["per_task"]]
-        ov = results[m]["eval"]["overall"]
-        iters = ov.get("avg_iterations")
-        lines.append(f"| {m} | {results[m]['steps']} | " + " | ".join(per) + f" | **{ov['pc_success']:.1f}** | "
-                     + (f"{iters:.1f}" if iters else "-") + " |")  # fmt: skip
+        iters = results[m]["eval"]["overall"].get("avg_iterations")
+        train_s = results[m].get("train_s")
+        lines.append(f"| {m} | {results[m]['steps']} | " + (f"{train_s / 60:.1f}" if train_s else "-")
+                     + " | " + (f"{iters:.1f}" if iters else "-") + " |")  # fmt: skip
     lines += ["", f"![success]({plot.name})", "", "## Latency per call (CPU, batch 1)", ""]
     for m in models:
         lines += [f"### {m}", "", format_table(latency[m]), ""]

@@ -1,0 +1,137 @@
+"""The training speed-ups change nothing that is learned (issue 11): on a fixed batch, every curriculum stage of
+`lara` and `rdvla` gives the same per-sample losses and gradients through the fast paths (fused RMSNorm, the
+vectorised sequence layout with the memoised tokenizer, skipped identity pooling, foreach EMA) as through the
+reference implementations they replaced, and fused AdamW takes the same steps as the per-tensor loop."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentvla.config import apply_overrides, get_preset
+from latentvla.constants import OBS_STATE
+from latentvla.data.dataset import VLADataset, make_normalizer
+from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.synthetic import write_synthetic_dataset
+from latentvla.models import backbone as backbone_lib
+from latentvla.models import ema as ema_lib
+from latentvla.models import sequence as seq_lib
+from latentvla.models import vision as vision_lib
+from latentvla.policy import Policy
+from latentvla.train.optim import build_optimizer, no_decay_param_ids
+from test_sequence import _reference_build_sequence
+
+
+@contextlib.contextmanager
+def reference_paths():
+    """Swap the original (slow) implementations back in."""
+    mp = pytest.MonkeyPatch()
+
+    def rms(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+    def build(tok, instructions, explicit_cot=None, n_latent=0, n_img_next=16, action_token_ids=None, n_query=0,
+              *, n_image):  # fmt: skip
+        return _reference_build_sequence(tok, instructions, explicit_cot, n_latent, n_img_next, action_token_ids,
+                                         n_query, n_image)  # fmt: skip
+
+    def grid_tokens(self, fmap):
+        fmap = F.adaptive_avg_pool2d(fmap, self.grid)
+        return (self.proj(fmap.permute(0, 2, 3, 1)) + self.row + self.col).flatten(1, 2)
+
+    mp.setattr(backbone_lib.RMSNorm, "forward", rms)
+    mp.setattr(seq_lib, "build_sequence", build)
+    mp.setattr(vision_lib.GridTokens, "forward", grid_tokens)
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = write_synthetic_dataset(
+        tmp_path_factory.mktemp("fast") / "ds", num_episodes=2, length=10, image_size=32
+    )
+    reader = LeRobotDatasetReader(root)
+    return reader, make_normalizer(reader)
+
+
+def _policy_and_batch(data, preset):
+    reader, norm = data
+    cfg = apply_overrides(get_preset(preset, "micro"), ["policy.image_size=32"])
+    pcfg = replace(cfg.policy, state_dim=norm.shape(OBS_STATE)[0], action_dim=norm.shape("action")[0])
+    torch.manual_seed(0)
+    policy = Policy.from_config(pcfg, norm)
+    ds = VLADataset(reader, chunk_size=pcfg.horizon, cameras=list(pcfg.cameras), normalizer=norm)
+    return policy, torch.utils.data.default_collate([ds[i] for i in (0, 3, 9, 14)])
+
+
+def _loss_and_grads(model, batch, stage):
+    model.zero_grad(set_to_none=True)
+    loss, _ = model.compute_loss(batch, stage, generator=torch.Generator().manual_seed(3))
+    loss.mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("preset", ["lara", "rdvla"])
+def test_every_stage_same_loss_and_gradients_as_the_reference_path(data, preset):
+    policy, batch = _policy_and_batch(data, preset)
+    model = policy.model.train()
+    for stage in policy.config.curriculum.stages():
+        fast, g_fast = _loss_and_grads(model, batch, stage)
+        with reference_paths():
+            ref, g_ref = _loss_and_grads(model, batch, stage)
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6, msg=f"{preset} {stage.name}")
+        assert g_fast.keys() == g_ref.keys()
+        for name in g_ref:
+            torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop(data):
+    policy, batch = _policy_and_batch(data, "lara-no-cot")
+    model = policy.model.train()
+    stage = policy.config.curriculum.stages()[0]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    finals = []
+    for fused in (True, False):
+        model.load_state_dict(start)
+        opt = build_optimizer(model.param_groups(), 1e-3, 1e-3, 1e-4, no_decay_param_ids(model))
+        assert all(g.get("fused") for g in opt.param_groups)
+        if not fused:
+            for g in opt.param_groups:
+                g["fused"] = False
+        for step in range(3):
+            opt.zero_grad()
+            loss, _ = model.compute_loss(batch, stage, generator=torch.Generator().manual_seed(step))
+            loss.mean().backward()
+            opt.step()
+        finals.append({k: v.clone() for k, v in model.state_dict().items()})
+    moved = [k for k in start if not torch.equal(start[k], finals[0][k])]
+    assert len(moved) > 10
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_foreach_ema_equals_the_per_parameter_lerp():
+    online, target = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    expected = {n: t.detach() * 0.9 + o.detach() * 0.1 for (n, t), (_, o) in
+                zip(target.named_parameters(), online.named_parameters())}  # fmt: skip
+    ema_lib.ema_update(target, online, 0.9)
+    for n, p in target.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[n])
+
+
+def test_grid_tokens_skip_identity_pooling_exactly():
+    tokens = vision_lib.GridTokens(8, 6, grid=4)
+    fmap = torch.randn(2, 8, 4, 4)
+    expected = (tokens.proj(F.adaptive_avg_pool2d(fmap, 4).permute(0, 2, 3, 1)) + tokens.row + tokens.col).flatten(
+        1, 2
+    )
+    torch.testing.assert_close(tokens(fmap), expected, rtol=0, atol=0)
+    assert tokens(torch.randn(2, 8, 8, 8)).shape == (2, 16, 6)  # a larger map is still pooled to the grid
