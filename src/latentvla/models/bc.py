@@ -18,7 +18,7 @@ It speaks the same two verbs as `LatentVLA` (`compute_loss`, `sample_actions`), 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,7 @@ from latentvla.constants import ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_STATE, TA
 from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.masking import mean_over_valid_steps
 from latentvla.models.tokenizer import Tokenizer
-from latentvla.models.vla import SampleOutput
+from latentvla.models.sampling import SampleOptions, SampleOutput
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,12 @@ class BCPolicyModel(nn.Module):
         return loss, {"loss_l1": float(loss.detach().mean()), "loss": float(loss.detach().mean())}
 
     @torch.no_grad()
-    def sample_actions(self, batch: dict, *, mode: str = "latent", **_: object):
-        """The chunk for each observation; every mode runs the same network (there is nothing to reason with)."""
-        if mode not in ("latent", "explicit", "none"):
-            raise ValueError(f"mode must be 'latent', 'explicit' or 'none', got {mode!r}")
+    def sample_actions(self, batch: dict, options: SampleOptions | None = None, **overrides) -> SampleOutput:
+        """The chunk for each observation; every mode runs the same network (there is nothing to reason with),
+        and the recurrent / flow options (iterations, halting, steps, noise) do not apply."""
+        opts = replace(options or SampleOptions(), **overrides)
         actions = self(batch)
-        if mode != "explicit":
+        if opts.mode != "explicit":
             return SampleOutput(actions)
         n = actions.shape[0]
         return SampleOutput(actions, cot_text=[""] * n, cot_tokens=torch.zeros(n, dtype=torch.long))
