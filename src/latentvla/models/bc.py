@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from latentvla.constants import ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_STATE, TASK
 from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.masking import mean_over_valid_steps
-from latentvla.models.tokenizer import Tokenizer
 from latentvla.models.sampling import SampleOptions, SampleOutput
+from latentvla.models.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
