@@ -130,6 +130,7 @@ def register_profile(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--trace-dir", default=None, help="write one Chrome trace per (preset, stage) here")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides")
     p.set_defaults(func=main_profile)
 
@@ -140,6 +141,8 @@ def main_profile(args: argparse.Namespace) -> int:
     from latentvla.bench.profile_train import format_profile, profile_preset
 
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not Path(args.dataset, "meta", "info.json").is_file():
         print(f"error: {args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
               "`latentvla collect`", file=sys.stderr)  # fmt: skip
