@@ -114,8 +114,10 @@ def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop(data):
         finals.append({k: v.clone() for k, v in model.state_dict().items()})
     moved = [k for k in start if not torch.equal(start[k], finals[0][k])]
     assert len(moved) > 10
+    # Adam divides by sqrt(v): float rounding of near-zero gradients moves a weight by up to ~1e-6 here, against
+    # steps of up to lr = 1e-3 per update; 1e-5 is 1 % of one step.
     for k in finals[0]:
-        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-5, atol=1e-6, msg=k)
+        torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-5, atol=1e-5, msg=k)
 
 
 def test_foreach_ema_equals_the_per_parameter_lerp():

@@ -114,8 +114,9 @@ def profile_preset(
     policy = Policy.from_config(cfg.policy, normalizer)
     model = policy.model.train()
     optimizer = build_optimizer(
-        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model)
-    )
+        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),
+        lr_vision=cfg.lr_vision,
+    )  # fmt: skip
     params = [p for g in optimizer.param_groups for p in g["params"]]
     hooks = []
     for attr, name in (("ema_vision", "ema_target"), ("encoder", "vision")):

@@ -116,7 +116,9 @@ class BCPolicyModel(nn.Module):
         out = self.mlp(torch.cat(parts, dim=-1))
         return out.view(-1, self.cfg.horizon, self.cfg.action_dim)
 
-    def compute_loss(self, batch: dict, stage: StageSpec, generator: torch.Generator | None = None):
+    def compute_loss(
+        self, batch: dict, stage: StageSpec, generator: torch.Generator | None = None, *, step: int | None = None
+    ):
         """Per-sample masked L1 over the chunk (B,) and metrics (bc-baseline.md: L1)."""
         pred = self(batch, generator)
         l1 = (pred - batch[ACTION]).abs().mean(dim=-1)  # (B, H)
