@@ -123,3 +123,12 @@ def test_bc_trains_through_the_loop_and_serves(data, tmp_path):
     finally:
         server.stop()
     np.testing.assert_allclose(reply["actions"], policy.infer(obs)["actions"], rtol=1e-5, atol=1e-6)
+
+
+def test_bc_latency_report_has_the_common_paths_only(data):
+    from latentvla.bench.latency import bench_latency
+
+    policy, _ = make_policy(data)
+    report = bench_latency(policy.eval(), warmup=0, repeats=1)
+    assert report["latent_ms"] > 0 and report["num_thinking_tokens"] == 0 and report["explicit_cot_tokens"] == 0
+    assert "rd_fixed_ms" not in report and "expert_sample_ms" not in report

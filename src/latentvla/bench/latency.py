@@ -163,7 +163,7 @@ def bench_latency(
         for name, mode in (("no_reasoning", "none"), ("latent", "latent"), ("explicit", "explicit"))
         if mode in modes
     ]
-    recurrent = policy.config.head == "recurrent"
+    recurrent = policy.config.head == "recurrent" and policy.config.model == "vla"
     if recurrent:
         jobs += [(f"rd_fixed_{k}", {"mode": "latent", "iterations": k}) for k in depths]
         jobs.append(("rd_adaptive", {"mode": "latent", "iterations": max_depth, "halting": MSEConvergence(delta)}))
@@ -193,7 +193,10 @@ def bench_latency(
             str(k): _peak_mb(lambda k=k: call(mode="latent", iterations=k)) for k in depths
         }
     model = policy.model
-    if policy.config.head == "flow" and "latent" in model.modes and model.stage.train_head:  # the expert acts
+    if (
+        policy.config.head == "flow" and policy.config.model == "vla" and "latent" in model.modes
+        and model.stage.train_head
+    ):  # the expert acts (the bc policy has no flow expert)
         report.update(_expert_sampling(policy, call, warmup, repeats, seed))
     ratio = lambda a, b: report[a] / report[b] if report[a] and report[b] else None  # noqa: E731
     report["ratio_explicit_over_latent"] = ratio("explicit_ms", "latent_ms")
