@@ -100,9 +100,11 @@ def test_bc_checkpoint_round_trip_and_all_modes(data, tmp_path):
     assert isinstance(loaded.model, BCPolicyModel) and loaded.config == policy.config
     obs = obs_of(batch, 1, policy)
     ref = policy.eval().infer(obs)["actions"]
-    for mode in ("latent", "none", "explicit"):
+    for mode in ("latent", "none"):
         np.testing.assert_allclose(loaded.infer(obs, mode=mode)["actions"], ref, rtol=1e-5, atol=1e-6)
-    assert loaded.infer(obs, mode="explicit")["cot_text"] == ""
+    with pytest.raises(ValueError, match="no reasoning"):
+        loaded.infer(obs, mode="explicit")
+    assert loaded.model.modes[0] == "none" and loaded.metadata["modes"] == ["none", "latent"]
     assert len(loaded.select_action(obs)) == policy.config.action_dim
 
 
@@ -130,5 +132,5 @@ def test_bc_latency_report_has_the_common_paths_only(data):
 
     policy, _ = make_policy(data)
     report = bench_latency(policy.eval(), warmup=0, repeats=1)
-    assert report["latent_ms"] > 0 and report["num_thinking_tokens"] == 0 and report["explicit_cot_tokens"] == 0
+    assert report["latent_ms"] > 0 and report["num_thinking_tokens"] == 0 and report["explicit_cot_tokens"] is None
     assert "rd_fixed_ms" not in report and "expert_sample_ms" not in report

@@ -194,7 +194,9 @@ def bench_latency(
         }
     model = policy.model
     if (
-        policy.config.head == "flow" and policy.config.model == "vla" and "latent" in model.modes
+        policy.config.head == "flow"
+        and policy.config.model == "vla"
+        and "latent" in model.modes
         and model.stage.train_head
     ):  # the expert acts (the bc policy has no flow expert)
         report.update(_expert_sampling(policy, call, warmup, repeats, seed))

@@ -12,8 +12,8 @@ embedding is a bag of the shared tokenizer's ids, so any instruction string work
 embedding is the special case of one instruction per task) and no task list has to travel with a checkpoint.
 
 It speaks the same two verbs as `LatentVLA` (`compute_loss`, `sample_actions`), so the dataset, training loop,
-`Policy`, evaluation, latency bench and server run it unchanged. It has no reasoning tokens: the "latent",
-"none" and "explicit" modes all run the same network (explicit returns an empty CoT).
+`Policy`, evaluation, latency bench and server run it unchanged. It has no reasoning tokens: its modes are "none"
+(the default) and "latent", which run the same network; "explicit" is refused (there is no CoT to write).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class BCPolicyModel(nn.Module):
         super().__init__()
         self.cfg, bc = cfg, cfg.bc
         self.final: StageSpec = final_stage(cfg.curriculum)
+        self.stage = self.final  # the one stage it has (checkpoints record it; `set_stage` checks the name)
         self.tokenizer = Tokenizer(cfg.backbone.extra_words, cfg.num_action_bins)
         self.encoder = ConvEncoder(bc.channels, cfg.image_size, bc.feature_dim)
         self.text_embed = nn.EmbeddingBag(self.tokenizer.vocab_size, bc.text_dim, mode="mean")
@@ -90,7 +91,7 @@ class BCPolicyModel(nn.Module):
         ids = {id(p) for p in head}
         return {"backbone": [p for p in self.parameters() if id(p) not in ids], "head": head}
 
-    def on_optimizer_step(self, step: int) -> None:  # no EMA target
+    def on_optimizer_step(self, step: int, total_steps: int | None = None) -> None:  # no EMA target
         return None
 
     def _instruction(self, tasks: list[str], device: torch.device) -> Tensor:
@@ -125,13 +126,20 @@ class BCPolicyModel(nn.Module):
         loss = stage.w_head * mean_over_valid_steps(l1, batch.get(ACTION_IS_PAD))
         return loss, {"loss_l1": float(loss.detach().mean()), "loss": float(loss.detach().mean())}
 
+    def set_stage(self, name: str) -> None:
+        if name != self.final.name:
+            raise ValueError(f"the bc policy has one stage, {self.final.name!r}, not {name!r}")
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """No reasoning: "none" (the default) and "latent" run the same network; there is no CoT to write."""
+        return ("none", "latent")
+
     @torch.no_grad()
     def sample_actions(self, batch: dict, options: SampleOptions | None = None, **overrides) -> SampleOutput:
         """The chunk for each observation; every mode runs the same network (there is nothing to reason with),
         and the recurrent / flow options (iterations, halting, steps, noise) do not apply."""
         opts = replace(options or SampleOptions(), **overrides)
-        actions = self(batch)
-        if opts.mode != "explicit":
-            return SampleOutput(actions)
-        n = actions.shape[0]
-        return SampleOutput(actions, cot_text=[""] * n, cot_tokens=torch.zeros(n, dtype=torch.long))
+        if opts.mode is not None and opts.mode not in self.modes:
+            raise ValueError(f"the bc policy has no reasoning to write: mode must be one of {self.modes}")
+        return SampleOutput(self(batch))
