@@ -21,6 +21,7 @@ def test_defaults_are_the_six_baseline_tasks_and_four_models():
     assert args.models.split(",") == ["lara", "rdvla", "lara-no-cot", "bc"]
     assert (args.camera, args.image_size, args.minutes) == ("corner4", 64, 30.0)
     assert args.eval_episodes >= 10
+    assert args.loader_workers == 1  # lazy PNG decoding runs beside the training process
 
 
 def test_equal_wall_clock_per_model():
@@ -73,6 +74,8 @@ def test_demo_writes_report_and_summary(tmp_path, capsys):
         assert (out / "eval" / m / "eval_info.json").is_file()
         assert summary["models"][m]["latency"]["latent_ms"] > 0
         assert summary["models"][m]["steps"] == 3
+        cfg = json.loads(next((out / "runs" / m / "checkpoints").glob("0*/config.json")).read_text())
+        assert cfg["train"]["num_workers"] == 1 and cfg["policy"]["cameras"] == ["corner4"]
     stages = {
         json.loads(line).get("stage")
         for line in (out / "runs" / "lara" / "metrics.jsonl").read_text().splitlines()

@@ -55,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--camera", default="corner4")
     p.add_argument("--max-steps", type=int, default=200, help="episode cap during evaluation")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=1,
+        help="DataLoader worker processes while training: frames are decoded lazily from PNG, and a worker "
+        "does it beside the training process (docs/profile.md: 8-10 %% of a VLA step, 60 %% of bc's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-repeats", type=int, default=10, help="timed calls per path in the latency bench")
     p.set_defaults(func=main)
@@ -114,7 +121,8 @@ def main(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         get_preset(m)  # did-you-mean before any work
-    overrides = [f"policy.cameras={args.camera}", f"policy.image_size={args.image_size}"]
+    overrides = [f"policy.cameras={args.camera}", f"policy.image_size={args.image_size}",
+                 f"num_workers={args.loader_workers}"]  # fmt: skip
 
     data = out / "data"
     if not (data / "meta" / "info.json").is_file():
