@@ -105,7 +105,7 @@ def test_annotate_libero_dataset_imports_lara_and_keeps_side_files(tmp_path, cap
     assert ep0[K.COT_SUBTASK][3] == "grasp the alphabet soup" and ep0[K.COT_REASONING][3].startswith("globally")
     assert (
         ep0[K.COT_TEXT][5]
-        == "Subtask: reach the alphabet soup BBox: [0.1500 0.2000 0.3500 0.5000] Reasoning: the robot moves down step 5"
+        == "Subtask: reach the alphabet soup. BBox: [0.1500 0.2000 0.3500 0.5000]. Reasoning: the robot moves down step 5"
     )
     assert np.asarray(ep0[K.COT_BBOX_VISIBLE]).tolist() == [t != 2 for t in range(LENGTH)]
     assert np.asarray(ep1[K.COT_BBOX_VISIBLE]).tolist() == [True] + [False] * (LENGTH - 1)

@@ -42,6 +42,7 @@ import numpy as np
 
 from latentvla import constants as K
 from latentvla.data.boxes import finalize_boxes
+from latentvla.data.cot import format_cot
 
 COT_FILE = "episode_dense_captions_full.jsonl"
 BBOX_FILE = "episode_sam3_bboxes_from_dino_final.jsonl"
@@ -146,8 +147,6 @@ class LaraAnnotations:
 
     def apply(self, columns: dict, episode_index: int) -> int:
         """Overwrite cot.subtask / cot.reasoning of annotated frames and rebuild cot.text; returns how many."""
-        from latentvla.data.annotate import stage1_text
-
         steps = self.cot.get(episode_index, {})
         subtasks, reasonings = list(columns[K.COT_SUBTASK]), list(columns[K.COT_REASONING])
         used = 0
@@ -159,7 +158,10 @@ class LaraAnnotations:
             reasonings[t] = step.reasoning or reasonings[t]
             used += 1
         columns[K.COT_SUBTASK], columns[K.COT_REASONING] = subtasks, reasonings
-        columns[K.COT_TEXT] = [stage1_text(s, b, r) for s, b, r in zip(subtasks, columns[K.COT_BBOX], reasonings)]
+        columns[K.COT_TEXT] = [
+            format_cot(s, b, bool(v), r)
+            for s, b, v, r in zip(subtasks, columns[K.COT_BBOX], columns[K.COT_BBOX_VISIBLE], reasonings)
+        ]
         return used
 
 
