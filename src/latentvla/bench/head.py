@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from latentvla.bench.latency import PeakTensorMemory
+from latentvla.bench.latency import peak_mb
 from latentvla.models.recurrent_head import RecurrentDepthHead, RecurrentHeadConfig
 
 DEFAULT_ITERATIONS = (1, 4, 8, 12, 32)
@@ -72,20 +72,6 @@ def head_flops(
 
 def _slope(xs: list[int], ys: list[float]) -> float:
     return float(np.polyfit(np.asarray(xs, dtype=float), np.asarray(ys, dtype=float), 1)[0])
-
-
-def _peak_mb(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    tracker = PeakTensorMemory()
-    with tracker:
-        fn()
-    return tracker.peak / 2**20
 
 
 def bench_head(
@@ -173,7 +159,7 @@ def bench_head(
         report[mode] = {
             "ms": {str(r): v for r, v in ms.items()},
             "per_iteration_ms": _slope(list(ms), list(ms.values())) if len(ms) > 1 else None,
-            "peak_mem_mb": _peak_mb(lambda mode=mode: call(max(iterations), mode)),
+            "peak_mem_mb": peak_mb(lambda mode=mode: call(max(iterations), mode)),
         }
     if len(modes) == 2:
         c, u = report["cached"]["per_iteration_ms"], report["uncached"]["per_iteration_ms"]

@@ -99,7 +99,8 @@ def _time_calls(fn, warmup: int, repeats: int) -> dict[str, float]:
     return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90))}
 
 
-def _peak_mb(fn) -> float:
+def peak_mb(fn) -> float:
+    """Peak extra memory (MB) of `fn()`: CUDA's allocator peak, or the CPU live-tensor tracker."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -130,7 +131,7 @@ def head_peak_mb(policy, obs: dict, depths, seed: int = 0) -> dict[str, float]:
         gen.manual_seed(seed)
         return model.head.sample_actions(out, prefix.seq, batch, SampleOptions(iterations=k, generator=gen))
 
-    return {str(k): _peak_mb(lambda k=k: head(k)) for k in depths}
+    return {str(k): peak_mb(lambda k=k: head(k)) for k in depths}
 
 
 def bench_latency(
@@ -190,7 +191,7 @@ def bench_latency(
         report["rd_adaptive_delta"] = delta
         report["rd_peak_mem_mb"] = head_peak_mb(policy, obs, depths, seed)
         report["rd_call_peak_mem_mb"] = {
-            str(k): _peak_mb(lambda k=k: call(mode="latent", iterations=k)) for k in depths
+            str(k): peak_mb(lambda k=k: call(mode="latent", iterations=k)) for k in depths
         }
     model = policy.model
     if (
