@@ -12,7 +12,7 @@ import torch
 from latentvla.client import WebsocketPolicyClient
 from latentvla.config import apply_overrides, get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
-from latentvla.data.dataset import VLADataset, make_normalizer
+from latentvla.data.dataset import make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models.bc import BCConfig, BCPolicyModel
@@ -20,6 +20,7 @@ from latentvla.policy import Policy
 from latentvla.serve.server import PolicyServer
 from latentvla.train.curriculum import final_stage
 from latentvla.train.loop import train
+from policy_helpers import policy_and_batches
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +32,7 @@ def data(tmp_path_factory):
 
 def make_policy(data, *overrides: str) -> tuple[Policy, dict]:
     _, reader, norm = data
-    cfg = apply_overrides(get_preset("bc"), ["policy.image_size=32", *overrides])
-    pcfg = replace(cfg.policy, state_dim=norm.shape(OBS_STATE)[0], action_dim=norm.shape("action")[0])
-    torch.manual_seed(0)
-    policy = Policy.from_config(pcfg, norm)
-    ds = VLADataset(reader, chunk_size=pcfg.horizon, cameras=list(pcfg.cameras), normalizer=norm)
-    batch = torch.utils.data.default_collate([ds[i] for i in (0, 5, 13, 20)])
+    policy, (batch,) = policy_and_batches(reader, norm, "bc", *overrides)
     return policy, batch
 
 

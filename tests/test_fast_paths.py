@@ -6,23 +6,20 @@ reference implementations they replaced, and fused AdamW takes the same steps as
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from latentvla.config import apply_overrides, get_preset
-from latentvla.constants import OBS_STATE
-from latentvla.data.dataset import VLADataset, make_normalizer
+from latentvla.data.dataset import make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import backbone as backbone_lib
 from latentvla.models import ema as ema_lib
 from latentvla.models import sequence as seq_lib
 from latentvla.models import vision as vision_lib
-from latentvla.policy import Policy
 from latentvla.train.optim import build_optimizer, no_decay_param_ids
+from policy_helpers import policy_and_batches
 from test_sequence import _reference_build_sequence
 
 
@@ -62,13 +59,8 @@ def data(tmp_path_factory):
 
 
 def _policy_and_batch(data, preset):
-    reader, norm = data
-    cfg = apply_overrides(get_preset(preset, "micro"), ["policy.image_size=32"])
-    pcfg = replace(cfg.policy, state_dim=norm.shape(OBS_STATE)[0], action_dim=norm.shape("action")[0])
-    torch.manual_seed(0)
-    policy = Policy.from_config(pcfg, norm)
-    ds = VLADataset(reader, chunk_size=pcfg.horizon, cameras=list(pcfg.cameras), normalizer=norm)
-    return policy, torch.utils.data.default_collate([ds[i] for i in (0, 3, 9, 14)])
+    policy, (batch,) = policy_and_batches(*data, preset, indices=((0, 3, 9, 14),))
+    return policy, batch
 
 
 def _loss_and_grads(model, batch, stage):

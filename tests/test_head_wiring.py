@@ -6,19 +6,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import replace
 
 import pytest
 import torch
 
-from latentvla.config import apply_overrides, get_preset
-from latentvla.constants import OBS_STATE
-from latentvla.data.dataset import VLADataset, make_normalizer
+from latentvla.data.dataset import make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models.recurrence import step_depth
-from latentvla.policy import Policy
 from latentvla.train.loop import LossModule, accumulate_gradients
+from policy_helpers import policy_and_batches
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +26,7 @@ def data(tmp_path_factory):
 
 
 def _policy(data, preset: str, *overrides: str):
-    reader, norm = data
-    cfg = apply_overrides(get_preset(preset, "micro"), ["policy.image_size=32", *overrides])
-    pcfg = replace(cfg.policy, state_dim=norm.shape(OBS_STATE)[0], action_dim=norm.shape("action")[0])
-    torch.manual_seed(0)
-    policy = Policy.from_config(pcfg, norm)
-    ds = VLADataset(reader, chunk_size=pcfg.horizon, cameras=list(pcfg.cameras), normalizer=norm)
-    batches = [torch.utils.data.default_collate([ds[i] for i in idx]) for idx in ((0, 5), (9, 13))]
-    return policy, batches
+    return policy_and_batches(*data, preset, *overrides, indices=((0, 5), (9, 13)))
 
 
 def test_depth_is_one_per_step_for_every_micro_batch_and_rank(data):

@@ -5,7 +5,6 @@ path continuing its KV cache."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,9 +13,10 @@ import torch
 from latentvla.config import PRESETS, apply_overrides, get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.cot import parse_cot
-from latentvla.data.dataset import VLADataset, make_normalizer
+from latentvla.data.dataset import make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.policy import Policy
+from policy_helpers import policy_and_batches
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,8 @@ def data(synthetic_dataset):
 
 def make(data, preset: str, *overrides: str) -> tuple[Policy, dict]:
     _, reader, norm = data
-    cfg = apply_overrides(get_preset(preset, "micro"), ["policy.image_size=32", *overrides])
-    pcfg = replace(cfg.policy, state_dim=norm.shape(OBS_STATE)[0], action_dim=norm.shape("action")[0])
-    torch.manual_seed(0)
-    policy = Policy.from_config(pcfg, norm)
-    ds = VLADataset(reader, chunk_size=pcfg.horizon, cameras=list(pcfg.cameras), normalizer=norm)
-    return policy, torch.utils.data.default_collate([ds[i] for i in (0, 5, 13, 20)])
+    policy, (batch,) = policy_and_batches(reader, norm, preset, *overrides)
+    return policy, batch
 
 
 def obs(policy: Policy) -> dict:

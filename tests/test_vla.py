@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 
-from latentvla.config import apply_overrides, get_preset
+from latentvla.config import get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
-from latentvla.data.dataset import VLADataset, make_normalizer
+from latentvla.data.dataset import make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.policy import Policy
 from latentvla.train.curriculum import CurriculumConfig, stage_boundaries
+from policy_helpers import policy_and_batches
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +24,7 @@ def data(tmp_path_factory):
 
 
 def make_policy(data, preset: str, *overrides: str) -> tuple[Policy, dict]:
-    reader, norm = data
-    cfg = apply_overrides(get_preset(preset, "micro"), ["policy.image_size=32", *overrides])
-    pcfg = replace(cfg.policy, state_dim=norm.shape(OBS_STATE)[0], action_dim=norm.shape("action")[0])
-    torch.manual_seed(0)
-    policy = Policy.from_config(pcfg, norm)
-    ds = VLADataset(reader, chunk_size=pcfg.horizon, cameras=list(pcfg.cameras), normalizer=norm)
-    batch = torch.utils.data.default_collate([ds[i] for i in (0, 5, 13, 20)])
+    policy, (batch,) = policy_and_batches(*data, preset, *overrides)
     return policy, batch
 
 
