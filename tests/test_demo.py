@@ -24,13 +24,54 @@ def test_defaults_are_the_six_baseline_tasks_and_four_models():
     assert args.loader_workers == 1  # lazy PNG decoding runs beside the training process
 
 
-def test_equal_wall_clock_per_model():
-    rates = {"lara": 4.0, "bc": 16.0, "rdvla": 2.0}  # optimizer steps per second
-    steps = demo.plan_steps(rates, budget_s=300.0)
-    seconds = {m: steps[m] / rates[m] for m in rates}
-    assert max(seconds.values()) - min(seconds.values()) < 0.5  # same minutes each, not the same steps
-    assert steps["bc"] == 8 * steps["rdvla"] > 0
-    assert sum(seconds.values()) <= 300.0
+def test_minutes_per_model_splits_what_is_left_evenly():
+    assert demo.minutes_per_model(1000.0, 4) == pytest.approx((250 - demo.SETUP_S) / 60)
+    assert demo.minutes_per_model(1000.0, 1) == pytest.approx((1000 - demo.SETUP_S) / 60)
+    assert demo.minutes_per_model(-50.0, 4) == demo.minutes_per_model(30.0, 4) == 1.0  # floor: 1 min each
+
+
+class _StopAfterTraining(Exception):
+    pass
+
+
+def _planned_configs(monkeypatch, tmp_path, *extra: str) -> dict:
+    """Run `latentvla demo` up to its evaluation with training replaced by a recorder: {model: TrainConfig}."""
+    import latentvla.eval.evaluate
+    import latentvla.train.loop
+
+    out = tmp_path / "demo"
+    (out / "data" / "meta").mkdir(parents=True)  # collection already done: reused
+    (out / "data" / "meta" / "info.json").write_text(json.dumps({"latentvla_collect": {"tasks": ["reach"]}}))
+    seen = {}
+
+    def fake_train(cfg, data, run, **kw):
+        seen[run.name] = cfg
+        return {"end_step": 7, "seconds": 60.0, "samples_per_s": 10.0, "train_elapsed_s": 59.0}
+
+    def stop(*a, **kw):
+        raise _StopAfterTraining
+
+    monkeypatch.setattr(latentvla.train.loop, "train", fake_train)
+    monkeypatch.setattr(latentvla.eval.evaluate, "evaluate", stop)
+    with pytest.raises(_StopAfterTraining):
+        main(["demo", "--out", str(out), "--models", "lara,bc,rdvla", "--minutes", "30", "--eval-episodes", "10",
+              "--max-steps", "200", "--workers", "2", *extra])  # fmt: skip
+    return seen
+
+
+def test_default_demo_gives_every_model_the_same_minutes(monkeypatch, tmp_path):
+    cfgs = _planned_configs(monkeypatch, tmp_path)
+    assert list(cfgs) == ["lara", "bc", "rdvla"]
+    # 30 min, less evaluation (3 x (30 s + 1 task x 10 episodes x 200 steps x 12 ms / 2 workers)) and latency (40 s)
+    left = 30 * 60 - 3 * (30 + 10 * 200 * 0.012 / 2) - 3 * 40
+    minutes = [c.minutes for c in cfgs.values()]
+    assert minutes == [minutes[0]] * 3 and minutes[0] == pytest.approx(demo.minutes_per_model(left, 3), abs=0.01)
+    assert all(c.steps == demo.SCHEDULE_STEPS for c in cfgs.values())  # the schedule's resolution, not a plan
+
+
+def test_demo_steps_flag_keeps_fixed_steps(monkeypatch, tmp_path):
+    cfgs = _planned_configs(monkeypatch, tmp_path, "--steps", "40")
+    assert all(c.steps == 40 and c.minutes is None for c in cfgs.values())
 
 
 def test_reasoning_verdict():
@@ -73,7 +114,9 @@ def test_demo_writes_report_and_summary(tmp_path, capsys):
         assert (out / "runs" / m / "loss.png").is_file()
         assert (out / "eval" / m / "eval_info.json").is_file()
         assert summary["models"][m]["latency"]["latent_ms"] > 0
-        assert summary["models"][m]["steps"] == 3
+        record = summary["models"][m]
+        assert record["steps"] == 3 and record["minutes_budget"] is None  # --steps: the fixed-steps path
+        assert record["minutes_used"] > 0 and record["samples_per_s"] > 0
         cfg = json.loads(next((out / "runs" / m / "checkpoints").glob("0*/config.json")).read_text())
         assert cfg["train"]["num_workers"] == 1 and cfg["policy"]["cameras"] == ["corner4"]
     stages = {
@@ -83,6 +126,7 @@ def test_demo_writes_report_and_summary(tmp_path, capsys):
     assert "III" in stages  # the lara run went through its whole curriculum
     report = (out / "report.md").read_text()
     assert summary["verdict"] in report and "| drawer-close |" in report and "explicit / latent" in report
+    assert "| minutes budgeted | minutes used | samples/s |" in report
     assert "best_pc_success" in capsys.readouterr().out
     # a second run reuses data and checkpoints instead of redoing them
     assert main(args) == 0

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, replace
@@ -107,6 +108,9 @@ class TrainConfig:
     preset: str = "lara"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     steps: int = 2000
+    # Wall-clock budget in minutes of training (clock starts at the first step); None = step-based. With it, the
+    # schedule advances with elapsed time over `steps` positions and `steps` is a cap (train/budget.py).
+    minutes: float | None = None
     batch_size: int = 32
     seed: int = 0
     lr_backbone: float = 3e-4  # paper: VLM 1e-5, expert 1e-4 for 4B models; scaled up for tiny random-init ones
@@ -131,6 +135,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("steps, batch_size and grad_accum must be >= 1")
+        if self.minutes is not None and not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise ValueError(f"minutes is a training budget > 0 (or None for step-based), got {self.minutes}")
         for name in ("log_every", "save_every", "keep_last"):  # 0 used to crash mid-run or after training
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)} (e.g. {name}=1)")

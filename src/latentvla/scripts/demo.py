@@ -7,8 +7,9 @@
 Steps (each writes under --out, and each is skipped when its output already exists, so an interrupted demo
 re-run continues where it stopped):
     1. data/        scripted-expert demonstrations with automatic CoT annotation (LeRobot v3.0)
-    2. runs/<m>/    training of each model; with no --steps, every model gets the same wall-clock share of what is
-                    left of --minutes after collection (minus evaluation), turned into steps by a measured throughput
+    2. runs/<m>/    training of each model; with no --steps, every model trains for the same minutes (`minutes=`,
+                    train/budget.py: its curriculum and LR follow the clock): an equal share of what is left of
+                    --minutes after collection, minus evaluation and latency benches. --steps N trains N steps each
     3. eval/<m>/    held-out evaluation (split "eval": configurations disjoint from the training ones)
     4. latency/     per-call latency of each reasoning path, RD memory vs depth
     5. report.md, summary.json (best_pc_success in percent, per-model and per-task results, elapsed time, and
@@ -71,23 +72,26 @@ def _log(msg: str) -> None:
     print(f"[demo {datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _measure_rates(models: list[str], dataset: Path, batch: dict[str, int], overrides: list[str]) -> dict:
-    """Optimizer steps per second of each model, from a short measured run (`latentvla bench train`)."""
-    from latentvla.bench.train_throughput import run_train_bench
-
-    rates = {}
-    for m in models:
-        rate = run_train_bench([m], dataset, steps=3, batch_size=batch[m], warmup=1,
-                               overrides=[*overrides, *CPU_OVERRIDES.get(m, [])])[0]  # fmt: skip
-        rates[m] = rate["samples_per_s"] / batch[m]
-        _log(f"{m}: {rate['samples_per_s']:.0f} samples/s measured")
-    return rates
+# A budgeted run lays its schedule over `steps` positions and stops at its minutes (train/budget.py), so `steps`
+# is only the schedule's resolution and a cap on optimizer steps; this one never binds (bc runs ~15 steps/s on 2
+# cores). It replaced a 3-step throughput probe that planned 4.7 min per model for runs of 3.0-3.7 min (LOG.md).
+SCHEDULE_STEPS = 100_000
+SETUP_S = 15.0  # per model, outside its training clock: dataset open, model build, final checkpoint, loss plot
 
 
-def plan_steps(rates: dict[str, float], budget_s: float) -> dict[str, int]:
-    """Equal wall-clock per model: each gets budget / n seconds (15 % slack for logging and checkpoints)."""
-    share = budget_s / max(1, len(rates))
-    return {m: max(50, int(0.85 * share * r)) for m, r in rates.items()}
+def minutes_per_model(left_s: float, n_models: int) -> float:
+    """Equal wall-clock per model: the seconds left for training split evenly, less each run's setup; >= 1 min."""
+    return max(1.0, (left_s / max(1, n_models) - SETUP_S) / 60)
+
+
+def _run_record(run: Path) -> dict:
+    """Real steps and training-clock minutes of a finished run, read back from its newest checkpoint."""
+    from latentvla.train.checkpoint import latest_checkpoint, load_training_state
+
+    last = latest_checkpoint(run)
+    elapsed = load_training_state(last).get("elapsed_s") if last else None
+    return {"steps": int(last.name) if last else None,
+            "minutes_used": round(elapsed / 60, 2) if elapsed is not None else None}  # fmt: skip
 
 
 def reasoning_verdict(per_model: dict[str, float]) -> str:
@@ -140,37 +144,40 @@ def main(args: argparse.Namespace) -> int:
     )
     batch = {m: args.batch_size or get_preset(m).batch_size for m in models}
     if args.steps:
-        steps = {m: args.steps for m in models}
-    else:
-        rates = _measure_rates(models, data, batch, overrides)
-        # what is left after collection and the throughput measurement, minus evaluation and latency benches
-        train_budget = budget - (time.time() - t0) - eval_reserve - 40 * len(models)
-        steps = plan_steps(rates, max(60.0, train_budget))
-        _log(f"equal wall-clock per model ({max(60.0, train_budget) / len(models) / 60:.1f} min): {steps}")
+        minutes, steps = None, args.steps
+    else:  # what is left after collection, minus evaluation and latency benches, in equal shares
+        minutes = minutes_per_model(budget - (time.time() - t0) - eval_reserve - 40 * len(models), len(models))
+        steps = SCHEDULE_STEPS
+        _log(f"equal wall-clock per model: {minutes:.2f} min of training each")
 
     results = {}
     for i, m in enumerate(models):
         run = out / "runs" / m
         if not (run / "checkpoints").exists() or not any((run / "checkpoints").glob("0*")):
-            _log(f"2/5 training {m} for {steps[m]} steps ({i + 1}/{len(models)})")
+            _log(f"2/5 training {m} for " + (f"{minutes:.2f} min" if minutes else f"{steps} steps")
+                 + f" ({i + 1}/{len(models)})")  # fmt: skip
             cfg = apply_overrides(
                 get_preset(m),
                 [
                     *overrides,
                     *CPU_OVERRIDES.get(m, []),
-                    f"steps={steps[m]}",
+                    f"steps={steps}",
+                    f"minutes={minutes}",
                     f"batch_size={batch[m]}",
                     f"seed={args.seed}",
-                    f"save_every={steps[m]}",
+                    f"save_every={steps}",
                     "log_every=25",
                 ],
             )
             t = time.time()
             summary = train(cfg, data, run, overwrite=True)  # no checkpoint yet: restart a killed run
-            results[m] = {"train_s": time.time() - t, "steps": steps[m], "train_summary": summary}
+            used = summary.get("train_elapsed_s", summary["seconds"])
+            results[m] = {"train_s": time.time() - t, "steps": summary["end_step"], "minutes_budget": minutes,
+                          "minutes_used": round(used / 60, 2), "samples_per_s": summary["samples_per_s"],
+                          "train_summary": summary}  # fmt: skip
         else:
             _log(f"2/5 reusing {run}")
-            results[m] = {"steps": steps[m]}
+            results[m] = {"minutes_budget": minutes, **_run_record(run)}
 
     for m in models:
         _log(f"3/5 evaluating {m} on {args.eval_episodes} held-out episodes/task")
@@ -257,12 +264,19 @@ def _write_report(out, args, tasks, models, results, latency, elapsed, format_ta
         name = f"**{task}**" if task == "average" else task.replace("-v3", "")
         lines.append(f"| {name} | " + " | ".join(f"{row[m]:.0f}" if task != "average" else f"**{row[m]:.1f}**"
                                                  for m in models) + " |")  # fmt: skip
-    lines += ["", "| model | steps | train min | mean iterations |", "|---|---:|---:|---:|"]
+    lines += ["", "| model | steps | minutes budgeted | minutes used | samples/s | mean iterations |",
+              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for m in models:
-        iters = results[m]["eval"]["overall"].get("avg_iterations")
-        train_s = results[m].get("train_s")
-        lines.append(f"| {m} | {results[m]['steps']} | " + (f"{train_s / 60:.1f}" if train_s else "-")
-                     + " | " + (f"{iters:.1f}" if iters else "-") + " |")  # fmt: skip
+        r = results[m]
+        cells = [
+            r.get("steps"),
+            fmt(r.get("minutes_budget"), ".2f"),
+            fmt(r.get("minutes_used"), ".2f"),
+            fmt(r.get("samples_per_s"), ".0f"),
+            fmt(r["eval"]["overall"].get("avg_iterations") or None, ".1f"),
+        ]
+        lines.append(f"| {m} | " + " | ".join(str(c) for c in cells) + " |")  # fmt: skip
     lines += ["", f"![success]({plot.name})", "", "## Latency per call (CPU, batch 1)", ""]
     for m in models:
         lines += [f"### {m}", "", format_table(latency[m]), ""]

@@ -3,13 +3,16 @@
     latentvla train --preset lara --dataset data/mw4 --out runs/lara --steps 2000
     latentvla train --preset rdvla --dataset data/mw4 --out runs/rd policy.horizon=8 lr_head=5e-4
     latentvla train --preset lara --dataset data/mw4 --out runs/lara --steps 2000 --resume   # after a kill
+    latentvla train --preset lara --dataset data/mw4 --out runs/lara --minutes 10           # a wall-clock budget
     latentvla train --preset lara --dataset data/mw4 --out runs/lara --nproc 2               # DDP via torchrun
     latentvla train --preset lara --backbone models/Qwen2.5-VL-3B --dataset D --out R          # a local VLM
     latentvla train --preset rdvla-minivla --backbone models/Qwen2.5-0.5B --vision models/dinov2 \
         --vision models/siglip --dataset D --out R
     latentvla train --preset lara-qwen3vl --backbone models/Qwen3-VL-4B --dataset D --out R --nproc 8 --fsdp
 
-`--steps` is the total over the whole curriculum (train/curriculum.py splits it). Trailing `key=value` items
+`--steps` is the total over the whole curriculum (train/curriculum.py splits it). `--minutes M` trains for M minutes
+of wall-clock instead: the curriculum and LR schedule advance with elapsed time, laid out over `--steps`
+positions, which stays a cap on the optimizer steps (train/budget.py). Trailing `key=value` items
 override any TrainConfig field (dotted for nested ones: `policy.horizon=8`, `policy.curriculum.schedule=lara`).
 Under `torchrun --nproc_per_node=N latentvla train ...` (or `--nproc N`, which launches exactly that) the run is
 data-parallel; `--batch-size` stays the global batch and must be divisible by N. `--fsdp` shards parameters,
@@ -39,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="LeRobot dataset directory")
     p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, plots)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps over the whole curriculum")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock training budget: the schedule follows elapsed time, --steps is its length and "
+                   "a cap (minutes=M)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--size", default="tiny", help="backbone size: tiny | small | base")
@@ -61,7 +67,12 @@ def build_config(args: argparse.Namespace):
     cfg = use_backbone(get_preset(args.preset, args.size), args.backbone, tuple(args.vision))
     flags = [
         f"{k}={v}"
-        for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("seed", args.seed))
+        for k, v in (
+            ("steps", args.steps),
+            ("minutes", args.minutes),
+            ("batch_size", args.batch_size),
+            ("seed", args.seed),
+        )  # fmt: skip
         if v is not None
     ]
     flags += ["parallel=fsdp"] * args.fsdp
@@ -71,7 +82,8 @@ def build_config(args: argparse.Namespace):
 def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     """Run this same command under `python -m torch.distributed.run --nproc_per_node N`."""
     argv = ["train", "--preset", args.preset, "--dataset", args.dataset, "--out", args.out, "--size", args.size]
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--seed", args.seed)):
+    for flag, value in (("--steps", args.steps), ("--minutes", args.minutes), ("--batch-size", args.batch_size),
+                        ("--seed", args.seed)):  # fmt: skip
         if value is not None:
             argv += [flag, str(value)]
     argv += ["--backbone", args.backbone] if args.backbone else []
@@ -135,6 +147,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"{'stage':<8} {'rows':>5} {'first loss':>11} {'last loss':>10}")
         for stage, s in summary["stage_losses"].items():
             print(f"{stage:<8} {s['rows']:>5} {s['first']:>11.4f} {s['last']:>10.4f}")
-        print(json.dumps({k: summary[k] for k in ("checkpoint", "end_step", "seconds", "samples_per_s")}))
+        keys = (
+            "checkpoint",
+            "end_step",
+            "schedule_position",
+            "minutes",
+            "train_elapsed_s",
+            "seconds",
+            "samples_per_s",
+        )
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
         print(f"loss curves: {os.path.join(args.out, 'loss.png')}")
     return 0

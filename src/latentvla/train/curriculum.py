@@ -36,9 +36,14 @@ def stage_at(step: int, cfg: CurriculumConfig, total_steps: int) -> StageSpec:
     return current
 
 
-def training_stage(step: int, cfg: CurriculumConfig, total_steps: int, seed: int) -> StageSpec:
+def training_stage(
+    step: int, cfg: CurriculumConfig, total_steps: int, seed: int, draw_step: int | None = None
+) -> StageSpec:
     """The stage step `step` trains: the scheduled one, or with probability `cfg.mix_prob` an earlier stage drawn
-    uniformly (Coconut's `uniform_prob`). A pure function of (seed, step): every DDP rank gets the same stage."""
+    uniformly (Coconut's `uniform_prob`). A pure function of (seed, draw_step): every DDP rank gets the same stage.
+
+    `draw_step` (default `step`) seeds the draw: a wall-clock-budgeted run (train/budget.py) schedules by its
+    position `step` but draws by its real optimizer step, since consecutive steps may share a position."""
     scheduled = stage_at(step, cfg, total_steps)
     earlier = []
     for _, stage in stage_boundaries(cfg, total_steps):
@@ -47,7 +52,7 @@ def training_stage(step: int, cfg: CurriculumConfig, total_steps: int, seed: int
         earlier.append(stage)
     if not earlier or cfg.mix_prob <= 0:
         return scheduled
-    rng = np.random.default_rng([seed, step, 0x3C0C])
+    rng = np.random.default_rng([seed, step if draw_step is None else draw_step, 0x3C0C])
     if rng.random() >= cfg.mix_prob:
         return scheduled
     return earlier[int(rng.integers(len(earlier)))]

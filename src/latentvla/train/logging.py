@@ -17,7 +17,8 @@ from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
-_NOT_LOSS = {"step", "stage", "time", "steps_per_s", "samples_per_s", "epoch", "grad_norm", "iterations"}
+_NOT_LOSS = {"step", "stage", "time", "steps_per_s", "samples_per_s", "epoch", "grad_norm", "iterations", "position",
+             "elapsed_s"}  # fmt: skip
 
 
 class MetricsLogger:
@@ -33,7 +34,11 @@ class MetricsLogger:
         show_progress: bool = True,
         use_wandb: bool = False,
         config: dict | None = None,
+        progress_total: int | None = None,
+        progress_start: int | None = None,
     ) -> None:
+        """`progress_total` / `progress_start` (default: `total_steps` / `start_step`) set what the bar counts: a
+        wall-clock-budgeted run counts schedule positions (train/budget.py), moved by `advance`."""
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
@@ -47,7 +52,12 @@ class MetricsLogger:
         if show_progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total_steps if progress_total is None else progress_total,
+                initial=start_step if progress_start is None else progress_start,
+                desc="train",
+                dynamic_ncols=True,
+            )
         try:  # TensorBoard is a core dependency, but keep training when a broken install cannot import
             from torch.utils.tensorboard import SummaryWriter
 
@@ -58,8 +68,8 @@ class MetricsLogger:
             self._wandb = _init_wandb(self.run_dir, config)
 
     def advance(self, n: int = 1) -> None:
-        """Move the progress bar by `n` optimizer steps."""
-        if self._bar is not None:
+        """Move the progress bar by `n` optimizer steps (schedule positions in a budgeted run)."""
+        if self._bar is not None and n:
             self._bar.update(n)
 
     def log(self, step: int, stage: str, metrics: dict[str, float], samples_per_step: int) -> dict[str, Any]:

@@ -25,6 +25,13 @@ checkpoint and raise `TrainingInterrupted`; a failed checkpoint write raises `Ch
 checkpoint still `last`. Resuming with a larger `steps` extends the run: steps past the original total stay in
 the last stage at the constant LR the cosine ended with (optim.set_lrs); each extension is recorded in the
 checkpoint's config.json under "extensions".
+
+Wall-clock budget (`cfg.minutes`, train/budget.py): the schedule position of each step is the share of the budget
+spent when it starts, `floor(steps * elapsed / budget)`, and feeds everything the step counter feeds in a
+step-based run (stage, Adam resets at stage starts, LR, the scheduled stage of the mixing draw); the step counter
+still seeds the per-step draws (mixing, recurrence depth) and the EMA cadence. The clock (`clock`, one reading
+per step) starts at the first step, its elapsed seconds are saved in each checkpoint and continue on resume; the
+run stops when they reach the budget or at `cfg.steps`. Under DDP every rank takes the maximum over ranks.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from latentvla.config import TrainConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE
 from latentvla.train import checkpoint as ckpt_lib
 from latentvla.train import parallel
+from latentvla.train.budget import projected_steps, schedule_position
 from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries, training_stage
 from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
 from latentvla.train.optim import build_optimizer, no_decay_param_ids, set_lrs
@@ -278,13 +286,18 @@ def _check_resume_dataset(saved: dict | None, now: dict, dataset_dir: Any) -> No
         )
 
 
-def _all_ranks_agree(flags: list[bool], dist_info: DistInfo) -> list[bool]:
-    """Element-wise OR of per-rank flags (one tiny all-reduce under DDP), so every rank takes the same branch."""
+def _max_over_ranks(values: list[float], dist_info: DistInfo) -> list[float]:
+    """Element-wise maximum over ranks (one tiny all-reduce under DDP), so every rank takes the same branch."""
     if dist_info.world_size == 1:
-        return flags
-    t = torch.tensor([float(f) for f in flags], device=dist_info.device)
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=dist_info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
+    return t.tolist()
+
+
+def _all_ranks_agree(flags: list[bool], dist_info: DistInfo) -> list[bool]:
+    """Element-wise OR of per-rank flags."""
+    return [v > 0 for v in _max_over_ranks([float(f) for f in flags], dist_info)]
 
 
 def _reduce_metrics(history: dict[str, list[float]], dist_info: DistInfo) -> dict[str, float]:
@@ -315,13 +328,14 @@ def train(
     show_progress: bool = True,
     stop_at: int | None = None,
     overwrite: bool = False,
+    clock: Any = time.monotonic,
 ) -> dict:
     """Train `cfg` on the LeRobot dataset at `dataset_dir`, writing to `run_dir`; returns a summary dict.
 
     `resume` continues from the newest intact checkpoint of `run_dir`; without it an existing run is refused
     unless `overwrite` (which deletes its checkpoints and metrics first). `stop_at` ends the run (with a
     checkpoint) after that many optimizer steps while keeping the schedule of the full `cfg.steps` — what a
-    kill + `--resume` does.
+    kill + `--resume` does. `clock` (seconds, monotone) times a `cfg.minutes` budget; tests pass a fake one.
     """
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot_format import LeRobotDatasetReader
@@ -346,6 +360,8 @@ def train(
     model = policy.model
     seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
     start_step, schedule_steps, extensions, state = 0, cfg.steps, [], None
+    budget_s = None if cfg.minutes is None else 60.0 * cfg.minutes
+    elapsed = 0.0  # seconds on the training clock before this process's first step (a budgeted run's resume)
     if resume:
         last = ckpt_lib.latest_intact_checkpoint(run_dir)  # warns about each damaged newer one it skips
         if last is None:
@@ -365,11 +381,16 @@ def train(
             extensions.append(
                 {"at_step": start_step, "from_steps": int(saved_cfg["steps"]), "to_steps": cfg.steps}
             )
+        elapsed = float(state.get("elapsed_s", 0.0))
         rngs = state["rng"]
         ckpt_lib.set_rng_state(rngs[dist_info.rank] if len(rngs) == dist_info.world_size else rngs[0])
     end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     if start_step >= end_step:
         raise ValueError(f"nothing to do: the run is already at step {start_step} (target {end_step})")
+    if budget_s is not None and elapsed >= budget_s:
+        raise ValueError(
+            f"nothing to do: the run already used its {cfg.minutes:g}-minute budget ({elapsed / 60:.2f} min)"
+        )
     # DDP or FSDP2 (train/parallel.py); FSDP2 swaps parameters for DTensors, so the optimizer comes after it
     loss_module = parallel.wrap(
         LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16
@@ -386,9 +407,14 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
     loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
     boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, schedule_steps)]
+    # The schedule position of the step about to run: the step counter, or the budget's share spent so far. The
+    # previous step's position says when a stage starts (Adam reset) or ends (a log row never spans two stages).
+    position = start_step if budget_s is None else schedule_position(elapsed, budget_s, schedule_steps)
+    prev_position = start_step - 1 if budget_s is None else state.get("schedule_position", -1) if state else -1
     logger = MetricsLogger(
         run_dir, end_step, start_step=start_step, enabled=dist_info.is_main, show_progress=show_progress,
         use_wandb=cfg.wandb, config=config_to_dict(cfg),
+        **({} if budget_s is None else {"progress_total": schedule_steps, "progress_start": position}),
     )  # fmt: skip
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and dist_info.device.type == "cuda")
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -398,7 +424,7 @@ def train(
     t0, saved = time.perf_counter(), None
     model.train()
 
-    def save(done: int) -> Path | None:
+    def save(done: int, final: bool) -> Path | None:
         rng_states = _gather_rng(dist_info)  # collective: every rank takes part
         weights, optim_state = (
             parallel.full_state_dict(loss_module, optimizer) if sharded else (None, optimizer.state_dict())
@@ -412,30 +438,38 @@ def train(
             "schedule_steps": schedule_steps,
             "extensions": extensions,
         }
+        if budget_s is not None:  # the clock and the position continue on resume
+            training_state.update(elapsed_s=elapsed, schedule_position=prev_position)
         path = ckpt_lib.save_checkpoint(
             run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states,
             extra_config={"extensions": extensions} if extensions else None, weights=weights,
         )  # fmt: skip
-        if cfg.save_merged and policy.is_lora and done == end_step:  # LoRA folded in, next to the adapter
+        if cfg.save_merged and policy.is_lora and final:  # LoRA folded in, next to the adapter
             Policy.from_pretrained(path).save_merged(path / "merged")
         return path
 
     # ------------------------------------------------------------------------------------------------ loop
     with _StopSignals() as stop, contextlib.closing(logger):
+        # a budgeted run's clock starts here, after setup; a step-based run never reads it
+        elapsed_before, t_start = elapsed, (0.0 if budget_s is None else clock())
         for step in range(start_step, end_step):
             # past the original total (an extension) the last stage continues at a constant LR (optim.set_lrs)
-            stage = stage_at(min(step, schedule_steps - 1), cfg.policy.curriculum, schedule_steps)
+            stage = stage_at(min(position, schedule_steps - 1), cfg.policy.curriculum, schedule_steps)
             model.set_stage(stage.name)  # recorded in checkpoints: a stage-I/II checkpoint acts as that stage
-            if step in boundaries[1:]:
+            if any(prev_position < b <= position for b in boundaries[1:]):
                 # LaRA trains each stage as a fresh run from the previous weights (Table 5): restart Adam's moments
                 optimizer.state.clear()
-            lrs = set_lrs(optimizer, step, stage, cfg, boundaries, schedule_steps)
+            lrs = set_lrs(optimizer, position, stage, cfg, boundaries, schedule_steps)
             optimizer.zero_grad(set_to_none=True)
             # Coconut stage mixing: maybe an earlier stage's loss this step (same on every rank); LR, Adam resets and
             # the row's stage follow the scheduled stage; "loss" is the optimized loss of every step in the row and
             # a mixed step's other metrics are logged as "<key>@<stage>".
             trained = training_stage(
-                min(step, schedule_steps - 1), cfg.policy.curriculum, schedule_steps, cfg.seed
+                min(position, schedule_steps - 1),
+                cfg.policy.curriculum,
+                schedule_steps,
+                cfg.seed,
+                draw_step=None if budget_s is None else step,
             )
             suffix = "" if trained is stage else f"@{trained.name}"
             accumulate_gradients(
@@ -465,19 +499,35 @@ def train(
                     "`latentvla dataset info` or train again with a lower learning rate (--overwrite or a new --out)"
                 )
             optimizer.step()
-            model.on_optimizer_step(step, schedule_steps)
-            logger.advance()
-
             done = step + 1
-            (stopping,) = _all_ranks_agree([stop.signum is not None], dist_info)  # a signal during this step
-            if done % cfg.log_every == 0 or done == end_step or done in boundaries or stopping:  # one stage/row
+            if budget_s is None:
+                model.on_optimizer_step(step, schedule_steps)
+                logger.advance()
+                (stopping,) = _all_ranks_agree([stop.signum is not None], dist_info)  # a signal during this step
+                next_position, finished = done, done == end_step
+            else:  # one clock reading per step; every rank takes the slowest rank's (and any rank's signal)
+                signalled, elapsed = _max_over_ranks(
+                    [float(stop.signum is not None), elapsed_before + clock() - t_start], dist_info
+                )
+                stopping = signalled > 0
+                model.on_optimizer_step(step, projected_steps(done, elapsed, budget_s, cfg.steps))
+                next_position = schedule_position(elapsed, budget_s, schedule_steps)
+                finished = done == end_step or elapsed >= budget_s
+                logger.advance(schedule_steps - position if finished else next_position - position)
+            prev_position, position = position, next_position
+            stage_ends = any(prev_position < b <= position for b in boundaries[1:])  # one stage per row
+            if done % cfg.log_every == 0 or finished or stage_ends or stopping:
                 row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm)}
+                if budget_s is not None:  # the position of the row's last step, and the clock after it
+                    row.update(position=prev_position, elapsed_s=elapsed)
                 logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
                 stage_losses[stage.name].append(row["loss"])
                 history = defaultdict(list)
-            if done % cfg.save_every == 0 or done == end_step or stopping:
-                saved = save(done)
-            if stopping and done < end_step:
+            if done % cfg.save_every == 0 or finished or stopping:
+                saved = save(done, finished)
+            if finished:
+                break
+            if stopping:
                 name = signal.Signals(stop.signum).name if stop.signum is not None else "a signal (another rank)"
                 raise TrainingInterrupted(
                     f"interrupted by {name}: saved {saved or 'a checkpoint'} at step {done} of {cfg.steps}; "
@@ -486,20 +536,24 @@ def train(
                 )
 
     # ---------------------------------------------------------------------------------------------- finish
-    elapsed = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     if dist_info.is_main:
         plot_losses(run_dir / "metrics.jsonl", run_dir / LOSS_PLOT)
     if dist_info.initialized_here:
         dist.barrier()
         dist.destroy_process_group()
-    steps_run = end_step - start_step
+    steps_run = done - start_step
+    budget = {} if budget_s is None else {"minutes": cfg.minutes, "train_elapsed_s": elapsed}
     return {
         "run_dir": str(run_dir),
         "checkpoint": str(saved) if saved else None,
         "start_step": start_step,
-        "end_step": end_step,
-        "seconds": elapsed,
-        "samples_per_s": steps_run * cfg.batch_size * cfg.grad_accum / max(elapsed, 1e-9),
+        "end_step": done,  # the real last step (a budgeted run may stop before cfg.steps)
+        "schedule_steps": schedule_steps,
+        "schedule_position": prev_position,  # of the last step done (its 0-based index without a budget)
+        **budget,
+        "seconds": seconds,
+        "samples_per_s": steps_run * cfg.batch_size * cfg.grad_accum / max(seconds, 1e-9),
         "stage_losses": {k: {"first": v[0], "last": v[-1], "rows": len(v)} for k, v in stage_losses.items()},
         "world_size": dist_info.world_size,
     }
