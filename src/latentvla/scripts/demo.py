@@ -76,7 +76,9 @@ def _log(msg: str) -> None:
 # is only the schedule's resolution and a cap on optimizer steps; this one never binds (bc runs ~15 steps/s on 2
 # cores). It replaced a 3-step throughput probe that planned 4.7 min per model for runs of 3.0-3.7 min (LOG.md).
 SCHEDULE_STEPS = 100_000
-SETUP_S = 15.0  # per model, outside its training clock: dataset open, model build, final checkpoint, loss plot
+# Per model, outside its training clock: dataset open, model build, final checkpoint, loss plot, plus the last
+# step's overshoot of the budget. Measured 1.8-5.9 s + < 1 step (lara, rdvla, bc on mw6, 2 cores, LOG.md).
+SETUP_S = 10.0
 
 
 def minutes_per_model(left_s: float, n_models: int) -> float:

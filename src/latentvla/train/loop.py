@@ -529,8 +529,13 @@ def train(
                 break
             if stopping:
                 name = signal.Signals(stop.signum).name if stop.signum is not None else "a signal (another rank)"
+                of = (
+                    f"{cfg.steps}"
+                    if budget_s is None
+                    else f"{cfg.steps} ({elapsed / 60:.2f} of {cfg.minutes:g} min)"
+                )
                 raise TrainingInterrupted(
-                    f"interrupted by {name}: saved {saved or 'a checkpoint'} at step {done} of {cfg.steps}; "
+                    f"interrupted by {name}: saved {saved or 'a checkpoint'} at step {done} of {of}; "
                     "continue with the same command plus --resume",
                     stop.signum or signal.SIGTERM,
                 )
