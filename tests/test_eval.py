@@ -197,3 +197,18 @@ def test_latent_separation_scores_on_known_clusters():
     mixed = rng.normal(0, 1, (40, 6))
     assert silhouette(apart, labels) > 0.7 and centroid_accuracy(apart, labels) == 1.0
     assert abs(silhouette(mixed, labels)) < 0.1 and silhouette(apart, labels) > silhouette(mixed, labels)
+
+
+def test_sweep_iterations_plot_draws_rd_vla_fig4_beside_the_run(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from latentvla.eval import sweeps
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", lambda fig: drawn.append(fig))  # keep the figure to inspect its lines
+    points = [{"iterations": k, "pc_success": s} for k, s in ((1, 10.0), (4, 30.0), (12, 35.0))]
+    sweeps.plot_sweep_iterations(points, tmp_path / "s.png")
+    lines = drawn[0].axes[0].get_lines()
+    assert [list(line.get_xdata()) for line in lines] == [[1, 4, 12], list(sweeps.PAPER_FIG4)]
+    assert list(lines[1].get_ydata()) == [8.4, 40.5, 84.1, 92.6, 93.0]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"

@@ -43,15 +43,23 @@ def parse_list(text: str, kind: type = float) -> list:
     return values
 
 
+# RD-VLA Fig. 4 (LIBERO, success % at fixed test-time iterations; papers.md §2): the reference our curve is drawn
+# next to. Different tasks and scale, so the shape (where it saturates), not the level, is what compares.
+PAPER_FIG4 = {1: 8.4, 2: 40.5, 4: 84.1, 8: 92.6, 12: 93.0}
+
+
 def _plot(xs: list[float], ys: list[float], path: Path, xlabel: str, title: str, labels: list[str] | None = None,
-          logx: bool = False) -> None:  # fmt: skip
+          logx: bool = False, reference: dict[int, float] | None = None) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    ax.plot(xs, ys, marker="o", color="tab:blue")
+    ax.plot(xs, ys, marker="o", color="tab:blue", label="this run" if reference else None)
+    if reference:
+        ax.plot(list(reference), list(reference.values()), "k--D", ms=4, label="RD-VLA Fig. 4 (LIBERO)")
+        ax.legend(fontsize=8, loc="lower right")
     for x, y, lab in zip(xs, ys, labels or []):
         ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=8)
     if logx:
@@ -93,10 +101,15 @@ def sweep_iterations(
     table = "\n".join(lines) + "\n"
     (out / "sweep_iterations.md").write_text(table)
     (out / "sweep_iterations.json").write_text(json.dumps({"points": points}, indent=2))
-    xs = [p["iterations"] for p in points]
-    _plot(xs, [p["pc_success"] for p in points], out / "sweep_iterations.png", "recurrent iterations (fixed)",
-          "success vs recurrence depth", logx=True)  # fmt: skip
+    plot_sweep_iterations(points, out / "sweep_iterations.png")
     return {"points": points, "table": table, "plot": str(out / "sweep_iterations.png")}
+
+
+def plot_sweep_iterations(points: list[dict], path: Path) -> None:
+    """Success vs fixed depth with RD-VLA's Fig. 4 beside it (also: redraw from a saved sweep_iterations.json)."""
+    xs = [p["iterations"] for p in points]
+    _plot(xs, [p["pc_success"] for p in points], Path(path), "recurrent iterations (fixed)",
+          "success vs recurrence depth", logx=True, reference=PAPER_FIG4)  # fmt: skip
 
 
 def sweep_delta(
