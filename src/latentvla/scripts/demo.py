@@ -93,7 +93,7 @@ def _run_record(run: Path) -> dict:
     last = latest_checkpoint(run)
     elapsed = load_training_state(last).get("elapsed_s") if last else None
     return {"steps": int(last.name) if last else None,
-            "minutes_used": round(elapsed / 60, 2) if elapsed is not None else None}  # fmt: skip
+            "minutes_used": elapsed / 60 if elapsed is not None else None}  # fmt: skip
 
 
 def reasoning_verdict(per_model: dict[str, float]) -> str:
@@ -175,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
             summary = train(cfg, data, run, overwrite=True)  # no checkpoint yet: restart a killed run
             used = summary.get("train_elapsed_s", summary["seconds"])
             results[m] = {"train_s": time.time() - t, "steps": summary["end_step"], "minutes_budget": minutes,
-                          "minutes_used": round(used / 60, 2), "samples_per_s": summary["samples_per_s"],
+                          "minutes_used": used / 60, "samples_per_s": summary["samples_per_s"],
                           "train_summary": summary}  # fmt: skip
         else:
             _log(f"2/5 reusing {run}")
