@@ -164,24 +164,31 @@ def _policy(preset: str, size: str, **kw: Any) -> PolicyConfig:
     )
 
 
+# The backbone (and vision) LR of the from-scratch sizes. A 4-layer width-128 transformer learns at 1e-3 (the
+# bc baseline's LR too); at the old 3e-4 the tiny `lara` had not learned the CoT format after the demo's ~800 steps:
+# `analyze cot` parse_rate 0.29 vs 1.00 at 1e-3, CoT loss 3.31 vs 1.06 nats/token at step 100, flow loss 0.70 vs
+# 0.44 at the end (LOG.md 2026-12-02, same 800-step run on mw6). small/base were not measured: they keep 3e-4.
+# A pretrained backbone (`use_backbone`) never inherits these: it gets PRETRAINED_LR_BACKBONE.
+SCRATCH_LR_BACKBONE = {"micro": 1e-3, "tiny": 1e-3}
+PRETRAINED_LR_BACKBONE = 3e-4
+
+
+def _vla(preset: str, size: str, curriculum: str, **kw: Any) -> TrainConfig:
+    """A VLA preset on the from-scratch backbone at `size`, with that size's backbone LR."""
+    policy = _policy(preset, size, curriculum=CurriculumConfig(curriculum), **kw)
+    return TrainConfig(preset, policy, lr_backbone=SCRATCH_LR_BACKBONE.get(size, PRETRAINED_LR_BACKBONE))
+
+
 def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
     rd = dict(head="recurrent", n_query=16)
     return {
-        "lara": lambda s: TrainConfig("lara", _policy("lara", s, curriculum=CurriculumConfig("lara"))),
-        "lara-explicit": lambda s: TrainConfig(
-            "lara-explicit", _policy("lara-explicit", s, curriculum=CurriculumConfig("lara-explicit"))
-        ),
-        "lara-latent-text": lambda s: TrainConfig(
-            "lara-latent-text", _policy("lara-latent-text", s, curriculum=CurriculumConfig("lara-latent-text"))
-        ),
-        "lara-no-cot": lambda s: TrainConfig(
-            "lara-no-cot", _policy("lara-no-cot", s, curriculum=CurriculumConfig("no-cot"))
-        ),
-        "ecot": lambda s: TrainConfig("ecot", _policy("ecot", s, curriculum=CurriculumConfig("ecot"))),
-        "rdvla": lambda s: TrainConfig("rdvla", _policy("rdvla", s, curriculum=CurriculumConfig("rd"), **rd)),
-        "lara-rd": lambda s: TrainConfig(
-            "lara-rd", _policy("lara-rd", s, curriculum=CurriculumConfig("lara"), **rd)
-        ),
+        "lara": lambda s: _vla("lara", s, "lara"),
+        "lara-explicit": lambda s: _vla("lara-explicit", s, "lara-explicit"),
+        "lara-latent-text": lambda s: _vla("lara-latent-text", s, "lara-latent-text"),
+        "lara-no-cot": lambda s: _vla("lara-no-cot", s, "no-cot"),
+        "ecot": lambda s: _vla("ecot", s, "ecot"),
+        "rdvla": lambda s: _vla("rdvla", s, "rd", **rd),
+        "lara-rd": lambda s: _vla("lara-rd", s, "lara", **rd),
         "lara-qwen3vl": lambda s: _lara_qwen3vl(),
         "rdvla-minivla": lambda s: _rdvla_minivla(),
         # bc-baseline.md: AdamW lr 1e-3, batch 64 (the size dial does not apply: one fixed small network)
@@ -274,7 +281,10 @@ def use_backbone(cfg: TrainConfig, backbone_dir: str | None, vision_dirs: tuple[
             else bb.vision
         )
         bb = replace(bb, kind="hf", hf_path=str(path.resolve()), vision=vision)
-    return replace(cfg, policy=replace(cfg.policy, backbone=bb))
+    lr = cfg.lr_backbone
+    if cfg.preset not in PAPER_BACKBONES and lr == SCRATCH_LR_BACKBONE.get(cfg.policy.backbone.size):
+        lr = PRETRAINED_LR_BACKBONE  # the size's LR is for a random-init backbone, not a pretrained one
+    return replace(cfg, lr_backbone=lr, policy=replace(cfg.policy, backbone=bb))
 
 
 PRESETS = _presets()
