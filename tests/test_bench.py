@@ -196,3 +196,15 @@ def test_bench_data_with_training_records_rate_and_peak_rss(tmp_path):
     assert report["train_samples_per_s"] > 0 and report["train_steps"] == 2
     assert report["train_peak_rss_mb"] >= report["train_peak_pss_mb"] > 0
     assert "the bottleneck is" in format_report(report)
+
+
+def test_latency_paths_are_timed_round_robin_with_rotating_order():
+    """Timing one path after another let warm-up and drift land on whichever came first (a 0.95x latent /
+    no-reasoning ratio that measured 1.4x interleaved): every round calls every path once, rotating the order."""
+    from latentvla.bench.latency import time_interleaved
+
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    out = time_interleaved(fns, warmup=1, repeats=4)
+    assert set(out) == {"a", "b", "c"} and all(v["median"] >= 0 and v["p90"] >= v["median"] for v in out.values())
+    assert calls == list("abc" + "abc" + "bca" + "cab" + "abc")  # warm-up, then rounds rotated by one

@@ -143,7 +143,7 @@ def test_sampler_resume_and_rank_shards_cover_the_global_batch():
 
 def test_from_scratch_sizes_get_their_backbone_lr_and_pretrained_backbones_do_not(tmp_path):
     """The tiny backbone trains at 1e-3 (at 3e-4 the demo's `lara` never learned the CoT format, LOG 2026-12-02);
-    every VLA preset at a size shares it (the ablations differ in one factor); a pretrained backbone does not
+    every preset that learns CoT text shares it (the ablations differ in one factor); a pretrained backbone does not
     inherit it, the paper presets keep their own LRs, and an explicit override still wins."""
     import json
 
@@ -155,9 +155,10 @@ def test_from_scratch_sizes_get_their_backbone_lr_and_pretrained_backbones_do_no
         use_backbone,
     )
 
-    vla = ("lara", "lara-explicit", "lara-latent-text", "lara-no-cot", "ecot", "rdvla", "lara-rd")
+    vla = ("lara", "lara-explicit", "lara-latent-text", "lara-no-cot", "ecot", "lara-rd")
     assert {get_preset(p, "tiny").lr_backbone for p in vla} == {SCRATCH_LR_BACKBONE["tiny"]} == {1e-3}
     assert {get_preset(p, "small").lr_backbone for p in vla} == {PRETRAINED_LR_BACKBONE}
+    assert get_preset("rdvla", "tiny").lr_backbone == PRETRAINED_LR_BACKBONE == 3e-4  # recurrent head, no text
     assert get_preset("lara", "tiny").lr_vision is None  # the vision encoder follows the backbone LR
     assert get_preset("bc").lr_backbone == 1e-3 and get_preset("lara-qwen3vl").lr_backbone == 1e-5
 
@@ -165,7 +166,7 @@ def test_from_scratch_sizes_get_their_backbone_lr_and_pretrained_backbones_do_no
     lm.mkdir()
     (lm / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
     assert use_backbone(get_preset("lara", "tiny"), str(lm)).lr_backbone == PRETRAINED_LR_BACKBONE
-    assert use_backbone(get_preset("rdvla", "micro"), str(lm)).lr_backbone == PRETRAINED_LR_BACKBONE
+    assert use_backbone(get_preset("lara-rd", "micro"), str(lm)).lr_backbone == PRETRAINED_LR_BACKBONE
     custom = use_backbone(apply_overrides(get_preset("lara", "tiny"), ["lr_backbone=5e-5"]), str(lm))
     assert custom.lr_backbone == 5e-5  # a user's own LR is never replaced
     assert use_backbone(get_preset("lara", "tiny"), None).lr_backbone == 1e-3

@@ -88,15 +88,23 @@ def example_observation(policy, seed: int = 0, task: str = "pick up the puck and
     return obs
 
 
-def _time_calls(fn, warmup: int, repeats: int) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Any], warmup: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median / p90 ms per call of every function, timed round-robin: each round calls every function once, in
+    an order rotated by one each round. Timing them one after another let drift and warm-up land on whichever
+    path came first (a demo's 10-repeat bench once put the no-reasoning call, timed first, above the latent one:
+    0.95x; interleaved the same checkpoint measures 1.4x, LOG.md 2026-12-02)."""
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return {"median": float(np.median(times)), "p90": float(np.percentile(times, 90))}
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {name: {"median": float(np.median(t)), "p90": float(np.percentile(t, 90))} for name, t in times.items()}
 
 
 def peak_mb(fn) -> float:
@@ -168,11 +176,9 @@ def bench_latency(
     if recurrent:
         jobs += [(f"rd_fixed_{k}", {"mode": "latent", "iterations": k}) for k in depths]
         jobs.append(("rd_adaptive", {"mode": "latent", "iterations": max_depth, "halting": MSEConvergence(delta)}))
-    timings = {}
-    for name, kw in jobs:
-        if progress:
-            progress(name)
-        timings[name] = _time_calls(lambda kw=kw: call(**kw), warmup, repeats)
+    if progress:
+        progress(", ".join(name for name, _ in jobs) + " (interleaved)")
+    timings = time_interleaved({name: (lambda kw=kw: call(**kw)) for name, kw in jobs}, warmup, repeats)
     median = lambda name: timings[name]["median"] if name in timings else None  # noqa: E731
     report["no_reasoning_ms"] = median("no_reasoning")
     report["latent_ms"] = median("latent")
@@ -234,8 +240,8 @@ def _expert_sampling(policy, call, warmup: int, repeats: int, seed: int) -> dict
             torch.cuda.synchronize()
         return out
 
-    cached = _time_calls(lambda: sample(True), warmup, repeats)
-    uncached = _time_calls(lambda: sample(False), warmup, repeats)
+    both = time_interleaved({"cached": lambda: sample(True), "uncached": lambda: sample(False)}, warmup, repeats)
+    cached, uncached = both["cached"], both["uncached"]
     return {
         "expert_steps": int(kwargs.get("num_steps") or head.cfg.num_steps),
         "expert_context_tokens": int(context.shape[1]),

@@ -4,6 +4,12 @@ For every preset the model is built exactly as `train/loop.py` builds it (same d
 groups and gradient step, via `accumulate_gradients`), then each of its curriculum stages is timed on its own:
 `warmup` untimed optimizer steps, then `steps` timed ones. A preset's overall rate is the rate of its curriculum
 mix: total time = sum over stages of (fraction / stage rate), so rate = 1 / sum(fraction_i / rate_i).
+
+`flops=True` also counts the FLOPs of one optimizer step per stage (`torch.utils.flop_counter`: matmuls,
+convolutions and attention, forward + backward; element-wise ops are not counted) and measures this machine's
+fp32 GEMM peak at the same thread count. achieved = FLOPs x steps/s; `utilization` = achieved / peak; and
+`speedup_bound` = peak / achieved is the most any implementation that performs the same arithmetic can gain here:
+a step cannot run its matmuls faster than the machine's best matmul.
 """
 
 from __future__ import annotations
@@ -42,8 +48,53 @@ def _time_stage(loss_module, optimizer, batches, stage, cfg, device, steps: int,
     return (time.perf_counter() - t0) / steps
 
 
+def step_flops(loss_module, batches, stage, cfg, device) -> int:
+    """FLOPs of one optimizer step's forward + backward (all micro-batches) on the next batch(es)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from latentvla.train.loop import accumulate_gradients
+
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        accumulate_gradients(
+            loss_module, batches, stage, cfg.grad_accum, device, autocast, defaultdict(list), step=0
+        )
+    loss_module.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def gemm_peak_gflops(device: torch.device | str = "cpu", sizes: tuple[int, ...] = (512, 1024, 2048)) -> float:
+    """The best fp32 matmul rate (GFLOP/s) of square GEMMs at the current thread count: the roof a training
+    step's matmuls cannot beat. Best of a few repeats per size (the first call of each size is a warm-up)."""
+    device = torch.device(device)
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        reps = max(2, int(2e9 // (2 * n**3)))  # ~2 GFLOP per timing
+        for trial in range(4):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if trial:
+                best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def bench_preset(
-    preset: str, dataset_dir: str | Path, *, steps: int, batch_size: int, warmup: int, overrides: list[str]
+    preset: str,
+    dataset_dir: str | Path,
+    *,
+    steps: int,
+    batch_size: int,
+    warmup: int,
+    overrides: list[str],
+    flops: bool = False,
+    peak_gflops: float | None = None,
 ) -> dict[str, Any]:
     """samples/s of one preset at the tiny size, per stage and for its curriculum mix."""
     from latentvla.config import apply_overrides, get_preset
@@ -80,13 +131,15 @@ def bench_preset(
     batches = iter(make_loader(dataset, cfg, 0, dist_info))
     stages = cfg.policy.curriculum.stages()
     fractions = cfg.policy.curriculum.stage_fractions()
-    per_stage = {}
+    per_stage, gflop = {}, {}
     for stage in stages:
         sec = _time_stage(loss_module, optimizer, batches, stage, cfg, dist_info.device, steps, warmup)
         per_stage[stage.name] = cfg.batch_size * cfg.grad_accum / sec
+        if flops:
+            gflop[stage.name] = step_flops(loss_module, batches, stage, cfg, dist_info.device) / 1e9
     mix = 1.0 / sum(f / per_stage[s.name] for s, f in zip(stages, fractions))
     n_params = sum(p.numel() for p in policy.model.parameters())
-    return {
+    out = {
         "preset": preset,
         "samples_per_s": mix,
         "stages": per_stage,
@@ -95,6 +148,22 @@ def bench_preset(
         "params_m": n_params / 1e6,
         "device": str(dist_info.device),
     }
+    if flops:
+        peak = peak_gflops if peak_gflops is not None else gemm_peak_gflops(dist_info.device)
+        step_rate = {k: v / (cfg.batch_size * cfg.grad_accum) for k, v in per_stage.items()}  # steps/s
+        achieved = {k: gflop[k] * step_rate[k] for k in gflop}
+        # the mix: total FLOPs over total time of the curriculum's stage fractions
+        mix_achieved = sum(f * gflop[s.name] for s, f in zip(stages, fractions)) / sum(
+            f / step_rate[s.name] for s, f in zip(stages, fractions)
+        )
+        out |= {
+            "gemm_peak_gflops": peak,
+            "gflop_per_step": gflop,
+            "achieved_gflops": achieved,
+            "utilization": mix_achieved / peak,
+            "speedup_bound": peak / mix_achieved,
+        }
+    return out
 
 
 def run_train_bench(
@@ -105,6 +174,7 @@ def run_train_bench(
     batch_size: int = 8,
     warmup: int = 1,
     overrides: list[str] | None = None,
+    flops: bool = False,
 ) -> list[dict[str, Any]]:
     """Benchmark each preset; `dataset_dir=None` writes a small synthetic dataset to a temp dir first."""
     from latentvla.config import get_preset
@@ -120,18 +190,45 @@ def run_train_bench(
             dataset_dir = write_synthetic_dataset(
                 Path(tmp) / "synthetic", num_episodes=4, length=24, image_size=64
             )
+        peak = gemm_peak_gflops(_bench_device(overrides or [])) if flops else None
         return [
             bench_preset(
-                p, dataset_dir, steps=steps, batch_size=batch_size, warmup=warmup, overrides=overrides or []
-            )
+                p,
+                dataset_dir,
+                steps=steps,
+                batch_size=batch_size,
+                warmup=warmup,
+                overrides=overrides or [],
+                flops=flops,
+                peak_gflops=peak,
+            )  # fmt: skip
             for p in presets
         ]
 
 
+def _bench_device(overrides: list[str]) -> torch.device:
+    from latentvla.config import apply_overrides, get_preset
+    from latentvla.train.loop import setup_distributed
+
+    return setup_distributed(apply_overrides(get_preset("lara", "tiny"), overrides).device).device
+
+
 def format_table(results: list[dict[str, Any]]) -> str:
     """Markdown table: one row per preset, per-stage rates in the last column."""
-    lines = ["| preset | samples/s | params (M) | per stage (samples/s) |", "|---|---:|---:|---|"]
+    with_flops = all("utilization" in r for r in results)
+    head = "| preset | samples/s | params (M) | per stage (samples/s) |"
+    rule = "|---|---:|---:|---|"
+    if with_flops:
+        head += " GFLOP/step per stage | achieved GFLOP/s | GEMM peak | utilization | speedup bound |"
+        rule += "---|---:|---:|---:|---:|"
+    lines = [head, rule]
     for r in results:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items())
-        lines.append(f"| {r['preset']} | {r['samples_per_s']:.1f} | {r['params_m']:.2f} | {stages} |")
+        row = f"| {r['preset']} | {r['samples_per_s']:.1f} | {r['params_m']:.2f} | {stages} |"
+        if with_flops:
+            gf = ", ".join(f"{k} {v:.2f}" for k, v in r["gflop_per_step"].items())
+            achieved = r["utilization"] * r["gemm_peak_gflops"]
+            row += (f" {gf} | {achieved:.1f} | {r['gemm_peak_gflops']:.1f} | {r['utilization']:.0%} |"
+                    f" {r['speedup_bound']:.2f}x |")  # fmt: skip
+        lines.append(row)
     return "\n".join(lines)

@@ -3,6 +3,7 @@
     latentvla bench train                                  # samples/s per preset (and per LaRA stage), tiny size
     latentvla bench train --presets lara,rdvla --steps 10 --batch-size 16 --json bench_train.json
     latentvla bench train --dataset data/mw4               # a real dataset instead of a synthetic one
+    latentvla bench train --presets lara --flops           # + FLOPs/step, GEMM peak, utilization, speedup bound
     latentvla bench profile --dataset data/mw6 --presets lara,rdvla   # torch.profiler breakdown (docs/profile.md)
     latentvla bench latency RUN --json latency.json        # per-call latency per reasoning path, RD memory
     latentvla bench latency --preset lara-rd               # the same on a random-init config
@@ -42,6 +43,11 @@ def register_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps per stage")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="also count FLOPs per step and compare with this machine's GEMM peak (utilization)",
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides, e.g. device=cuda")
     p.set_defaults(func=main_train)
 
@@ -56,7 +62,7 @@ def main_train(args: argparse.Namespace) -> int:
     try:
         results = run_train_bench(
             presets, dataset, steps=args.steps, batch_size=args.batch_size, warmup=args.warmup,
-            overrides=list(args.overrides),
+            overrides=list(args.overrides), flops=args.flops,
         )  # fmt: skip
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
