@@ -168,3 +168,18 @@ def test_bad_inputs_have_clear_errors(data):
         )
     with pytest.raises(ValueError, match="Did you mean"):
         get_preset("rd-vla")
+
+
+@pytest.mark.parametrize("preset", ["lara", "rdvla"])
+def test_sampling_runs_in_inference_mode_with_the_same_actions(data, preset):
+    """`sample_actions` runs under torch.inference_mode (less per-op bookkeeping at batch 1): same actions as the
+    undecorated function under no_grad, and the result cannot leak into autograd by accident."""
+    from latentvla.models.vla import LatentVLA
+
+    policy, batch = make_policy(data, preset)
+    model = policy.model.eval()
+    out = model.sample_actions(batch, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = LatentVLA.sample_actions.__wrapped__(model, batch, generator=torch.Generator().manual_seed(3))
+    assert out.actions.is_inference() and not ref.actions.is_inference()
+    torch.testing.assert_close(out.actions, ref.actions, rtol=0, atol=0)

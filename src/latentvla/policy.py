@@ -215,7 +215,9 @@ class Policy(nn.Module):
         batch[OBS_STATE] = torch.from_numpy(self.normalizer.normalize(OBS_STATE, state)).to(dev)
         return batch
 
-    @torch.no_grad()
+    # inference_mode, not no_grad: no view / version-counter bookkeeping per op, ~10 % off a batch-1 tiny call
+    # (13.2 -> 11.7 ms no reasoning, 17.3 -> 15.7 ms latent; 1 thread, LOG.md 2026-12-02). Same outputs.
+    @torch.inference_mode()
     def sample(
         self,
         observations: list[dict],

@@ -276,7 +276,7 @@ class LatentVLA(nn.Module):
             return ("explicit", "none")
         return ("latent", "none", "explicit") if writes_text else ("latent", "none")
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(self, batch: dict, options: SampleOptions | None = None, **overrides) -> SampleOutput:
         """An action chunk (normalized) for each observation in `batch`.
 
