@@ -190,27 +190,23 @@ def run_train_bench(
             dataset_dir = write_synthetic_dataset(
                 Path(tmp) / "synthetic", num_episodes=4, length=24, image_size=64
             )
-        peak = gemm_peak_gflops(_bench_device(overrides or [])) if flops else None
-        return [
-            bench_preset(
-                p,
-                dataset_dir,
-                steps=steps,
-                batch_size=batch_size,
-                warmup=warmup,
-                overrides=overrides or [],
-                flops=flops,
-                peak_gflops=peak,
-            )  # fmt: skip
-            for p in presets
-        ]
-
-
-def _bench_device(overrides: list[str]) -> torch.device:
-    from latentvla.config import apply_overrides, get_preset
-    from latentvla.train.loop import setup_distributed
-
-    return setup_distributed(apply_overrides(get_preset("lara", "tiny"), overrides).device).device
+        results: list[dict[str, Any]] = []
+        peak = None  # measured once, by the first preset, on its device
+        for p in presets:
+            results.append(
+                bench_preset(
+                    p,
+                    dataset_dir,
+                    steps=steps,
+                    batch_size=batch_size,
+                    warmup=warmup,
+                    overrides=overrides or [],
+                    flops=flops,
+                    peak_gflops=peak,
+                )
+            )
+            peak = results[-1].get("gemm_peak_gflops")
+        return results
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
