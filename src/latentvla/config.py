@@ -175,7 +175,7 @@ PRETRAINED_LR_BACKBONE = 3e-4
 
 def _vla(preset: str, size: str, curriculum: str, **kw: Any) -> TrainConfig:
     """A VLA preset on the from-scratch backbone at `size`, with the size's backbone LR, except `rdvla` (the
-    recurrent head and no CoT text: nothing to gain from it), which keeps 3e-4. At 1e-3 its demo run reached 8.3 %
+    recurrent head and no CoT text; nothing suggested a gain), which keeps 3e-4. At 1e-3 its demo run reached 8.3 %
     (3.3 % on a second evaluation seed) against 30.0-31.7 % in two runs at 3e-4 (LOG.md 2026-12-02)."""
     policy = _policy(preset, size, curriculum=CurriculumConfig(curriculum), **kw)
     learns_text = any(s.explicit_components for s in policy.curriculum.stages())
