@@ -35,6 +35,7 @@ def test_step_flops_counts_forward_and_weight_gradient_of_every_micro_batch():
     assert all(p.grad is None for p in module.parameters())  # the counted step leaves no gradient behind
 
 
+@pytest.mark.slow
 def test_bench_train_cli_reports_flops_utilization_and_bound(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = ["bench", "train", "--presets", "lara-no-cot", "--steps", "1", "--warmup", "0", "--batch-size", "2"]

@@ -141,6 +141,7 @@ def test_slow_clock_stops_at_the_step_cap(dataset, tmp_path):
     assert [r["position"] for r in rows] == [0] * 6  # 0.06 s of 30 s: still at the schedule's start
 
 
+@pytest.mark.slow  # ~6 s: two trainings; keeps the quick loop under 2 minutes
 def test_resume_continues_the_clock(dataset, tmp_path):
     cfg = _cfg(20, "minutes=0.5", "augment=true")
     _train(cfg, dataset, tmp_path / "full", clock=FakeClock(3.0))

@@ -45,7 +45,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(latest_checkpoint(run) / "model.safetensors"))
 
 
-@pytest.mark.parametrize("backbone", ["tiny", pytest.param("hf-qwen2", marks=pytest.mark.slow)])
+# two spawned processes (~10 s even for the tiny backbone): slow, so `-m "not slow"` stays under 2 minutes
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["tiny", "hf-qwen2"])
 def test_fsdp2_two_gloo_processes_equal_one_process(dataset, tmp_path, backbone):
     """`lara` held in stage I draws no noise (CoT + action-token CE + visual L1 vs the EMA target; the flow stages
     draw per-rank noise streams that legitimately differ), so 2 x batch 2 sharded == 1 x batch 4.

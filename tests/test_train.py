@@ -41,6 +41,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
+@pytest.mark.slow  # ~12 s for both presets; the fault tests cover resume in the quick loop
 @pytest.mark.parametrize("preset", ["lara", "rdvla"])
 def test_resume_equals_uninterrupted(preset, dataset, tmp_path):
     from latentvla.train.loop import train
