@@ -14,13 +14,74 @@ import torch.nn.functional as F
 from latentvla.data.dataset import make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
+from latentvla.models import action_expert as expert_lib
 from latentvla.models import backbone as backbone_lib
 from latentvla.models import ema as ema_lib
+from latentvla.models import recurrent_head as head_lib
 from latentvla.models import sequence as seq_lib
 from latentvla.models import vision as vision_lib
 from latentvla.train.optim import build_optimizer, no_decay_param_ids
 from policy_helpers import policy_and_batches
 from test_sequence import _reference_build_sequence
+
+
+def _reference_head_rope(x, base):
+    """The recurrent head's RoPE as it was: cos/sin rebuilt at every call, rotate-half with a negation."""
+    K, d = x.shape[-2], x.shape[-1]
+    inv = 1.0 / base ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d)
+    ang = torch.arange(K, device=x.device, dtype=torch.float32)[:, None] * inv[None]
+    cos, sin = torch.cat([ang, ang], -1).cos().to(x.dtype), torch.cat([ang, ang], -1).sin().to(x.dtype)
+    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def _reference_modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def _reference_dit_attend(self, x, context_kv, key_mask, repeats=1):
+    """The DiT block's attention as it was: keys/values already copied to every query row."""
+    assert repeats == 1
+    B, L, W = x.shape
+    k, v = context_kv if self.cross else self.project(x)
+    mask = key_mask[:, None, None, :] if (self.cross and key_mask is not None) else None
+    y = F.scaled_dot_product_attention(self._split(self.q(x)), k, v, attn_mask=mask)
+    return self.out(y.transpose(1, 2).reshape(B, L, W))
+
+
+def _reference_dit_forward(self, x, c, context_kv, key_mask, repeats=1):
+    shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=-1)
+    x = x + gate1[:, None] * self._attend(_reference_modulate(self.norm1(x), shift1, scale1), context_kv, key_mask)
+    return x + gate2[:, None] * self.mlp(_reference_modulate(self.norm2(x), shift2, scale2))
+
+
+_fast_velocity = expert_lib.FlowMatchingExpert._velocity
+
+
+def _reference_velocity(self, x_t, t, context_kv, key_mask, state, repeats=1):
+    """The R noise draws as they were: the context keys/values and key mask copied R times."""
+    rep = lambda z: z if z is None or repeats == 1 else z.repeat_interleave(repeats, dim=0)  # noqa: E731
+    kv = [None if p is None else (rep(p[0]), rep(p[1])) for p in context_kv]
+    return _fast_velocity(self, x_t, t, kv, rep(key_mask), state, 1)
+
+
+def _patch_session_references(mp) -> None:
+    mp.setattr(head_lib, "_rope", _reference_head_rope)
+    mp.setattr(expert_lib, "_modulate", _reference_modulate)
+    mp.setattr(expert_lib.DiTBlock, "_attend", _reference_dit_attend)
+    mp.setattr(expert_lib.DiTBlock, "forward", _reference_dit_forward)
+    mp.setattr(expert_lib.FlowMatchingExpert, "_velocity", _reference_velocity)
+
+
+@contextlib.contextmanager
+def session_reference():
+    """Only the reference paths of the latest speed-ups (the in-process A/B timing in docs/profile.md)."""
+    mp = pytest.MonkeyPatch()
+    _patch_session_references(mp)
+    try:
+        yield
+    finally:
+        mp.undo()
 
 
 @contextlib.contextmanager
@@ -41,6 +102,7 @@ def reference_paths():
         return (self.proj(fmap.permute(0, 2, 3, 1)) + self.row + self.col).flatten(1, 2)
 
     mp.setattr(backbone_lib.RMSNorm, "forward", rms)
+    _patch_session_references(mp)
     mp.setattr(seq_lib, "build_sequence", build)
     mp.setattr(vision_lib.GridTokens, "forward", grid_tokens)
     try:
@@ -129,3 +191,15 @@ def test_grid_tokens_skip_identity_pooling_exactly():
     )
     torch.testing.assert_close(tokens(fmap), expected, rtol=0, atol=0)
     assert tokens(torch.randn(2, 8, 8, 8)).shape == (2, 16, 6)  # a larger map is still pooled to the grid
+
+
+def test_head_rope_tables_are_exact_and_usable_in_training_after_inference():
+    x = torch.randn(3, 4, 8, 16)
+    with torch.inference_mode():  # the tables' first use is a sampling call: they must not be inference tensors
+        torch.testing.assert_close(head_lib._rope(x, 10000.0), _reference_head_rope(x, 10000.0), rtol=0, atol=0)
+    y = x.clone().requires_grad_(True)
+    head_lib._rope(y, 10000.0).square().sum().backward()  # raises if a table were an inference tensor
+    z = x.clone().requires_grad_(True)
+    _reference_head_rope(z, 10000.0).square().sum().backward()
+    torch.testing.assert_close(y.grad, z.grad, rtol=0, atol=0)
+    assert head_lib._rope(x.double(), 10000.0).dtype == torch.float64  # one table per dtype

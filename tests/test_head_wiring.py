@@ -74,7 +74,7 @@ def test_flow_expert_draws_repeats_per_backbone_forward(data):
     model, rows, forwards = policy.model, [], []
     model.backbone.register_forward_hook(lambda *_: forwards.append(1))
     orig = model.head._velocity
-    model.head._velocity = lambda x_t, *a: rows.append(x_t.shape[0]) or orig(x_t, *a)
+    model.head._velocity = lambda x_t, *a, **k: rows.append(x_t.shape[0]) or orig(x_t, *a, **k)
     loss, metrics = model.compute_loss(batches[0], model.final, generator=torch.Generator().manual_seed(0))
     assert loss.shape == (2,) and rows == [6] and "loss_flow" in metrics
     assert len(forwards) == model.final.num_thinking + 1

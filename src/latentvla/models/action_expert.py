@@ -69,7 +69,8 @@ def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """AdaLN: x * (1 + scale) + shift, as one fused multiply-add (one pass over x instead of two)."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
 
 
 class DiTBlock(nn.Module):
@@ -102,22 +103,42 @@ class DiTBlock(nn.Module):
         k, v = self.kv(src).chunk(2, dim=-1)
         return self._split(k).contiguous(), self._split(v).contiguous()
 
-    def _attend(self, x: Tensor, context_kv: tuple[Tensor, Tensor] | None, key_mask: Tensor | None) -> Tensor:
-        B, L, W = x.shape
-        k, v = context_kv if self.cross else self.project(x)
-        mask = key_mask[:, None, None, :] if (self.cross and key_mask is not None) else None
+    def _attend(
+        self, x: Tensor, context_kv: tuple[Tensor, Tensor] | None, key_mask: Tensor | None, repeats: int = 1
+    ) -> Tensor:
+        """Attention of x's tokens. Cross-attention with `repeats` = R: x holds R consecutive rows per context row
+        (the R noise draws of one example, `FlowMatchingExpert.loss`); their queries are laid side by side along
+        the query axis against the ONE copy of that example's keys/values, instead of copying the keys/values R
+        times. Each query row attends exactly as before: attention is independent per query."""
+        BR, L, W = x.shape
         p = self.drop.p if self.training else 0.0
-        y = F.scaled_dot_product_attention(self._split(self.q(x)), k, v, attn_mask=mask, dropout_p=p)
-        return self.out(y.transpose(1, 2).reshape(B, L, W))
+        q = self._split(self.q(x))  # (B*R, h, L, d)
+        if not self.cross:
+            k, v = self.project(x)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+            return self.out(y.transpose(1, 2).reshape(BR, L, W))
+        k, v = context_kv
+        B, R, h, d = k.shape[0], repeats, self.heads, W // self.heads
+        if R > 1:
+            q = q.view(B, R, h, L, d).transpose(1, 2).reshape(B, h, R * L, d)
+        mask = None if key_mask is None else key_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, h, R*L, d)
+        y = y.view(B, h, R, L, d).permute(0, 2, 3, 1, 4)  # (B, R, L, h, d)
+        return self.out(y.reshape(BR, L, W))
 
     def forward(
-        self, x: Tensor, c: Tensor, context_kv: tuple[Tensor, Tensor] | None, key_mask: Tensor | None
+        self,
+        x: Tensor,
+        c: Tensor,
+        context_kv: tuple[Tensor, Tensor] | None,
+        key_mask: Tensor | None,
+        repeats: int = 1,
     ) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.drop(
-            self._attend(_modulate(self.norm1(x), shift1, scale1), context_kv, key_mask)
-        )
-        return x + gate2[:, None] * self.drop(self.mlp(_modulate(self.norm2(x), shift2, scale2)))
+        # x + gate * y as one fused multiply-add (AdaLN-Zero's gated residual)
+        attn = self._attend(_modulate(self.norm1(x), shift1, scale1), context_kv, key_mask, repeats)
+        x = torch.addcmul(x, gate1[:, None], self.drop(attn))
+        return torch.addcmul(x, gate2[:, None], self.drop(self.mlp(_modulate(self.norm2(x), shift2, scale2))))
 
 
 class FlowMatchingExpert(nn.Module):
@@ -183,10 +204,24 @@ class FlowMatchingExpert(nn.Module):
         key_mask = self._check(context, context_mask, state)
         return self._velocity(x_t, t, self.project_context(context), key_mask, state)
 
-    def _velocity(self, x_t: Tensor, t: Tensor, context_kv: list, key_mask: Tensor | None, state: Tensor | None):
-        """`velocity` on already-projected context keys/values (checked inputs)."""
+    def _velocity(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        context_kv: list,
+        key_mask: Tensor | None,
+        state: Tensor | None,
+        repeats: int = 1,
+    ):
+        """`velocity` on already-projected context keys/values (checked inputs); with `repeats` = R, x_t, t and
+        state hold R consecutive rows per row of context_kv / key_mask (see `DiTBlock._attend`)."""
         if x_t.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(f"x_t must be (B,{self.horizon},{self.action_dim}), got {tuple(x_t.shape)}.")
+        n_ctx = next((kv[0].shape[0] for kv in context_kv if kv is not None), x_t.shape[0] // repeats)
+        if x_t.shape[0] != n_ctx * repeats:
+            raise ValueError(
+                f"x_t has {x_t.shape[0]} rows for {n_ctx} contexts; expected repeats={repeats} per context."
+            )
         B, W = x_t.shape[0], self.cfg.width
         t_feat = sinusoidal_embedding(t, W).to(x_t.dtype)
         c = self.time_mlp(t_feat)  # (B, W)
@@ -196,7 +231,7 @@ class FlowMatchingExpert(nn.Module):
             parts.insert(0, self.state_mlp(state.to(x_t.dtype))[:, None])
         x = torch.cat(parts, dim=1)  # (B, [1] + F + H, W)
         for block, kv in zip(self.blocks, context_kv, strict=True):
-            x = block(x, c, kv, key_mask)
+            x = block(x, c, kv, key_mask, repeats)
         shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
         x = self.final_drop(_modulate(self.final_norm(x), shift, scale))
         return self.decoder(x[:, -self.horizon :])
@@ -222,9 +257,8 @@ class FlowMatchingExpert(nn.Module):
         noise = self._noise((B * R, *actions.shape[1:]), generator, actions)
         target = rep(actions)
         x_t = fm.interpolate(noise, target, t)
-        if cache_context:  # project the B contexts once, then copy keys/values to the R draws of each
-            kv = [None if p is None else (rep(p[0]), rep(p[1])) for p in self.project_context(context)]
-            pred = self._velocity(x_t, t, kv, rep(key_mask), rep(state))
+        if cache_context:  # project the B contexts once; the R draws of each attend to the same keys/values
+            pred = self._velocity(x_t, t, self.project_context(context), key_mask, rep(state), repeats=R)
         else:  # reference: R copies of the context, each projected
             pred = self.velocity(x_t, t, rep(context), rep(key_mask), rep(state))
         loss = fm.flow_matching_loss(pred, fm.target_velocity(noise, target), rep(action_is_pad))
