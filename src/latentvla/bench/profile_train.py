@@ -12,12 +12,15 @@ the model parts), so the breakdown comes from one `torch.profiler` trace per cur
     backward      all of autograd's backward                    optimizer    clip + AdamW + EMA update
     item_syncs    `.item()` / `float(tensor)` calls (count and time; on CPU they wait for nothing)
     python        wall time of the step not spent inside any ATen op (interpreter and dispatch overhead)
+    gemm_alone    the step's own matmuls (every aten::mm / addmm / bmm shape the trace recorded, forward and
+                  backward), each shape timed alone on fresh operands at the same thread count and summed: the
+                  floor of any implementation that performs these GEMMs, however well the rest is fused
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,34 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 PARTS = ("data", "vision", "ema_target", "backbone", "head", "rest_forward", "backward", "optimizer")
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def gemm_shapes(prof: Any) -> Counter:
+    """(op, input shapes) -> number of calls, for every matmul in a trace recorded with `record_shapes=True`."""
+    out: Counter = Counter()
+    for evt in prof.events():
+        if evt.name in GEMM_OPS:
+            out[(evt.name, tuple(tuple(s) for s in evt.input_shapes if s))] += 1
+    return out
+
+
+def gemm_alone_ms(shapes: Counter, repeats: int = 5) -> float:
+    """Milliseconds the matmuls `shapes` take when each shape runs alone (best of `repeats` after one warm-up call,
+    contiguous random fp32 operands): a step that performs them cannot be faster than their sum."""
+    ops = {"aten::mm": torch.mm, "aten::addmm": torch.addmm, "aten::bmm": torch.bmm}
+    total = 0.0
+    for (name, shapes_in), calls in shapes.items():
+        args = [torch.randn(*shape) for shape in shapes_in]
+        fn = ops[name]
+        fn(*args)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(*args)
+            best = min(best, time.perf_counter() - t0)
+        total += best * calls
+    return total * 1e3
 
 
 def _label(module: nn.Module, name: str) -> list[Any]:
@@ -149,12 +180,13 @@ def profile_preset(
         for stage in cfg.policy.curriculum.stages():
             for i in range(warmup):
                 step(stage, i)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 t0 = time.perf_counter()
                 for i in range(steps):
                     step(stage, i)
                 wall = time.perf_counter() - t0
             stages[stage.name] = _breakdown(prof, wall, steps)
+            stages[stage.name]["gemm_alone"] = gemm_alone_ms(gemm_shapes(prof)) / steps
             if trace_dir is not None:
                 Path(trace_dir).mkdir(parents=True, exist_ok=True)
                 prof.export_chrome_trace(str(Path(trace_dir) / f"{preset}_{stage.name}.json"))
@@ -166,7 +198,7 @@ def profile_preset(
 
 def format_profile(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per (preset, stage), ms per step and the share of each part."""
-    cols = [*PARTS, "python", "item_syncs_ms"]
+    cols = [*PARTS, "python", "item_syncs_ms", "gemm_alone"]
     lines = [
         "| preset | stage | ms/step | " + " | ".join(cols) + " | .item()/step |",
         "|---|---|---:|" + "---:|" * (len(cols) + 1),
