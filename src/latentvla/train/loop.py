@@ -173,23 +173,23 @@ def seed_everything(seed: int) -> None:
 
 
 def fit_policy_to_dataset(cfg: TrainConfig, reader: Any) -> TrainConfig:
-    """Fill state/action dims and image size from the dataset; fail loudly on missing cameras or features."""
+    """Fill state/action dims, cameras and image size from the dataset; refuse missing cameras or features, an
+    image size other than the dataset's and a reasoning preset on a dataset without CoT (train/dataset_fit.py)."""
+    from latentvla.train.dataset_fit import check_cot_columns, check_image_size, resolve_cameras
+
     feats = reader.features
     for key in (OBS_STATE, ACTION):
         if key not in feats:
             raise ValueError(f"dataset {reader.root} has no {key!r} feature (has {sorted(feats)})")
-    available = [k.removeprefix(f"{OBS_IMAGES}.") for k in reader.camera_keys]
-    missing = [c for c in cfg.policy.cameras if c not in available]
-    if missing:
-        raise ValueError(
-            f"cameras {missing} are not in dataset {reader.root} (it has {available}); "
-            f"pick them with the override policy.cameras={','.join(available)}"
-        )
-    height, width = feats[f"{OBS_IMAGES}.{cfg.policy.cameras[0]}"]["shape"][:2]
+    cameras = resolve_cameras(cfg.policy, reader)
+    height, width = feats[f"{OBS_IMAGES}.{cameras[0]}"]["shape"][:2]
     if height != width:
         raise ValueError(f"images must be square, dataset {reader.root} has {height}x{width}")
+    check_image_size(cfg.policy, reader, f"{OBS_IMAGES}.{cameras[0]}", int(height))
+    check_cot_columns(cfg.policy, reader)
     policy = dataclasses.replace(
         cfg.policy,
+        cameras=cameras,
         state_dim=int(feats[OBS_STATE]["shape"][0]),
         action_dim=int(feats[ACTION]["shape"][0]),
         image_size=int(height),

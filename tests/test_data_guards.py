@@ -1,0 +1,98 @@
+"""Issue 26, the data side: what a training run refuses or takes from its dataset instead of training silently
+on the wrong thing (no CoT columns, sensor sentinels, a camera layout other than the preset's, an image size the
+dataset does not have), and the dataset checks that failed with tracebacks or not at all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from latentvla.cli import main as cli
+from latentvla.config import apply_overrides, get_preset
+from latentvla.data.lerobot_format import DatasetFormatError, LeRobotDatasetReader
+from latentvla.data.synthetic import write_synthetic_dataset
+from latentvla.train.loop import fit_policy_to_dataset
+
+torch.set_num_threads(1)
+TRAIN = ["--steps", "2", "batch_size=2", "save_every=2", "log_every=1", "policy.horizon=4", "--no-progress"]
+
+
+def _train(data: Path, out: Path, preset: str = "lara", *extra: str) -> int:
+    return cli(["train", "--preset", preset, "--dataset", str(data), "--out", str(out), *TRAIN, *extra])
+
+
+# ------------------------------------------------------------------------------- 1: CoT preset without CoT
+@pytest.mark.parametrize("preset", ["lara", "lara-explicit", "ecot", "lara-rd"])
+def test_reasoning_preset_on_dataset_without_cot_is_refused(tmp_path, preset):
+    data = write_synthetic_dataset(tmp_path / "nocot", num_episodes=2, length=6, image_size=16, with_cot=False)
+    cfg = get_preset(preset, "micro")
+    with pytest.raises(ValueError, match=r"learns chain-of-thought .*`latentvla annotate"):
+        fit_policy_to_dataset(cfg, LeRobotDatasetReader(data))
+
+
+def test_reasoning_preset_refused_on_cli_in_one_line(tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "nocot", num_episodes=2, length=6, image_size=16, with_cot=False)
+    assert _train(data, tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "latentvla annotate" in err and "cot." in err
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
+
+
+def test_presets_without_reasoning_still_train_without_cot(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "nocot", num_episodes=2, length=6, image_size=16, with_cot=False)
+    reader = LeRobotDatasetReader(data)
+    for preset in ("lara-no-cot", "rdvla", "bc"):
+        fit_policy_to_dataset(get_preset(preset, "micro"), reader)
+
+
+def test_reasoning_preset_refused_when_every_cot_text_is_empty(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=6, image_size=16)
+    path = next((data / "data").rglob("*.parquet"))
+    table = pq.read_table(path)
+    i = table.column_names.index("cot.text")
+    pq.write_table(table.set_column(i, "cot.text", pa.array([""] * table.num_rows)), path)
+    with pytest.raises(ValueError, match="every cot.text .* is empty"):
+        fit_policy_to_dataset(get_preset("lara", "micro"), LeRobotDatasetReader(data))
+
+
+# ------------------------------------------------------------------------------- 6: cameras from the dataset
+def test_libero_layout_takes_the_dataset_cameras_in_stored_order(tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "lib", num_episodes=2, length=6, image_size=16, layout="libero")
+    cfg = fit_policy_to_dataset(get_preset("rdvla", "micro"), LeRobotDatasetReader(data))
+    assert cfg.policy.cameras == ("image", "image2")
+    assert "['image', 'image2']" in capsys.readouterr().out
+    # the run config and the checkpoint record them
+    assert _train(data, tmp_path / "run", "rdvla") == 0
+    saved = json.loads((tmp_path / "run" / "checkpoints" / "last" / "config.json").read_text())
+    assert saved["policy"]["cameras"] == ["image", "image2"]
+    from latentvla.policy import Policy
+
+    assert Policy.from_pretrained(tmp_path / "run" / "checkpoints" / "last").config.cameras == ("image", "image2")
+    assert _train(data, tmp_path / "run", "rdvla", "--steps", "3", "--resume") == 0  # resume agrees with itself
+
+
+def test_explicitly_named_missing_camera_is_still_refused(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "lib", num_episodes=2, length=6, image_size=16, layout="libero")
+    cfg = apply_overrides(get_preset("rdvla", "micro"), ["policy.cameras=wrist"])
+    with pytest.raises(ValueError, match=r"cameras \['wrist'\] are not in dataset .* policy.cameras=image,image2"):
+        fit_policy_to_dataset(cfg, LeRobotDatasetReader(data))
+    cfg = apply_overrides(get_preset("rdvla", "micro"), ["policy.cameras=image2"])
+    assert fit_policy_to_dataset(cfg, LeRobotDatasetReader(data)).policy.cameras == ("image2",)
+
+
+# ------------------------------------------------------------------------------- 7: image size
+def test_image_size_other_than_the_dataset_is_refused(tmp_path):
+    data = write_synthetic_dataset(tmp_path / "ds", num_episodes=1, length=4, image_size=32)
+    reader = LeRobotDatasetReader(data)
+    cfg = apply_overrides(get_preset("rdvla", "micro"), ["policy.image_size=96"])
+    with pytest.raises(ValueError, match=r"policy.image_size=96 but dataset .* stores 32x32 images"):
+        fit_policy_to_dataset(cfg, reader)
+    ok = apply_overrides(get_preset("rdvla", "micro"), ["policy.image_size=32"])
+    assert fit_policy_to_dataset(ok, reader).policy.image_size == 32
+    assert fit_policy_to_dataset(get_preset("rdvla", "micro"), reader).policy.image_size == 32  # preset default
