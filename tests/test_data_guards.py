@@ -96,3 +96,94 @@ def test_image_size_other_than_the_dataset_is_refused(tmp_path):
     ok = apply_overrides(get_preset("rdvla", "micro"), ["policy.image_size=32"])
     assert fit_policy_to_dataset(ok, reader).policy.image_size == 32
     assert fit_policy_to_dataset(get_preset("rdvla", "micro"), reader).policy.image_size == 32  # preset default
+
+
+# ------------------------------------------------------------------------------- 2: finite sensor sentinels
+def _write(root: Path, episodes: list[dict]) -> Path:
+    from latentvla.data.lerobot_format import DatasetWriter
+
+    writer = DatasetWriter(root, fps=10, robot_type="synthetic", overwrite=True)
+    for i, ep in enumerate(episodes):
+        writer.add_episode(ep, key=f"e/{i}")
+    return writer.finalize()
+
+
+def _episodes(n: int = 3, length: int = 8) -> list[dict]:
+    from latentvla.data.synthetic import synthetic_episodes
+
+    return synthetic_episodes(n, length, 16)
+
+
+@pytest.mark.parametrize("key", ["action", "observation.state"])
+def test_sentinel_value_with_recomputed_stats_is_refused_naming_column_episode_frame(tmp_path, key, capsys):
+    episodes = _episodes()
+    episodes[1][key] = np.array(episodes[1][key], dtype=np.float32)
+    episodes[1][key][5, 2] = 3e38  # finite: passes the NaN/inf check; the writer's stats include it
+    data = _write(tmp_path / "ds", episodes)
+    assert LeRobotDatasetReader(data).stats[key]["max"][2] > 1e38
+    from latentvla.data.dataset import VLADataset
+
+    with pytest.raises(DatasetFormatError, match=rf"column '{key}' holds 3e\+38 at episode 1, frame 5 \(dim"):
+        VLADataset(data, chunk_size=2)
+    assert _train(data, tmp_path / "run", "rdvla") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "episode 1, frame 5" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing published
+
+
+def test_ordinary_ranges_pass_the_magnitude_check(tmp_path):
+    from latentvla.data.validate import validate_dataset
+
+    episodes = _episodes()
+    for ep in episodes:  # a binary gripper (constant on most frames), joint ticks in the 1e5 range
+        ep["action"] = np.array(ep["action"], dtype=np.float32)
+        ep["action"][:, 3] = -1.0
+        ep["observation.state"] = np.array(ep["observation.state"], dtype=np.float32) * 1e5
+    episodes[0]["action"][0, 3] = 1.0
+    validate_dataset(LeRobotDatasetReader(_write(tmp_path / "ds", episodes)))
+    for name in ("lr_img", "lr_vid", "lr21_vid"):  # LeRobot-written fixtures: their stats describe their data
+        validate_dataset(LeRobotDatasetReader(FIXTURES / name))
+
+
+FIXTURES = Path("/work/shared/fixtures/lerobot-written")
+
+
+# ------------------------------------------------------------------------------- 7: stats.json vs the data
+def _edit_stats(data: Path, edit) -> None:
+    path = data / "meta" / "stats.json"
+    stats = json.loads(path.read_text())
+    edit(stats)
+    path.write_text(json.dumps(stats))
+
+
+def test_stats_that_do_not_cover_the_data_are_refused(tmp_path):
+    from latentvla.data.validate import validate_dataset
+
+    data = _write(tmp_path / "ds", _episodes())
+    _edit_stats(data, lambda s: s["action"].update(max=[v - 0.5 for v in s["action"]["max"]]))
+    with pytest.raises(DatasetFormatError, match=r"stats.json: 'action' dimension 0 spans .* in the stats but the "
+                                                 r"data holds .* at episode \d+, frame \d+"):  # fmt: skip
+        validate_dataset(LeRobotDatasetReader(data))
+
+
+def test_stats_absurdly_wider_than_the_data_are_refused(tmp_path):
+    from latentvla.data.validate import validate_dataset
+
+    data = _write(tmp_path / "ds", _episodes())
+    _edit_stats(data, lambda s: s["observation.state"].update(max=[1e30] * len(s["observation.state"]["max"])))
+    with pytest.raises(DatasetFormatError, match=r"'observation.state' dimension 0 spans .*normalization would"):
+        validate_dataset(LeRobotDatasetReader(data))
+
+
+def test_resume_refuses_data_changed_under_unchanged_stats(tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=6, image_size=16)
+    assert _train(data, tmp_path / "run", "rdvla") == 0
+    path = next((data / "data").rglob("*.parquet"))
+    table = pq.read_table(path)
+    i = table.column_names.index("action")
+    swapped = table.column("action").to_pylist()
+    swapped[0], swapped[1] = swapped[1], swapped[0]  # same values, same stats, different data
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(swapped, table.schema.field(i).type)), path)
+    capsys.readouterr()
+    assert _train(data, tmp_path / "run", "rdvla", "--steps", "3", "--resume") == 2
+    assert "values of 'action'" in capsys.readouterr().err

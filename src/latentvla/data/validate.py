@@ -17,6 +17,7 @@ it on the same reader without scanning twice.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from numbers import Real
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from latentvla.constants import ACTION, OBS_STATE
 
 _CHECKED_ATTR = "_latentvla_validated"
+ABSURD_FACTOR = 1e3  # a value this many reference scales from its column's median is not a measurement
 
 
 def _error(message: str) -> Exception:
@@ -59,16 +61,86 @@ def _locate(reader: Any, position: int) -> tuple[int, int]:
     return int(reader.episodes[episode]["episode_index"]), int(position - lengths[:episode].sum())
 
 
-def _check_finite_column(reader: Any, key: str) -> None:
+def _check_finite_column(reader: Any, key: str) -> np.ndarray:
+    """The column as (frames, dims) float64, after refusing NaN / inf in it."""
     values = np.asarray(reader.column(key), dtype=np.float64)
-    bad = ~np.isfinite(values.reshape(len(values), -1))
+    values = values.reshape(len(values), -1)
+    bad = ~np.isfinite(values)
     if bad.any():
         row, dim = (int(i) for i in np.argwhere(bad)[0])
         episode, frame = _locate(reader, row)
-        what = "NaN" if np.isnan(values.reshape(len(values), -1)[row, dim]) else "inf"
+        what = "NaN" if np.isnan(values[row, dim]) else "inf"
         raise _error(
             f"{reader.root}: column {key!r} holds {what} at episode {episode}, frame {frame} (dimension {dim}; "
             f"{int(bad.any(axis=1).sum())} bad frames in all); fix or drop those episodes before training."
+        )
+    return values
+
+
+def _typical_range(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per dimension: median, 10th and 90th percentile of the column (robust: sentinels on fewer than 10 % of
+    the frames do not move them, even in a small dataset)."""
+    q10, median, q90 = np.quantile(values, [0.1, 0.5, 0.9], axis=0)
+    return median, q10, q90
+
+
+def _reference_scale(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """How large a dimension's values are: its robust spread or magnitude, at least 1 (so a dimension that is
+    constant on 99 % of frames, e.g. a binary gripper, still allows its other value)."""
+    return np.maximum.reduce([hi - lo, np.abs(lo), np.abs(hi), np.ones_like(lo)])
+
+
+def _check_magnitude(reader: Any, key: str, values: np.ndarray) -> None:
+    """Refuse finite but absurd values (a 3e38 sensor sentinel, a unit slip): more than ABSURD_FACTOR times the
+    reference scale of the rest of the column away from its median. Stats recomputed on such data squash every real
+    value to ~0 after normalization, and the published checkpoint's actions overflow (issue 26, item 2)."""
+    median, lo, hi = _typical_range(values)
+    bad = np.abs(values - median) > ABSURD_FACTOR * _reference_scale(lo, hi)
+    if bad.any():
+        row, dim = (int(i) for i in np.argwhere(bad)[0])
+        episode, frame = _locate(reader, row)
+        raise _error(
+            f"{reader.root}: column {key!r} holds {values[row, dim]:.6g} at episode {episode}, frame {frame} "
+            f"(dimension {dim}; {int(bad.any(axis=1).sum())} such frames in all), more than {ABSURD_FACTOR:g}x "
+            f"the range of the rest of the column (10th..90th percentile {lo[dim]:.4g}..{hi[dim]:.4g}): a sensor "
+            "sentinel or a unit error; fix or drop those frames (and recompute meta/stats.json) before training."
+        )
+
+
+def _check_stats_against_data(reader: Any, key: str, values: np.ndarray) -> None:
+    """meta/stats.json must describe the data: every value inside the stats' [min, max] (min_max normalization
+    maps that range to [-1, 1]), and that range not absurdly wider than the data's own."""
+    meta = reader.root / "meta"
+    path = meta / "stats.json" if (meta / "stats.json").exists() else meta / "episodes_stats.jsonl"
+    stats = reader.stats[key]
+    if "min" not in stats or "max" not in stats:
+        return
+    lo, hi = (np.asarray(stats[s], dtype=np.float64).reshape(-1) for s in ("min", "max"))
+    if lo.shape != (values.shape[1],) or hi.shape != lo.shape:
+        raise _error(
+            f"{path}: stats of {key!r} have {lo.size} dimensions but the data has {values.shape[1]}; the stats "
+            "belong to another dataset: recompute them."
+        )
+    data_lo, data_hi = values.min(axis=0), values.max(axis=0)
+    tol = 1e-4 * np.maximum(hi - lo, 1.0)
+    outside = (data_lo < lo - tol) | (data_hi > hi + tol)
+    if outside.any():
+        dim = int(np.flatnonzero(outside)[0])
+        rows = np.flatnonzero((values[:, dim] < lo[dim] - tol[dim]) | (values[:, dim] > hi[dim] + tol[dim]))
+        episode, frame = _locate(reader, int(rows[0]))
+        raise _error(
+            f"{path}: {key!r} dimension {dim} spans {lo[dim]:.6g}..{hi[dim]:.6g} in the stats but the data holds "
+            f"{values[rows[0], dim]:.6g} at episode {episode}, frame {frame} ({len(rows)} frames outside); the "
+            "stats do not describe this data: recompute them (rewrite the dataset with `latentvla dataset convert`)."
+        )
+    scale = _reference_scale(*_typical_range(values)[1:])
+    wide = (hi - lo) > ABSURD_FACTOR * np.maximum(data_hi - data_lo, scale)
+    if wide.any():
+        dim = int(np.flatnonzero(wide)[0])
+        raise _error(
+            f"{path}: {key!r} dimension {dim} spans {lo[dim]:.6g}..{hi[dim]:.6g} in the stats, more than "
+            f"{ABSURD_FACTOR:g}x the data's {data_lo[dim]:.6g}..{data_hi[dim]:.6g}: normalization would squash "
+            "every value to ~0; recompute the stats from this data."
         )
 
 
@@ -148,11 +220,13 @@ def validate_dataset(
             "collect or convert episodes into it first."
         )
     present = [k for k in keys if k in reader.features]
-    for key in present:
-        if key in todo:
-            _check_finite_column(reader, key)
-    if any(k in todo for k in present):
+    columns = {key: _check_finite_column(reader, key) for key in present if key in todo}
+    for key, values in columns.items():
+        _check_magnitude(reader, key, values)
+    if columns:
         _check_finite_stats(reader, present)
+        for key, values in columns.items():
+            _check_stats_against_data(reader, key, values)
     for key in cameras:
         if key in todo:
             _check_image_shape(reader, key)
@@ -160,12 +234,18 @@ def validate_dataset(
 
 
 def dataset_fingerprint(reader: Any, keys: Sequence[str] = (OBS_STATE, ACTION)) -> dict:
-    """What must not change under a resumed run: sizes, tasks, feature shapes and the stats of `keys`.
+    """What must not change under a resumed run: sizes, tasks, feature shapes, the stats of `keys` and a digest
+    of their values (so data edited under an unchanged meta/stats.json is caught too).
 
     Saved with every training checkpoint; `--resume` compares it with the dataset given now (the path may differ:
-    a copied dataset resumes fine).
+    a copied dataset, or one converted to video cameras, resumes fine).
     """
     return {
+        "data": {
+            k: hashlib.sha256(np.ascontiguousarray(reader.column(k), dtype=np.float32).tobytes()).hexdigest()[:16]
+            for k in keys
+            if k in reader.features
+        },
         "total_episodes": int(reader.num_episodes),
         "total_frames": int(reader.num_frames),
         "tasks": list(reader.tasks),
@@ -192,6 +272,13 @@ def fingerprint_diff(saved: dict, now: dict) -> list[str]:
     changed = sorted(k for k in shapes_then.keys() | shapes_now.keys() if shapes_then.get(k) != shapes_now.get(k))
     if changed:
         out.append(f"features {changed}")
+    data_then, data_now = saved.get("data"), now.get("data")
+    if data_then is not None and data_now is not None:  # checkpoints from before the digest have none
+        out += [
+            f"values of {k!r}"
+            for k in sorted(data_then.keys() | data_now.keys())
+            if data_then.get(k) != data_now.get(k)
+        ]
     stats_then, stats_now = saved.get("stats", {}), now.get("stats", {})
     for key in sorted(stats_then.keys() | stats_now.keys()):
         a, b = stats_then.get(key, {}), stats_now.get(key, {})
