@@ -73,7 +73,7 @@ def learns_cot(policy: PolicyConfig) -> bool:
 
 def check_cot_columns(policy: PolicyConfig, reader: Any) -> None:
     """Refuse to train a reasoning preset on a dataset without CoT annotation (see the module docstring)."""
-    if not learns_cot(policy):
+    if not learns_cot(policy) or reader.num_frames == 0:  # an empty dataset gets validate.py's own message
         return
     missing = [k for k in COT_COLUMNS if k not in reader.features]
     fix = (
