@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from latentvla import constants as K
+from latentvla.data.collect_args import check_resume_args, collect_args
 
 _ENVS: dict = {}  # per worker process: (simulator, task, cameras, size, max_steps) -> SimEnv
 
@@ -127,11 +128,17 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     sim.validate(cameras=cameras, image_size=image_size, max_steps=max_steps)  # fail before any worker starts
     out = Path(out)
     counters_path = out.with_name(out.name + ".collect.json")
+    record = collect_args(env=env, tasks=names, episodes_per_task=episodes_per_task, image_size=image_size,
+                          seed=seed, cameras=cameras, max_steps=max_steps, stop_after_success=stop_after_success,
+                          video=video)  # fmt: skip
     if resume and out.is_dir() and not out.with_name(out.name + ".partial").exists():
-        return _already_published(out, counters_path)
+        return _already_published(out, counters_path, record)
     writer = DatasetWriter(out, fps=sim.fps, robot_type=sim.robot_type, resume=resume, overwrite=overwrite,
                            video=video)  # fmt: skip
     saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
+    if resume:  # the same content-defining arguments as the interrupted run, or nothing is mixed (issue 26)
+        check_resume_args(saved.get("args"), record, counters_path, bool(writer.done_keys() or saved.get("failed")))
+    _write_json_atomic(counters_path, {"args": record, "failed": saved.get("failed", {})})
     done = writer.done_keys()
     # per task: episodes written (successes) and episodes whose finished attempt failed; nothing else is state
     succeeded = {t: {e for e in range(2 * episodes_per_task) if _key(t, e) in done} for t in names}
@@ -154,7 +161,8 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
                     bar.update(1)
                 else:
                     failed[task].add(episode)
-                    _write_json_atomic(counters_path, {"failed": {t: sorted(f) for t, f in failed.items()}})
+                    failures = {t: sorted(f) for t, f in failed.items()}
+                    _write_json_atomic(counters_path, {"args": record, "failed": failures})
     finally:
         bar.close()
         if pool:
@@ -162,7 +170,7 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
         while _ENVS:  # in-process rollouts (workers=1): free the GL contexts now, not at interpreter exit
             _ENVS.popitem()[1].close()
     stats = {t: {"attempts": len(succeeded[t]) + len(failed[t]), "successes": len(succeeded[t])} for t in names}
-    return _finish(writer, stats, names, start, (frames, written), out, counters_path)
+    return _finish(writer, stats, names, start, (frames, written), out, counters_path, args=record)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -189,24 +197,25 @@ def _next_wave(names, succeeded, failed, per_task, kwargs) -> list[tuple]:
     return jobs
 
 
-def _already_published(out: Path, counters_path: Path) -> dict:
+def _already_published(out: Path, counters_path: Path, record: dict) -> dict:
     """`--resume` after a kill at the very end of a publish: the dataset is complete; drop leftovers."""
     from latentvla.data.lerobot_format import SHARDS, LeRobotDatasetReader
 
+    summary = LeRobotDatasetReader(out).info.get("latentvla_collect", {})
+    check_resume_args(summary.get("args"), record, out / "meta" / "info.json", False, published=True)
     shutil.rmtree(out / SHARDS, ignore_errors=True)
     counters_path.unlink(missing_ok=True)
-    summary = LeRobotDatasetReader(out).info.get("latentvla_collect", {})
     return summary | {"out": str(out), "seconds": 0.0, "episodes_per_s": 0.0, "already_complete": True}
 
 
-def _finish(writer, stats, names, start, counts, out, counters_path) -> dict:
+def _finish(writer, stats, names, start, counts, out, counters_path, args: dict | None = None) -> dict:
     frames, written = counts
     attempts = sum(stats[t]["attempts"] for t in names)
     kept = sum(stats[t]["successes"] for t in names)
     per_task = {t: {"attempts": stats[t]["attempts"], "successes": stats[t]["successes"],
                     "success_rate": stats[t]["successes"] / max(stats[t]["attempts"], 1)} for t in names}  # fmt: skip
     summary = {"episodes_kept": kept, "attempts": attempts, "success_rate": kept / max(attempts, 1),
-               "per_task": per_task}  # fmt: skip
+               "per_task": per_task, "args": args}  # fmt: skip
     if kept == 0:
         raise RuntimeError(f"The expert succeeded in none of {attempts} episodes; nothing to write to {out}.")
     order = {t: i for i, t in enumerate(names)}

@@ -1,0 +1,119 @@
+"""`collect --resume` with other content-defining arguments than the interrupted run is refused (issue 26, item 3);
+the arguments, seed included, are recorded in meta/info.json. Fake rollouts: no rendering."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from latentvla import constants as K
+
+pytestmark = pytest.mark.sim
+
+
+@pytest.fixture(autouse=True)
+def _need_sim():
+    pytest.importorskip("metaworld")
+
+
+def _fake_rollout(task, episode, *, seed, **kwargs):
+    rng = np.random.default_rng([len(task), episode, seed])
+    length = 3 + episode % 2
+    ep = {
+        K.OBS_STATE: rng.normal(size=(length, 4)).astype(np.float32),
+        K.ACTION: rng.uniform(-1, 1, size=(length, 4)).astype(np.float32),
+        f"{K.OBS_IMAGES}.corner4": rng.integers(0, 255, size=(length, 8, 8, 3), dtype=np.uint8),
+        K.TASK: f"do {task}",
+    }
+    return ep, {"success": episode != 1, "task_name": task, "episode": episode}
+
+
+class _Stop(BaseException):
+    pass
+
+
+def _interrupted(C, monkeypatch, out, **kw):
+    """A collection killed right before it publishes (every episode written, `.partial/` left)."""
+
+    def stop(*a, **k):
+        raise _Stop
+
+    with monkeypatch.context() as m:
+        m.setattr(C, "rollout", _fake_rollout)
+        m.setattr(C, "_finish", stop)
+        with pytest.raises(_Stop):
+            C.collect(kw.pop("tasks", "reach,drawer-close"), kw.pop("per_task", 2), 64, out, progress=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "change, flag",
+    [
+        (dict(seed=1), "--seed 0 (run) vs 1 (now)"),
+        (dict(per_task=1), "--episodes-per-task 2 (run) vs 1 (now)"),
+        (dict(tasks="reach"), "--tasks reach-v3,drawer-close-v3 (run) vs reach-v3 (now)"),
+        (dict(max_steps=100), "--max-steps 500 (run) vs 100 (now)"),
+        (dict(cameras=("corner4", "gripperPOV")), "--camera corner4 (run) vs corner4,gripperPOV (now)"),
+    ],
+)
+def test_resume_with_other_arguments_is_refused(tmp_path, monkeypatch, change, flag):
+    from latentvla.data import collect as C
+
+    out = tmp_path / "ds"
+    _interrupted(C, monkeypatch, out)
+    kw = dict(tasks="reach,drawer-close", per_task=2) | change
+    monkeypatch.setattr(C, "rollout", _fake_rollout)
+    with pytest.raises(ValueError, match="--resume: the interrupted collection used other arguments") as e:
+        C.collect(kw.pop("tasks"), kw.pop("per_task"), 64, out, progress=False, resume=True, **kw)
+    assert flag in str(e.value)
+    assert out.with_name("ds.partial").is_dir() and not out.exists()  # nothing mixed, nothing published
+
+
+def test_resume_with_the_same_arguments_publishes_and_records_them(tmp_path, monkeypatch, capsys):
+    from latentvla.cli import main
+    from latentvla.data import collect as C
+    from latentvla.data.lerobot_format import LeRobotDatasetReader
+
+    out = tmp_path / "ds"
+    _interrupted(C, monkeypatch, out, seed=3, workers=1)
+    monkeypatch.setattr(C, "rollout", _fake_rollout)
+    argv = ["collect", "--tasks", "reach,drawer-close", "--episodes-per-task", "2", "--image-size", "64",
+            "--out", str(out), "--seed", "3", "--resume"]  # fmt: skip
+    assert main([*argv[:-3], "--seed", "4", "--resume"]) == 2  # the CLI: one line
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume") and "--seed 3 (run) vs 4 (now)" in err and "Traceback" not in err
+    assert main(argv) == 0
+    info = LeRobotDatasetReader(out).info
+    args = info["latentvla_collect"]["args"]
+    assert args["seed"] == 3 and args["episodes_per_task"] == 2 and args["tasks"] == ["reach-v3", "drawer-close-v3"]
+    assert not out.with_name("ds.collect.json").exists()
+    # a resume of the published dataset is checked against info.json too
+    assert main([*argv[:-3], "--seed", "5", "--resume"]) == 2
+    assert "--seed 3 (run) vs 5 (now)" in capsys.readouterr().err
+    assert main([*argv[:4], "3", *argv[5:]]) == 2  # more episodes than a published dataset has: not "complete"
+    assert "--episodes-per-task 2 (run) vs 3 (now)" in capsys.readouterr().err
+
+
+def test_resume_with_more_episodes_per_task_extends_exactly(tmp_path, monkeypatch):
+    from latentvla.data import collect as C
+    from latentvla.data.lerobot_format import LeRobotDatasetReader
+
+    monkeypatch.setattr(C, "rollout", _fake_rollout)
+    C.collect("reach", 3, 64, tmp_path / "ref", progress=False)
+    _interrupted(C, monkeypatch, tmp_path / "ds", tasks="reach", per_task=2)
+    monkeypatch.setattr(C, "rollout", _fake_rollout)
+    C.collect("reach", 3, 64, tmp_path / "ds", progress=False, resume=True)
+    keys = [[e["key"] for e in LeRobotDatasetReader(tmp_path / d).episodes] for d in ("ref", "ds")]
+    assert keys[0] == keys[1] == ["reach-v3/train/0000", "reach-v3/train/0002", "reach-v3/train/0003"]
+
+
+def test_resume_of_a_run_without_a_record_is_refused(tmp_path, monkeypatch):
+    from latentvla.data import collect as C
+
+    out = tmp_path / "ds"
+    _interrupted(C, monkeypatch, out)
+    out.with_name("ds.collect.json").write_text(json.dumps({"failed": {"reach-v3": [1]}}))  # an older latentvla's
+    monkeypatch.setattr(C, "rollout", _fake_rollout)
+    with pytest.raises(ValueError, match="does not record the interrupted run's arguments"):
+        C.collect("reach,drawer-close", 2, 64, out, progress=False, resume=True)
