@@ -31,8 +31,6 @@ Stage-I string (4 decimals; invisible boxes print as zeros, their `cot.bbox_visi
 
 from __future__ import annotations
 
-import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -62,8 +60,6 @@ _ARTICLES = ("the", "a", "an")
 # Words that end the target noun phrase after its article ("the black bowl *on* the plate").
 _PHRASE_END = frozenset(("and", "on", "in", "into", "onto", "to", "from", "of", "at", "with", "between", "next",
                          "near", "under", "over", "inside", "behind", "then", "it", "that", "which", "so"))  # fmt: skip
-# Columns of meta/episodes that the writer assigns itself (not carried over as meta when re-writing).
-_EPISODE_COLUMNS = ("episode_index", "length", "tasks", "key", "dataset_from_index", "dataset_to_index")
 
 
 # ---------------------------------------------------------------------------------------- temporal anchors
@@ -344,33 +340,36 @@ def choose_state_layout(info: dict, state_dim: int | None, env: str | None = Non
 
 def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, camera: str | None = None,
                      env: str | None = None, lara=None) -> dict:  # fmt: skip
-    """Annotate every episode of the dataset at `root` and replace it atomically; returns a summary.
+    """Annotate every episode of the dataset at `root` in place; returns a summary.
+
+    Only the cot.* columns are added to the data files (replaced when present), with their feature specs in
+    meta/info.json and their stats; videos, images, feature names, existing stats, the format version (a v2.1
+    dataset stays v2.1) and files next to the dataset (e.g. `annotations/`) are left as they were
+    (data/add_columns.py). No pixel is read: the annotation needs only state, privileged columns and boxes.
 
     `env`: the simulator whose `StateLayout` says where hand xyz and gripper sit in `observation.state` (default:
     chosen from the dataset's robot_type / state size, `choose_state_layout`). `lara`: imported LaRA-VLA
     annotations (`data.lara_annotations.LaraAnnotations`): their subtask / reasoning replace the automatic ones
-    where present and their boxes are the box source unless `box_source` is given. Files next to the dataset
-    that are not part of the LeRobot layout (e.g. `annotations/`) are kept."""
+    where present and their boxes are the box source unless `box_source` is given."""
+    from latentvla.data.add_columns import add_columns
     from latentvla.data.lara_annotations import LaraBoxes
-    from latentvla.data.lerobot_format import DatasetWriter, LeRobotDatasetReader
+    from latentvla.data.lerobot_format import LeRobotDatasetReader
 
     root = Path(root)
     reader = LeRobotDatasetReader(root)
+    if reader.num_episodes == 0:
+        raise ValueError(f"{root}: the dataset has no episodes; nothing to annotate.")
     state_shape = reader.info.get("features", {}).get(K.OBS_STATE, {}).get("shape") or [None]
     layout_name, layout = choose_state_layout(reader.info, state_shape[0], env)
     cams = [k.removeprefix(f"{K.OBS_IMAGES}.") for k in reader.camera_keys]
     camera = camera or (cams[0] if cams else K.DEFAULT_CAMERA)
-    tmp = root.with_name(f"{root.name}.annotating")
-    video = any(reader.features.get(k, {}).get("dtype") == "video" for k in reader.camera_keys)
-    writer = DatasetWriter(  # a video dataset stays a video dataset
-        tmp, fps=reader.fps, robot_type=reader.info.get("robot_type", "unknown"), overwrite=True, video=video
-    )
     if box_source is None and lara is not None and lara.bbox:
         box_source = LaraBoxes(lara)
     frames = boxed = imported = 0
     warned = set()
+    columns = []
     for i in range(reader.num_episodes):
-        ep, meta = reader.episode(i), dict(reader.episodes[i])
+        ep, meta = reader.episode(i, images=False), dict(reader.episodes[i])
         ep["episode_index"] = int(meta.get("episode_index", i))
         if K.PRIV_EE_POS not in ep and "ee" not in warned:
             warned.add("ee")
@@ -385,22 +384,12 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
                                 box_source=source, camera=camera, layout=layout)  # fmt: skip
         if lara is not None:
             imported += lara.apply(cols, ep["episode_index"])
-        ep.update(cols)
-        ep.pop("episode_index")
+        columns.append(cols)
         frames += len(cols[K.COT_SEGMENT])
         boxed += int(cols[K.COT_BBOX_VISIBLE].sum())
-        keep = {k: v for k, v in meta.items() if k not in _EPISODE_COLUMNS and "/" not in k and np.isscalar(v)}
-        writer.add_episode(ep, key=str(meta.get("key") or f"episode/{i:06d}"), meta=keep)
-    extra = {k: v for k, v in reader.info.items() if k.startswith("latentvla")}
-    writer.finalize(extra_info=extra or None)
-    for entry in root.iterdir():  # side files (e.g. LaRA-VLA's annotations/) travel with the dataset
-        if not (tmp / entry.name).exists():
-            (shutil.copytree if entry.is_dir() else shutil.copy2)(entry, tmp / entry.name)
-    old = root.with_name(f"{root.name}.old")
-    os.replace(root, old)  # two renames: the dataset at `root` is always complete (old or new)
-    os.replace(tmp, root)
-    shutil.rmtree(old)
-    summary = {"episodes": reader.num_episodes, "frames": frames, "visible_box_fraction": boxed / max(frames, 1)}
+    files = add_columns(reader, columns)
+    summary = {"episodes": reader.num_episodes, "frames": frames, "visible_box_fraction": boxed / max(frames, 1),
+               "version": reader.version, "files_rewritten": files}  # fmt: skip
     if lara is not None:
         summary["lara_cot_fraction"] = imported / max(frames, 1)
     return summary
