@@ -64,7 +64,9 @@ def test_annotate_changes_nothing_but_the_cot_columns(tmp_path, name, capsys):
     # info.json: same version, same features (names included); only the cot.* features added
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["codebase_version"] == info_before["codebase_version"]
-    assert {k: v for k, v in info.items() if k != "features"} == {k: v for k, v in info_before.items() if k != "features"}
+    assert {k: v for k, v in info.items() if k != "features"} == {
+        k: v for k, v in info_before.items() if k != "features"
+    }
     assert {k: v for k, v in info["features"].items() if k not in COT} == info_before["features"]
     assert info["features"][K.OBS_STATE]["names"] == info_before["features"][K.OBS_STATE]["names"] is not None
     assert set(info["features"]) - set(info_before["features"]) == set(COT)

@@ -86,7 +86,9 @@ def test_resume_with_the_same_arguments_publishes_and_records_them(tmp_path, mon
     assert main(argv) == 0
     info = LeRobotDatasetReader(out).info
     args = info["latentvla_collect"]["args"]
-    assert args["seed"] == 3 and args["episodes_per_task"] == 2 and args["tasks"] == ["reach-v3", "drawer-close-v3"]
+    assert (
+        args["seed"] == 3 and args["episodes_per_task"] == 2 and args["tasks"] == ["reach-v3", "drawer-close-v3"]
+    )
     assert not out.with_name("ds.collect.json").exists()
     # a resume of the published dataset is checked against info.json too
     assert main([*argv[:-3], "--seed", "5", "--resume"]) == 2

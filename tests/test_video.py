@@ -269,6 +269,7 @@ def test_convert_refuses_bad_requests(tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["v3.0-av1", "v2.1-h264"])
 def test_train_steps_on_lerobot_video_dataset(layout, tmp_path):
     root = LAYOUTS[layout](tmp_path / "ds")
+    assert cli_main(["annotate", str(root)]) == 0  # lara learns CoT: refused on a dataset without cot.* (issue 26)
     argv = ["train", "--preset", "lara", "--dataset", str(root), "--out", str(tmp_path / "run"), "--steps", "5",
             "--batch-size", "2", "--no-progress", "save_every=5", "policy.horizon=4", "policy.cameras=image,image2",
             "num_workers=1"]  # fmt: skip
