@@ -187,3 +187,45 @@ def test_resume_refuses_data_changed_under_unchanged_stats(tmp_path, capsys):
     capsys.readouterr()
     assert _train(data, tmp_path / "run", "rdvla", "--steps", "3", "--resume") == 2
     assert "values of 'action'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- 7: info.json shape vs the data
+def test_info_shape_that_disagrees_with_the_data_names_file_and_column(tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=6, image_size=16)
+    path = data / "meta" / "info.json"
+    info = json.loads(path.read_text())
+    info["features"]["observation.state"]["shape"] = [5]  # the data has 4
+    path.write_text(json.dumps(info))
+    with pytest.raises(DatasetFormatError, match=r"file-000.parquet: column 'observation.state' holds 4 values per "
+                                                 r"frame but meta/info.json declares shape \[5\]"):  # fmt: skip
+        LeRobotDatasetReader(data).column("observation.state")
+    assert _train(data, tmp_path / "run", "rdvla") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'observation.state'" in err and "file-000.parquet" in err
+
+
+# ------------------------------------------------------------------------------- 7: NaN in cot.bbox
+def test_nan_box_is_refused_at_open(tmp_path):
+    from latentvla.data.dataset import VLADataset
+
+    path = write_synthetic_dataset(tmp_path / "ds", num_episodes=3, length=8, image_size=16)
+    file = next((path / "data").rglob("*.parquet"))
+    table = pq.read_table(file)  # the writer refuses NaN itself; a dataset written elsewhere may hold one
+    boxes = table.column("cot.bbox").to_pylist()
+    boxes[2 * 8 + 4][1] = float("nan")
+    i = table.column_names.index("cot.bbox")
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(boxes, table.schema.field(i).type)), file)
+    with pytest.raises(DatasetFormatError, match=r"column 'cot.bbox' holds NaN at episode 2, frame 4 .*annotate"):
+        VLADataset(path, chunk_size=2)
+
+
+# ------------------------------------------------------------------------------- 7: dataset info, 0 episodes
+def test_dataset_info_on_an_empty_dataset(tmp_path, capsys):
+    data = write_synthetic_dataset(tmp_path / "ds", num_episodes=1, length=4, image_size=16)
+    path = data / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    assert cli(["dataset", "info", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "episodes 0   frames 0" in out and "the dataset is empty" in out
+    assert cli(["dataset", "info", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cot_coverage"] == 0.0

@@ -124,6 +124,8 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     names = sim.resolve_tasks(tasks)
     if episodes_per_task < 1 or workers < 1 or stop_after_success < 0:
         raise ValueError("episodes_per_task and workers must be >= 1 and stop_after_success >= 0")
+    if max_steps < 1:  # 0 used to crash inside the first rollout and leave <out>.partial behind
+        raise ValueError(f"--max-steps must be >= 1 (the expert needs steps to succeed), got {max_steps}")
     cameras = tuple(cameras)
     sim.validate(cameras=cameras, image_size=image_size, max_steps=max_steps)  # fail before any worker starts
     out = Path(out)
@@ -137,7 +139,9 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
                            video=video)  # fmt: skip
     saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
     if resume:  # the same content-defining arguments as the interrupted run, or nothing is mixed (issue 26)
-        check_resume_args(saved.get("args"), record, counters_path, bool(writer.done_keys() or saved.get("failed")))
+        check_resume_args(
+            saved.get("args"), record, counters_path, bool(writer.done_keys() or saved.get("failed"))
+        )
     _write_json_atomic(counters_path, {"args": record, "failed": saved.get("failed", {})})
     done = writer.done_keys()
     # per task: episodes written (successes) and episodes whose finished attempt failed; nothing else is state
@@ -170,12 +174,24 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
         while _ENVS:  # in-process rollouts (workers=1): free the GL contexts now, not at interpreter exit
             _ENVS.popitem()[1].close()
     stats = {t: {"attempts": len(succeeded[t]) + len(failed[t]), "successes": len(succeeded[t])} for t in names}
+    if not any(succeeded.values()):  # nothing to publish or resume: leave no .partial / record behind
+        shutil.rmtree(writer.partial, ignore_errors=True)
+        counters_path.unlink(missing_ok=True)
+        attempts = sum(s["attempts"] for s in stats.values())
+        raise ValueError(
+            f"the expert succeeded in none of {attempts} episodes within --max-steps {max_steps}; nothing was written "
+            f"to {out}: raise --max-steps or check the tasks"
+        )
     return _finish(writer, stats, names, start, (frames, written), out, counters_path, args=record)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
+    try:
+        tmp.write_text(json.dumps(data))
+    except BaseException:  # a full disk must not leave a truncated .tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

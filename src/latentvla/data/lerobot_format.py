@@ -127,7 +127,7 @@ def _decode_images(column: pa.ChunkedArray, file: Path, shape: Any = None) -> np
     return np.stack(frames)
 
 
-def _from_arrow(column: pa.ChunkedArray, spec: dict[str, Any], file: Path) -> Any:
+def _from_arrow(column: pa.ChunkedArray, spec: dict[str, Any], file: Path, name: str = "?") -> Any:
     dtype = spec["dtype"]
     if dtype == "string":
         return column.to_pylist()
@@ -138,6 +138,12 @@ def _from_arrow(column: pa.ChunkedArray, spec: dict[str, Any], file: Path) -> An
     column = column.combine_chunks()
     if pa.types.is_fixed_size_list(column.type) or pa.types.is_list(column.type):
         values = column.flatten().to_numpy(zero_copy_only=False)
+        per_frame = int(np.prod(spec["shape"]))
+        if values.size != len(column) * per_frame:
+            raise DatasetFormatError(
+                f"{file}: column {name!r} holds {values.size // max(len(column), 1)} values per frame but "
+                f"meta/info.json declares shape {list(spec['shape'])}; fix the shape in info.json."
+            )
         return values.reshape((len(column), *spec["shape"])).astype(np.dtype(dtype), copy=False)
     values = column.to_numpy(zero_copy_only=False)
     return values.astype(np.dtype(dtype), copy=False)
@@ -172,7 +178,11 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    try:
+        tmp.write_bytes(data)
+    except BaseException:  # a full disk (ENOSPC) must not leave a truncated .tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -314,7 +324,11 @@ class DatasetWriter:
 
             clip = self.shards / f"episode_{number:06d}.{k}.mp4"
             tmp = clip.with_name(clip.name + ".tmp.mp4")
-            encode_video(columns.pop(k), tmp, self.fps)
+            try:
+                encode_video(columns.pop(k), tmp, self.fps)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             os.replace(tmp, clip)
         table = pa.table({k: _to_arrow(k, v, features[k]) for k, v in columns.items()})
         shard = self.shards / f"episode_{number:06d}.parquet"
@@ -688,7 +702,7 @@ class LeRobotDatasetReader:
         for name in table.column_names:
             if name in _INDEX_COLUMNS or name not in self.features:
                 continue
-            episode[name] = _from_arrow(table.column(name), self.features[name], path)
+            episode[name] = _from_arrow(table.column(name), self.features[name], path, name)
         task_index = table.column("task_index")[0].as_py() if "task_index" in table.column_names else 0
         if not 0 <= task_index < len(self.tasks):
             raise DatasetFormatError(f"{path}: task_index {task_index} not in meta tasks ({len(self.tasks)}).")
@@ -713,14 +727,16 @@ class LeRobotDatasetReader:
         for i in range(self.num_episodes):
             path = self._data_file(i)
             if self.version != "v3.0":
-                parts.append(_from_arrow(_read_parquet(path, [key]).column(key), self.features[key], path))
+                parts.append(_from_arrow(_read_parquet(path, [key]).column(key), self.features[key], path, key))
                 continue
             if path not in tables:
                 table = _read_parquet(path, [key, "episode_index"])
                 tables[path] = (table, table.column("episode_index").to_numpy())
             table, ep_index = tables[path]
             column = table.column(key).slice(*self._rows(ep_index, i, path))
-            parts.append(_from_arrow(column, self.features[key], path))
+            parts.append(_from_arrow(column, self.features[key], path, key))
         if self.features[key]["dtype"] == "string":
             return [s for p in parts for s in p]
+        if not parts:  # a dataset without episodes: an empty column of the declared shape
+            return np.zeros((0, *self.features[key]["shape"]), dtype=np.dtype(self.features[key]["dtype"]))
         return np.concatenate(parts)

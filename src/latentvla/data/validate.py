@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from latentvla.constants import ACTION, OBS_STATE
+from latentvla.constants import ACTION, COT_BBOX, OBS_STATE
 
 _CHECKED_ATTR = "_latentvla_validated"
 ABSURD_FACTOR = 1e3  # a value this many reference scales from its column's median is not a measurement
@@ -70,9 +70,14 @@ def _check_finite_column(reader: Any, key: str) -> np.ndarray:
         row, dim = (int(i) for i in np.argwhere(bad)[0])
         episode, frame = _locate(reader, row)
         what = "NaN" if np.isnan(values[row, dim]) else "inf"
+        fix = (
+            f"re-annotate with `latentvla annotate {reader.root}`"
+            if key.startswith("cot.")
+            else "fix or drop those episodes"
+        )
         raise _error(
             f"{reader.root}: column {key!r} holds {what} at episode {episode}, frame {frame} (dimension {dim}; "
-            f"{int(bad.any(axis=1).sum())} bad frames in all); fix or drop those episodes before training."
+            f"{int(bad.any(axis=1).sum())} bad frames in all); {fix} before training."
         )
     return values
 
@@ -211,7 +216,7 @@ def validate_dataset(
     """Raise `DatasetFormatError` unless the dataset can be trained on: see the module docstring."""
     checked: set[str] = getattr(reader, _CHECKED_ATTR, set())
     cameras = list(reader.camera_keys if camera_keys is None else camera_keys)
-    todo = [k for k in ("<dataset>", *keys, *cameras) if k not in checked]
+    todo = [k for k in ("<dataset>", *keys, COT_BBOX, *cameras) if k not in checked]
     if not todo:
         return
     if "<dataset>" in todo and (reader.num_episodes == 0 or reader.num_frames == 0):
@@ -227,10 +232,12 @@ def validate_dataset(
         _check_finite_stats(reader, present)
         for key, values in columns.items():
             _check_stats_against_data(reader, key, values)
+    if COT_BBOX in reader.features and COT_BBOX in todo:  # a NaN box would be printed into the CoT text
+        _check_finite_column(reader, COT_BBOX)
     for key in cameras:
         if key in todo:
             _check_image_shape(reader, key)
-    setattr(reader, _CHECKED_ATTR, checked | {"<dataset>", *present, *cameras})
+    setattr(reader, _CHECKED_ATTR, checked | {"<dataset>", COT_BBOX, *present, *cameras})
 
 
 def dataset_fingerprint(reader: Any, keys: Sequence[str] = (OBS_STATE, ACTION)) -> dict:

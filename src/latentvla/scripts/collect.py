@@ -40,6 +40,13 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, ImportError) as e:  # unknown task/suite/camera, existing output, no sim
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk (ENOSPC) or a vanished directory: the finished episodes stay resumable
+        print(
+            f"error: writing the dataset failed ({e}); the finished episodes are kept in {args.out}.partial: "
+            "free space, then re-run the same command with --resume",
+            file=sys.stderr,
+        )
+        return 1
     if summary.get("already_complete"):
         print(f"{args.out} is already complete (an interrupted publish was finished); nothing to do.")
     for task, s in summary["per_task"].items():

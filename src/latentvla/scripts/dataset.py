@@ -96,6 +96,8 @@ def _print_info(summary: dict[str, Any]) -> None:
         f"{summary['root']}  (LeRobot {summary['version']}, robot {summary['robot_type']}, {summary['fps']} fps)"
     )
     print(f"episodes {summary['episodes']}   frames {summary['frames']}   tasks {summary['tasks']}")
+    if not summary["episodes"]:
+        print("the dataset is empty: collect or convert episodes into it before training")
     print("features:")
     for key, spec in summary["features"].items():
         print(f"  {key:<36} {spec['dtype']:<8} {spec['shape']}")
