@@ -119,3 +119,69 @@ def test_resume_of_a_run_without_a_record_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "rollout", _fake_rollout)
     with pytest.raises(ValueError, match="does not record the interrupted run's arguments"):
         C.collect("reach,drawer-close", 2, 64, out, progress=False, resume=True)
+
+
+# --- issue 26 item 7: a full disk, and --max-steps 0 / 3 ---
+
+
+def test_collect_on_a_full_disk_is_one_line_without_stray_tmp(tmp_path, monkeypatch, capsys):
+    import errno
+    from pathlib import Path
+
+    from latentvla.cli import main
+    from latentvla.data import collect as C
+
+    monkeypatch.setattr(C, "rollout", _fake_rollout)
+    real = Path.write_bytes
+    written = [0]
+
+    def full_disk(self, data):  # the third shard file: half of it reaches the disk, then ENOSPC
+        written[0] += 1
+        if written[0] == 3:
+            real(self, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    out = tmp_path / "ds"
+    argv = ["collect", "--tasks", "reach", "--episodes-per-task", "3", "--image-size", "64", "--out", str(out)]
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_bytes", full_disk)
+        assert main(argv) == 1
+    err = capsys.readouterr().err.strip()  # (the progress bar writes to stderr too)
+    assert err.count("error:") == 1 and "Traceback" not in err
+    assert "No space left on device" in err.splitlines()[-1] and "--resume" in err.splitlines()[-1]
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]  # no truncated temporary file left
+    assert out.with_name("ds.partial").is_dir() and not out.exists()
+    assert main([*argv, "--resume"]) == 0  # space freed: the resume finishes the same dataset
+    from latentvla.data.lerobot_format import LeRobotDatasetReader
+
+    assert [e["key"] for e in LeRobotDatasetReader(out).episodes] == [
+        "reach-v3/train/0000", "reach-v3/train/0002", "reach-v3/train/0003"
+    ]  # fmt: skip
+
+
+def test_collect_max_steps_zero_is_refused_before_anything_is_written(tmp_path, capsys):
+    from latentvla.cli import main
+
+    out = tmp_path / "ds"
+    assert main(["collect", "--tasks", "reach", "--out", str(out), "--max-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "--max-steps must be >= 1" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_collect_where_the_expert_never_succeeds_leaves_nothing(tmp_path, capsys):
+    from latentvla.cli import main
+
+    out = tmp_path / "ds"  # 3 steps are too few for the real expert to reach
+    assert (
+        main(["collect", "--tasks", "reach", "--episodes-per-task", "1", "--out", str(out), "--max-steps", "3"])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.count("error:") == 1
+        and "Traceback" not in err
+        and "succeeded in none of 2 episodes within --max-steps 3" in err
+    )
+    assert not list(tmp_path.iterdir())  # no .partial, no .collect.json
