@@ -1,4 +1,5 @@
-"""`latentvla annotate DIR`: (re)write the chain-of-thought columns of a dataset in place, atomically."""
+"""`latentvla annotate DIR`: add (or replace) the chain-of-thought columns of a dataset in place; videos, images,
+feature names, existing stats and the format version are left as they were (data/add_columns.py)."""
 
 from __future__ import annotations
 
