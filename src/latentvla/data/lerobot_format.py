@@ -145,6 +145,11 @@ def _from_arrow(column: pa.ChunkedArray, spec: dict[str, Any], file: Path, name:
                 f"meta/info.json declares shape {list(spec['shape'])}; fix the shape in info.json."
             )
         return values.reshape((len(column), *spec["shape"])).astype(np.dtype(dtype), copy=False)
+    if int(np.prod(spec["shape"])) != 1:
+        raise DatasetFormatError(
+            f"{file}: column {name!r} holds 1 value per frame but meta/info.json declares shape "
+            f"{list(spec['shape'])}; fix the shape in info.json."
+        )
     values = column.to_numpy(zero_copy_only=False)
     return values.astype(np.dtype(dtype), copy=False)
 
