@@ -19,7 +19,12 @@ from latentvla import constants as K
 from latentvla.cli import main as cli
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 
-FIXTURES = Path(os.environ.get("LATENTVLA_LEROBOT_FIXTURES", "/work/shared/fixtures/lerobot-written"))
+FIXTURES = Path(
+    os.environ.get(
+        "LATENTVLA_LEROBOT_FIXTURES",
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot-written",
+    )
+)
 COT = (K.COT_SEGMENT, K.COT_SUBTASK, K.COT_BBOX, K.COT_BBOX_VISIBLE, K.COT_REASONING, K.COT_TEXT)
 
 

@@ -5,6 +5,7 @@ dataset does not have), and the dataset checks that failed with tracebacks or no
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +146,12 @@ def test_ordinary_ranges_pass_the_magnitude_check(tmp_path):
         validate_dataset(LeRobotDatasetReader(FIXTURES / name))
 
 
-FIXTURES = Path("/work/shared/fixtures/lerobot-written")
+FIXTURES = Path(
+    os.environ.get(
+        "LATENTVLA_LEROBOT_FIXTURES",
+        Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "lerobot-written",
+    )
+)
 
 
 # ------------------------------------------------------------------------------- 7: stats.json vs the data
