@@ -61,7 +61,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     A damaged newest checkpoint of a run is skipped with a `CheckpointSkippedWarning` naming it; a damaged
     checkpoint named directly is one `CorruptCheckpointError` line (checkpoint_check.py).
     """
-    path = Path(path)
+    from latentvla.hub import is_hub_id, resolve_model
+
+    path = resolve_model(path, "checkpoint") if is_hub_id(path) else Path(path)  # ORG/NAME: its HF snapshot
     if (path / WEIGHTS).is_file() or (path / CONFIG).is_file():
         return require_intact(path)
     found = newest_intact(path)

@@ -60,6 +60,10 @@ def main_train(args: argparse.Namespace) -> int:
     presets = [p.strip() for p in args.presets.split(",") if p.strip()] if args.presets else list(DEFAULT_PRESETS)
     dataset = None if args.dataset == "synthetic" else args.dataset
     try:
+        if dataset is not None:
+            from latentvla.hub import resolve_dataset
+
+            dataset = str(resolve_dataset(dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
         results = run_train_bench(
             presets, dataset, steps=args.steps, batch_size=args.batch_size, warmup=args.warmup,
             overrides=list(args.overrides), flops=args.flops,
@@ -149,6 +153,13 @@ def main_profile(args: argparse.Namespace) -> int:
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
+    from latentvla.hub import HubError, resolve_dataset
+
+    try:
+        args.dataset = str(resolve_dataset(args.dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
+    except HubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not Path(args.dataset, "meta", "info.json").is_file():
         print(f"error: {args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
               "`latentvla collect`", file=sys.stderr)  # fmt: skip
