@@ -414,6 +414,7 @@ def evaluate(
         precision,
     )  # fmt: skip
     _check_policy_fits(ckpt, sim)
+    horizon = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("horizon")
     sim.require()
     vdir = Path(video_dir) if video_dir is not None else None
     jobs = [(t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
@@ -455,7 +456,6 @@ def evaluate(
         if log is not None:
             log.close()
     results = sorted(kept + results, key=lambda r: (r["task"], r["episode"]))
-    horizon = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("horizon")
     info = summarize(results, names, time.perf_counter() - start, settings, horizon)
     info["episodes"] = [{k: v for k, v in r.items() if k != "actions"} for r in results]
     info["overall"]["resumed_episodes"] = len(kept)
