@@ -116,8 +116,10 @@ def test_eval_out_onto_an_existing_file_is_refused_before_the_evaluation_runs(rd
 def test_episode_log_resumes_only_the_same_interrupted_evaluation(tmp_path):
     from latentvla.eval.episodes_log import EpisodeLog
 
-    ep = lambda i: {"task": "reach-v3", "episode": i, "success": i == 1, "length": 5, "iterations": [8],  # noqa: E731
-                    "latencies_ms": [1.0], "video_paths": [], "actions": np.full((5, 4), 0.1 * i, np.float32)}
+    def ep(i: int) -> dict:
+        return {"task": "reach-v3", "episode": i, "success": i == 1, "length": 5, "iterations": [8],
+                "latencies_ms": [1.0], "video_paths": [], "actions": np.full((5, 4), 0.1 * i, np.float32)}  # fmt: skip
+
     fp = {"checkpoint": {"path": "x"}, "settings": {"seed": 0}, "tasks": ["reach-v3"], "episodes": 3}
     log = EpisodeLog(tmp_path, fp)
     log.append(ep(0))

@@ -71,7 +71,8 @@ class QueueAgent:
             return {"action": self.queue.popleft(), "chunk": False, "iterations": None}
         c = self.fetch(observation)
         self.queue.extend(c.actions)
-        return {"action": self.queue.popleft(), "chunk": True, "iterations": c.iterations, "latency_ms": c.latency_ms}
+        return {"action": self.queue.popleft(), "chunk": True, "iterations": c.iterations,
+                "latency_ms": c.latency_ms}  # fmt: skip
 
 
 def run_sim_episode(settings: Any, envs: dict, cameras: tuple, image_size: int, job: tuple, agent: Any) -> dict:
