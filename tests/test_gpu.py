@@ -55,7 +55,7 @@ def _train_and_check(cfg, dataset, run: Path) -> None:
     from latentvla.train.loop import train
 
     train(cfg, dataset, run, show_progress=False)
-    losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    losses = [r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
     assert losses and all(np.isfinite(losses)), losses
     policy = Policy.from_pretrained(run, device=DEVICE)
     assert policy.device.type == torch.device(DEVICE).type

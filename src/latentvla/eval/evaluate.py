@@ -11,11 +11,15 @@ every field, plus the gripper mode and execution horizon actually applied) is wr
 
 Episode i of task T: `env.reset(episode=i, split="eval", seed=seed)`. Meta-World: a seeded start from the
 eval split, disjoint from the training episodes by construction (envs/metaworld.py); LIBERO: the benchmark's
-init state i. Deterministic for a fixed seed: torch is re-seeded from (seed, task, i) at the start of each
-episode and a dedicated generator drives the flow-matching noise / the recurrent head's initial state, so a
-result does not depend on which worker ran it or in which order. Workers use one torch thread each (the same
-kernels in every process) and are spawned, not forked (MuJoCo's EGL context and torch's thread pools do not
-survive fork).
+init state i. Deterministic for a fixed seed: each episode owns a generator seeded from (seed, task, i) that
+drives the flow-matching noise / the recurrent head's initial state, so a result does not depend on which
+worker ran it or in which order.
+
+The policy is loaded ONCE, in this process, on `device` (cpu, cuda, auto) with bf16 autocast + TF32 on a GPU
+(`precision`); `workers` simulator processes (spawned, not forked: MuJoCo's EGL context does not survive fork)
+step the environments and the policy answers their observations in deterministic lock-step batches
+(eval/pool.py). On CPU the policy uses one torch thread, the kernels evaluation always used. Every finished
+episode goes to OUT/episodes.jsonl at once; an interrupted evaluation resumes from it (eval/episodes_log.py).
 
 `eval_info.json` follows `lerobot-eval` (`per_task` entries with `task_group`/`task`/`metrics`, `per_group`,
 `overall` with `pc_success`, `n_episodes`, `eval_s`, plus `video_paths`), extended with what latent-reasoning
@@ -223,14 +227,17 @@ def _run_jobs(settings: EvalSettings, jobs: list[tuple], workers: int, progress:
         bar.update(1)
         bar.set_postfix(success=f"{100 * wins / len(results):.0f}%")
 
+    if not jobs:  # every episode came from an interrupted run's log
+        bar.close()
+        return []
     threads = torch.get_num_threads()
     try:
         if torch.device(settings.device).type == "cpu":
             torch.set_num_threads(1)  # the kernels every evaluation has used (one thread): same numbers
         policy = load_eval_policy(settings)
-        if jobs and workers <= 1:
+        if workers <= 1:
             run_local(policy, settings, jobs, done)
-        elif jobs:
+        else:
             run_pool(policy, settings, jobs, workers, done, max_batch)
     finally:
         torch.set_num_threads(threads)
