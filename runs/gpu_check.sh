@@ -5,8 +5,8 @@
 #
 #   runs/gpu_check.sh [OUT_JSON]          # from anywhere; default OUT_JSON = outputs/gpu_check.json
 #
-# Safe to run cold on a bare machine: it uses $PYTHON, else ./.venv, else python3 if it already has latentvla,
-# pytest and torch; otherwise it makes ./.venv with the README's install command
+# Safe to run cold on a bare machine: it uses $PYTHON, else ./.venv, else python3 if it already has latentvla's
+# dependencies, pytest and torch; otherwise it makes ./.venv with the README's install command
 # (`pip install torch==2.13.0 && pip install -e ".[sim,serve,dev,hf,video,libero]"`, needs PyPI). It then
 # checks that torch sees a CUDA GPU and explains what to do when it does not (a CPU-only torch build is the
 # usual cause: PyPI's Linux torch wheel is the CUDA build, the pytorch.org CPU index is not).
@@ -19,7 +19,7 @@ OUT=${1:-outputs/gpu_check.json}
 export MUJOCO_GL=${MUJOCO_GL:-egl} HF_HUB_OFFLINE=1 PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 START=$(date +%s)
 
-ready() { "$1" -c "import latentvla, pytest, torch" >/dev/null 2>&1; }
+ready() { "$1" -c "import latentvla, pytest, torch, pyarrow, safetensors, websockets, transformers, metaworld" >/dev/null 2>&1; }
 PY=""
 for cand in "${PYTHON:-}" "$ROOT/.venv/bin/python" "$(command -v python3 || true)"; do
   if [ -n "$cand" ] && [ -x "$cand" ] && ready "$cand"; then PY=$cand; break; fi
@@ -41,7 +41,8 @@ import torch
 if torch.version.cuda is None:
     print(f"error: {torch.__version__} is a CPU-only torch build. On a Linux GPU machine `pip install torch==2.13.0` "
           "from PyPI is the CUDA build; this one came from a CPU index. Reinstall it, e.g. `pip install "
-          "--force-reinstall torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128`, or point "
+          "--force-reinstall torch==2.13.0 --index-url https://download.pytorch.org/whl/cuXYZ` (the CUDA version "
+          "your driver supports, see `nvidia-smi`), or point "
           "PYTHON= at an environment with a CUDA torch.")
 else:
     print(f"error: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: check `nvidia-smi`, the "

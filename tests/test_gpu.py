@@ -128,7 +128,9 @@ def test_one_serve_round_trip_on_the_gpu(rd_ckpt):
     port = server.start_in_thread()
     try:
         c = policy.config
-        obs = {f"observation.images.{cam}": np.zeros((c.image_size, c.image_size, 3), np.uint8) for cam in c.cameras}
+        obs = {
+            f"observation.images.{cam}": np.zeros((c.image_size, c.image_size, 3), np.uint8) for cam in c.cameras
+        }
         obs |= {"observation.state": np.zeros(4, np.float32), "task": "press the button"}
         with WebsocketPolicyClient("127.0.0.1", port, timeout=120) as client:
             reply = client.infer(obs)

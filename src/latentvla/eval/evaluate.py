@@ -270,8 +270,6 @@ def write_video(frames: list[np.ndarray], stem: str | Path, fps: int = VIDEO_FPS
     return paths + [str(mp4)]
 
 
-
-
 # --------------------------------------------------------------------------------------------- reporting
 
 

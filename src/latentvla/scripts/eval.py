@@ -75,10 +75,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="where the policy runs: cpu (default), cuda, cuda:N, auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="auto: bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU")  # fmt: skip
-    p.add_argument("--max-batch", type=int, default=None,
-                   help="most observations per policy call (default: --workers; 1 = bitwise the 1-worker actions)")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over even if OUT/episodes.jsonl holds episodes of this interrupted evaluation")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="most observations per policy call (default: --workers; 1 = bitwise the 1-worker actions)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if OUT/episodes.jsonl holds episodes of this interrupted evaluation",
+    )
     p.add_argument("--video", action="store_true", help="GIF (+ MP4 with PyAV) of the first episode per task")
     p.add_argument("--sweep-iterations", default=None, metavar="LIST", help="e.g. 1,2,4,8,12,16,24,32")
     p.add_argument(
