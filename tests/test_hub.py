@@ -131,3 +131,17 @@ def test_train_rdvla_from_hub_ids_offline_then_reload_from_the_pinned_ids(tmp_pa
     shutil.rmtree(lm)
     with pytest.raises(HubError, match=f"snapshots/{COMMIT}"):
         Policy.from_pretrained(run)
+
+
+def test_a_policy_checkpoint_id_loads_from_the_cache_and_a_missing_one_is_one_line():
+    from test_eval import _checkpoint
+
+    from latentvla.policy import Policy
+
+    snap = cache_model("me/rdvla-tiny", lambda d: _checkpoint("rdvla", d))
+    assert Policy.from_pretrained("me/rdvla-tiny").config.preset == "rdvla"
+    assert Policy.from_pretrained(snap).config.preset == "rdvla"
+    with pytest.raises(FileNotFoundError) as e:
+        Policy.from_pretrained("runs/lara")  # a typo'd relative run dir: both readings named
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("No checkpoint at runs/lara") and "models--runs--lara" in msg

@@ -62,9 +62,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     A damaged newest checkpoint of a run is skipped with a `CheckpointSkippedWarning` naming it; a damaged
     checkpoint named directly is one `CorruptCheckpointError` line (checkpoint_check.py).
     """
-    from latentvla.hub import is_hub_id, resolve_model
+    from latentvla.hub import HubError, is_hub_id, resolve_model
 
-    path = resolve_model(path, "checkpoint") if is_hub_id(path) else Path(path)  # ORG/NAME: its HF snapshot
+    if is_hub_id(path):  # ORG/NAME[@REV] that is no local path: a checkpoint in the Hugging Face cache (hub.py)
+        try:
+            path = resolve_model(path, "hub id")
+        except HubError as e:
+            raise FileNotFoundError(
+                f"No checkpoint at {path}: no such directory (train one with `latentvla train --preset ... --out "
+                f"RUN`); as a {e}"
+            ) from e
+    path = Path(path)
     if (path / WEIGHTS).is_file() or (path / CONFIG).is_file():
         return require_intact(path)
     found = newest_intact(path)

@@ -136,6 +136,9 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # an env worker failed or died (eval/pool.py): one line, the cause included
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(markdown_table(info))
     o = info["overall"]
     print(f"{o['pc_success']:.1f}% success over {o['n_episodes']} episodes in {o['eval_s']:.0f}s; "
