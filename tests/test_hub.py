@@ -134,9 +134,8 @@ def test_train_rdvla_from_hub_ids_offline_then_reload_from_the_pinned_ids(tmp_pa
 
 
 def test_a_policy_checkpoint_id_loads_from_the_cache_and_a_missing_one_is_one_line():
-    from test_eval import _checkpoint
-
     from latentvla.policy import Policy
+    from test_eval import _checkpoint
 
     snap = cache_model("me/rdvla-tiny", lambda d: _checkpoint("rdvla", d))
     assert Policy.from_pretrained("me/rdvla-tiny").config.preset == "rdvla"
