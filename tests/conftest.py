@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model / data hub (latentvla/hub.py)
 
 try:
     import torch

@@ -254,8 +254,7 @@ def use_backbone(cfg: TrainConfig, backbone_dir: str | None, vision_dirs: tuple[
     """Point a preset at a local transformers model: a VLM directory (Qwen2.5-VL, Qwen3-VL, SmolVLM, PaliGemma)
     becomes kind "hf_vlm" (its own vision tower); a causal LM becomes kind "hf" with our vision encoder, or the
     local SigLIP / DINOv2 encoders in `vision_dirs` (fused) behind a learned projector."""
-    from pathlib import Path
-
+    from latentvla.hub import pinned_model_id, resolve_model
     from latentvla.models.backbones.hf_vlm import vlm_model_type
     from latentvla.models.vision import VisionConfig
 
@@ -265,27 +264,29 @@ def use_backbone(cfg: TrainConfig, backbone_dir: str | None, vision_dirs: tuple[
             raise ValueError("--vision needs --backbone (a local causal LM directory to pair it with).")
         if cfg.preset in PAPER_BACKBONES:
             raise ValueError(
-                f"preset {cfg.preset} needs --backbone DIR, a local {PAPER_BACKBONES[cfg.preset]} directory "
-                "(README 'GPU recipes'); no hub downloads."
+                f"preset {cfg.preset} needs --backbone DIR|ID, a {PAPER_BACKBONES[cfg.preset]} directory or hub "
+                "id (e.g. Qwen/Qwen3-VL-4B-Instruct, read from the Hugging Face cache; README 'GPU recipes')."
             )
         return cfg
-    path = Path(backbone_dir)
+    # A hub id (ORG/NAME[@REV]) resolves through the Hugging Face cache (hub.py); the config records it pinned
+    # to the snapshot's commit, a local directory as an absolute path.
+    path = resolve_model(backbone_dir, "--backbone")
     if not (path / "config.json").is_file():
         raise ValueError(f"--backbone {backbone_dir}: not a local transformers model directory (no config.json).")
+    vision_paths = []
     for v in vision_dirs:
-        if not (Path(v) / "config.json").is_file():
+        vpath = resolve_model(v, "--vision")
+        if not (vpath / "config.json").is_file():
             raise ValueError(f"--vision {v}: not a local transformers model directory (no config.json).")
+        vision_paths.append(pinned_model_id(v, vpath))
+    hf_path = pinned_model_id(backbone_dir, path)
     if vlm_model_type(path) is not None:
         if vision_dirs:
             raise ValueError(f"--backbone {backbone_dir} is a VLM with its own vision tower; drop --vision.")
-        bb = replace(bb, kind="hf_vlm", hf_path=str(path.resolve()))
+        bb = replace(bb, kind="hf_vlm", hf_path=hf_path)
     else:
-        vision = (
-            VisionConfig(kind="hf", paths=tuple(str(Path(v).resolve()) for v in vision_dirs))
-            if vision_dirs
-            else bb.vision
-        )
-        bb = replace(bb, kind="hf", hf_path=str(path.resolve()), vision=vision)
+        vision = VisionConfig(kind="hf", paths=tuple(vision_paths)) if vision_dirs else bb.vision
+        bb = replace(bb, kind="hf", hf_path=hf_path, vision=vision)
     lr = cfg.lr_backbone
     if cfg.preset not in PAPER_BACKBONES and lr == SCRATCH_LR_BACKBONE.get(cfg.policy.backbone.size):
         lr = PRETRAINED_LR_BACKBONE  # the size's LR is for a random-init backbone, not a pretrained one

@@ -14,6 +14,7 @@ chunk, and runs the action queue whose execution horizon may adapt to the recurr
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
 from dataclasses import replace
@@ -61,6 +62,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     A damaged newest checkpoint of a run is skipped with a `CheckpointSkippedWarning` naming it; a damaged
     checkpoint named directly is one `CorruptCheckpointError` line (checkpoint_check.py).
     """
+    from latentvla.hub import HubError, is_hub_id, resolve_model
+
+    if is_hub_id(path):  # ORG/NAME[@REV] that is no local path: a checkpoint in the Hugging Face cache (hub.py)
+        try:
+            path = resolve_model(path, "hub id")
+        except HubError as e:
+            raise FileNotFoundError(
+                f"No checkpoint at {path}: no such directory (train one with `latentvla train --preset ... --out "
+                f"RUN`); as a {e}"
+            ) from e
     path = Path(path)
     if (path / WEIGHTS).is_file() or (path / CONFIG).is_file():
         return require_intact(path)
@@ -97,6 +108,7 @@ class Policy(nn.Module):
         self._queue: deque[np.ndarray] = deque()
         self._horizon_rule = make_horizon(config.execution)
         self.last_info: dict[str, Any] = {}
+        self.autocast_dtype: torch.dtype | None = None  # set_precision: bf16 autocast on a GPU (device.py)
 
     # ------------------------------------------------------------------------------------ construction
 
@@ -230,9 +242,12 @@ class Policy(nn.Module):
         """Unnormalized, clipped (B, H, A) chunks and the raw SampleOutput."""
         if isinstance(halting, str):
             halting = parse_halting(halting)
-        out = self.model.sample_actions(
-            self.make_batch(observations), mode=mode, iterations=iterations, halting=halting, generator=generator
-        )
+        batch = self.make_batch(observations)
+        dt = self.autocast_dtype
+        with torch.autocast(self.device.type, dtype=dt) if dt is not None else contextlib.nullcontext():
+            out = self.model.sample_actions(
+                batch, mode=mode, iterations=iterations, halting=halting, generator=generator
+            )
         acts = self.normalizer.unnormalize(ACTION, out.actions.float().cpu().numpy())
         if not np.isfinite(acts).all():
             raise FloatingPointError("the model produced non-finite actions")
@@ -254,6 +269,21 @@ class Policy(nn.Module):
     def infer(self, obs: dict, **kwargs: Any) -> dict:
         return self.infer_batch([obs], **kwargs)[0]
 
+    def set_precision(self, precision: str = "auto") -> torch.dtype | None:
+        """Inference precision (device.py): "auto" = bf16 autocast + TF32 on a CUDA device that supports them, fp32
+        on CPU (results unchanged); "fp32"; "bf16" (any device). Returns the autocast dtype (None: fp32)."""
+        from latentvla.device import autocast_dtype, enable_tf32
+
+        self.autocast_dtype = autocast_dtype(self.device, precision)
+        enable_tf32(self.device, precision)
+        return self.autocast_dtype
+
+    def execution_length(self, iterations: int | None) -> int:
+        """How many actions of a chunk run before the next inference (the execution-horizon rule, RD-VLA §III-D),
+        given the recurrent depth the chunk used (None: the config's)."""
+        iters = iterations if iterations is not None else self.config.iterations
+        return self._horizon_rule.horizon(int(iters), self.config.horizon)
+
     def set_execution(self, spec: str) -> None:
         """Replace the execution-horizon rule (models/execution.py spec, e.g. "fixed:8" = the whole chunk)."""
         self._horizon_rule = make_horizon(spec)
@@ -268,8 +298,7 @@ class Policy(nn.Module):
         each chunk follows the execution-horizon rule (fixed, or adaptive to the recurrent depth used)."""
         if not self._queue:
             res = self.infer(obs, **kwargs)
-            iters = res["iterations"] if res["iterations"] is not None else self.config.iterations
-            n = self._horizon_rule.horizon(int(iters), self.config.horizon)
+            n = self.execution_length(res["iterations"])
             self._queue.extend(res["actions"][:n])
             self.last_info = {"iterations": res["iterations"], "executed": n, "cot_text": res["cot_text"]}
         return self._queue.popleft()

@@ -100,7 +100,9 @@ def _hf_config(data: dict) -> Any:
 
 
 def _read(path: str) -> dict:
-    f = Path(path) / "config.json"
+    from latentvla.hub import resolve_model
+
+    f = resolve_model(path, "--backbone/--vision") / "config.json"  # a hub id reads its cached snapshot
     if not f.is_file():
         raise ValueError(f"{path}: no config.json (a local transformers model directory is needed).")
     return json.loads(f.read_text())

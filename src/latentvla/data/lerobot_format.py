@@ -545,7 +545,9 @@ class LeRobotDatasetReader:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        from latentvla.hub import resolve_dataset
+
+        self.root = resolve_dataset(root)  # a LeRobot repo id reads from HF_LEROBOT_HOME/<repo_id> (hub.py)
         if not self.root.is_dir():
             partial = self.root.with_name(self.root.name + ".partial")
             hint = (

@@ -11,11 +11,15 @@ every field, plus the gripper mode and execution horizon actually applied) is wr
 
 Episode i of task T: `env.reset(episode=i, split="eval", seed=seed)`. Meta-World: a seeded start from the
 eval split, disjoint from the training episodes by construction (envs/metaworld.py); LIBERO: the benchmark's
-init state i. Deterministic for a fixed seed: torch is re-seeded from (seed, task, i) at the start of each
-episode and a dedicated generator drives the flow-matching noise / the recurrent head's initial state, so a
-result does not depend on which worker ran it or in which order. Workers use one torch thread each (the same
-kernels in every process) and are spawned, not forked (MuJoCo's EGL context and torch's thread pools do not
-survive fork).
+init state i. Deterministic for a fixed seed: each episode owns a generator seeded from (seed, task, i) that
+drives the flow-matching noise / the recurrent head's initial state, so a result does not depend on which
+worker ran it or in which order.
+
+The policy is loaded ONCE, in this process, on `device` (cpu, cuda, auto) with bf16 autocast + TF32 on a GPU
+(`precision`); `workers` simulator processes (spawned, not forked: MuJoCo's EGL context does not survive fork)
+step the environments and the policy answers their observations in deterministic lock-step batches
+(eval/pool.py). On CPU the policy uses one torch thread, the kernels evaluation always used. Every finished
+episode goes to OUT/episodes.jsonl at once; an interrupted evaluation resumes from it (eval/episodes_log.py).
 
 `eval_info.json` follows `lerobot-eval` (`per_task` entries with `task_group`/`task`/`metrics`, `per_group`,
 `overall` with `pc_success`, `n_episodes`, `eval_s`, plus `video_paths`), extended with what latent-reasoning
@@ -25,11 +29,11 @@ policies need: mean episode length, mean recurrent iterations (RD-VLA Table II) 
 from __future__ import annotations
 
 import json
-import os
+import signal
+import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,6 @@ import numpy as np
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.envs.base import GRIPPER_MODES, postprocess_gripper
 from latentvla.envs.registry import get_simulator
-from latentvla.eval.runtime import ActionRecorder, FrameRecorder, run_episode
 from latentvla.models.halting import parse_halting
 
 VIDEO_FPS = 20
@@ -59,6 +62,8 @@ class EvalSettings:
     protocol: str | None = None  # the simulator's named protocol (None: its default)
     gripper: str | None = None  # gripper post-processing (None: the protocol's)
     execution: str | None = None  # execution-horizon spec (None: protocol full chunk, else the checkpoint's)
+    device: str = "cpu"  # where the one policy runs (device.py; "auto" is resolved before it gets here)
+    precision: str = "auto"  # "auto": bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU
 
     def __post_init__(self) -> None:
         if self.mode is not None and self.mode not in ("latent", "explicit", "none"):
@@ -162,49 +167,82 @@ class PolicyAgent:
 
 # ------------------------------------------------------------------------------------------------- workers
 
-_WORKER: dict[str, Any] = {}
+
+class EvalInterrupted(Exception):
+    """Ctrl-C / SIGTERM during an evaluation: the finished episodes are kept in OUT/episodes.jsonl."""
+
+    def __init__(self, signum: int, done: int, total: int, log: Path | None) -> None:
+        self.signum, self.done, self.total, self.log = signum, done, total, log
+        where = (f"{done} of {total} episodes are in {log}; run the same command again to resume"
+                 if log is not None else f"{done} of {total} episodes finished (pass --out to keep them)")  # fmt: skip
+        super().__init__(f"evaluation interrupted by {signal.Signals(signum).name}: {where}.")
 
 
-def _init_worker(settings: EvalSettings, threads: int = 1) -> None:
-    """Load the policy once per process; envs are built lazily, one per task."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    import torch
+class _Terminated(Exception):
+    pass
 
+
+def _raise_terminated(signum, frame):  # SIGTERM -> an exception in the main thread, like Ctrl-C's
+    raise _Terminated()
+
+
+def load_eval_policy(settings: EvalSettings) -> Any:
+    """The one policy of an evaluation, on `settings.device` at `settings.precision`, warmed up."""
     from latentvla.policy import Policy
 
-    torch.set_num_threads(threads)
-    policy = Policy.from_pretrained(settings.run_dir)
+    policy = Policy.from_pretrained(settings.run_dir, device=settings.device)
+    policy.set_precision(settings.precision)
     execution = settings.execution_spec(policy.config.horizon)
     if execution is not None:
         policy.set_execution(execution)
     # One untimed call first: lazy initialisation (allocator, kernels) would otherwise land in the first
-    # latency sample of every worker and bias short runs and sweeps.
+    # latency sample and bias short runs and sweeps.
     c = policy.config
     dummy = {f"{OBS_IMAGES}.{cam}": np.zeros((c.image_size, c.image_size, 3), np.uint8) for cam in c.cameras}
     dummy |= {OBS_STATE: np.zeros(c.state_dim, np.float32), TASK: "warm up"}
     policy.infer(
         dummy, mode=settings.mode, iterations=settings.iterations, halting=parse_halting(settings.halting)
     )
-    _WORKER.update(settings=settings, policy=policy, envs={})
+    return policy
 
 
-def _run_job(task: str, episode: int, video_stem: str | None) -> dict:
-    settings, policy, envs = _WORKER["settings"], _WORKER["policy"], _WORKER["envs"]
-    sim, max_steps = get_simulator(settings.env), settings.steps_for(task)
-    if task not in envs:
-        while len(envs) >= MAX_ENVS_PER_WORKER:
-            envs.pop(next(iter(envs))).close()
-        cfg = policy.config
-        limit = max_steps + settings.sim_protocol.warmup_steps  # the warm-up steps run in the env too
-        envs[task] = sim.make(task, cameras=tuple(cfg.cameras), image_size=cfg.image_size, max_steps=limit)
-    env = SimEpisode(envs[task], episode, settings.seed, settings.sim_protocol, settings.gripper_mode)
-    agent = PolicyAgent(policy, settings, episode_torch_seed(settings.seed, sim.task_id(task), episode))
-    actions = ActionRecorder()
-    frames = FrameRecorder(f"{OBS_IMAGES}.{policy.config.cameras[0]}") if video_stem else None
-    result = run_episode(env, agent, max_steps, [actions] + ([frames] if frames else []))
-    videos = write_video(frames.frames, video_stem) if frames else []
-    return {"task": task, "episode": episode, **asdict(result), "actions": np.stack(actions.actions),
-            "video_paths": videos}  # fmt: skip
+def _run_jobs(settings: EvalSettings, jobs: list[tuple], workers: int, progress: bool,
+              on_done: Any = None, max_batch: int | None = None, already: int = 0) -> list[dict]:  # fmt: skip
+    """Run `jobs` (eval/pool.py): the policy here, the environments here (workers=1) or in `workers` processes."""
+    import torch
+    from tqdm import tqdm
+
+    from latentvla.eval.pool import run_local, run_pool
+
+    bar = tqdm(total=len(jobs) + already, initial=already, desc="eval", unit="ep", disable=not progress,
+               dynamic_ncols=True)  # fmt: skip
+    results, wins = [], 0
+
+    def done(res: dict) -> None:
+        nonlocal wins
+        results.append(res)
+        if on_done is not None:
+            on_done(res)
+        wins += int(res["success"])
+        bar.update(1)
+        bar.set_postfix(success=f"{100 * wins / len(results):.0f}%")
+
+    if not jobs:  # every episode came from an interrupted run's log
+        bar.close()
+        return []
+    threads = torch.get_num_threads()
+    try:
+        if torch.device(settings.device).type == "cpu":
+            torch.set_num_threads(1)  # the kernels every evaluation has used (one thread): same numbers
+        policy = load_eval_policy(settings)
+        if workers <= 1:
+            run_local(policy, settings, jobs, done)
+        else:
+            run_pool(policy, settings, jobs, workers, done, max_batch)
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+    return results
 
 
 def write_video(frames: list[np.ndarray], stem: str | Path, fps: int = VIDEO_FPS) -> list[str]:
@@ -230,41 +268,6 @@ def write_video(frames: list[np.ndarray], stem: str | Path, fps: int = VIDEO_FPS
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
         container.mux(stream.encode())
     return paths + [str(mp4)]
-
-
-def _run_jobs(settings: EvalSettings, jobs: list[tuple], workers: int, progress: bool) -> list[dict]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
-    results, wins = [], 0
-
-    def done(res: dict) -> None:
-        nonlocal wins
-        results.append(res)
-        wins += int(res["success"])
-        bar.update(1)
-        bar.set_postfix(success=f"{100 * wins / len(results):.0f}%")
-
-    if workers <= 1:
-        import torch
-
-        threads = torch.get_num_threads()
-        try:
-            _init_worker(settings)
-            for job in jobs:
-                done(_run_job(*job))
-        finally:
-            torch.set_num_threads(threads)
-            for env in _WORKER.get("envs", {}).values():
-                env.close()
-            _WORKER.clear()
-    else:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(settings,)) as pool:
-            for fut in as_completed([pool.submit(_run_job, *job) for job in jobs]):
-                done(fut.result())
-    bar.close()
-    return sorted(results, key=lambda r: (r["task"], r["episode"]))
 
 
 # --------------------------------------------------------------------------------------------- reporting
@@ -377,14 +380,31 @@ def evaluate(
     protocol: str | None = None,
     gripper: str | None = None,
     execution: str | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
+    max_batch: int | None = None,
+    resume: bool = True,
 ) -> dict:
     """Evaluate a policy on a simulator's evaluation episodes; writes eval_info.json / eval_table.md to `out_dir`.
 
     `tasks`: names and/or suites (comma-separated string or list). `episodes` / `seed` / `max_steps` default to
     the protocol's (None). `video_dir`: GIF (and MP4 with PyAV) of the first episode of each task. Cameras and
-    image size come from the policy's config.
+    image size come from the policy's config. The policy is loaded once, on `device` (cpu, cuda, auto) at
+    `precision`; `workers` env processes send it their observations, at most `max_batch` (default: workers) per
+    call (eval/pool.py). With `out_dir`, each finished episode goes to out_dir/episodes.jsonl at once, and a run
+    interrupted before eval_info.json was written resumes from it (`resume=False`: start over;
+    eval/episodes_log.py). Ctrl-C / SIGTERM raise `EvalInterrupted` (the finished episodes kept).
     """
+    from latentvla.device import autocast_dtype, resolve_device
+    from latentvla.eval.episodes_log import EpisodeLog, checkpoint_identity
     from latentvla.policy import resolve_checkpoint
+
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir} is an existing file; eval writes a directory there: pick another path.")
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    device = resolve_device(device)
+    autocast_dtype(device, precision)  # a bad --precision fails here, before any work
 
     sim = get_simulator(env)
     proto = sim.protocol(protocol)
@@ -395,18 +415,55 @@ def evaluate(
     ckpt = resolve_checkpoint(run_dir)  # a clear error before any worker starts
     names = sim.resolve_tasks(tasks)
     settings = EvalSettings(
-        str(run_dir), mode, iterations, halting, seed, max_steps, env, protocol, gripper, execution
-    )
+        str(run_dir), mode, iterations, halting, seed, max_steps, env, protocol, gripper, execution, device,
+        precision,
+    )  # fmt: skip
     _check_policy_fits(ckpt, sim)
+    horizon = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("horizon")
     sim.require()
     vdir = Path(video_dir) if video_dir is not None else None
     jobs = [(t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
             for t in names for e in range(episodes)]  # fmt: skip
+    log = None
+    if out_dir is not None:
+        fingerprint = {"checkpoint": checkpoint_identity(ckpt), "settings": asdict(settings), "tasks": names,
+                       "episodes": episodes, "video": vdir is not None}  # fmt: skip
+        log = EpisodeLog(out_dir, fingerprint, resume=resume)
+        if log.discarded:
+            print(f"eval: {log.path} held {log.discarded} episodes of a different evaluation; starting over",
+                  file=sys.stderr)  # fmt: skip
+        if log.finished:
+            print(f"eval: resuming, {len(log.finished)} of {len(jobs)} episodes already in {log.path}",
+                  file=sys.stderr)  # fmt: skip
+    kept = list(log.finished.values()) if log is not None else []
+    todo = [j for j in jobs if log is None or (j[0], j[1]) not in log.finished]
     start = time.perf_counter()
-    results = _run_jobs(settings, jobs, max(1, min(workers, len(jobs))), progress)
-    horizon = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("horizon")
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    results: list[dict] = []
+    finished: list[dict] = []  # appended as each episode completes (the log too): survives an interruption
+
+    def on_done(res: dict) -> None:
+        if log is not None:
+            log.append(res)
+        finished.append(res)
+
+    try:
+        results = _run_jobs(settings, todo, max(1, min(workers, len(todo))), progress, on_done=on_done,
+                            max_batch=max_batch, already=len(kept))  # fmt: skip
+    except (KeyboardInterrupt, _Terminated) as e:
+        signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
+        n_done = len(kept) + len(finished)
+        raise EvalInterrupted(signum, n_done, len(jobs), log.path if log is not None else None) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if log is not None:
+            log.close()
+    results = sorted(kept + results, key=lambda r: (r["task"], r["episode"]))
     info = summarize(results, names, time.perf_counter() - start, settings, horizon)
     info["episodes"] = [{k: v for k, v in r.items() if k != "actions"} for r in results]
+    info["overall"]["resumed_episodes"] = len(kept)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

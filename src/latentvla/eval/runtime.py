@@ -98,6 +98,9 @@ def run_episode(
         start = time.perf_counter()
         out = agent.get_action(obs)
         elapsed_ms = (time.perf_counter() - start) * 1e3
+        # An agent whose inference ran elsewhere (eval/pool.py: a batched call in the policy process) reports
+        # that call's own time, not the round trip it waited for.
+        elapsed_ms = out.get("latency_ms", elapsed_ms)
         if out.get("chunk", False):
             result.latencies_ms.append(elapsed_ms)
             if out.get("iterations") is not None:

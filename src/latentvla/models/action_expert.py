@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentvla.models import flow_matching as fm
+from latentvla.models.row_rng import draw_per_row
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,9 @@ class FlowMatchingExpert(nn.Module):
         return fm.euler_integrate(lambda x, t: self._velocity(x, t, kv, key_mask, state), noise, steps)
 
     @staticmethod
-    def _noise(shape: tuple[int, ...], generator: torch.Generator | None, like: Tensor) -> Tensor:
-        device = generator.device if generator is not None else like.device
-        return torch.randn(shape, generator=generator, device=device).to(device=like.device, dtype=like.dtype)
+    def _noise(shape: tuple[int, ...], generator, like: Tensor) -> Tensor:
+        def draw(shape, generator):  # on the generator's device (a CPU generator seeds CUDA runs too)
+            device = generator.device if generator is not None else like.device
+            return torch.randn(shape, generator=generator, device=device).to(device=like.device, dtype=like.dtype)
+
+        return draw_per_row(shape, generator, draw)  # a list of generators: one per row (models/row_rng.py)

@@ -319,9 +319,11 @@ class HFBackbone(_VisionMixin):
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
             raise ImportError(f"BackboneConfig(kind='hf') needs transformers: `{_HF_INSTALL}`.") from e
-        path = Path(cfg.hf_path or "")
+        from latentvla.hub import resolve_model
+
+        path = resolve_model(cfg.hf_path or "", "hf_path")  # a local dir, or ORG/NAME[@REV] from the HF cache
         if not path.is_dir():
-            raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory; hub downloads are disabled.")
+            raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory or a Hugging Face model id.")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.cfg = cfg
         dtype = "auto" if cfg.dtype == "auto" else getattr(torch, cfg.dtype)

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from latentvla.models.halting import HaltingStrategy, mean_squared_change
 from latentvla.models.masking import mean_over_valid_steps
 from latentvla.models.recurrence import sample_depth, split_depth
+from latentvla.models.row_rng import draw_per_row
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,14 @@ class RecurrentOutput:
     latents: Tensor  # (B, K, D): final scratchpad
 
 
-def _trunc_normal(shape: tuple[int, ...], std: float, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    device = generator.device if generator is not None else like.device
-    x = torch.empty(shape, device=device)
-    nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
-    return x.to(device=like.device, dtype=like.dtype)
+def _trunc_normal(shape: tuple[int, ...], std: float, generator, like: Tensor) -> Tensor:
+    def draw(shape, generator):
+        device = generator.device if generator is not None else like.device
+        x = torch.empty(shape, device=device)
+        nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
+        return x.to(device=like.device, dtype=like.dtype)
+
+    return draw_per_row(shape, generator, draw)  # a list of generators: one per row (models/row_rng.py)
 
 
 @functools.lru_cache(maxsize=32)

@@ -28,7 +28,7 @@ class SampleOptions:
     halting: Any = None  # a models/halting.py criterion for the recurrent head
     num_steps: int | None = None  # flow-matching Euler steps (default ActionExpertConfig.num_steps)
     noise: Tensor | None = None  # (B,H,A) initial flow noise
-    generator: torch.Generator | None = None
+    generator: torch.Generator | list[torch.Generator] | None = None  # a list: one per row (models/row_rng.py)
     max_cot_tokens: int = 96  # explicit mode: cap on generated CoT tokens
 
     def __post_init__(self) -> None:

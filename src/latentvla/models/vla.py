@@ -290,7 +290,9 @@ class LatentVLA(nn.Module):
         if opts.iterations is None:
             opts = replace(opts, iterations=self.cfg.iterations)
         if mode == "explicit":
-            return stack_outputs([self._sample_explicit(_index(batch, i), opts) for i in range(len(batch[TASK]))])
+            gens = opts.generator if isinstance(opts.generator, list | tuple) else None  # one per row (row_rng.py)
+            rows = [replace(opts, generator=gens[i]) if gens else opts for i in range(len(batch[TASK]))]
+            return stack_outputs([self._sample_explicit(_index(batch, i), o) for i, o in enumerate(rows)])
         latent = mode == "latent"
         layout = Layout(
             n_latent=self.stage.num_thinking if latent else 0, visual=self.stage.visual_latents and latent

@@ -116,6 +116,9 @@ def main(args: argparse.Namespace) -> int:
             get_preset(p)  # did-you-mean before any work
         if not seeds or args.steps < 1 or args.episodes < 1:
             raise ValueError("need at least one seed, --steps >= 1 and --episodes >= 1")
+        from latentvla.hub import resolve_dataset
+
+        args.dataset = str(resolve_dataset(args.dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
         if not Path(args.dataset, "meta", "info.json").is_file():
             raise ValueError(f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
                              "`latentvla collect`")  # fmt: skip

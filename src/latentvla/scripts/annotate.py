@@ -30,8 +30,10 @@ def main(args: argparse.Namespace) -> int:
     from latentvla.data.annotate import annotate_dataset
     from latentvla.data.boxes import ColumnBoxes
     from latentvla.data.lara_annotations import LaraAnnotations
+    from latentvla.hub import resolve_dataset
 
     try:
+        args.dir = str(resolve_dataset(args.dir))  # a LeRobot repo id annotates its HF_LEROBOT_HOME copy
         source = ColumnBoxes(jsonl=args.boxes_jsonl) if args.boxes_jsonl else None
         lara = None if args.no_lara else LaraAnnotations.find(args.dir, args.lara_dir)
         if lara is not None:

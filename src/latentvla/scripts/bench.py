@@ -60,6 +60,10 @@ def main_train(args: argparse.Namespace) -> int:
     presets = [p.strip() for p in args.presets.split(",") if p.strip()] if args.presets else list(DEFAULT_PRESETS)
     dataset = None if args.dataset == "synthetic" else args.dataset
     try:
+        if dataset is not None:
+            from latentvla.hub import resolve_dataset
+
+            dataset = str(resolve_dataset(dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
         results = run_train_bench(
             presets, dataset, steps=args.steps, batch_size=args.batch_size, warmup=args.warmup,
             overrides=list(args.overrides), flops=args.flops,
@@ -149,6 +153,13 @@ def main_profile(args: argparse.Namespace) -> int:
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
+    from latentvla.hub import HubError, resolve_dataset
+
+    try:
+        args.dataset = str(resolve_dataset(args.dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
+    except HubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if not Path(args.dataset, "meta", "info.json").is_file():
         print(f"error: {args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
               "`latentvla collect`", file=sys.stderr)  # fmt: skip
@@ -188,7 +199,9 @@ def register_latency(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--delta", type=float, default=1e-3, help="MSE halting threshold for the adaptive RD run")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="as eval / serve: bf16 autocast + TF32 on a CUDA GPU (auto), fp32 on CPU")  # fmt: skip
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     p.set_defaults(func=main_latency)
@@ -219,12 +232,16 @@ def main_latency(args: argparse.Namespace) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    from latentvla.device import resolve_device
+
     try:
+        device = resolve_device(args.device)
         policy = Policy.from_pretrained(args.run) if args.run else _random_policy(args.preset, args.size)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    policy = policy.to(args.device).eval()
+    policy = policy.to(device).eval()
+    dtype = policy.set_precision(args.precision)  # what eval / serve run with on this device
     report = bench_latency(
         policy,
         warmup=args.warmup,
@@ -233,7 +250,8 @@ def main_latency(args: argparse.Namespace) -> int:
         progress=lambda name: print(f"timing {name} ...", file=sys.stderr),
     )
     report.update(
-        {"torch": torch.__version__, "threads": torch.get_num_threads(), "source": args.run or args.preset}
+        {"torch": torch.__version__, "threads": torch.get_num_threads(), "source": args.run or args.preset,
+         "device": device, "autocast": str(dtype).removeprefix("torch.") if dtype is not None else None}
     )
     print(format_table(report))
     if args.json:

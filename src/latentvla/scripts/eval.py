@@ -11,6 +11,11 @@ RUN is a checkpoint directory or a training run directory (then RUN/checkpoints/
 env's eval split (Meta-World: disjoint from the training episodes by construction; LIBERO: init state i) and are
 deterministic for a --seed. --episodes, --seed and --max-steps default to the protocol's (eval_info.json
 records the protocol).
+
+The policy is loaded once, on --device (cpu by default; cuda / auto for a GPU, with bf16 autocast + TF32 there);
+--workers simulator processes step their environments and the policy batches their observations. Each finished
+episode is appended to OUT/episodes.jsonl at once: after Ctrl-C / SIGTERM (one line, exit 130 / 143) the same
+command resumes where it stopped (--no-resume starts over).
 """
 
 from __future__ import annotations
@@ -65,7 +70,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="policy steps per episode (default: the protocol's; Meta-World max 500)",
     )
-    p.add_argument("--workers", type=int, default=2, help="parallel rollout processes")
+    p.add_argument("--workers", type=int, default=2,
+                   help="simulator processes; one policy here batches their observations")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="where the policy runs: cpu (default), cuda, cuda:N, auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU")  # fmt: skip
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="most observations per policy call (default: --workers; 1 = bitwise the 1-worker actions)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over even if OUT/episodes.jsonl holds episodes of this interrupted evaluation",
+    )
     p.add_argument("--video", action="store_true", help="GIF (+ MP4 with PyAV) of the first episode per task")
     p.add_argument("--sweep-iterations", default=None, metavar="LIST", help="e.g. 1,2,4,8,12,16,24,32")
     p.add_argument(
@@ -82,9 +102,16 @@ def main(args: argparse.Namespace) -> int:
     from latentvla.models.halting import halting_spec
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():  # before anything runs (issue 26: it used to fail after the evaluation)
+        print(f"error: --out {out} is an existing file; eval writes a directory there: pick another path.",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    from latentvla.eval.evaluate import EvalInterrupted
+
     common = dict(mode=args.mode, seed=args.seed, max_steps=args.max_steps, workers=args.workers,
                   progress=not args.quiet, env=args.env, protocol=args.protocol, gripper=args.gripper,
-                  execution=args.execution)  # fmt: skip
+                  execution=args.execution, device=args.device, precision=args.precision,
+                  max_batch=args.max_batch, resume=not args.no_resume)  # fmt: skip
     try:
         if args.sweep_iterations and args.sweep_delta:
             raise ValueError("run --sweep-iterations and --sweep-delta separately (different output tables)")
@@ -103,9 +130,15 @@ def main(args: argparse.Namespace) -> int:
             return 0
         info = evaluate(args.run, args.tasks, args.episodes, iterations=args.iterations, halting=halting_spec(args.halting, args.delta),
                         video_dir=out / "videos" if args.video else None, out_dir=out, **common)  # fmt: skip
+    except EvalInterrupted as e:  # the finished episodes are on disk; the same command resumes
+        print(str(e), file=sys.stderr)
+        return 128 + int(e.signum)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # an env worker failed or died (eval/pool.py): one line, the cause included
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(markdown_table(info))
     o = info["overall"]
     print(f"{o['pc_success']:.1f}% success over {o['n_episodes']} episodes in {o['eval_s']:.0f}s; "

@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     depth.add_argument("--iterations", type=int, default=None, help="fixed recurrent depth K (RD-VLA head)")
     depth.add_argument("--halting", choices=HALTING_CHOICES, default=None, help="adaptive-depth halting rule")
     p.add_argument("--delta", type=float, default=None, help="mse: threshold δ; cosine: similarity threshold")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto (cuda when available)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU")  # fmt: skip
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger requests (error frame)")
     p.add_argument("--max-batch", type=int, default=8, help="max requests batched across clients")
     p.add_argument("--log-level", default="INFO")
@@ -44,19 +46,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # torch imports stay out of `latentvla --help`
+    from latentvla.device import resolve_device
     from latentvla.models.halting import halting_spec, parse_halting
     from latentvla.policy import Policy, resolve_checkpoint
     from latentvla.serve.server import run_server
 
     try:
         halting = parse_halting(halting_spec(args.halting, args.delta))
+        device = resolve_device(args.device)  # 'auto' -> cuda when available; cuda on a CPU build: one line
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:  # a run dir resolves to its newest intact checkpoint (damaged newer ones are skipped with a warning)
         path = resolve_checkpoint(args.run)
         print(f"loading {path}", flush=True)
-        policy = Policy.from_pretrained(path, device=args.device)
+        policy = Policy.from_pretrained(path, device=device)
+        dtype = policy.set_precision(args.precision)
+        print(f"policy on {device}, {'bf16 autocast' if dtype is not None else 'fp32'}", flush=True)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint / a damaged one named explicitly
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd | lara-qwen3vl | rdvla-minivla | bc",
     )
-    p.add_argument("--dataset", required=True, help="LeRobot dataset directory")
+    p.add_argument("--dataset", required=True,
+                   help="LeRobot dataset directory, or a repo id (lerobot/NAME) in HF_LEROBOT_HOME")  # fmt: skip
     p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, plots)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps over the whole curriculum")
     p.add_argument("--minutes", type=float, default=None,
@@ -52,9 +53,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT (else refused)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DDP (re-launches via torchrun)")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP (parallel=fsdp)")
-    p.add_argument("--backbone", default=None, metavar="DIR", help="local transformers VLM or causal LM directory")
-    p.add_argument("--vision", action="append", default=[], metavar="DIR",
-                   help="local SigLIP / DINOv2 dir for an LM backbone (repeat to fuse several)")  # fmt: skip
+    p.add_argument("--backbone", default=None, metavar="DIR|ID",
+                   help="transformers VLM or causal LM: a directory or a hub id ORG/NAME[@REV] (HF cache)")  # fmt: skip
+    p.add_argument("--vision", action="append", default=[], metavar="DIR|ID",
+                   help="SigLIP / DINOv2 dir or hub id for an LM backbone (repeat to fuse several)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. policy.horizon=8")
     p.set_defaults(func=main)

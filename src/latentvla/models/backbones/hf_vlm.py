@@ -162,9 +162,11 @@ class HFVLMBackbone(nn.Module):
             from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
         except ImportError as e:
             raise ImportError(f"BackboneConfig(kind='hf_vlm') needs transformers: `{_HF_INSTALL}`.") from e
-        path = Path(cfg.hf_path or "")
+        from latentvla.hub import resolve_model
+
+        path = resolve_model(cfg.hf_path or "", "hf_path")  # a local dir, or ORG/NAME[@REV] from the HF cache
         if not path.is_dir():
-            raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory; hub downloads are disabled.")
+            raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory or a Hugging Face model id.")
         model_type = vlm_model_type(path)
         if model_type is None:
             raise ValueError(

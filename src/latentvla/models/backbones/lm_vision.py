@@ -23,9 +23,12 @@ from torch import Tensor, nn
 _SUPPORTED = ("siglip_vision_model", "siglip", "dinov2")
 
 
-def _load_encoder(path: Path) -> tuple[nn.Module, str, Tensor, Tensor, int]:
+def _load_encoder(path: str | Path) -> tuple[nn.Module, str, Tensor, Tensor, int]:
     from transformers import AutoImageProcessor, Dinov2Model, SiglipVisionModel
 
+    from latentvla.hub import resolve_model
+
+    path = resolve_model(path, "vision encoder")  # a local dir, or ORG/NAME[@REV] from the HF cache
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"vision encoder dir {path} has no config.json (a local transformers model).")
@@ -53,7 +56,7 @@ class HFVisionEncoder(nn.Module):
         self.encoders = nn.ModuleList()
         self.kinds, self.sizes, grids = [], [], []
         for i, p in enumerate(paths):
-            model, kind, mean, std, size = _load_encoder(Path(p))
+            model, kind, mean, std, size = _load_encoder(p)
             self.encoders.append(model)
             self.kinds.append(kind)
             self.sizes.append(size)
