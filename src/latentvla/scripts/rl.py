@@ -3,15 +3,15 @@
     latentvla rl runs/lara --env metaworld --tasks reach --algo ppo --updates 50 --out runs/rl/lara_reach
     latentvla rl runs/rdvla --tasks reach,push,pick-place --algo grpo --num-envs 12 --group-size 4 --minutes 60 \
         --out runs/rl/rdvla_grpo
-    latentvla rl runs/rl/lara_reach --tasks reach --out runs/rl/lara_reach --resume --updates 80     # after a kill
+    latentvla rl runs/lara --tasks reach --out runs/rl/lara_reach --resume --updates 80     # after a kill
     latentvla rl runs/libero --env libero --tasks libero_object:0 --algo grpo --updates 3 --out runs/rl/libero
 
 RUN is any `latentvla train` output (run or checkpoint directory; every head: lara, lara-no-cot, rdvla, lara-rd,
 bc). OUT becomes an ordinary run directory: OUT/checkpoints/NNNNNN load in `eval`, `serve` and
 `Policy.from_pretrained`; OUT/metrics.jsonl and OUT/tensorboard hold the curves (held-out success vs updates and
 vs env steps, rollout success, return, approx KL, log-std / entropy, value loss); OUT/rl_summary.json the
-held-out success before and after. Trailing KEY=VALUE items set any RLConfig field (rl/config.py), e.g.
-`clip=0.1 epochs=4 kl_coef=0.05 reward=dense`.
+held-out success before and after. `--set KEY=VALUE ...` sets any RLConfig field (rl/config.py), e.g.
+`--set clip=0.1 epochs=4 kl_coef=0.05 reward=dense`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue OUT from its newest intact checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="RLConfig fields, e.g. clip=0.1 kl_coef=0.05")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="RLConfig fields (rl/config.py), e.g. --set clip=0.1 kl_coef=0.05")  # fmt: skip
     p.set_defaults(func=main)
 
 
