@@ -60,7 +60,9 @@ class ReachSimulator(Simulator):
 
     @property
     def protocols(self):
-        return {"default": EvalProtocol("default", episodes=10, seed=0, max_steps=30, init="seeded goal and start")}
+        return {
+            "default": EvalProtocol("default", episodes=10, seed=0, max_steps=30, init="seeded goal and start")
+        }
 
     def resolve_tasks(self, spec):
         names = spec.split(",") if isinstance(spec, str) else list(spec)

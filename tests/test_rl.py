@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from rl_toy_sim import NAME, register, start_checkpoint
 from safetensors.torch import load_file
 
 from latentvla.cli import main as cli
@@ -17,6 +16,7 @@ from latentvla.models import flow_matching as fm
 from latentvla.rl.advantages import gae, group_advantages
 from latentvla.rl.likelihood import flow_noise_log_prob, flow_noise_sample, gaussian_log_prob
 from latentvla.rl.losses import clipped_surrogate
+from rl_toy_sim import NAME, register, start_checkpoint
 
 BC_TINY = ("policy.bc.channels=8,8", "policy.bc.feature_dim=16", "policy.bc.hidden=32")
 

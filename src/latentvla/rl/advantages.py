@@ -10,7 +10,9 @@ import torch
 from torch import Tensor
 
 
-def gae(rewards: Tensor, values: Tensor, bootstrap: float | Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+def gae(
+    rewards: Tensor, values: Tensor, bootstrap: float | Tensor, gamma: float, lam: float
+) -> tuple[Tensor, Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, Eq. 11-16) over ONE trajectory of T decisions.
 
     rewards, values: (T,); `bootstrap` = V(s_T) after the last decision (0 when the episode terminated, the

@@ -74,7 +74,9 @@ def _prepare(run_dir: Path, resume: bool, overwrite: bool) -> None:
     exists = (run_dir / ckpt_lib.CHECKPOINTS).exists() or (run_dir / METRICS_FILE).exists()
     if exists and not resume:
         if not overwrite:
-            raise FileExistsError(f"{run_dir} already holds an RL run; pass --resume to continue it or --overwrite")
+            raise FileExistsError(
+                f"{run_dir} already holds an RL run; pass --resume to continue it or --overwrite"
+            )
         shutil.rmtree(run_dir)
     if resume and not exists:
         raise FileNotFoundError(f"--resume: {run_dir} holds no RL run to continue (drop --resume to start one)")
@@ -127,7 +129,11 @@ def update(actor: Actor, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor | Non
             logp = dist.log_prob()
             pg, ratio, clipfrac = clipped_surrogate(logp, old[m], adv[m], cfg.clip, cfg.ratio_level)
             loss = pg
-            stats = {"loss_pg": pg.item(), "clipfrac": clipfrac.item(), "approx_kl": approx_kl(logp, old[m]).item()}
+            stats = {
+                "loss_pg": pg.item(),
+                "clipfrac": clipfrac.item(),
+                "approx_kl": approx_kl(logp, old[m]).item(),
+            }
             if epoch == 0 and j == 0:
                 stats["ratio_dev_first"] = (ratio - 1.0).abs().max().item()
             if ret is not None:

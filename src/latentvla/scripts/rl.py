@@ -63,7 +63,9 @@ def main(args: argparse.Namespace) -> int:
         from latentvla.rl.loop import run_rl
 
         cfg = build_config(args)
-        summary = run_rl(args.out, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        summary = run_rl(
+            args.out, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+        )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, CorruptCheckpointError,
             FloatingPointError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
