@@ -248,3 +248,140 @@ def test_one_line_errors(tmp_path, toy, capsys):
     assert _rl(tmp_path, init, out, "--updates", "2", "--num-envs", "2", "--resume", "--set", "clip=0.1") == 2
     err = capsys.readouterr().err
     assert "clip" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("preset", ["lara", "rdvla"])
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_every_reasoning_head_runs_both_algorithms_and_loads(tmp_path, toy, preset, algo):
+    """`latentvla rl` from lara and rdvla checkpoints with PPO and GRPO (bc: the tests above); the output loads
+    with Policy.from_pretrained (what `serve` does) and acts."""
+    from latentvla.policy import Policy
+
+    init = tmp_path / "init"
+    start_checkpoint(init, preset)
+    out = tmp_path / "rl"
+    assert _rl(tmp_path, init, out, "--algo", algo, "--num-envs", "2", "--group-size", "2", "--updates", "1",
+               "--eval-episodes", "1", "--set", "max_steps=8", "lr=1e-3", "reward=dense") == 0  # fmt: skip
+    # (dense reward: an untrained policy's binary successes are all 0, and GRPO would see no signal)
+    policy = Policy.from_pretrained(out)
+    before = Policy.from_pretrained(init)
+    changed = [k for k, v in policy.model.state_dict().items() if not torch.equal(v, before.model.state_dict()[k])]
+    assert changed  # the update moved the policy's own weights
+    obs = {"observation.images.corner4": np.zeros((32, 32, 3), np.uint8), "observation.state": np.zeros(1),
+           "task": "reach the green mark"}  # fmt: skip
+    assert policy.infer(obs)["actions"].shape == (policy.config.horizon, 1)
+
+
+def test_summary_script_on_a_toy_run(tmp_path, toy):
+    """runs/rl_metaworld.sh's last step (python -m latentvla.rl.summary) on the same layout from a toy run:
+    before/after from `latentvla eval`, minutes and env steps from the RL run, the plot."""
+    from latentvla.rl import summary
+
+    root, init = tmp_path / "root", tmp_path / "init"
+    start_checkpoint(init, "bc", *BC_TINY)
+    assert _rl(tmp_path, init, root / "rl" / "bc_ppo", "--updates", "6", "--set", "lr=1e-3") == 0
+    for name, ckpt in (("bc_before", init), ("bc_ppo_after", root / "rl" / "bc_ppo")):
+        assert cli(["eval", str(ckpt), "--env", NAME, "--tasks", NAME, "--episodes", "10", "--workers", "1",
+                    "--quiet", "--out", str(root / "eval" / name)]) == 0  # fmt: skip
+    out = tmp_path / "docs"
+    assert summary.main(["--root", str(root), "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    run = json.loads((root / "rl" / "bc_ppo" / "rl_summary.json").read_text())
+    entry = s["bc"]
+    assert entry["algorithm"] == "ppo" and entry["source"] == "latentvla eval"
+    assert entry["env_steps"] == run["env_steps"] and entry["updates"] == 6
+    assert entry[NAME] == {"before": run["before"][NAME], "after": run["after"][NAME]}  # same held-out episodes
+    assert (out / "rl.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_kill_during_rl_then_resume_equals_uninterrupted(tmp_path):
+    """A real SIGKILL in the middle of a run (subprocess), then --resume: the same weights as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rl_toy_sim import __file__ as toy_file
+
+    init = tmp_path / "init"
+    start_checkpoint(init, "bc", *BC_TINY)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([os.path.dirname(toy_file), os.environ.get("PYTHONPATH", "")]),
+    }
+    code = ("import sys, rl_toy_sim; from latentvla.envs import registry; "
+            "registry.SIMULATORS['reach1d'] = 'rl_toy_sim:SIMULATOR'; from latentvla.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+
+    def cmd(out, *extra):
+        return [sys.executable, "-c", code, "rl", str(init), "--env", NAME, "--tasks", NAME, "--out", str(out),
+                "--no-progress", "--updates", "12", "--num-envs", "4", "--set", "lr=1e-3", "save_every=1", *extra]  # fmt: skip
+
+    subprocess.run(cmd(tmp_path / "a"), env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cmd(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "b" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ckpts.is_dir() and any(p.name == "000004" for p in ckpts.iterdir())):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "rl_summary.json").exists()  # killed before the end
+    subprocess.run(cmd(tmp_path / "b", "--resume"), env=env, check=True, capture_output=True)
+    (wa, sa), (wb, sb) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert sa["update"] == sb["update"] == 12
+    assert all(torch.equal(wa[k], wb[k]) for k in wa) and torch.equal(sa["log_std"], sb["log_std"])
+
+
+@pytest.mark.sim
+def test_metaworld_smoke(tmp_path):
+    """One PPO update on Meta-World reach from a tiny untrained policy shaped for it (64 px corner4 camera)."""
+    pytest.importorskip("metaworld")
+    from latentvla.envs.registry import get_simulator
+
+    sim = get_simulator("metaworld")
+    init = tmp_path / "init"
+    _sized_checkpoint(init, sim, "bc", *BC_TINY)
+    out = tmp_path / "rl"
+    assert cli(["rl", str(init), "--env", "metaworld", "--tasks", "reach", "--out", str(out), "--no-progress",
+                "--updates", "1", "--num-envs", "2", "--eval-episodes", "1", "--set", "max_steps=8"]) == 0  # fmt: skip
+    s = json.loads((out / "rl_summary.json").read_text())
+    assert s["tasks"] == ["reach-v3"] and s["env_steps"] == 16
+
+
+def _sized_checkpoint(path, sim, preset, *overrides, size: int = 64):
+    from dataclasses import replace
+
+    from latentvla.config import apply_overrides, get_preset
+    from latentvla.constants import ACTION, OBS_STATE
+    from latentvla.data.stats import Normalizer
+    from latentvla.policy import Policy
+
+    cfg = apply_overrides(get_preset(preset, "micro"), [f"policy.image_size={size}", *overrides])
+    pcfg = replace(cfg.policy, state_dim=sim.state_dim, action_dim=sim.action_dim, cameras=sim.default_cameras[:1])
+    z = lambda n, v: [float(v)] * n  # noqa: E731
+    S, A = sim.state_dim, sim.action_dim
+    stats = {OBS_STATE: {"mean": z(S, 0), "std": z(S, 1), "min": z(S, -1), "max": z(S, 1)},
+             ACTION: {"mean": z(A, 0), "std": z(A, 1), "min": z(A, -1), "max": z(A, 1)}}  # fmt: skip
+    torch.manual_seed(0)
+    Policy.from_config(pcfg, Normalizer(stats)).save_pretrained(path)
+
+
+@pytest.mark.libero
+@pytest.mark.slow
+def test_libero_smoke(tmp_path, preset="lara"):
+    """`--env libero` runs the same loop: a few GRPO updates on one task with a tiny lara (flow head; ~110 s, most
+    of it building the LIBERO environments)."""
+    pytest.importorskip("libero")
+    from latentvla.envs.registry import get_simulator
+
+    sim = get_simulator("libero")
+    init = tmp_path / "init"
+    _sized_checkpoint(init, sim, preset, *(BC_TINY if preset == "bc" else ()))
+    out = tmp_path / "rl"
+    assert cli(["rl", str(init), "--env", "libero", "--tasks", "libero_object:0", "--algo", "grpo", "--out",
+                str(out), "--no-progress", "--updates", "2", "--num-envs", "2", "--group-size", "2",
+                "--eval-episodes", "1", "--set", "max_steps=8"]) == 0  # fmt: skip
+    s = json.loads((out / "rl_summary.json").read_text())
+    assert s["updates"] == 2 and s["env_steps"] == 2 * 2 * 8
