@@ -56,6 +56,7 @@ class RLConfig:
     save_every: int = 5
     keep_last: int = 2
     threads: int = 1
+    device: str = "cpu"  # where the policy runs ("cuda": the GPU recipe; the simulators always step on CPU)
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:

@@ -45,7 +45,7 @@ from latentvla.train.logging import METRICS_FILE, MetricsLogger
 
 SUMMARY = "rl_summary.json"
 # May change between a run and its resumption (budget, cadence, threads): none changes the maths of an update.
-RESUME_FREE = {"updates", "minutes", "eval_every", "save_every", "keep_last", "threads"}
+RESUME_FREE = {"updates", "minutes", "eval_every", "save_every", "keep_last", "threads", "device"}
 
 
 def _check_fits(policy: Policy, sim: Any) -> None:
@@ -93,7 +93,7 @@ def advantages(ro: Rollout, cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor |
     for i in range(len(ro.returns)):
         idx = torch.nonzero(ro.slot == i).squeeze(1)  # decisions are stored in time order
         boot = 0.0 if ro.terminated[i] else float(ro.bootstrap[i])
-        a, r = gae(ro.reward[idx], ro.value[idx].float(), boot, cfg.gamma, cfg.lam)
+        a, r = gae(ro.reward[idx], ro.value[idx].float().cpu(), boot, cfg.gamma, cfg.lam)
         adv[idx], ret[idx] = a, r
     if len(adv) > 1:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -107,7 +107,8 @@ def update(actor: Actor, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor | Non
     With `recompute_logprob` the old log-probabilities are recomputed before the first step with exactly the
     minibatches and code path of the first epoch (gradients enabled: the recurrent head's training path), so the
     ratio of the first minibatch is exactly 1 (the rollout's own no-grad path agrees only to float rounding)."""
-    D = len(ro.reward)
+    D, dev = len(ro.reward), ro.logp.device
+    adv, ret = adv.to(dev), None if ret is None else ret.to(dev)
     n_mb = min(cfg.minibatches, D)
     perms = [torch.randperm(D, generator=gen) for _ in range(cfg.epochs)]
     split = lambda p: [m for m in torch.tensor_split(p, n_mb) if len(m)]  # noqa: E731
@@ -200,22 +201,23 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
                     "resume with the same settings (only the budget and cadence may change)"
                 )
         state = ckpt_lib.load_training_state(last)
-        policy = Policy.from_pretrained(last)
+        policy = Policy.from_pretrained(last, device=cfg.device)
     else:
-        policy = Policy.from_pretrained(init)
+        policy = Policy.from_pretrained(init, device=cfg.device)
     _check_fits(policy, sim)
     execute = chunk_execution(policy, cfg, sim)
     torch.manual_seed(cfg.seed)  # the critic's init
-    actor = Actor(policy, cfg, execute=execute)
+    actor = Actor(policy, cfg, execute=execute).to(cfg.device)
     ref = None
     if cfg.kl_coef > 0:
-        ref = Actor(Policy.from_pretrained(init), cfg, execute=execute, critic=False).requires_grad_(False)
+        ref = Actor(Policy.from_pretrained(init, device=cfg.device), cfg, execute=execute, critic=False)
+        ref.requires_grad_(False)
     opt = build_optimizer(actor, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)  # exploration noise, minibatch order
     ep_gen = torch.Generator().manual_seed(cfg.seed + 1)  # training episode draws
     update_i, env_steps, elapsed, history = 0, 0, 0.0, []
     if state is not None:
-        actor.log_std.data.copy_(state["log_std"])
+        actor.log_std.data.copy_(state["log_std"].to(cfg.device))
         if actor.value_head is not None:
             actor.value_head.load_state_dict(state["value_head"])
         opt.load_state_dict(state["optimizer"])
@@ -241,7 +243,7 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
         return row
 
     def save(step: int) -> None:
-        ts = {"update": step, "env_steps": env_steps, "elapsed_s": elapsed, "log_std": actor.log_std.detach().clone(),
+        ts = {"update": step, "env_steps": env_steps, "elapsed_s": elapsed, "log_std": actor.log_std.detach().cpu(),
               "optimizer": opt.state_dict(), "generator": gen.get_state(), "episode_generator": ep_gen.get_state(),
               "heldout": json.dumps(history)}  # fmt: skip
         if actor.value_head is not None:

@@ -152,7 +152,7 @@ def collect(actor: Any, slots: Slots, episodes: list[int], generator: torch.Gene
     bootstrap = torch.zeros(len(jobs))
     cut = np.flatnonzero(~terminated)
     if actor.value_head is not None and len(cut):  # time-limit cuts are not terminal: bootstrap with V(s_T)
-        bootstrap[torch.as_tensor(cut)] = actor.value(actor.policy.make_batch([obs[j] for j in cut])).float()
+        bootstrap[torch.as_tensor(cut)] = actor.value(actor.policy.make_batch([obs[j] for j in cut])).float().cpu()
     aux = {k: torch.cat([d["aux"][k] for d in dec], 0) for k in dec[0]["aux"]}
     return Rollout(
         batch=cat_batches([d["batch"] for d in dec]),
