@@ -408,3 +408,42 @@ def test_kl_anchor_keeps_the_policy_near_its_start(tmp_path, toy):
         rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         assert ("kl_ref" in rows[-1]) == (kl != "0")
     assert moved["30"] < 0.5 * moved["0"]
+
+
+@pytest.mark.slow
+def test_ray_workers_give_the_same_rollout(tmp_path, toy, monkeypatch):
+    """`--ray-workers 2` (local Ray, ray.init(num_cpus=2)): the environments step on two Ray actors and the
+    rollout is identical to the in-process one (every episode is seeded by its reset)."""
+    import os
+
+    ray = pytest.importorskip("ray")
+    import rl_toy_sim
+    from latentvla.envs.registry import get_simulator
+    from latentvla.policy import Policy
+    from latentvla.rl.actor import Actor
+    from latentvla.rl.config import RLConfig
+    from latentvla.rl.rollout import Slots, collect
+
+    here = os.path.dirname(rl_toy_sim.__file__)  # the workers import the toy simulator by its registry entry
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    start_checkpoint(tmp_path / "init", "bc", *BC_TINY)
+    cfg = RLConfig(init=str(tmp_path / "init"), env=NAME, tasks=(NAME,), num_envs=4, max_steps=12)
+    policy = Policy.from_pretrained(tmp_path / "init")
+    actor = Actor(policy, cfg, execute=4)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        outs = []
+        for workers in (0, 2):
+            slots = Slots.build(get_simulator(NAME), [NAME], cfg, policy, 4, ray_workers=workers)
+            try:
+                outs.append(collect(actor, slots, [11, 12, 13, 14], torch.Generator().manual_seed(0), 0, None))
+            finally:
+                slots.close()
+    finally:
+        ray.shutdown()
+    local, remote = outs
+    assert type(slots.backend).__name__ == "RayEnvs"
+    assert local.env_steps == remote.env_steps and np.array_equal(local.success, remote.success)
+    assert torch.equal(local.logp, remote.logp) and torch.equal(local.reward, remote.reward)
+    img = "observation.images.corner4"
+    assert torch.equal(local.batch[img], remote.batch[img])

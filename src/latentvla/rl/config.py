@@ -56,6 +56,7 @@ class RLConfig:
     save_every: int = 5
     keep_last: int = 2
     threads: int = 1
+    ray_workers: int = 0  # > 0: the environments run on this many Ray actors (rl/ray_workers.py)
     device: str = "cpu"  # where the policy runs ("cuda": the GPU recipe; the simulators always step on CPU)
 
     def __post_init__(self) -> None:

@@ -45,7 +45,7 @@ from latentvla.train.logging import METRICS_FILE, MetricsLogger
 
 SUMMARY = "rl_summary.json"
 # May change between a run and its resumption (budget, cadence, threads): none changes the maths of an update.
-RESUME_FREE = {"updates", "minutes", "eval_every", "save_every", "keep_last", "threads", "device"}
+RESUME_FREE = {"updates", "minutes", "eval_every", "save_every", "keep_last", "threads", "device", "ray_workers"}
 
 
 def _check_fits(policy: Policy, sim: Any) -> None:
@@ -229,7 +229,7 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
     pool = min(cfg.train_pool, 50 - cfg.eval_episodes) if sim.name == "libero" else cfg.train_pool
     if pool < 1:
         raise ValueError("libero has 50 init states per task: keep --eval-episodes below 50")
-    slots = Slots.build(sim, tasks, cfg, policy, execute)
+    slots = Slots.build(sim, tasks, cfg, policy, execute, ray_workers=cfg.ray_workers)
     eval_seed = sim.protocol().seed
     logger = MetricsLogger(run_dir, cfg.updates, start_step=update_i, show_progress=progress)
     env_tb = _env_step_writer(run_dir, purge=env_steps if resume else None)

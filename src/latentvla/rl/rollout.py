@@ -11,14 +11,18 @@ what `latentvla eval` sends). The protocol's no-op warm-up runs after every rese
 every `reset(episode=i, split=s, seed=k)` (deterministic by the protocol), so no simulator state is live between
 rollouts and a checkpoint between updates needs only the learner's RNGs (loop.py).
 
+Where the environments live is the backend's business: `LocalEnvs` steps them in this process one after the other;
+`RayEnvs` (rl/ray_workers.py, `--ray-workers N`, the optional [ray] extra) spreads them over N Ray actors, which
+run their chunks in parallel while this process keeps the one batched policy call. Both give the same rollout.
+
 Why not gymnasium's vector environments: the simulator protocol's reset takes (episode, split, seed) and returns
-LeRobot-keyed observations with an instruction string, which `SyncVectorEnv` cannot batch; the lockstep loop
-below is the same thing for this protocol. Simulator steps stay in this process (MuJoCo rendering is the cost,
-policy batching is the gain); Ray workers are not implemented (README "RL").
+LeRobot-keyed observations with an instruction string, which `SyncVectorEnv` cannot batch; and a chunk of
+`execute` steps per call (not one step) is what keeps remote workers busy between policy calls.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,19 +34,84 @@ from latentvla.envs.base import postprocess_gripper
 
 
 @dataclass
-class Slots:
-    """The N environments, their tasks, and how one chunk is executed."""
+class ChunkResult:
+    """What running one chunk in one environment returns (also across a Ray worker boundary)."""
 
-    envs: list[Any]
+    obs: dict
+    dense: float  # sum of the simulator's rewards over the steps run
+    success: bool  # the task succeeded during this chunk
+    terminated: bool  # ended by success / the simulator (no bootstrap)
+    done: bool  # the episode is over (terminated, or cut by the step limit)
+    steps: int
+
+
+class EnvGroup:
+    """The environments of some slots, stepped in this process (a Ray worker holds one, rl/ray_workers.py).
+
+    `sim`: a `Simulator`, or its registry entry "module:attribute" (`envs/registry.py`), which a worker process
+    imports itself."""
+
+    def __init__(self, sim: Any, specs: dict[int, tuple[str, int]], cameras: tuple[str, ...], image_size: int,
+                 warmup_steps: int, warmup_action: np.ndarray) -> None:  # fmt: skip
+        if isinstance(sim, str):
+            module, _, attr = sim.partition(":")
+            sim = getattr(importlib.import_module(module), attr)
+        self.warmup_steps, self.warmup_action = warmup_steps, warmup_action
+        self.max_steps = {s: m for s, (_, m) in specs.items()}
+        self.envs = {s: sim.make(t, cameras=cameras, image_size=image_size, max_steps=m + warmup_steps)
+                     for s, (t, m) in specs.items()}  # fmt: skip
+
+    def reset(self, slot: int, episode: int, split: str, seed: int) -> dict:
+        """Reset, then the protocol's no-op warm-up (what `latentvla eval` does after every reset)."""
+        obs, _ = self.envs[slot].reset(episode=episode, split=split, seed=seed)
+        for _ in range(self.warmup_steps):
+            obs, *_ = self.envs[slot].step(self.warmup_action)
+        return obs
+
+    def run_chunk(self, slot: int, actions: np.ndarray, steps_before: int) -> ChunkResult:
+        """Run the (execute, A) actions until the chunk ends or the episode does (success, simulator, step cap)."""
+        env, dense, n = self.envs[slot], 0.0, 0
+        for a in actions:
+            obs, rew, term, trunc, info = env.step(a)
+            n, dense = n + 1, dense + float(rew)
+            success = bool(info.get("success", False))
+            if success or term or trunc or steps_before + n >= self.max_steps[slot]:
+                return ChunkResult(obs, dense, success, bool(term or success), True, n)
+        return ChunkResult(obs, dense, False, False, False, n)
+
+    def close(self) -> None:
+        for env in self.envs.values():
+            env.close()
+
+
+class LocalEnvs:
+    """All slots in this process, stepped one after the other."""
+
+    def __init__(self, group: EnvGroup) -> None:
+        self.group = group
+
+    def reset_many(self, jobs: list[tuple[int, int, str, int]]) -> list[dict]:
+        return [self.group.reset(*job) for job in jobs]
+
+    def run_chunks(self, calls: list[tuple[int, np.ndarray, int]]) -> list[ChunkResult]:
+        return [self.group.run_chunk(*call) for call in calls]
+
+    def close(self) -> None:
+        self.group.close()
+
+
+@dataclass
+class Slots:
+    """The N environments (in this process, or on Ray workers), their tasks, and how one chunk is executed."""
+
     tasks: list[str]  # per slot
     max_steps: list[int]  # per slot: policy steps per episode
     execute: int
     gripper: str
-    warmup_steps: int
-    warmup_action: np.ndarray
+    backend: Any  # LocalEnvs | rl.ray_workers.RayEnvs: reset_many(jobs), run_chunks(calls), close()
 
     @classmethod
-    def build(cls, sim: Any, tasks: list[str], cfg: Any, policy: Any, execute: int) -> Slots:
+    def build(cls, sim: Any, tasks: list[str], cfg: Any, policy: Any, execute: int, ray_workers: int = 0) -> Slots:
         protocol, pcfg = sim.protocol(), policy.config
         G = cfg.group_size if cfg.algo == "grpo" else 1
         if cfg.groups < len(tasks):
@@ -52,20 +121,20 @@ class Slots:
             )
         slot_tasks = [tasks[(i // G) % len(tasks)] for i in range(cfg.num_envs)]
         limits = [cfg.max_steps or protocol.steps_for(sim.task_group(t)) for t in slot_tasks]
-        envs = [sim.make(t, cameras=tuple(pcfg.cameras), image_size=pcfg.image_size,
-                         max_steps=m + protocol.warmup_steps) for t, m in zip(slot_tasks, limits)]  # fmt: skip
-        return cls(envs, slot_tasks, limits, execute, protocol.gripper, protocol.warmup_steps,
-                   np.asarray(protocol.warmup_action, dtype=np.float32))  # fmt: skip
+        specs = {i: (t, m) for i, (t, m) in enumerate(zip(slot_tasks, limits))}
+        env_kw = dict(cameras=tuple(pcfg.cameras), image_size=pcfg.image_size, warmup_steps=protocol.warmup_steps,
+                      warmup_action=np.asarray(protocol.warmup_action, dtype=np.float32))  # fmt: skip
+        if ray_workers > 0:
+            from latentvla.envs.registry import SIMULATORS
+            from latentvla.rl.ray_workers import RayEnvs
 
-    def reset(self, i: int, episode: int, split: str, seed: int) -> dict:
-        obs, _ = self.envs[i].reset(episode=episode, split=split, seed=seed)
-        for _ in range(self.warmup_steps):
-            obs, *_ = self.envs[i].step(self.warmup_action)
-        return obs
+            backend = RayEnvs(SIMULATORS[sim.name], specs, ray_workers, **env_kw)
+        else:
+            backend = LocalEnvs(EnvGroup(sim, specs, **env_kw))
+        return cls(slot_tasks, limits, execute, protocol.gripper, backend)
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.backend.close()
 
 
 @dataclass
@@ -108,10 +177,11 @@ def _to_env(policy: Any, actions: torch.Tensor, gripper: str) -> np.ndarray:
 
 def _lockstep(actor: Any, slots: Slots, jobs: list[tuple[int, str, int, str]], generator: torch.Generator,
               seed: int, deterministic: bool, dense: float | None, record: bool):  # fmt: skip
-    """Run one episode per job (slot, task, episode, split) in lockstep. Returns per-job outcome arrays and, with
-    `record`, the decisions."""
+    """Run one episode per job (slot, task, episode, split) in lockstep: one batched policy call per decision for
+    every live environment, then each runs its chunk (in parallel on Ray workers). Returns per-job outcome arrays
+    and, with `record`, the decisions."""
     policy, n = actor.policy, len(jobs)
-    obs = [slots.reset(s, ep, split, seed) for s, _, ep, split in jobs]
+    obs = slots.backend.reset_many([(s, ep, split, seed) for s, _, ep, split in jobs])
     alive, success, ret = np.ones(n, bool), np.zeros(n, bool), np.zeros(n)
     terminated, steps = np.zeros(n, bool), np.zeros(n, int)
     decisions: list[dict] = []
@@ -119,23 +189,18 @@ def _lockstep(actor: Any, slots: Slots, jobs: list[tuple[int, str, int, str]], g
         live = np.flatnonzero(alive)
         batch = policy.make_batch([obs[j] for j in live])
         step = actor.sample(batch, generator, deterministic=deterministic)
-        env_actions = _to_env(policy, step.actions, slots.gripper)
+        env_actions = _to_env(policy, step.actions, slots.gripper)[:, : slots.execute]
+        results = slots.backend.run_chunks(
+            [(jobs[j][0], env_actions[r], int(steps[j])) for r, j in enumerate(live)]
+        )
         rewards = np.zeros(len(live))
-        for r, j in enumerate(live):
-            s = jobs[j][0]
-            for h in range(slots.execute):
-                obs[j], rew, term, trunc, info = slots.envs[s].step(env_actions[r, h])
-                steps[j] += 1
-                if dense is not None:
-                    rewards[r] += dense * rew
-                if info.get("success", False) and not success[j]:
-                    success[j] = True
-                    if dense is None:
-                        rewards[r] += 1.0
-                if term or trunc or info.get("success", False) or steps[j] >= slots.max_steps[s]:
-                    terminated[j] = bool(term or success[j])
-                    alive[j] = False
-                    break
+        for r, (j, res) in enumerate(zip(live, results)):
+            obs[j], steps[j] = res.obs, steps[j] + res.steps
+            # binary: 1 at the decision that first succeeds (the episode ends there); dense: the simulator's
+            rewards[r] = float(res.success) if dense is None else dense * res.dense
+            success[j] |= res.success
+            if res.done:
+                terminated[j], alive[j] = res.terminated, False
         ret[live] += rewards
         if record:
             decisions.append({"batch": batch, "aux": step.aux, "logp": step.logp, "value": step.value,
@@ -147,7 +212,7 @@ def _lockstep(actor: Any, slots: Slots, jobs: list[tuple[int, str, int, str]], g
 def collect(actor: Any, slots: Slots, episodes: list[int], generator: torch.Generator, seed: int,
             dense: float | None) -> Rollout:  # fmt: skip
     """One training episode per slot (split "train", episode `episodes[i]`), sampled with exploration noise."""
-    jobs = [(i, slots.tasks[i], episodes[i], "train") for i in range(len(slots.envs))]
+    jobs = [(i, slots.tasks[i], episodes[i], "train") for i in range(len(slots.tasks))]
     obs, success, ret, terminated, steps, dec = _lockstep(actor, slots, jobs, generator, seed, False, dense, True)
     bootstrap = torch.zeros(len(jobs))
     cut = np.flatnonzero(~terminated)

@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size", type=int, default=None, help="GRPO: rollouts per initial configuration")
     p.add_argument("--eval-episodes", type=int, default=None, help="held-out episodes per task for the curve")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ray-workers", type=int, default=None,
+                   help="run the environments on N Ray actors (pip install -e '.[ray]'; RAY_ADDRESS joins a cluster)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu (default) or cuda: where the policy runs")
     p.add_argument("--resume", action="store_true", help="continue OUT from its newest intact checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT")
@@ -48,7 +50,8 @@ def build_config(args: argparse.Namespace):
     from latentvla.rl.config import RLConfig
 
     fields = {"updates": args.updates, "minutes": args.minutes, "num_envs": args.num_envs,
-              "group_size": args.group_size, "eval_episodes": args.eval_episodes, "seed": args.seed, "device": args.device}  # fmt: skip
+              "group_size": args.group_size, "eval_episodes": args.eval_episodes, "seed": args.seed, "device": args.device,
+              "ray_workers": args.ray_workers}  # fmt: skip
     kw = {k: v for k, v in fields.items() if v is not None}
     if args.minutes is not None and args.updates is None:
         kw["updates"] = 1_000_000  # the clock decides
