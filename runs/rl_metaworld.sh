@@ -22,8 +22,8 @@ SIX=button-press-topdown,drawer-close,window-open,reach,push,pick-place
 HARD=reach,push,pick-place        # RL tasks; the three easy ones are only evaluated (must not lose > 5 points)
 # Untuned starting point (no Meta-World RL has run yet): 200-step episodes as in the demo's eval, both cores.
 COMMON=(--env metaworld --tasks $HARD --minutes "$MINUTES" --no-progress --set max_steps=200 threads=2 eval_every=20)
-PPO=(--algo ppo --num-envs 6 --set lr=3e-5 epochs=2 minibatches=4)
-GRPO=(--algo grpo --num-envs 12 --group-size 4 --set lr=3e-5 epochs=2 minibatches=4)
+PPO=(--algo ppo --num-envs 6 --set lr=1e-4 epochs=2 minibatches=4)
+GRPO=(--algo grpo --num-envs 12 --group-size 4 --set lr=1e-4 epochs=2 minibatches=4)
 
 if [ -z "${START:-}" ]; then   # 1. demo-length checkpoints of the three models on the six demo tasks
   START=$OUT/demo

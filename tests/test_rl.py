@@ -158,15 +158,16 @@ def _actor_and_rollout(tmp_path, preset, algo="ppo", *overrides):
     return actor, ro, cfg
 
 
-@pytest.mark.parametrize("preset", ["bc", "rdvla", "lara"])
+@pytest.mark.parametrize("preset", ["bc", "rdvla", "lara", "lara-rd"])
 def test_ppo_ratio_is_exactly_one_on_the_first_epoch(tmp_path, toy, preset):
     """Every head: the first minibatch of an update sees ratio exactly 1 (old log-probs recomputed on the update's
     code path); the rollout's own log-probs agree to float rounding."""
     from latentvla.rl.loop import advantages, build_optimizer, update
 
     actor, ro, cfg = _actor_and_rollout(tmp_path, preset, "ppo", *(BC_TINY if preset == "bc" else ()))
-    E = {"bc": 4, "rdvla": 4, "lara": actor.K * 8}[preset]  # executed steps x 1 dim; flow: K steps x H x 1
-    assert actor.kind == {"bc": "bc", "rdvla": "recurrent", "lara": "flow"}[preset] and ro.logp.shape[1] == E
+    E = {"bc": 4, "rdvla": 4, "lara": actor.K * 8, "lara-rd": 4}[preset]  # executed steps x 1; flow: K x H x 1
+    kind = {"bc": "bc", "rdvla": "recurrent", "lara": "flow", "lara-rd": "recurrent"}[preset]
+    assert actor.kind == kind and ro.logp.shape[1] == E
     with torch.enable_grad():
         fresh = actor.distribution(ro.batch, ro.aux).log_prob().detach()
     torch.testing.assert_close(fresh, ro.logp, atol=1e-4, rtol=1e-4)

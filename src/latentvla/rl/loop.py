@@ -207,7 +207,9 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
     _check_fits(policy, sim)
     execute = chunk_execution(policy, cfg, sim)
     torch.manual_seed(cfg.seed)  # the critic's init
-    actor = Actor(policy, cfg, execute=execute).to(cfg.device)
+    # eval mode throughout (rollouts and updates): dropout or bc's proprio noise would make the re-scored
+    # log-probability of a decision differ from the one it was sampled with
+    actor = Actor(policy, cfg, execute=execute).to(cfg.device).eval()
     ref = None
     if cfg.kl_coef > 0:
         ref = Actor(Policy.from_pretrained(init, device=cfg.device), cfg, execute=execute, critic=False)
@@ -259,9 +261,12 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
             t0 = time.perf_counter()
             ro = collect(actor, slots, _episodes(cfg, ep_gen, pool), gen, cfg.seed,
                          cfg.dense_scale if cfg.reward == "dense" else None)  # fmt: skip
+            t1 = time.perf_counter()
             adv, ret = advantages(ro, cfg)
             metrics = update(actor, ro, adv, ret, opt, cfg, gen, ref)
-            elapsed += time.perf_counter() - t0
+            t2 = time.perf_counter()
+            elapsed += t2 - t0
+            metrics.update(rollout_s=t1 - t0, update_s=t2 - t1)
             update_i += 1
             env_steps += ro.env_steps
             metrics.update(rollout_success=100.0 * float(np.mean(ro.success)), return_mean=float(np.mean(ro.returns)),
