@@ -251,6 +251,7 @@ def test_one_line_errors(tmp_path, toy, capsys):
     assert "clip" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["lara", "rdvla"])
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_every_reasoning_head_runs_both_algorithms_and_loads(tmp_path, toy, preset, algo):
@@ -336,6 +337,7 @@ def test_kill_during_rl_then_resume_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.sim
+@pytest.mark.slow
 def test_metaworld_smoke(tmp_path):
     """One PPO update on Meta-World reach from a tiny untrained policy shaped for it (64 px corner4 camera)."""
     pytest.importorskip("metaworld")
