@@ -450,3 +450,34 @@ def test_ray_workers_give_the_same_rollout(tmp_path, toy, monkeypatch):
     assert torch.equal(local.logp, remote.logp) and torch.equal(local.reward, remote.reward)
     img = "observation.images.corner4"
     assert torch.equal(local.batch[img], remote.batch[img])
+
+
+def test_sigterm_finishes_the_update_and_writes_a_checkpoint(tmp_path, toy, monkeypatch, capsys):
+    """SIGTERM during an update: the update finishes, a checkpoint is written, exit 128 + 15; --resume continues
+    to the same weights as an uninterrupted run."""
+    import os
+    import signal
+
+    from latentvla.rl import loop
+
+    init = tmp_path / "init"
+    start_checkpoint(init, "bc", *BC_TINY)
+    common = ("--updates", "3", "--num-envs", "4", "--set", "lr=1e-3", "save_every=10")
+    assert _rl(tmp_path, init, tmp_path / "a", *common) == 0
+    original, calls = loop.update, []
+
+    def update_then_sigterm(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(loop, "update", update_then_sigterm)
+    assert _rl(tmp_path, init, tmp_path / "b", *common) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "SIGTERM: stopped after update 1" in err and "--resume" in err
+    assert (tmp_path / "b" / "checkpoints" / "000001").is_dir()
+    assert _rl(tmp_path, init, tmp_path / "b", *common, "--resume") == 0
+    (wa, _), (wb, _) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -16,7 +16,8 @@ Exact resume (CPU, fixed seed): checkpoints fall between updates, when no episod
 re-seeds its environment from (task, split, episode, seed), envs/base.py), so the state is the policy weights
 (model.safetensors), the RL parameters, AdamW, the two torch generators (exploration noise / minibatch order, and
 the episode draws) and the global python / numpy / torch RNG states (train/checkpoint.py). The output is an
-ordinary checkpoint: `eval`, `serve` and `Policy.from_pretrained` load RUN or RUN/checkpoints/NNNNNN.
+ordinary checkpoint: `eval`, `serve` and `Policy.from_pretrained` load RUN or RUN/checkpoints/NNNNNN. SIGTERM /
+SIGINT finish the current update, write a checkpoint and raise `TrainingInterrupted` (as `latentvla train`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import dataclasses
 import json
 import math
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from latentvla.rl.losses import approx_kl, clipped_surrogate, value_loss
 from latentvla.rl.rollout import Rollout, Slots, collect, evaluate_heldout, index_batch
 from latentvla.train import checkpoint as ckpt_lib
 from latentvla.train.logging import METRICS_FILE, MetricsLogger
+from latentvla.train.loop import TrainingInterrupted, _StopSignals
 
 SUMMARY = "rl_summary.json"
 # May change between a run and its resumption (budget, cadence, threads): none changes the maths of an update.
@@ -253,39 +256,48 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
         extra = {"rl": {"init": cfg.init, "algo": cfg.algo, "env": cfg.env, "tasks": list(tasks), "update": step}}
         ckpt_lib.save_checkpoint(run_dir, step, policy, cfg, ts, keep_last=cfg.keep_last, extra_config=extra)
 
-    try:
-        if update_i == 0:
-            row = heldout(0)
-            logger.log(0, "rl", {"heldout_success": row["success"], "env_steps": 0.0}, cfg.num_envs)
-        while update_i < cfg.updates and (cfg.minutes is None or elapsed < cfg.minutes * 60):
-            t0 = time.perf_counter()
-            ro = collect(actor, slots, _episodes(cfg, ep_gen, pool), gen, cfg.seed,
-                         cfg.dense_scale if cfg.reward == "dense" else None)  # fmt: skip
-            t1 = time.perf_counter()
-            adv, ret = advantages(ro, cfg)
-            metrics = update(actor, ro, adv, ret, opt, cfg, gen, ref)
-            t2 = time.perf_counter()
-            elapsed += t2 - t0
-            metrics.update(rollout_s=t1 - t0, update_s=t2 - t1)
-            update_i += 1
-            env_steps += ro.env_steps
-            metrics.update(rollout_success=100.0 * float(np.mean(ro.success)), return_mean=float(np.mean(ro.returns)),
-                           env_steps=float(env_steps), decisions=float(len(ro.reward)), elapsed_s=elapsed)  # fmt: skip
-            last = update_i >= cfg.updates or (cfg.minutes is not None and elapsed >= cfg.minutes * 60)
-            if last or (cfg.eval_every and update_i % cfg.eval_every == 0):
-                metrics["heldout_success"] = heldout(update_i)["success"]
-            logger.log(update_i, "rl", metrics, cfg.num_envs)
-            logger.advance(1)
-            if last or update_i % cfg.save_every == 0:
+    # SIGTERM / SIGINT (train/loop.py's handler): finish the current update, write a checkpoint, stop
+    with _StopSignals() as stop:
+        try:
+            if update_i == 0:
+                row = heldout(0)
+                logger.log(0, "rl", {"heldout_success": row["success"], "env_steps": 0.0}, cfg.num_envs)
+            while update_i < cfg.updates and (cfg.minutes is None or elapsed < cfg.minutes * 60):
+                t0 = time.perf_counter()
+                ro = collect(actor, slots, _episodes(cfg, ep_gen, pool), gen, cfg.seed,
+                             cfg.dense_scale if cfg.reward == "dense" else None)  # fmt: skip
+                t1 = time.perf_counter()
+                adv, ret = advantages(ro, cfg)
+                metrics = update(actor, ro, adv, ret, opt, cfg, gen, ref)
+                t2 = time.perf_counter()
+                elapsed += t2 - t0
+                update_i += 1
+                env_steps += ro.env_steps
+                metrics.update(rollout_s=t1 - t0, update_s=t2 - t1, elapsed_s=elapsed, env_steps=float(env_steps),
+                               rollout_success=100.0 * float(np.mean(ro.success)),
+                               return_mean=float(np.mean(ro.returns)), decisions=float(len(ro.reward)))  # fmt: skip
+                last = update_i >= cfg.updates or (cfg.minutes is not None and elapsed >= cfg.minutes * 60)
+                if last or (cfg.eval_every and update_i % cfg.eval_every == 0):
+                    metrics["heldout_success"] = heldout(update_i)["success"]
+                logger.log(update_i, "rl", metrics, cfg.num_envs)
+                logger.advance(1)
+                if last or update_i % cfg.save_every == 0 or stop.signum is not None:
+                    save(update_i)
+                if stop.signum is not None:
+                    name = signal.Signals(stop.signum).name
+                    raise TrainingInterrupted(
+                        f"{name}: stopped after update {update_i}, wrote {ckpt_lib.checkpoint_dir(run_dir, update_i)};"
+                        " continue with --resume",
+                        stop.signum,
+                    )
+            if not history or history[-1]["update"] != update_i:  # budget ended between evaluations
+                heldout(update_i)
                 save(update_i)
-        if not history or history[-1]["update"] != update_i:  # budget ended between evaluations / nothing ran
-            heldout(update_i)
-            save(update_i)
-    finally:
-        logger.close()
-        if env_tb is not None:
-            env_tb.close()
-        slots.close()
+        finally:
+            logger.close()
+            if env_tb is not None:
+                env_tb.close()
+            slots.close()
     summary = {
         "model": policy.config.preset, "algorithm": cfg.algo, "env": cfg.env, "tasks": list(tasks),
         "init": cfg.init, "updates": update_i, "env_steps": env_steps, "minutes": elapsed / 60.0,

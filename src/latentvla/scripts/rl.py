@@ -62,6 +62,7 @@ def build_config(args: argparse.Namespace):
 
 def main(args: argparse.Namespace) -> int:
     from latentvla.checkpoint_check import CorruptCheckpointError
+    from latentvla.train.loop import TrainingInterrupted
 
     try:
         from latentvla.rl.loop import run_rl
@@ -74,6 +75,9 @@ def main(args: argparse.Namespace) -> int:
             FloatingPointError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + int(e.signum)
     print(f"{summary['model']} {summary['algorithm']}: held-out success {summary['before_success']:.1f}% -> "
           f"{summary['after_success']:.1f}% after {summary['updates']} updates, {summary['env_steps']} env steps, "
           f"{summary['minutes']:.1f} min; wrote {args.out}")  # fmt: skip
