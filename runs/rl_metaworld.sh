@@ -25,10 +25,9 @@ COMMON=(--env metaworld --tasks $HARD --minutes "$MINUTES" --no-progress --set m
 PPO=(--algo ppo --num-envs 6 --set lr=1e-4 epochs=2 minibatches=4)
 GRPO=(--algo grpo --num-envs 12 --group-size 4 --set lr=1e-4 epochs=2 minibatches=4)
 
-if [ -z "${START:-}" ]; then   # 1. demo-length checkpoints of the three models on the six demo tasks
+if [ -z "${START:-}" ]; then   # 1. demo-length checkpoints: the demo itself (its 4 models, 30 min, six tasks)
   START=$OUT/demo
-  models_csv=$(echo $MODELS | tr ' ' ',')
-  latentvla demo --out "$START" --models "$models_csv" --tasks $SIX --minutes 30
+  latentvla demo --out "$START"
 fi
 
 for m in $MODELS; do
