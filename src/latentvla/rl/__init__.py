@@ -11,6 +11,7 @@ One concept per file:
     actor.py       the stochastic policy around a trained checkpoint: features, sampling, log-probabilities, value
     rollout.py     N environments of a registered simulator stepped in lockstep, one batched policy call per
                    decision; held-out evaluation
+    ray_workers.py the same environments on Ray actors (`--ray-workers N`, optional [ray] extra)
     loop.py        the loop: rollout -> advantages -> epochs of minibatch updates -> log -> checkpoint
     summary.py     docs/results/rl/summary.json + plot from before/after evaluations and RL runs
 """
