@@ -11,7 +11,19 @@ import importlib
 import sys
 
 # Order is the order shown in --help.
-COMMANDS = ("collect", "annotate", "dataset", "train", "eval", "bench", "analyze", "serve", "demo", "ablations")
+COMMANDS = (
+    "collect",
+    "annotate",
+    "dataset",
+    "train",
+    "rl",
+    "eval",
+    "bench",
+    "analyze",
+    "serve",
+    "demo",
+    "ablations",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
