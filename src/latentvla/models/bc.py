@@ -124,7 +124,8 @@ class BCPolicyModel(nn.Module):
         pred = self(batch, generator)
         l1 = (pred - batch[ACTION]).abs().mean(dim=-1)  # (B, H)
         loss = stage.w_head * mean_over_valid_steps(l1, batch.get(ACTION_IS_PAD))
-        return loss, {"loss_l1": float(loss.detach().mean()), "loss": float(loss.detach().mean())}
+        mean = loss.detach().mean()  # a tensor: the loop reads metrics on the host only at log steps
+        return loss, {"loss_l1": mean, "loss": mean}
 
     def set_stage(self, name: str) -> None:
         if name != self.final.name:

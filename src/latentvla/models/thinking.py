@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from latentvla.models.backbone import BackboneOutput, cache_length
+from latentvla.models.device_checks import check
 
 
 def _pass_bounds(thinking_cols: Sequence[int], T: int) -> list[tuple[int, int]]:
@@ -37,12 +38,12 @@ def _pass_bounds(thinking_cols: Sequence[int], T: int) -> list[tuple[int, int]]:
 
 
 def _check_no_lookahead(mask: Tensor, bounds: list[tuple[int, int]], past: int) -> None:
-    for start, end in bounds[:-1]:
-        if mask[:, start:end, past + end :].any():
-            raise ValueError(
-                f"attention_mask lets columns [{start}, {end}) attend to later columns, so a multi-pass forward "
-                "cannot match one pass; keep bidirectional blocks away from the thinking tokens."
-            )
+    for start, end in bounds[:-1]:  # `check`: no host sync on an accelerator
+        check(
+            ~mask[:, start:end, past + end :].any(),
+            f"attention_mask lets columns [{start}, {end}) attend to later columns, so a multi-pass forward "
+            "cannot match one pass; keep bidirectional blocks away from the thinking tokens.",
+        )
 
 
 def concat_outputs(outputs: list[BackboneOutput]) -> BackboneOutput:
