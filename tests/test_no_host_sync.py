@@ -6,11 +6,21 @@ thinking columns from the host layout, the non-finite guard reads last step's ve
 from __future__ import annotations
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from latentvla.config import apply_overrides, get_preset
+from latentvla.constants import COT_BBOX, COT_BBOX_TEXT, COT_BBOX_VISIBLE, COT_REASONING, COT_SUBTASK
+from latentvla.data.cot import format_box, format_cot
+from latentvla.data.dataset import make_normalizer
+from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
+from latentvla.models import sequence as seq_lib
+from latentvla.models import vla as vla_lib
+from latentvla.models.recurrent_head import trunc_normal_icdf_
 from latentvla.train import loop
 from latentvla.train.logging import MetricsLogger, read_metrics
+from policy_helpers import policy_and_batches
 from sync_counter import SyncCounter
 
 COMMON = ["batch_size=2", "grad_accum=2", "num_workers=0", "save_every=1000", "policy.horizon=4",
@@ -84,3 +94,95 @@ def test_log_rows_keep_their_keys_and_values(dataset, tmp_path):
             assert row[key] == (pair[0][k] + pair[1][k]) / 2, (key, row[key])
         assert {"loss", "grad_norm", "lr_backbone", "steps_per_s"} <= set(row)
         assert len(pair[0]) >= 2, pair[0]  # loss and the stage's terms
+
+
+# ------------------------------------------------------------- the sync-free paths change nothing that is learned
+def _main_token_losses(self, hidden, seq):
+    """`LatentVLA._token_losses` as it was on main: boolean indexing (a host read of the count)."""
+    targets = seq.targets
+    valid = targets != seq_lib.IGNORE
+    ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    logits = self.backbone.logits(hidden[valid])
+    ce[valid] = F.cross_entropy(logits.float(), targets[valid], reduction="none")
+    off = self._action_offset
+    is_act = (targets >= off) & (targets < off + self.cfg.num_action_bins)
+    text, act = valid & ~is_act, valid & is_act
+    per = lambda m: (ce * m).sum(1) / m.sum(1).clamp(min=1)  # noqa: E731
+    return per(text), per(act)
+
+
+def _main_compose_cot(batch, components, index):
+    """`compose_cot` as it was on main: the box read back from the batch tensors per sample."""
+    return format_cot(batch[COT_SUBTASK][index], batch[COT_BBOX][index].tolist(),
+                      bool(batch[COT_BBOX_VISIBLE][index]), batch[COT_REASONING][index], components)  # fmt: skip
+
+
+def _loss_and_grads(model, batch, stage):
+    model.zero_grad(set_to_none=True)
+    loss, metrics = model.compute_loss(batch, stage, generator=torch.Generator().manual_seed(3), step=5)
+    loss.mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, {k: float(v) for k, v in metrics.items()}
+
+
+@pytest.fixture(scope="module")
+def data(dataset):
+    reader = LeRobotDatasetReader(dataset)
+    return reader, make_normalizer(reader)
+
+
+@pytest.mark.parametrize("preset", ["lara", "lara-no-cot", "rdvla"])
+def test_every_stage_same_losses_gradients_and_metrics_as_main(data, preset):
+    """Bitwise: index_select at the host-known supervised positions = boolean indexing; the loader's box text =
+    the box formatted from the tensors; action ids written into the layout on the device (forced here on the
+    CPU) = laid out on the host."""
+    policy, (batch,) = policy_and_batches(*data, preset, indices=((0, 3, 9, 14),))
+    model = policy.model.train()
+    assert COT_BBOX_TEXT in batch
+    for stage in policy.config.curriculum.stages():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(seq_lib, "_on_device", lambda t: True)  # the accelerator branch of build_sequence
+            new, g_new, m_new = _loss_and_grads(model, batch, stage)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(vla_lib.LatentVLA, "_token_losses", _main_token_losses)
+            mp.setattr(vla_lib, "compose_cot", _main_compose_cot)
+            old, g_old, m_old = _loss_and_grads(model, batch, stage)
+        assert torch.equal(new, old), (preset, stage.name)
+        assert g_new.keys() == g_old.keys() and all(torch.equal(g_new[k], g_old[k]) for k in g_old), stage.name
+        assert m_new == m_old
+
+
+def test_layout_with_device_action_ids_equals_the_host_layout(data):
+    policy, (batch,) = policy_and_batches(*data, "lara", indices=((0, 3, 9, 14),))
+    tok, model = policy.model.tokenizer, policy.model
+    ids = model._action_offset + model.action_tokenizer.encode(batch["action"])
+    texts = [vla_lib.compose_cot(batch, ("subtask", "bbox", "reasoning"), i) for i in range(4)]
+    args = dict(n_latent=1, n_img_next=4, action_token_ids=ids, n_query=0, n_image=5)
+    for n_img_next in (4, 0):  # without <img_next> the first action's target sits at each row's own text end
+        host = seq_lib.build_sequence(tok, list(batch["task"]), texts, **{**args, "n_img_next": n_img_next})
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(seq_lib, "_on_device", lambda t: True)
+            dev = seq_lib.build_sequence(tok, list(batch["task"]), texts, **{**args, "n_img_next": n_img_next})
+        for f in ("input_ids", "segments", "position_ids", "targets", "supervised", "action_index"):
+            assert torch.equal(getattr(dev, f), getattr(host, f)), f
+        assert dev.thinking_cols == host.thinking_cols == host.thinking_index[0].tolist()
+        assert torch.equal(host.supervised, (host.targets != seq_lib.IGNORE).flatten().nonzero().squeeze(1))
+
+
+def test_loader_box_text_is_the_cot_box_string(data):
+    policy, (batch,) = policy_and_batches(*data, "lara", indices=((0, 3, 9, 14),))
+    for i in range(4):
+        assert batch[COT_BBOX_TEXT][i] == format_box(batch[COT_BBOX][i].tolist(), bool(batch[COT_BBOX_VISIBLE][i]))
+        for comps in (("subtask", "bbox", "reasoning"), ("bbox", "reasoning"), ("reasoning",)):
+            assert vla_lib.compose_cot(batch, comps, i) == _main_compose_cot(batch, comps, i)
+
+
+def test_inverse_cdf_truncated_normal_matches_torchs_distribution():
+    """The recurrent head's initial state off the CPU: same truncated normal as nn.init.trunc_normal_."""
+    std, n = 0.02, 400_000
+    x = trunc_normal_icdf_(torch.empty(n), std, torch.Generator().manual_seed(0))
+    ref = torch.nn.init.trunc_normal_(torch.empty(n), 0.0, std, -3 * std, 3 * std, torch.Generator().manual_seed(1))
+    assert x.abs().max() <= 3 * std and x.mean().abs() < 1e-4
+    assert abs(x.std() / ref.std() - 1) < 0.01 and abs(x.std() / std - 0.98658) < 0.01  # truncated at 3 sigma
+    for q in (0.01, 0.1, 0.5, 0.9, 0.99):
+        assert abs(x.quantile(q) - ref.quantile(q)) < 0.03 * std

@@ -189,7 +189,7 @@ def build_sequence(
     sup[:, img0 : img0 + min(1, n_img_next)] = True  # only the first <img_next> is supervised
     # Action ids on a device stay there: the host lays out a placeholder, written over on the device below
     # (reading them back would stall the training step until the device caught up).
-    on_device = L > 0 and action_token_ids.device.type != "cpu"
+    on_device = L > 0 and _on_device(action_token_ids)
     if L:
         ids[:, act0 : act0 + L] = tok.action_token_ids[0] if on_device else action_token_ids.numpy()
         segs[:, act0 : act0 + L], sup[:, act0 : act0 + L] = S.ACTION, True
@@ -267,6 +267,11 @@ def shifted_targets(ids: Tensor, real: Tensor, sup: Tensor) -> Tensor:
     rows = torch.arange(B)[:, None].expand(B, T)
     targets[rows[hit], prev[hit]] = ids[hit]
     return targets
+
+
+def _on_device(t: Tensor) -> bool:
+    """Whether `t` lives off the host (then its values are written into the layout on the device)."""
+    return t.device.type != "cpu"
 
 
 def _previous_real(real: Tensor) -> Tensor:
