@@ -39,6 +39,7 @@ from latentvla.models.backbone import (
     init_new_rows,
     rescale_to_rms,
 )
+from latentvla.models.backbones.image_preprocess import DevicePreprocessor
 
 _HF_INSTALL = 'pip install -e ".[hf]"'
 # model_type -> (text model attribute of `.model`, vision kind); see VLMVision.forward.
@@ -67,17 +68,20 @@ class VLMVision(nn.Module):
     """The VLM's vision tower (+ merger / connector / projector) as one module: (B, 3, H, W) in [0, 1] ->
     (B, n, D) tokens in the LM width, row-major on a square grid for square images.
 
-    Preprocessing is the image processor saved with the model (resize, rescale, normalise, patchify): the
-    processor runs on CPU tensors (the PIL-backed processors are the ones that work without torchvision,
-    scale-facts.md §1), then the pixels move to the tower's device.
+    Preprocessing is the image processor saved with the model (resize, rescale, normalise, patchify), done
+    with tensor ops on the images' device with the same pixel values (`image_preprocess.DevicePreprocessor`);
+    Idefics3 / SmolVLM still run their PIL processor on CPU copies (image splitting / padding not ported).
     """
 
     def __init__(self, kind: str, modules: dict[str, nn.Module], processor: Any, merge: int = 1) -> None:
         super().__init__()
         self.kind, self.processor, self.merge = kind, processor, merge
         self.parts = nn.ModuleDict(modules)
+        self.on_device = None if kind == "idefics3" else DevicePreprocessor(processor, qwen=kind == "qwen")
 
     def preprocess(self, images: Tensor) -> dict[str, Tensor]:
+        if self.on_device is not None:
+            return self.on_device(images.detach().float().clamp(0, 1))
         x = images.detach().float().clamp(0, 1).cpu()
         kw: dict[str, Any] = {"do_rescale": False, "return_tensors": "pt"}
         if self.kind == "idefics3":
