@@ -112,7 +112,11 @@ def pil_resize(images: Tensor, size: tuple[int, int], resample: int = BICUBIC, c
             cache[key] = torch.from_numpy(resample_weights(n_in, n_out, resample)).to(u8.device)
         return cache[key]
 
-    if (h, w) != (H, W):  # Pillow: the horizontal pass first (when the width changes), then the vertical one
+    if h != H and w != W and h * W != w * H:
+        # Pillow 13 picks the pass order of such a resize by a rule not reproduced here (images are square in
+        # this project: `fit_policy_to_dataset`); with one scale for both axes it runs the horizontal pass first
+        raise ValueError(f"the device resize reproduces Pillow for one scale on both axes, not {H}x{W} -> {h}x{w}")
+    if (h, w) != (H, W):  # the horizontal pass first (when the width changes), then the vertical one
         if w != W:
             u8 = _pass(u8, weights(W, w), -1)
         if h != H:
