@@ -186,3 +186,44 @@ def test_inverse_cdf_truncated_normal_matches_torchs_distribution():
     assert abs(x.std() / ref.std() - 1) < 0.01 and abs(x.std() / std - 0.98658) < 0.01  # truncated at 3 sigma
     for q in (0.01, 0.1, 0.5, 0.9, 0.99):
         assert abs(x.quantile(q) - ref.quantile(q)) < 0.03 * std
+
+
+def test_no_host_sync_outside_log_steps_hf_backbone(dataset, tmp_path, monkeypatch):
+    """lara on a tiny Qwen3-VL (its own vision tower, images preprocessed on the device, DeepStack, EMA target).
+    Transformers' Qwen vision tower itself reads `image_grid_thw` (a shape-derived tensor) to build its
+    positions; those reads are upstream and listed apart, everything of ours must be zero."""
+    pytest.importorskip("transformers")
+    from latentvla.config import use_backbone
+    from latentvla.models.backbones.tiny_hf import save_tiny
+
+    path = save_tiny("qwen3_vl", tmp_path / "qwen3_vl")
+    cfg = use_backbone(get_preset("lara", "micro"), str(path))
+    cfg = apply_overrides(cfg, ["steps=20", "log_every=20", *COMMON, "policy.num_action_bins=8"])
+    counter, stages, logged = run_counted(cfg, dataset, tmp_path / "run", monkeypatch)
+    quiet = [s for s in stages if s not in logged]
+    assert quiet and {stages[s] for s in quiet} == set(stages.values()), (stages, logged)
+    ours = {k: v for k, v in counter.summary(quiet).items() if "/transformers/" not in k.split(" <- ")[0]}
+    assert not ours, f"host reads of device values in steps without a log row: {ours}"
+
+
+def test_deepstack_by_index_equals_transformers_boolean_mask(data, tmp_path):
+    """Qwen3-VL DeepStack added at our host-known image columns = transformers' hidden[mask] += embeds, for the
+    per-sample losses and every gradient (bitwise)."""
+    pytest.importorskip("transformers")
+    from latentvla.config import use_backbone
+    from latentvla.models.backbones.tiny_hf import save_tiny
+
+    path = save_tiny("qwen3_vl", tmp_path / "qwen3_vl")
+    policy, (batch,) = policy_and_batches(*data, "lara", "policy.num_action_bins=8", indices=((0, 9),),
+                                          cfg_fn=lambda c: use_backbone(c, str(path)))  # fmt: skip
+    model, text = policy.model.train(), policy.model.backbone._text
+    for stage in (model.final,):  # Coconut passes, visual latents, the head
+        ours = _loss_and_grads(model, batch, stage)
+        assert policy.model.backbone._deepstack_cols[1].numel() > 0  # our path ran
+        del text._deepstack_process  # the class's boolean-mask version
+        try:
+            ref = _loss_and_grads(model, batch, stage)
+        finally:
+            text._deepstack_process = policy.model.backbone._deepstack_add
+        assert torch.equal(ours[0], ref[0]), stage.name
+        assert ours[1].keys() == ref[1].keys() and all(torch.equal(ours[1][k], ref[1][k]) for k in ref[1])

@@ -226,7 +226,10 @@ def _lara_qwen3vl() -> TrainConfig:
         curriculum=CurriculumConfig("lara", fractions=(5.0, 2.0, 2.0, 2.0, 40.0)),
         horizon=8,
         n_img_next=16,
-        target_image_size=112,  # LaRA img_next.res: 112 px -> 4x4 merged Qwen tokens = the 16 targets (§1.2)
+        # LaRA img_next.res: 112 px (§1.2). Qwen3-VL's processor raises every image to its 65,536-pixel minimum,
+        # so the 112 px frame reaches the EMA tower as 256 px = 8x8 merged tokens (the 224 px input likewise: 66
+        # tokens per camera), pooled to the 4x4 = 16 targets; our device path keeps the processor's pixels.
+        target_image_size=112,
     )
     return TrainConfig("lara-qwen3vl", policy, steps=51_000, batch_size=128, lr_backbone=1e-5, lr_vision=1e-5,
                        lr_head=1e-4, weight_decay=1e-8, warmup_frac=0.1, min_lr_frac=0.05)  # fmt: skip

@@ -191,6 +191,8 @@ class HFVLMBackbone(nn.Module):
         # Plain (unregistered) references: the modules stay registered once, under `vlm` (peft / FSDP wrap them
         # in place, so these stay valid).
         object.__setattr__(self, "_text", getattr(inner, text_attr))
+        if hasattr(self._text, "_deepstack_process"):  # Qwen3-VL: add DeepStack features without a host sync
+            self._text._deepstack_process = self._deepstack_add
         tc = self.vlm.config.get_text_config()
         self.width, self.num_layers = tc.hidden_size, tc.num_hidden_layers
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
@@ -311,11 +313,28 @@ class HFVLMBackbone(nn.Module):
         mask = torch.zeros(B, T, dtype=torch.bool, device=embeds.device)
         for k in range(cams):
             mask[:, k * self.tokens_per_image + 1 : k * self.tokens_per_image + 1 + n] = True
+        cols = [k * self.tokens_per_image + 1 + j for k in range(cams) for j in range(n)]
+        key = (tuple(cols), embeds.device)
+        if getattr(self, "_deepstack_cols", (None, None))[0] != key:  # made once per layout and device
+            self._deepstack_cols = (key, torch.tensor(cols).to(embeds.device))
+        self._deepstack_mask = mask  # `_deepstack_add` recognises our own mask (its columns are known)
         per_layer = [torch.cat([deep[k][i] for k in range(cams)], dim=1) for i in range(len(deep[0]))]
         return {
             "visual_pos_masks": mask,
             "deepstack_visual_embeds": [f.reshape(-1, f.shape[-1]) for f in per_layer],
         }
+
+    def _deepstack_add(self, hidden: Tensor, visual_pos_masks: Tensor, visual_embeds: Tensor) -> Tensor:
+        """Qwen3-VL's `_deepstack_process` (hidden[mask] += embeds) at the image columns we laid out, which are
+        the same in every row and known on the host: an index, where a boolean mask would read its count back
+        from the device. Same values and gradients (tests/test_no_host_sync.py)."""
+        if visual_pos_masks is not getattr(self, "_deepstack_mask", None):  # transformers' own forward
+            return type(self._text)._deepstack_process(self._text, hidden, visual_pos_masks, visual_embeds)
+        cols = self._deepstack_cols[1]
+        hidden = hidden.clone()
+        emb = visual_embeds.to(hidden.device, hidden.dtype).view(hidden.shape[0], cols.numel(), -1)
+        hidden[:, cols] = hidden[:, cols] + emb
+        return hidden
 
     def logits(self, hidden: Tensor) -> Tensor:
         head = self.vlm.get_output_embeddings()
