@@ -188,10 +188,11 @@ def test_inverse_cdf_truncated_normal_matches_torchs_distribution():
         assert abs(x.quantile(q) - ref.quantile(q)) < 0.03 * std
 
 
+@pytest.mark.slow  # ~25 s on 2 busy cores
 def test_no_host_sync_outside_log_steps_hf_backbone(dataset, tmp_path, monkeypatch):
-    """lara on a tiny Qwen3-VL (its own vision tower, images preprocessed on the device, DeepStack, EMA target).
-    Transformers' Qwen vision tower itself reads `image_grid_thw` (a shape-derived tensor) to build its
-    positions; those reads are upstream and listed apart, everything of ours must be zero."""
+    """lara on a tiny Qwen3-VL: its own vision tower with images preprocessed on the device, DeepStack, the EMA
+    target. Allowed: the tower inputs made once per image shape (`VLMVision._tower_inputs`), and transformers'
+    SDPA vision attention splitting by the segment boundaries `_tower_inputs` keeps on the host."""
     pytest.importorskip("transformers")
     from latentvla.config import use_backbone
     from latentvla.models.backbones.tiny_hf import save_tiny
@@ -202,10 +203,17 @@ def test_no_host_sync_outside_log_steps_hf_backbone(dataset, tmp_path, monkeypat
     counter, stages, logged = run_counted(cfg, dataset, tmp_path / "run", monkeypatch)
     quiet = [s for s in stages if s not in logged]
     assert quiet and {stages[s] for s in quiet} == set(stages.values()), (stages, logged)
-    ours = {k: v for k, v in counter.summary(quiet).items() if "/transformers/" not in k.split(" <- ")[0]}
-    assert not ours, f"host reads of device values in steps without a log row: {ours}"
+
+    def allowed(site: str) -> bool:
+        inner = site.split(" <- ")[0]
+        return ":_tower_inputs:" in site or ("modeling_qwen3_vl.py:<listcomp>" in inner and ":encode:" in site)
+
+    bad = {k: v for k, v in counter.summary(quiet).items() if not allowed(k.split(" at ", 1)[1])}
+    assert not bad, f"host reads of device values in steps without a log row: {bad}"
+    assert sum(v for k, v in counter.summary(quiet[1:]).items() if ":_tower_inputs:" in k) == 0  # once
 
 
+@pytest.mark.slow  # ~20 s on 2 busy cores
 def test_deepstack_by_index_equals_transformers_boolean_mask(data, tmp_path):
     """Qwen3-VL DeepStack added at our host-known image columns = transformers' hidden[mask] += embeds, for the
     per-sample losses and every gradient (bitwise)."""

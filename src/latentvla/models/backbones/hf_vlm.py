@@ -78,6 +78,7 @@ class VLMVision(nn.Module):
         self.kind, self.processor, self.merge = kind, processor, merge
         self.parts = nn.ModuleDict(modules)
         self.on_device = None if kind == "idefics3" else DevicePreprocessor(processor, qwen=kind == "qwen")
+        self._tower_cache: dict = {}
 
     def preprocess(self, images: Tensor) -> dict[str, Tensor]:
         if self.on_device is not None:
@@ -101,7 +102,7 @@ class VLMVision(nn.Module):
         pv = inputs["pixel_values"].to(dev, dtype)
         if self.kind == "qwen":
             grid = inputs["image_grid_thw"].to(dev)
-            out = self.parts["tower"](pv, grid_thw=grid, return_dict=True)
+            out = self.parts["tower"](pv, grid_thw=grid, return_dict=True, **self._tower_inputs(grid, pv.shape))
             deep = [f.reshape(B, -1, f.shape[-1]) for f in (getattr(out, "deepstack_features", None) or [])]
             return out.pooler_output.reshape(B, -1, out.pooler_output.shape[-1]), deep
         if self.kind == "idefics3":
@@ -110,6 +111,31 @@ class VLMVision(nn.Module):
             return feats.reshape(B, -1, feats.shape[-1]), []
         feats = self.parts["tower"](pv, return_dict=True).last_hidden_state  # paligemma
         return self.parts["projector"](feats), []
+
+
+    def _tower_inputs(self, grid: Tensor, pixels_shape: torch.Size) -> dict[str, Any]:
+        """What the Qwen tower derives from `image_grid_thw` by reading it on the host (its positions, attention
+        segments and, for Qwen2.5-VL, windows), made once per image shape with transformers' own functions and
+        passed in precomputed (the tower pops them from its kwargs). The segment boundaries stay on the host:
+        the SDPA path splits by them there."""
+        key = (tuple(grid.shape), tuple(pixels_shape), grid.device)
+        if key not in self._tower_cache:
+            try:
+                from transformers import vision_utils as vu
+            except ImportError:  # an older transformers: the tower computes them itself
+                return {}
+            tower, host = self.parts["tower"], grid.cpu()
+            kw: dict[str, Any] = {
+                "position_ids": vu.get_vision_position_ids(host, tower.spatial_merge_size).to(grid.device),
+                "cu_seqlens": vu.get_vision_cu_seqlens(host),
+            }
+            if hasattr(tower, "window_size"):  # Qwen2.5-VL's windowed attention
+                index, cu_window = vu.get_vision_window_index(
+                    host, tower.spatial_merge_size, tower.window_size, tower.patch_size
+                )
+                kw.update(window_index=index.to(grid.device), cu_window_seqlens=cu_window)
+            self._tower_cache[key] = kw
+        return self._tower_cache[key]
 
 
 def _vision_parts(kind: str, inner: nn.Module) -> dict[str, nn.Module]:
