@@ -235,3 +235,16 @@ def test_deepstack_by_index_equals_transformers_boolean_mask(data, tmp_path):
             text._deepstack_process = policy.model.backbone._deepstack_add
         assert torch.equal(ours[0], ref[0]), stage.name
         assert ours[1].keys() == ref[1].keys() and all(torch.equal(ours[1][k], ref[1][k]) for k in ref[1])
+
+
+def test_num_workers_auto_is_zero_on_cpu_and_leaves_a_core_on_cuda(monkeypatch):
+    from latentvla.train.loop import loader_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert get_preset("lara", "micro").num_workers == -1  # auto by default
+    assert loader_workers(-1, cpu, cores=16) == 0 and loader_workers(2, cpu) == 2 and loader_workers(0, cuda) == 0
+    assert [loader_workers(-1, cuda, cores=c) for c in (1, 2, 3, 16)] == [0, 1, 2, 4]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 ranks on a 16-core node: 2 cores each
+    assert loader_workers(-1, cuda, cores=16) == 1
+    with pytest.raises(ValueError, match="num_workers"):
+        apply_overrides(get_preset("lara", "micro"), ["num_workers=-2"])
