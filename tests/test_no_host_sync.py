@@ -5,6 +5,7 @@ thinking columns from the host layout, the non-finite guard reads last step's ve
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -248,3 +249,20 @@ def test_num_workers_auto_is_zero_on_cpu_and_leaves_a_core_on_cuda(monkeypatch):
     assert loader_workers(-1, cuda, cores=16) == 1
     with pytest.raises(ValueError, match="num_workers"):
         apply_overrides(get_preset("lara", "micro"), ["num_workers=-2"])
+
+
+def test_finite_guard_reports_each_verdict_once():
+    from latentvla.train.finite_guard import FiniteGuard, host_floats, step_loss
+
+    guard = FiniteGuard()
+    assert guard.pop() is None
+    guard.push(3, step_loss([torch.tensor(1.5), 2.0]), torch.tensor(0.5))
+    v = guard.pop()
+    assert v.step == 3 and v.finite and guard.pop() is None
+    guard.push(4, step_loss([torch.tensor(float("nan")), torch.tensor(1.0)]), torch.tensor(0.5))
+    v = guard.pop()
+    assert v.step == 4 and not v.finite and np.isnan(v.loss) and v.grad_norm == 0.5
+    guard.push(5, torch.tensor(1.0), torch.tensor(float("inf")))
+    assert not guard.pop().finite
+    values = [torch.tensor(0.1), 0.25, torch.tensor(1 / 3, dtype=torch.float32)]
+    assert host_floats(values) == [float(v) for v in values]
