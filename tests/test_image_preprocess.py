@@ -73,8 +73,18 @@ def test_qwen3_vl_upsamples_small_images_to_its_minimum_pixels(size):
 
 
 @pytest.mark.parametrize("resample", [BILINEAR, BICUBIC, LANCZOS])
-@pytest.mark.parametrize("shape", [(40, 40, 40, 40), (37, 53, 37, 21), (37, 53, 64, 53), (224, 224, 256, 256),
-                                   (480, 480, 224, 224), (72, 38, 36, 19), (96, 64, 32, 96)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (40, 40, 40, 40),
+        (37, 53, 37, 21),
+        (37, 53, 64, 53),
+        (224, 224, 256, 256),
+        (480, 480, 224, 224),
+        (72, 38, 36, 19),
+        (96, 64, 32, 96),
+    ],
+)
 def test_resampler_equals_pillow(resample, shape):
     """Pillow's own Image.resize on uint8 RGB images: down, up, one axis, same size (a copy), one scale for a
     non-square image; a resize with two different scales is refused (Pillow picks the pass order there)."""

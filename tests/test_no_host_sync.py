@@ -30,7 +30,9 @@ COMMON = ["batch_size=2", "grad_accum=2", "num_workers=0", "save_every=1000", "p
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp("sync") / "ds", num_episodes=2, length=10, image_size=32)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("sync") / "ds", num_episodes=2, length=10, image_size=32
+    )
 
 
 def run_counted(cfg, dataset, run, monkeypatch) -> tuple[SyncCounter, dict[int, str], set[int]]:
@@ -59,9 +61,7 @@ def run_counted(cfg, dataset, run, monkeypatch) -> tuple[SyncCounter, dict[int, 
     return counter, stages, logged
 
 
-@pytest.mark.parametrize(
-    "preset, steps", [("lara", 20), ("lara-no-cot", 8), ("rdvla", 4), ("bc", 4)]
-)
+@pytest.mark.parametrize("preset, steps", [("lara", 20), ("lara-no-cot", 8), ("rdvla", 4), ("bc", 4)])
 def test_no_host_sync_outside_log_steps(preset, steps, dataset, tmp_path, monkeypatch):
     cfg = apply_overrides(get_preset(preset, "micro"), [f"steps={steps}", f"log_every={steps}", *COMMON])
     counter, stages, logged = run_counted(cfg, dataset, tmp_path / "run", monkeypatch)
@@ -182,7 +182,9 @@ def test_inverse_cdf_truncated_normal_matches_torchs_distribution():
     """The recurrent head's initial state off the CPU: same truncated normal as nn.init.trunc_normal_."""
     std, n = 0.02, 400_000
     x = trunc_normal_icdf_(torch.empty(n), std, torch.Generator().manual_seed(0))
-    ref = torch.nn.init.trunc_normal_(torch.empty(n), 0.0, std, -3 * std, 3 * std, torch.Generator().manual_seed(1))
+    ref = torch.nn.init.trunc_normal_(
+        torch.empty(n), 0.0, std, -3 * std, 3 * std, torch.Generator().manual_seed(1)
+    )
     assert x.abs().max() <= 3 * std and x.mean().abs() < 1e-4
     assert abs(x.std() / ref.std() - 1) < 0.01 and abs(x.std() / std - 0.98658) < 0.01  # truncated at 3 sigma
     for q in (0.01, 0.1, 0.5, 0.9, 0.99):

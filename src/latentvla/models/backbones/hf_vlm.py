@@ -112,7 +112,6 @@ class VLMVision(nn.Module):
         feats = self.parts["tower"](pv, return_dict=True).last_hidden_state  # paligemma
         return self.parts["projector"](feats), []
 
-
     def _tower_inputs(self, grid: Tensor, pixels_shape: torch.Size) -> dict[str, Any]:
         """What the Qwen tower derives from `image_grid_thw` by reading it on the host (its positions, attention
         segments and, for Qwen2.5-VL, windows), made once per image shape with transformers' own functions and

@@ -86,7 +86,9 @@ def resample_weights(in_size: int, out_size: int, resample: int) -> np.ndarray:
         total = sum(k)  # summed in order, as the C loop does
         for x in range(xmax):
             v = k[x] / total if total != 0.0 else k[x]
-            w[xmin + x, xx] = int(-0.5 + v * (1 << PRECISION_BITS)) if v < 0 else int(0.5 + v * (1 << PRECISION_BITS))
+            w[xmin + x, xx] = (
+                int(-0.5 + v * (1 << PRECISION_BITS)) if v < 0 else int(0.5 + v * (1 << PRECISION_BITS))
+            )
     return w
 
 
@@ -96,7 +98,9 @@ def _pass(u8: Tensor, weights: Tensor, dim: int) -> Tensor:
     return torch.floor(x / float(1 << PRECISION_BITS)).clamp_(0, 255).movedim(-1, dim)  # clip8
 
 
-def pil_resize(images: Tensor, size: tuple[int, int], resample: int = BICUBIC, cache: dict | None = None) -> Tensor:
+def pil_resize(
+    images: Tensor, size: tuple[int, int], resample: int = BICUBIC, cache: dict | None = None
+) -> Tensor:
     """(B, C, H, W) float in [0, 1] -> (B, C, h, w) float32, exactly `resize` of a PIL-backed processor: the
     image quantised to uint8, resampled by Pillow's fixed-point passes, rescaled by 1/255. `cache` keeps the
     weight matrices on the device (a host-to-device copy per call would wait for the device)."""
