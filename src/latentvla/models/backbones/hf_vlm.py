@@ -24,6 +24,7 @@ transformers' own forward.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,10 @@ class VLMVision(nn.Module):
         super().__init__()
         self.kind, self.processor, self.merge = kind, processor, merge
         self.parts = nn.ModuleDict(modules)
-        self.on_device = None if kind == "idefics3" else DevicePreprocessor(processor, qwen=kind == "qwen")
+        self.on_device = None  # Idefics3, or a setting without a device implementation: the processor on CPU
+        if kind != "idefics3":
+            with contextlib.suppress(ValueError):
+                self.on_device = DevicePreprocessor(processor, qwen=kind == "qwen")
         self._tower_cache: dict = {}
 
     def preprocess(self, images: Tensor) -> dict[str, Tensor]:

@@ -172,7 +172,9 @@ class DevicePreprocessor:
     def __init__(self, processor: Any, qwen: bool) -> None:
         self.qwen = qwen
         self.do_resize = bool(_get(processor, "do_resize", True))
-        self.resample = int(_get(processor, "resample", BICUBIC))
+        resample = _get(processor, "resample", BICUBIC)  # PIL's enum, or torchvision's InterpolationMode
+        resample = getattr(resample, "value", resample)
+        self.resample = {"bilinear": BILINEAR, "bicubic": BICUBIC, "lanczos": LANCZOS}.get(resample, resample)
         self.size = _get(processor, "size", {})
         self.do_center_crop = bool(_get(processor, "do_center_crop", False))
         self.crop_size = _get(processor, "crop_size", {})
@@ -186,7 +188,7 @@ class DevicePreprocessor:
             self.min_pixels = int(_size(self.size, "shortest_edge"))
             self.max_pixels = int(_size(self.size, "longest_edge"))
         self._cache: dict = {}  # device copies of weights, mean / std and grids, made once per device
-        if self.resample not in FILTERS and self.do_resize:
+        if not isinstance(self.resample, int) or (self.resample not in FILTERS and self.do_resize):
             raise ValueError(f"{type(processor).__name__}: resample {self.resample} has no device implementation")
 
     def target_size(self, height: int, width: int) -> tuple[int, int]:
