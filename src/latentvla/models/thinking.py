@@ -104,7 +104,16 @@ def latent_forward(
             )  # fmt: skip
         )
     out = concat_outputs(outputs)
-    return out, out.hidden[:, list(thinking_cols)]
+    return out, _columns(out.hidden, thinking_cols)
+
+
+def _columns(x: Tensor, cols: Sequence[int]) -> Tensor:
+    """x[:, cols]; a slice when the columns are consecutive (always, in our layout): indexing with a list copies
+    it to the device first, which waits for the device."""
+    cols = list(cols)
+    if cols and cols == list(range(cols[0], cols[0] + len(cols))):
+        return x[:, cols[0] : cols[0] + len(cols)]
+    return x[:, cols]
 
 
 def naive_latent_forward(
