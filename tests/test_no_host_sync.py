@@ -268,3 +268,42 @@ def test_finite_guard_reports_each_verdict_once():
     assert not guard.pop().finite
     values = [torch.tensor(0.1), 0.25, torch.tensor(1 / 3, dtype=torch.float32)]
     assert host_floats(values) == [float(v) for v in values]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: counts the syncs the driver sees")
+@pytest.mark.parametrize("preset, steps", [("lara", 20), ("rdvla", 4), ("bc", 4)])
+def test_no_cuda_sync_outside_log_steps(preset, steps, dataset, tmp_path, monkeypatch):
+    """On CUDA, torch's sync debug mode also sees what the CPU count cannot (blocking host-to-device copies).
+    Step 0 fills the one-time caches (weights, grids, pinned buffers) and is not checked."""
+    import warnings
+
+    cfg = apply_overrides(
+        get_preset(preset, "micro"), [f"steps={steps}", f"log_every={steps}", *COMMON, "device=cuda"]
+    )
+    step, per_step, logged = [-1], {}, set()
+    set_lrs, log = loop.set_lrs, MetricsLogger.log
+
+    def start_step(*a, **kw):
+        step[0] += 1
+        return set_lrs(*a, **kw)
+
+    def log_row(self, *a, **kw):
+        logged.add(step[0])
+        return log(self, *a, **kw)
+
+    def on_warning(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            per_step[step[0]] = per_step.get(step[0], 0) + 1
+
+    monkeypatch.setattr(loop, "set_lrs", start_step)
+    monkeypatch.setattr(MetricsLogger, "log", log_row)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        monkeypatch.setattr(warnings, "showwarning", on_warning)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            loop.train(cfg, dataset, tmp_path / "run", show_progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    quiet = [s for s in range(1, step[0] + 1) if s not in logged]
+    assert quiet and not {s: per_step[s] for s in quiet if s in per_step}, per_step
