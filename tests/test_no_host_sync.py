@@ -280,30 +280,30 @@ def test_no_cuda_sync_outside_log_steps(preset, steps, dataset, tmp_path, monkey
     cfg = apply_overrides(
         get_preset(preset, "micro"), [f"steps={steps}", f"log_every={steps}", *COMMON, "device=cuda"]
     )
-    step, per_step, logged = [-1], {}, set()
+    marks, logged = [], set()  # marks[s]: warnings recorded before step s began
     set_lrs, log = loop.set_lrs, MetricsLogger.log
 
     def start_step(*a, **kw):
-        step[0] += 1
+        marks.append(len(caught))
         return set_lrs(*a, **kw)
 
     def log_row(self, *a, **kw):
-        logged.add(step[0])
+        logged.add(len(marks) - 1)
         return log(self, *a, **kw)
-
-    def on_warning(message, category, filename, lineno, file=None, line=None):
-        if "synchroniz" in str(message):
-            per_step[step[0]] = per_step.get(step[0], 0) + 1
 
     monkeypatch.setattr(loop, "set_lrs", start_step)
     monkeypatch.setattr(MetricsLogger, "log", log_row)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        monkeypatch.setattr(warnings, "showwarning", on_warning)
         torch.cuda.set_sync_debug_mode("warn")
         try:
             loop.train(cfg, dataset, tmp_path / "run", show_progress=False)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    quiet = [s for s in range(1, step[0] + 1) if s not in logged]
-    assert quiet and not {s: per_step[s] for s in quiet if s in per_step}, per_step
+    bounds = [*marks, len(caught)]
+    per_step = {
+        s: [str(w.message) for w in caught[bounds[s] : bounds[s + 1]] if "synchroniz" in str(w.message)]
+        for s in range(len(marks))
+    }
+    quiet = [s for s in range(1, len(marks)) if s not in logged]
+    assert quiet and not {s: per_step[s] for s in quiet if per_step[s]}, per_step
