@@ -121,7 +121,10 @@ class TrainConfig:
     min_lr_frac: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1
-    num_workers: int = 0
+    # DataLoader worker processes; -1 = auto (train/loop.py `loader_workers`): 0 on CPU, where workers take cores
+    # from the training step, min(4, cores per rank - 1) on CUDA, where one process decodes only ~200-300 samples/s
+    # of 64 px PNG frames (bench data) and would hold the GPU back.
+    num_workers: int = -1
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
@@ -140,6 +143,8 @@ class TrainConfig:
         for name in ("log_every", "save_every", "keep_last"):  # 0 used to crash mid-run or after training
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)} (e.g. {name}=1)")
+        if self.num_workers < -1:
+            raise ValueError(f"num_workers must be >= 0 (or -1 = auto), got {self.num_workers}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(did_you_mean(self.parallel, ("ddp", "fsdp"), "parallel mode"))
 
@@ -226,7 +231,10 @@ def _lara_qwen3vl() -> TrainConfig:
         curriculum=CurriculumConfig("lara", fractions=(5.0, 2.0, 2.0, 2.0, 40.0)),
         horizon=8,
         n_img_next=16,
-        target_image_size=112,  # LaRA img_next.res: 112 px -> 4x4 merged Qwen tokens = the 16 targets (§1.2)
+        # LaRA img_next.res: 112 px (§1.2). Qwen3-VL's processor raises every image to its 65,536-pixel minimum,
+        # so the 112 px frame reaches the EMA tower as 256 px = 8x8 merged tokens (the 224 px input likewise: 66
+        # tokens per camera), pooled to the 4x4 = 16 targets; our device path keeps the processor's pixels.
+        target_image_size=112,
     )
     return TrainConfig("lara-qwen3vl", policy, steps=51_000, batch_size=128, lr_backbone=1e-5, lr_vision=1e-5,
                        lr_head=1e-4, weight_decay=1e-8, warmup_frac=0.1, min_lr_frac=0.05)  # fmt: skip

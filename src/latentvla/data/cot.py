@@ -34,14 +34,18 @@ def format_cot(
     visible: bool,
     reasoning: str,
     components: Sequence[str] = COT_COMPONENTS,
+    *,
+    box_text: str | None = None,
 ) -> str:
-    """The CoT string of the given components (default: all three, the stored `cot.text`)."""
+    """The CoT string of the given components (default: all three, the stored `cot.text`). `box_text`, when
+    given, is `format_box(bbox, visible)` already made (the data loader's `cot.bbox_text`); bbox/visible are then
+    not read."""
     unknown = set(components) - set(COT_COMPONENTS)
     if unknown:
         raise ValueError(f"unknown CoT components {sorted(unknown)}; expected a subset of {COT_COMPONENTS}")
     parts = {
         "subtask": f"Subtask: {subtask.strip()}.",
-        "bbox": format_box(bbox, bool(visible)),
+        "bbox": format_box(bbox, bool(visible)) if box_text is None else box_text,
         "reasoning": f"Reasoning: {reasoning.strip()}",
     }
     return " ".join(parts[c] for c in COT_COMPONENTS if c in components)

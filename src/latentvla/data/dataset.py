@@ -25,6 +25,7 @@ from latentvla.constants import (
     ACTION,
     ACTION_IS_PAD,
     COT_BBOX,
+    COT_BBOX_TEXT,
     COT_BBOX_VISIBLE,
     COT_REASONING,
     COT_SUBTASK,
@@ -35,6 +36,7 @@ from latentvla.constants import (
     OBS_STATE,
     TASK,
 )
+from latentvla.data.cot import format_box
 from latentvla.data.frames import DECODED_CACHE_MB, FrameStore, ParquetLocation
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.stats import DEFAULT_MODES, Normalizer
@@ -240,6 +242,7 @@ class VLADataset(Dataset):
         box, visible = shift_box(self.bbox[i], bool(self.bbox_visible[i]), shift, self.image_size)
         sample[COT_BBOX] = torch.from_numpy(box)
         sample[COT_BBOX_VISIBLE] = torch.tensor(visible)
+        sample[COT_BBOX_TEXT] = format_box(box, visible)  # the CoT's box string, made here where host work is free
         sample["has_cot"] = torch.tensor(self.has_cot and bool(self.strings[COT_TEXT][i]))
         for name in ("episode_index", "frame_index", "index", "task_index"):
             sample[name] = torch.tensor(int(getattr(self, name)[i]), dtype=torch.int64)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentvla.models import flow_matching as fm
+from latentvla.models.device_checks import check
 from latentvla.models.row_rng import draw_per_row
 
 
@@ -186,8 +187,10 @@ class FlowMatchingExpert(nn.Module):
                     f"context_mask must be (B,T) = {tuple(context.shape[:2])}, got {tuple(context_mask.shape)}."
                 )
             context_mask = context_mask.bool()
-            if not bool(context_mask.any(dim=1).all()):
-                raise ValueError("every row of context_mask needs at least one True (attendable) position.")
+            check(  # no host sync on an accelerator (models/device_checks.py)
+                context_mask.any(dim=1).all(),
+                "every row of context_mask needs at least one True (attendable) position.",
+            )
         if self.state_mlp is not None and state is not None and state.shape != (context.shape[0], self.state_dim):
             raise ValueError(
                 f"state must be (B,S) = ({context.shape[0]}, {self.state_dim}), got {tuple(state.shape)}."

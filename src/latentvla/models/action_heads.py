@@ -40,7 +40,7 @@ class FlowHead(FlowMatchingExpert):
         # `expert.repeats` (t, noise) draws per example share this one backbone forward and one K/V projection.
         state = _state(batch, self.state_dim)
         loss = self.loss(batch[ACTION], out.hidden, seq.valid, state, batch[ACTION_IS_PAD], generator=generator)
-        return loss, {"loss_flow": loss.mean().item()}
+        return loss, {"loss_flow": loss.detach().mean()}  # a tensor: read on the host only at log steps
 
     @torch.no_grad()
     def sample_actions(
@@ -100,7 +100,7 @@ class RecurrentHead(RecurrentDepthHead):
             backprop_depth=c.backprop_depth,
             generator=generator,
         )
-        return loss, {"loss_l1": loss.mean().item(), "iterations": float(depth)}
+        return loss, {"loss_l1": loss.detach().mean(), "iterations": float(depth)}  # depth: a host int
 
     @torch.no_grad()
     def sample_actions(

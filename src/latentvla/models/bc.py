@@ -27,6 +27,7 @@ from latentvla.constants import ACTION, ACTION_IS_PAD, OBS_IMAGES, OBS_STATE, TA
 from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.masking import mean_over_valid_steps
 from latentvla.models.sampling import SampleOptions, SampleOutput
+from latentvla.models.sequence import to_device_async
 from latentvla.models.tokenizer import Tokenizer
 
 
@@ -101,7 +102,10 @@ class BCPolicyModel(nn.Module):
                 self._token_cache[t] = self.tokenizer.encode(t.strip()) or [self.tokenizer.pad_id]
             offsets.append(len(ids))
             ids += self._token_cache[t]
-        return self.text_embed(torch.tensor(ids, device=device), torch.tensor(offsets, device=device))
+        # host lists -> device without a blocking copy (a pageable host-to-device copy waits for the device)
+        return self.text_embed(
+            to_device_async(torch.tensor(ids), device), to_device_async(torch.tensor(offsets), device)
+        )
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:
         """Normalized action chunk (B, H, A); `generator` draws the proprio noise (training only)."""
@@ -124,7 +128,8 @@ class BCPolicyModel(nn.Module):
         pred = self(batch, generator)
         l1 = (pred - batch[ACTION]).abs().mean(dim=-1)  # (B, H)
         loss = stage.w_head * mean_over_valid_steps(l1, batch.get(ACTION_IS_PAD))
-        return loss, {"loss_l1": float(loss.detach().mean()), "loss": float(loss.detach().mean())}
+        mean = loss.detach().mean()  # a tensor: the loop reads metrics on the host only at log steps
+        return loss, {"loss_l1": mean, "loss": mean}
 
     def set_stage(self, name: str) -> None:
         if name != self.final.name:

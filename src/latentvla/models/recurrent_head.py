@@ -101,10 +101,21 @@ def _trunc_normal(shape: tuple[int, ...], std: float, generator, like: Tensor) -
     def draw(shape, generator):
         device = generator.device if generator is not None else like.device
         x = torch.empty(shape, device=device)
-        nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
+        if device.type == "cpu":  # torch's sampler: a rejection loop whose `mask.any()` is free on the host
+            nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
+        else:  # off the CPU that loop reads the device every round: the inverse CDF instead (same distribution)
+            trunc_normal_icdf_(x, std, generator)
         return x.to(device=like.device, dtype=like.dtype)
 
     return draw_per_row(shape, generator, draw)  # a list of generators: one per row (models/row_rng.py)
+
+
+def trunc_normal_icdf_(x: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
+    """x <- TruncNormal(0, std, ±3 std) in place by the inverse CDF (no rejection loop, so no host read):
+    u ~ U(2 Phi(-3) - 1, 1 - 2 Phi(-3)), x = std sqrt(2) erfinv(u)."""
+    lo = (1.0 + math.erf(-3.0 / math.sqrt(2.0))) / 2.0  # Phi(-3)
+    x.uniform_(2 * lo - 1, 1 - 2 * lo, generator=generator).erfinv_()
+    return x.mul_(std * math.sqrt(2.0)).clamp_(-3 * std, 3 * std)
 
 
 @functools.lru_cache(maxsize=32)

@@ -27,7 +27,7 @@ without them never learned to stop (issue 10, item 4). `explicit_cot=None` (late
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 
 import numpy as np
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentvla.models.device_checks import check
 from latentvla.models.tokenizer import Tokenizer
 
 IGNORE = -100
@@ -67,6 +68,11 @@ class SequenceBatch:
     img_next_index: Tensor  # (B, n_img_next)
     action_index: Tensor  # (B, L)
     query_index: Tensor  # (B, n_query)
+    # Host-side facts of the layout, known when it is built (build_sequence), so the training step never reads
+    # them back from the device: the flat (row-major) indices of the supervised columns (targets != IGNORE) and
+    # the thinking columns. None for sequences built elsewhere (then computed from the tensors).
+    supervised: Tensor | None = field(default=None, repr=False)  # (n_sup,) int64 into a flattened (B*T)
+    host_thinking_cols: tuple[int, ...] | None = field(default=None, repr=False)
 
     @property
     def valid(self) -> Tensor:
@@ -76,6 +82,8 @@ class SequenceBatch:
     @property
     def thinking_cols(self) -> list[int]:
         """Columns of the thinking tokens (identical in every row), for `thinking.latent_forward`."""
+        if self.host_thinking_cols is not None:
+            return list(self.host_thinking_cols)
         return self.thinking_index[0].tolist() if self.thinking_index.numel() else []
 
     def attention_mask(self) -> Tensor:
@@ -83,7 +91,18 @@ class SequenceBatch:
         return attention_mask(self.segments)
 
     def to(self, device: torch.device | str) -> SequenceBatch:
-        return SequenceBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        move = lambda v: to_device_async(v, device) if isinstance(v, Tensor) else v  # noqa: E731
+        return SequenceBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+
+def to_device_async(t: Tensor, device: torch.device | str) -> Tensor:
+    """`t.to(device)` without a host sync: a host tensor goes to CUDA from pinned memory, non-blocking (a copy
+    from pageable memory waits for the device queue). The caching host allocator keeps the pinned block until
+    the copy has run."""
+    device = torch.device(device)
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def attention_mask(segments: Tensor, pad: Tensor | None = None) -> Tensor:
@@ -121,9 +140,10 @@ def _check_args(
             raise ValueError(
                 f"action_token_ids must be (B, L) with B = {len(instructions)}, got {tuple(actions.shape)}."
             )
-        if actions.numel() and (actions.min() < ok.start or actions.max() >= ok.stop):
-            raise ValueError(f"action_token_ids must be vocabulary ids in [{ok.start}, {ok.stop}) (tokenizer."
-                             "action_token_ids[bin]), not raw bins.")  # fmt: skip
+        msg = (f"action_token_ids must be vocabulary ids in [{ok.start}, {ok.stop}) (tokenizer.action_token_ids"
+               "[bin]), not raw bins.")  # fmt: skip
+        if actions.numel():  # no host sync on an accelerator (models/device_checks.py)
+            check(((actions >= ok.start) & (actions < ok.stop)).all(), msg)
 
 
 def build_sequence(
@@ -167,9 +187,12 @@ def build_sequence(
     ids[:, text0 - 1], segs[:, text0 - 1] = tok.end_thinking_id, S.TEXT
     ids[:, img0:act0], segs[:, img0:act0] = tok.img_next_id, S.IMG_NEXT
     sup[:, img0 : img0 + min(1, n_img_next)] = True  # only the first <img_next> is supervised
+    # Action ids on a device stay there: the host lays out a placeholder, written over on the device below
+    # (reading them back would stall the training step until the device caught up).
+    on_device = L > 0 and _on_device(action_token_ids)
     if L:
-        ids[:, act0 : act0 + L], segs[:, act0 : act0 + L] = action_token_ids.cpu().numpy(), S.ACTION
-        sup[:, act0 : act0 + L] = True
+        ids[:, act0 : act0 + L] = tok.action_token_ids[0] if on_device else action_token_ids.numpy()
+        segs[:, act0 : act0 + L], sup[:, act0 : act0 + L] = S.ACTION, True
     ids[:, act0 + L :], segs[:, act0 + L :] = tok.query_id, S.QUERY
     for b, (prefix, text) in enumerate(zip(prefixes, texts)):
         ids[b, think0 - len(prefix) : think0], segs[b, think0 - len(prefix) : think0] = prefix, S.TEXT
@@ -178,13 +201,23 @@ def build_sequence(
     input_ids, segments = torch.from_numpy(ids), torch.from_numpy(segs)
     real = segments != S.PAD
     position_ids = ((real.cumsum(1) - 1) * real).long()
+    targets = shifted_targets(input_ids, real, torch.from_numpy(sup))
 
     def cols(start: int, n: int) -> Tensor:
         return torch.arange(start, start + n).expand(B, n).contiguous()
 
-    return SequenceBatch(input_ids, segments, position_ids, shifted_targets(input_ids, real, torch.from_numpy(sup)),
-                         cols(0, n_image), cols(think0, n_latent), cols(img0, n_img_next), cols(act0, L),
-                         cols(act0 + L, n_query))  # fmt: skip
+    seq = SequenceBatch(input_ids, segments, position_ids, targets, cols(0, n_image), cols(think0, n_latent),
+                        cols(img0, n_img_next), cols(act0, L), cols(act0 + L, n_query),
+                        supervised=torch.from_numpy(np.flatnonzero(targets.numpy() != IGNORE)),
+                        host_thinking_cols=tuple(range(think0, think0 + n_latent)))  # fmt: skip
+    if not on_device:
+        return seq
+    # the action token at column c is the target of the previous real column (`shifted_targets`)
+    prev = _previous_real(real)[:, act0 : act0 + L]
+    seq = seq.to(action_token_ids.device)
+    seq.input_ids[:, act0 : act0 + L] = action_token_ids
+    seq.targets.scatter_(1, to_device_async(prev, action_token_ids.device), action_token_ids)
+    return seq
 
 
 def extend_sequence(seq: SequenceBatch, ids: Tensor, segments: Sequence[int]) -> SequenceBatch:
@@ -218,6 +251,7 @@ def extend_sequence(seq: SequenceBatch, ids: Tensor, segments: Sequence[int]) ->
         img_next_index=block(Segment.IMG_NEXT, seq.img_next_index),
         action_index=seq.action_index,
         query_index=block(Segment.QUERY, seq.query_index),
+        host_thinking_cols=seq.host_thinking_cols,
     )
 
 
@@ -227,15 +261,25 @@ def shifted_targets(ids: Tensor, real: Tensor, sup: Tensor) -> Tensor:
     Pads are skipped: the token a position predicts is the next *real* token (the gaps change nothing).
     """
     B, T = ids.shape
-    col = torch.arange(T).expand(B, T)
-    # prev[b, t] = last real column < t (or -1): a running max over real columns, shifted right by one
-    last_real = torch.where(real, col, torch.full_like(col, -1)).cummax(dim=1).values
-    prev = torch.cat([torch.full((B, 1), -1, dtype=torch.long), last_real[:, :-1]], dim=1)
+    prev = _previous_real(real)
     hit = sup & real & (prev >= 0)
     targets = torch.full((B, T), IGNORE, dtype=torch.long)
     rows = torch.arange(B)[:, None].expand(B, T)
     targets[rows[hit], prev[hit]] = ids[hit]
     return targets
+
+
+def _on_device(t: Tensor) -> bool:
+    """Whether `t` lives off the host (then its values are written into the layout on the device)."""
+    return t.device.type != "cpu"
+
+
+def _previous_real(real: Tensor) -> Tensor:
+    """(B, T): prev[b, t] = the last real column < t (or -1): a running max over real columns, shifted right."""
+    B, T = real.shape
+    col = torch.arange(T).expand(B, T)
+    last_real = torch.where(real, col, torch.full_like(col, -1)).cummax(dim=1).values
+    return torch.cat([torch.full((B, 1), -1, dtype=torch.long), last_real[:, :-1]], dim=1)
 
 
 def _cached_encoder(tok: Tokenizer) -> Callable[[str], list[int]]:

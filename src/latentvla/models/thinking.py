@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from latentvla.models.backbone import BackboneOutput, cache_length
+from latentvla.models.device_checks import check
 
 
 def _pass_bounds(thinking_cols: Sequence[int], T: int) -> list[tuple[int, int]]:
@@ -37,12 +38,12 @@ def _pass_bounds(thinking_cols: Sequence[int], T: int) -> list[tuple[int, int]]:
 
 
 def _check_no_lookahead(mask: Tensor, bounds: list[tuple[int, int]], past: int) -> None:
-    for start, end in bounds[:-1]:
-        if mask[:, start:end, past + end :].any():
-            raise ValueError(
-                f"attention_mask lets columns [{start}, {end}) attend to later columns, so a multi-pass forward "
-                "cannot match one pass; keep bidirectional blocks away from the thinking tokens."
-            )
+    for start, end in bounds[:-1]:  # `check`: no host sync on an accelerator
+        check(
+            ~mask[:, start:end, past + end :].any(),
+            f"attention_mask lets columns [{start}, {end}) attend to later columns, so a multi-pass forward "
+            "cannot match one pass; keep bidirectional blocks away from the thinking tokens.",
+        )
 
 
 def concat_outputs(outputs: list[BackboneOutput]) -> BackboneOutput:
@@ -103,7 +104,16 @@ def latent_forward(
             )  # fmt: skip
         )
     out = concat_outputs(outputs)
-    return out, out.hidden[:, list(thinking_cols)]
+    return out, _columns(out.hidden, thinking_cols)
+
+
+def _columns(x: Tensor, cols: Sequence[int]) -> Tensor:
+    """x[:, cols]; a slice when the columns are consecutive (always, in our layout): indexing with a list copies
+    it to the device first, which waits for the device."""
+    cols = list(cols)
+    if cols and cols == list(range(cols[0], cols[0] + len(cols))):
+        return x[:, cols[0] : cols[0] + len(cols)]
+    return x[:, cols]
 
 
 def naive_latent_forward(

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from latentvla.constants import (
     ACTION,
     COT_BBOX,
+    COT_BBOX_TEXT,
     COT_BBOX_VISIBLE,
     COT_REASONING,
     COT_SUBTASK,
@@ -52,7 +53,16 @@ __all__ = ["LatentVLA", "Layout", "SampleOptions", "SampleOutput", "compose_cot"
 
 
 def compose_cot(batch: dict, components: tuple[str, ...], index: int) -> str:
-    """The explicit CoT text of sample `index` for the given components (data/cot.py, LaRA Fig. 8)."""
+    """The explicit CoT text of sample `index` for the given components (data/cot.py, LaRA Fig. 8).
+
+    The box is read from the dataset's `COT_BBOX_TEXT` string when the batch has it (data/dataset.py formats it
+    in the loader, where host work is free), so a training step never reads the box tensor back from the device;
+    hand-built batches without it fall back to formatting `COT_BBOX` / `COT_BBOX_VISIBLE` (the same string)."""
+    if COT_BBOX_TEXT in batch:
+        return format_cot(
+            batch[COT_SUBTASK][index], (), False, batch[COT_REASONING][index], components,
+            box_text=batch[COT_BBOX_TEXT][index],
+        )  # fmt: skip
     return format_cot(
         batch[COT_SUBTASK][index],
         batch[COT_BBOX][index].tolist(),
@@ -223,7 +233,9 @@ class LatentVLA(nn.Module):
                 terms.append(("loss_act_tokens", stage.w_act, ce_act))
         if stage.visual_latents and stage.w_vis > 0:
             terms.append(("loss_vis", stage.w_vis, self._visual_loss(out.hidden, prefix.seq, batch)))
-        metrics: dict[str, float] = {}
+        # metrics are detached device tensors: the loop reads them on the host once per log row (a `.item()`
+        # here would stall every micro-batch until the device caught up)
+        metrics: dict[str, Tensor | float] = {}
         if stage.train_head:
             head_loss, metrics = self.head.compute_loss(out, prefix.seq, batch, generator, step=step)
             terms.append(("", stage.w_head, head_loss))
@@ -231,8 +243,8 @@ class LatentVLA(nn.Module):
         for name, weight, term in terms:
             loss = loss + weight * term
             if name:
-                metrics[name] = term.mean().item()
-        metrics["loss"] = loss.mean().item()
+                metrics[name] = term.detach().mean()
+        metrics["loss"] = loss.detach().mean()
         return loss, metrics
 
     def _token_losses(self, hidden: Tensor, seq) -> tuple[Tensor, Tensor]:
@@ -240,8 +252,15 @@ class LatentVLA(nn.Module):
         targets = seq.targets  # already shifted: what position t must predict
         valid = targets != seq_lib.IGNORE
         ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
-        logits = self.backbone.logits(hidden[valid])  # vocabulary projection only where supervised
-        ce[valid] = F.cross_entropy(logits.float(), targets[valid], reduction="none")
+        # the vocabulary projection runs only where supervised; the positions come from the host layout
+        # (`seq.supervised`), as a boolean index would read the count back from the device
+        sup = seq.supervised
+        if sup is None:
+            sup = valid.flatten().nonzero().squeeze(1)
+        sup = sup.to(hidden.device)
+        logits = self.backbone.logits(hidden.flatten(0, 1).index_select(0, sup))
+        per_token = F.cross_entropy(logits.float(), targets.flatten().index_select(0, sup), reduction="none")
+        ce = ce.flatten().index_put((sup,), per_token).view(targets.shape)
         off = self._action_offset
         is_act = (targets >= off) & (targets < off + self.cfg.num_action_bins)
         text, act = valid & ~is_act, valid & is_act

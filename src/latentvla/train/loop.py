@@ -19,8 +19,9 @@ matters.
 
 Faults (README "Failure behaviour"): the dataset is validated when opened (data/validate.py); an existing run
 directory is refused without `resume` or `overwrite`; `resume` refuses another dataset or other stats, naming
-what differs, and starts from the newest *intact* checkpoint; a non-finite loss or gradient stops the run before
-the optimizer step, publishing nothing (`NonFiniteLossError`); SIGTERM / SIGINT finish the current step, write a
+what differs, and starts from the newest *intact* checkpoint; a non-finite loss or gradient stops the run at the
+next step boundary, or before that step's log row or checkpoint, publishing nothing of it (`NonFiniteLossError`;
+the verdict is read one step late so that a step costs no host sync, train/finite_guard.py); SIGTERM / SIGINT finish the current step, write a
 checkpoint and raise `TrainingInterrupted`; a failed checkpoint write raises `CheckpointError` with the previous
 checkpoint still `last`. Resuming with a larger `steps` extends the run: steps past the original total stay in
 the last stage at the constant LR the cosine ended with (optim.set_lrs); each extension is recorded in the
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 import random
 import shutil
@@ -62,6 +62,7 @@ from latentvla.train import checkpoint as ckpt_lib
 from latentvla.train import parallel
 from latentvla.train.budget import projected_steps, schedule_position
 from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries, training_stage
+from latentvla.train.finite_guard import FiniteGuard, host_floats, local_tensor, step_loss
 from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
 from latentvla.train.optim import build_optimizer, no_decay_param_ids, set_lrs
 from latentvla.train.sampler import ResumableBatchSampler
@@ -72,7 +73,7 @@ _RUN_FILES = ("metrics.jsonl", LOSS_PLOT)  # with checkpoints/: what makes a dir
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss or the gradient became NaN/inf; nothing of that step was applied or saved."""
+    """The loss or the gradient became NaN/inf; nothing of that step was logged or saved."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -204,7 +205,7 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict, stage: StageSpec, step: int | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, batch: dict, stage: StageSpec, step: int | None = None) -> tuple[Tensor, dict[str, Any]]:
         return self.model.compute_loss(batch, stage, step=step)
 
 
@@ -225,10 +226,23 @@ def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: Dis
         world_size=dist_info.world_size,
     )  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_micro * 97 + dist_info.rank)
+    workers = loader_workers(cfg.num_workers, dist_info.device)
     return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, worker_init_fn=_worker_init, generator=gen,
-        pin_memory=dist_info.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
+        dataset, batch_sampler=sampler, num_workers=workers, worker_init_fn=_worker_init, generator=gen,
+        pin_memory=dist_info.device.type == "cuda", persistent_workers=workers > 0,
     )  # fmt: skip
+
+
+def loader_workers(num_workers: int, device: torch.device, cores: int | None = None) -> int:
+    """`TrainConfig.num_workers`, with -1 (auto) resolved: 0 on CPU (the workers would take cores from the training
+    step: no gain measured on 2 cores), min(4, cores per rank on this node - 1) on an accelerator (the main
+    process decodes ~200-300 samples/s of 64 px frames, bench data, and would stall the device)."""
+    if num_workers >= 0:
+        return num_workers
+    if device.type == "cpu":
+        return 0
+    per_rank = (cores or os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, per_rank - 1))
 
 
 def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
@@ -255,6 +269,7 @@ def accumulate_gradients(
 ) -> None:
     """Forward + backward over `grad_accum` micro-batches of optimizer step `step`, appending their metrics to
     `history`. The step reaches the model, which seeds from it what all micro-batches and ranks must share.
+    Metrics are appended as the model returns them (detached device tensors, or floats): no host read here.
 
     Each micro-batch contributes mean(per-sample loss) / grad_accum and DDP averages over ranks, so the gradient
     is the mean over every sample of the step. Only the last micro-batch all-reduces (`no_sync` before it).
@@ -268,9 +283,10 @@ def accumulate_gradients(
                 per_sample, metrics = loss_module(batch, stage, step)
             (per_sample.float().mean() / grad_accum).backward()
         for k, v in metrics.items():
-            history[k + suffix].append(float(v))
+            v = v.detach() if isinstance(v, Tensor) else float(v)
+            history[k + suffix].append(v)
             if suffix and k == "loss":
-                history[k].append(float(v))
+                history[k].append(v)
 
 
 def _check_resume_dataset(saved: dict | None, now: dict, dataset_dir: Any) -> None:
@@ -300,10 +316,15 @@ def _all_ranks_agree(flags: list[bool], dist_info: DistInfo) -> list[bool]:
     return [v > 0 for v in _max_over_ranks([float(f) for f in flags], dist_info)]
 
 
-def _reduce_metrics(history: dict[str, list[float]], dist_info: DistInfo) -> dict[str, float]:
-    """Mean of each metric over the micro-batches since the last row, then over ranks."""
+def _reduce_metrics(history: dict[str, list[Any]], dist_info: DistInfo) -> dict[str, float]:
+    """Mean of each metric over the micro-batches since the last row, then over ranks; the row's only host read
+    of the metric tensors (one transfer for all of them)."""
     keys = sorted(history)
-    vals = torch.tensor([sum(history[k]) / len(history[k]) for k in keys], dtype=torch.float64)
+    flat = host_floats([v for k in keys for v in history[k]])
+    per_key, at = {}, 0
+    for k in keys:
+        per_key[k], at = flat[at : at + len(history[k])], at + len(history[k])
+    vals = torch.tensor([sum(per_key[k]) / len(per_key[k]) for k in keys], dtype=torch.float64)
     if dist_info.world_size > 1:
         vals = vals.to(dist_info.device)
         dist.all_reduce(vals)
@@ -420,9 +441,24 @@ def train(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     batches = iter(loader)
     stage_losses: dict[str, list[float]] = defaultdict(list)
-    history: dict[str, list[float]] = defaultdict(list)
+    history: dict[str, list[Any]] = defaultdict(list)
+    guard = FiniteGuard()
     t0, saved = time.perf_counter(), None
     model.train()
+
+    def check_finite() -> None:
+        """Raise if the step whose verdict is pending had a non-finite loss or gradient (any rank)."""
+        verdict = guard.pop()
+        if verdict is None:
+            return
+        (bad,) = _all_ranks_agree([not verdict.finite], dist_info)
+        if bad:  # its row and checkpoint were never written: `last` stays the previous good one
+            good = ckpt_lib.latest_checkpoint(run_dir)
+            raise NonFiniteLossError(
+                f"step {verdict.step + 1}: the loss is {verdict.loss} and the gradient norm {verdict.grad_norm}; "
+                f"stopped without saving ({good or 'no checkpoint'} is the last good one). Check the data with "
+                "`latentvla dataset info` or train again with a lower learning rate (--overwrite or a new --out)"
+            )
 
     def save(done: int, final: bool) -> Path | None:
         rng_states = _gather_rng(dist_info)  # collective: every rank takes part
@@ -486,18 +522,9 @@ def train(
             if not trained.train_head:  # DDP zero-fills unused gradients; None (as in one process) keeps AdamW's
                 for p in model.head.parameters():  # momentum from moving the head on a step that did not train it
                     p.grad = None
-            grad_norm = parallel.to_local_scalar(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            step_loss = sum(history["loss"][-cfg.grad_accum :])
-            (bad,) = _all_ranks_agree(
-                [not (math.isfinite(step_loss) and math.isfinite(float(grad_norm)))], dist_info
-            )
-            if bad:  # before optimizer.step: the weights, the EMA target and `last` stay the previous good ones
-                good = ckpt_lib.latest_checkpoint(run_dir)
-                raise NonFiniteLossError(
-                    f"step {step + 1}: the loss is {step_loss} and the gradient norm {float(grad_norm)}; stopped "
-                    f"without saving ({good or 'no checkpoint'} is the last good one). Check the data with "
-                    "`latentvla dataset info` or train again with a lower learning rate (--overwrite or a new --out)"
-                )
+            grad_norm = local_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            check_finite()  # the previous step's verdict: the device is past it, so reading it does not wait
+            guard.push(step, step_loss(history["loss"][-cfg.grad_accum :]), grad_norm)
             optimizer.step()
             done = step + 1
             if budget_s is None:
@@ -517,6 +544,7 @@ def train(
             prev_position, position = position, next_position
             stage_ends = any(prev_position < b <= position for b in boundaries[1:])  # one stage per row
             if done % cfg.log_every == 0 or finished or stage_ends or stopping:
+                check_finite()  # this step's verdict before its row is written (a log step may read the host)
                 row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm)}
                 if budget_s is not None:  # the position of the row's last step, and the clock after it
                     row.update(position=prev_position, elapsed_s=elapsed)
@@ -524,6 +552,7 @@ def train(
                 stage_losses[stage.name].append(row["loss"])
                 history = defaultdict(list)
             if done % cfg.save_every == 0 or finished or stopping:
+                check_finite()
                 saved = save(done, finished)
             if finished:
                 break

@@ -24,6 +24,7 @@ transformers' own forward.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from latentvla.models.backbone import (
     init_new_rows,
     rescale_to_rms,
 )
+from latentvla.models.backbones.image_preprocess import DevicePreprocessor
 
 _HF_INSTALL = 'pip install -e ".[hf]"'
 # model_type -> (text model attribute of `.model`, vision kind); see VLMVision.forward.
@@ -67,17 +69,24 @@ class VLMVision(nn.Module):
     """The VLM's vision tower (+ merger / connector / projector) as one module: (B, 3, H, W) in [0, 1] ->
     (B, n, D) tokens in the LM width, row-major on a square grid for square images.
 
-    Preprocessing is the image processor saved with the model (resize, rescale, normalise, patchify): the
-    processor runs on CPU tensors (the PIL-backed processors are the ones that work without torchvision,
-    scale-facts.md §1), then the pixels move to the tower's device.
+    Preprocessing is the image processor saved with the model (resize, rescale, normalise, patchify), done
+    with tensor ops on the images' device with the same pixel values (`image_preprocess.DevicePreprocessor`);
+    Idefics3 / SmolVLM still run their PIL processor on CPU copies (image splitting / padding not ported).
     """
 
     def __init__(self, kind: str, modules: dict[str, nn.Module], processor: Any, merge: int = 1) -> None:
         super().__init__()
         self.kind, self.processor, self.merge = kind, processor, merge
         self.parts = nn.ModuleDict(modules)
+        self.on_device = None  # Idefics3, or a setting without a device implementation: the processor on CPU
+        if kind != "idefics3":
+            with contextlib.suppress(ValueError):
+                self.on_device = DevicePreprocessor(processor, qwen=kind == "qwen")
+        self._tower_cache: dict = {}
 
     def preprocess(self, images: Tensor) -> dict[str, Tensor]:
+        if self.on_device is not None:
+            return self.on_device(images.detach().float().clamp(0, 1))
         x = images.detach().float().clamp(0, 1).cpu()
         kw: dict[str, Any] = {"do_rescale": False, "return_tensors": "pt"}
         if self.kind == "idefics3":
@@ -97,7 +106,7 @@ class VLMVision(nn.Module):
         pv = inputs["pixel_values"].to(dev, dtype)
         if self.kind == "qwen":
             grid = inputs["image_grid_thw"].to(dev)
-            out = self.parts["tower"](pv, grid_thw=grid, return_dict=True)
+            out = self.parts["tower"](pv, grid_thw=grid, return_dict=True, **self._tower_inputs(grid, pv.shape))
             deep = [f.reshape(B, -1, f.shape[-1]) for f in (getattr(out, "deepstack_features", None) or [])]
             return out.pooler_output.reshape(B, -1, out.pooler_output.shape[-1]), deep
         if self.kind == "idefics3":
@@ -106,6 +115,30 @@ class VLMVision(nn.Module):
             return feats.reshape(B, -1, feats.shape[-1]), []
         feats = self.parts["tower"](pv, return_dict=True).last_hidden_state  # paligemma
         return self.parts["projector"](feats), []
+
+    def _tower_inputs(self, grid: Tensor, pixels_shape: torch.Size) -> dict[str, Any]:
+        """What the Qwen tower derives from `image_grid_thw` by reading it on the host (its positions, attention
+        segments and, for Qwen2.5-VL, windows), made once per image shape with transformers' own functions and
+        passed in precomputed (the tower pops them from its kwargs). The segment boundaries stay on the host:
+        the SDPA path splits by them there."""
+        key = (tuple(grid.shape), tuple(pixels_shape), grid.device)
+        if key not in self._tower_cache:
+            try:
+                from transformers import vision_utils as vu
+            except ImportError:  # an older transformers: the tower computes them itself
+                return {}
+            tower, host = self.parts["tower"], grid.cpu()
+            kw: dict[str, Any] = {
+                "position_ids": vu.get_vision_position_ids(host, tower.spatial_merge_size).to(grid.device),
+                "cu_seqlens": vu.get_vision_cu_seqlens(host),
+            }
+            if hasattr(tower, "window_size"):  # Qwen2.5-VL's windowed attention
+                index, cu_window = vu.get_vision_window_index(
+                    host, tower.spatial_merge_size, tower.window_size, tower.patch_size
+                )
+                kw.update(window_index=index.to(grid.device), cu_window_seqlens=cu_window)
+            self._tower_cache[key] = kw
+        return self._tower_cache[key]
 
 
 def _vision_parts(kind: str, inner: nn.Module) -> dict[str, nn.Module]:
@@ -189,6 +222,8 @@ class HFVLMBackbone(nn.Module):
         # Plain (unregistered) references: the modules stay registered once, under `vlm` (peft / FSDP wrap them
         # in place, so these stay valid).
         object.__setattr__(self, "_text", getattr(inner, text_attr))
+        if hasattr(self._text, "_deepstack_process"):  # Qwen3-VL: add DeepStack features without a host sync
+            self._text._deepstack_process = self._deepstack_add
         tc = self.vlm.config.get_text_config()
         self.width, self.num_layers = tc.hidden_size, tc.num_hidden_layers
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
@@ -309,11 +344,28 @@ class HFVLMBackbone(nn.Module):
         mask = torch.zeros(B, T, dtype=torch.bool, device=embeds.device)
         for k in range(cams):
             mask[:, k * self.tokens_per_image + 1 : k * self.tokens_per_image + 1 + n] = True
+        cols = [k * self.tokens_per_image + 1 + j for k in range(cams) for j in range(n)]
+        key = (tuple(cols), embeds.device)
+        if getattr(self, "_deepstack_cols", (None, None))[0] != key:  # made once per layout and device
+            self._deepstack_cols = (key, torch.tensor(cols).to(embeds.device))
+        self._deepstack_mask = mask  # `_deepstack_add` recognises our own mask (its columns are known)
         per_layer = [torch.cat([deep[k][i] for k in range(cams)], dim=1) for i in range(len(deep[0]))]
         return {
             "visual_pos_masks": mask,
             "deepstack_visual_embeds": [f.reshape(-1, f.shape[-1]) for f in per_layer],
         }
+
+    def _deepstack_add(self, hidden: Tensor, visual_pos_masks: Tensor, visual_embeds: Tensor) -> Tensor:
+        """Qwen3-VL's `_deepstack_process` (hidden[mask] += embeds) at the image columns we laid out, which are
+        the same in every row and known on the host: an index, where a boolean mask would read its count back
+        from the device. Same values and gradients (tests/test_no_host_sync.py)."""
+        if visual_pos_masks is not getattr(self, "_deepstack_mask", None):  # transformers' own forward
+            return type(self._text)._deepstack_process(self._text, hidden, visual_pos_masks, visual_embeds)
+        cols = self._deepstack_cols[1]
+        hidden = hidden.clone()
+        emb = visual_embeds.to(hidden.device, hidden.dtype).view(hidden.shape[0], cols.numel(), -1)
+        hidden[:, cols] = hidden[:, cols] + emb
+        return hidden
 
     def logits(self, hidden: Tensor) -> Tensor:
         head = self.vlm.get_output_embeddings()
