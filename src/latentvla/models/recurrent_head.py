@@ -97,17 +97,19 @@ class RecurrentOutput:
     latents: Tensor  # (B, K, D): final scratchpad
 
 
-def _trunc_normal(shape: tuple[int, ...], std: float, generator, like: Tensor) -> Tensor:
-    def draw(shape, generator):
-        device = generator.device if generator is not None else like.device
-        x = torch.empty(shape, device=device)
-        if device.type == "cpu":  # torch's sampler: a rejection loop whose `mask.any()` is free on the host
-            nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
-        else:  # off the CPU that loop reads the device every round: the inverse CDF instead (same distribution)
-            trunc_normal_icdf_(x, std, generator)
-        return x.to(device=like.device, dtype=like.dtype)
+def _trunc_normal(shape: tuple[int, ...], std: float, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    device = generator.device if generator is not None else like.device
+    x = torch.empty(shape, device=device)
+    if device.type == "cpu":  # torch's sampler: a rejection loop whose `mask.any()` is free on the host
+        nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
+    else:  # off the CPU that loop reads the device every round: the inverse CDF instead (same distribution)
+        trunc_normal_icdf_(x, std, generator)
+    return x.to(device=like.device, dtype=like.dtype)
 
-    return draw_per_row(shape, generator, draw)  # a list of generators: one per row (models/row_rng.py)
+
+def _trunc_normal_rows(shape: tuple[int, ...], std: float, generator, like: Tensor) -> Tensor:
+    """`_trunc_normal`, or with a list of generators one per row (models/row_rng.py)."""
+    return draw_per_row(shape, generator, lambda shape, g: _trunc_normal(shape, std, g, like))
 
 
 def trunc_normal_icdf_(x: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
@@ -267,7 +269,7 @@ class RecurrentDepthHead(nn.Module):
 
     def init_state(self, batch: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
         """Fresh scratchpad S_0 ~ TruncNormal(0, init_std, ±3σ), (B, K, D)."""
-        return _trunc_normal((batch, self.cfg.chunk, self.cfg.width), self.cfg.init_std, generator, like)
+        return _trunc_normal_rows((batch, self.cfg.chunk, self.cfg.width), self.cfg.init_std, generator, like)
 
     def core_step(self, s: Tensor, s_pre: Tensor, core: list[CrossContext]) -> Tensor:
         """One recurrence: input injection, the weight-tied core blocks (each with its context), exit norm."""
