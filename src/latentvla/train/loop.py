@@ -56,10 +56,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from latentvla.checkpoint_shards import SHARDS
 from latentvla.config import TrainConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE
 from latentvla.train import checkpoint as ckpt_lib
-from latentvla.train import parallel
+from latentvla.train import parallel, sharded_checkpoint
 from latentvla.train.budget import projected_steps, schedule_position
 from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries, training_stage
 from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
@@ -263,6 +264,7 @@ def accumulate_gradients(
     for micro in range(grad_accum):
         batch = to_device(next(batches), device)
         sync = contextlib.nullcontext() if not ddp or micro == grad_accum - 1 else loss_module.no_sync()
+        parallel.gradient_sync(loss_module, micro == grad_accum - 1)  # FSDP2's no_sync
         with sync:
             with autocast:
                 per_sample, metrics = loss_module(batch, stage, step)
@@ -373,7 +375,8 @@ def train(
         _check_resume_config(saved_cfg, cfg)
         state = ckpt_lib.load_training_state(last)
         _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
-        model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
+        if state["optimizer"] != SHARDS:  # sharded: each rank reads its own shards after `wrap`, below
+            model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
         start_step = int(state["step"])
         schedule_steps = int(state.get("schedule_steps", saved_cfg["steps"]))
         extensions = list(state.get("extensions", []))
@@ -392,17 +395,24 @@ def train(
             f"nothing to do: the run already used its {cfg.minutes:g}-minute budget ({elapsed / 60:.2f} min)"
         )
     # DDP or FSDP2 (train/parallel.py); FSDP2 swaps parameters for DTensors, so the optimizer comes after it
+    on_cuda = dist_info.device.type == "cuda"
     loss_module = parallel.wrap(
-        LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16
+        LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16 and on_cuda
     )
     sharded = parallel.is_sharded(loss_module)
+    use_shards = cfg.parallel == "fsdp"  # DCP checkpoints, whatever the world size (train/sharded_checkpoint.py)
     optimizer = build_optimizer(
         model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),
         lr_vision=cfg.lr_vision,
     )  # fmt: skip
     if state is not None:
-        if sharded:
-            parallel.load_optimizer_state(loss_module, optimizer, state["optimizer"])
+        if state["optimizer"] == SHARDS:
+            sharded_checkpoint.load_shards(last, loss_module, optimizer)
+        elif sharded:
+            raise ValueError(
+                f"--resume: {last} holds a full optimizer state (written before sharded FSDP checkpoints); "
+                "resume it without --fsdp or start a new --out"
+            )
         else:
             optimizer.load_state_dict(state["optimizer"])
     loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
@@ -426,9 +436,15 @@ def train(
 
     def save(done: int, final: bool) -> Path | None:
         rng_states = _gather_rng(dist_info)  # collective: every rank takes part
-        weights, optim_state = (
-            parallel.full_state_dict(loss_module, optimizer) if sharded else (None, optimizer.state_dict())
-        )  # collective under FSDP2: the full weights and optimizer state on every rank's CPU
+        weights, optim_state, tmp = None, SHARDS, None
+        if use_shards:  # each rank writes its own shard; the final checkpoint also gets the single-file weights
+            tmp = ckpt_lib.prepare_tmp(run_dir, done) if dist_info.is_main else None
+            if dist_info.world_size > 1:
+                dist.barrier()  # the directory exists before anyone writes into it
+            sharded_checkpoint.save_shards(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer)
+            weights = parallel.full_weights(loss_module) if final and sharded else None  # collective
+        else:
+            optim_state = optimizer.state_dict()
         if not dist_info.is_main:
             return None
         training_state = {
@@ -443,6 +459,7 @@ def train(
         path = ckpt_lib.save_checkpoint(
             run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states,
             extra_config={"extensions": extensions} if extensions else None, weights=weights,
+            shards_in=tmp, write_weights=final or not use_shards,
         )  # fmt: skip
         if cfg.save_merged and policy.is_lora and final:  # LoRA folded in, next to the adapter
             Policy.from_pretrained(path).save_merged(path / "merged")
