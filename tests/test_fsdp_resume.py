@@ -23,7 +23,7 @@ from latentvla.config import apply_overrides, get_preset, use_backbone
 
 # I (steps 1-2), II-1..II-3 (3-5), III (6-7): the kill comes right after the stage-I checkpoint 000002
 COMMON = ["steps=7", "batch_size=4", "log_every=1", "save_every=2", "num_workers=0", "policy.horizon=4",
-          "augment=false", "parallel=fsdp", "policy.curriculum.fractions=2,1,1,1,2"]  # fmt: skip
+          "augment=false", "parallel=fsdp", "keep_last=10", "policy.curriculum.fractions=2,1,1,1,2"]  # fmt: skip
 KILL_AT = 2  # 0-based step index: the processes die at the start of the 3rd step (stage II-1)
 
 
@@ -64,7 +64,6 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_fsdp2_killed_after_stage1_checkpoint_resumes_to_the_uninterrupted_weights(dataset, tmp_path):
-    from latentvla.checkpoint_shards import SHARDS
     from latentvla.models.backbones.tiny_hf import save_tiny
     from latentvla.policy import Policy
     from latentvla.train.checkpoint import list_checkpoints, load_training_state
@@ -75,15 +74,8 @@ def test_fsdp2_killed_after_stage1_checkpoint_resumes_to_the_uninterrupted_weigh
     _spawn(cfg, dataset, tmp_path / "whole")
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
         _spawn(cfg, dataset, tmp_path / "killed", kill_at=KILL_AT)
-    ckpts = list_checkpoints(tmp_path / "killed")
-    assert [c.name for c in ckpts] == ["000002"]
-    periodic = ckpts[0]
-    # a periodic FSDP checkpoint: one shard file per rank, no gathered single-file weights
-    assert sorted(p.name for p in (periodic / SHARDS).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    assert not (periodic / "model.safetensors").exists()
-    assert load_training_state(periodic)["optimizer"] == SHARDS
-    start = Policy.from_pretrained(periodic).model.state_dict()  # the periodic shards, read by one process
-    _spawn(cfg, dataset, tmp_path / "killed", resume=True)
+    assert [c.name for c in list_checkpoints(tmp_path / "killed")] == ["000002"]
+    _spawn(cfg, dataset, tmp_path / "killed", resume=True)  # main: crashed loading the optimizer state
 
     whole, resumed = (list_checkpoints(tmp_path / run)[-1] for run in ("whole", "killed"))
     assert whole.name == resumed.name == "000007"
@@ -92,6 +84,15 @@ def test_fsdp2_killed_after_stage1_checkpoint_resumes_to_the_uninterrupted_weigh
     tied = {"backbone.lm.model.embed_tokens.weight", "backbone.lm.lm_head.weight"}
     assert len(tied & a.keys()) == 1  # the tie, kept once
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
+
+    from latentvla.checkpoint_shards import SHARDS
+
+    periodic = tmp_path / "killed" / "checkpoints" / "000002"  # kept: keep_last=10
+    # a periodic FSDP checkpoint: one shard file per rank, no gathered single-file weights
+    assert sorted(p.name for p in (periodic / SHARDS).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (periodic / "model.safetensors").exists()
+    assert load_training_state(periodic)["optimizer"] == SHARDS
+    start = Policy.from_pretrained(periodic).model.state_dict()  # the periodic shards, read by one process
     head = [k for k in a if k.startswith("head.")]
     assert head and any(not torch.equal(a[k], start[k]) for k in head)  # stage III trained the expert
     # the final checkpoint's single file and its shards hold the same weights

@@ -50,12 +50,7 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
     torch.manual_seed(0)
     model = Policy.from_config(cfg.policy, make_normalizer(reader)).model
     loss_module = parallel.wrap(loop.LossModule(model), model, "fsdp", torch.device("cpu"), 2, bf16=True)
-
-    # -- units of their own
     bb = model.backbone
-    for unit in [*parallel.transformer_blocks(bb), *parallel.vision_units(bb), *parallel.embedding_units(bb), model.head]:
-        assert isinstance(unit, FSDPModule), type(unit).__name__
-    assert bb.lm.get_input_embeddings().weight is bb.lm.get_output_embeddings().weight  # still tied
 
     # -- precision: record what the flow loss sees
     seen: dict[str, list[torch.dtype]] = defaultdict(list)
@@ -101,12 +96,16 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
                                   defaultdict(list), step=5)  # fmt: skip
         units.append(set(reduced))
         assert all(p.grad is not None for p in model.head.parameters())
-    assert at_micro_start == [0, 0], at_micro_start  # the first micro-batch's backward reduced nothing
-    assert len(units[0]) == 6 and units[1] == units[0], units  # 2 blocks, vision, embeddings, head, root
-
     assert seen["block_input"] and set(seen["block_input"]) == {torch.bfloat16}  # the policy is applied ...
     for key in ("noise", "actions", "t", "flow_target", "flow_loss"):  # ... but not to inputs and losses
         assert seen[key] and set(seen[key]) == {torch.float32}, (key, seen[key])
+    assert at_micro_start == [0, 0], at_micro_start  # the first micro-batch's backward reduced nothing
+    assert len(units[0]) == 6 and units[1] == units[0], units  # 2 blocks, vision, embeddings, head, root
+
+    # -- units of their own
+    for unit in [*parallel.transformer_blocks(bb), *parallel.vision_units(bb), *parallel.embedding_units(bb), model.head]:
+        assert isinstance(unit, FSDPModule), type(unit).__name__
+    assert bb.lm.get_input_embeddings().weight is bb.lm.get_output_embeddings().weight  # still tied
 
     # -- EMA: one all-gather for the whole online tower, same result as gathering tensor by tensor
     gathers = {"n": 0}

@@ -34,7 +34,8 @@ def has_shards(ckpt_dir: str | Path) -> bool:
 
 
 def shards_problem(ckpt_dir: str | Path) -> str | None:
-    """None when `shards/` is readable (metadata parses, every shard file it names exists), else one phrase."""
+    """None when `shards/` is readable (metadata parses, every shard file it names exists and is as long as the
+    tensors it holds need), else one phrase. Cheap: no tensor is read."""
     from torch.distributed.checkpoint import FileSystemReader
 
     path = Path(ckpt_dir) / SHARDS
@@ -42,9 +43,14 @@ def shards_problem(ckpt_dir: str | Path) -> str | None:
         meta = FileSystemReader(str(path)).read_metadata()
     except Exception as e:  # noqa: BLE001 - a truncated / foreign pickle raises anything
         return f"{SHARDS}/{METADATA} is unreadable ({type(e).__name__}: {e})"
-    files = {info.relative_path for info in (meta.storage_data or {}).values()}
-    missing = sorted(f for f in files if not (path / f).is_file())
-    return f"{SHARDS}/ is missing {', '.join(missing)}" if missing else None
+    need: dict[str, int] = {}
+    for info in (meta.storage_data or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    missing = sorted(f for f in need if not (path / f).is_file())
+    if missing:
+        return f"{SHARDS}/ is missing {', '.join(missing)}"
+    short = sorted(f for f, n in need.items() if (path / f).stat().st_size < n)
+    return f"{SHARDS}/{short[0]} is truncated" if short else None
 
 
 def model_tensors(module: nn.Module, prefix: str = "") -> dict[str, Tensor]:
