@@ -182,10 +182,12 @@ def save_checkpoint(
     try:
         tmp.mkdir(exist_ok=shards_in is not None)
         extra = {"train": config_to_dict(train_config), **(extra_config or {})}
-        if weights is None:
-            policy.save_pretrained(tmp, extra_config=extra, write_weights=write_weights)
-        else:
+        if weights is not None:
             policy.save_pretrained(tmp, extra_config=extra, state_dict=weights)
+        elif write_weights:
+            policy.save_pretrained(tmp, extra_config=extra)
+        else:  # the ranks' shards are the weights
+            policy.save_pretrained(tmp, extra_config=extra, write_weights=False)
         torch.save({**training_state, "step": step, "rng": rng_states}, tmp / TRAINING_STATE)
         for f in tmp.iterdir():
             if f.is_file():  # shards/: each rank fsync'ed its own file (DCP FileSystemWriter sync_files)
