@@ -26,7 +26,9 @@ def test_adapter_checkpoint_leaves_frozen_encoders_out_and_round_trips(tmp_path)
     batch = torch.utils.data.default_collate(
         [VLADataset(root, chunk_size=4, cameras=["corner4"], normalizer=norm)[i] for i in range(2)]
     )
-    cfg = use_backbone(get_preset("rdvla", "micro"), str(tiny["qwen2"]), (str(tiny["dinov2"]), str(tiny["siglip"])))
+    cfg = use_backbone(
+        get_preset("rdvla", "micro"), str(tiny["qwen2"]), (str(tiny["dinov2"]), str(tiny["siglip"]))
+    )
     cfg = apply_overrides(cfg, ["policy.image_size=32", "policy.horizon=4", "policy.num_action_bins=8",
                                 "policy.backbone.freeze_vision=true", "policy.backbone.lora.rank=4"])  # fmt: skip
     torch.manual_seed(0)

@@ -33,7 +33,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, cfg, dataset: str, run: str, resume: bool, kill_at: int | None) -> None:
+def _worker(
+    rank: int, world: int, port: int, cfg, dataset: str, run: str, resume: bool, kill_at: int | None
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
@@ -71,7 +73,9 @@ def test_fsdp2_killed_after_stage1_checkpoint_resumes_to_the_uninterrupted_weigh
     backbone = save_tiny("qwen2", tmp_path / "qwen2")
     cfg = apply_overrides(use_backbone(get_preset("lara", "micro"), str(backbone)), COMMON)
     assert cfg.policy.backbone.kind == "hf"
-    _spawn(cfg, dataset, tmp_path / "whole")
+    # the uninterrupted run writes its periodic shards in the background (async_save): the same weights
+    _spawn(apply_overrides(cfg, ["async_save=true"]), dataset, tmp_path / "whole")
+    assert [c.name for c in list_checkpoints(tmp_path / "whole")] == ["000002", "000004", "000006", "000007"]
     with pytest.raises(mp.ProcessExitedException, match="SIGKILL"):
         _spawn(cfg, dataset, tmp_path / "killed", kill_at=KILL_AT)
     assert [c.name for c in list_checkpoints(tmp_path / "killed")] == ["000002"]

@@ -67,7 +67,10 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
 
     fm.interpolate, fm.flow_matching_loss = spy_interpolate, spy_loss
     block = parallel.transformer_blocks(bb)[0]
-    block.register_forward_pre_hook(lambda m, args, kw: seen["block_input"].append(kw.get("hidden_states", args[0] if args else None).dtype), with_kwargs=True)  # noqa: E501
+    block.register_forward_pre_hook(
+        lambda m, args, kw: seen["block_input"].append(kw.get("hidden_states", args[0] if args else None).dtype),
+        with_kwargs=True,
+    )  # noqa: E501
 
     # -- reduce-scatters: with accumulation, none during the first micro-batch; the last one reduces every unit
     reduced: list[str] = []
@@ -85,7 +88,10 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
     data = VLADataset(dataset, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras),
                       normalizer=make_normalizer(reader), augment=False)  # fmt: skip
     full = next(iter(torch.utils.data.DataLoader(data, batch_size=8, shuffle=False)))
-    cut = lambda b, i, n: {k: v[i : i + n] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in b.items()}  # noqa: E731,E501
+
+    def cut(b: dict, i: int, n: int) -> dict:
+        return {k: v[i : i + n] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in b.items()}
+
     mine = cut(full, rank * 4, 4)
     autocast = torch.autocast("cpu", torch.bfloat16)
     units = []
@@ -103,7 +109,12 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
     assert len(units[0]) == 6 and units[1] == units[0], units  # 2 blocks, vision, embeddings, head, root
 
     # -- units of their own
-    for unit in [*parallel.transformer_blocks(bb), *parallel.vision_units(bb), *parallel.embedding_units(bb), model.head]:
+    for unit in [
+        *parallel.transformer_blocks(bb),
+        *parallel.vision_units(bb),
+        *parallel.embedding_units(bb),
+        model.head,
+    ]:
         assert isinstance(unit, FSDPModule), type(unit).__name__
     assert bb.lm.get_input_embeddings().weight is bb.lm.get_output_embeddings().weight  # still tied
 

@@ -69,6 +69,7 @@ from latentvla.train.sampler import ResumableBatchSampler
 
 # Fields that may change between a run and its resumption without changing the maths.
 _RESUME_FREE_FIELDS = {"num_workers", "log_every", "save_every", "keep_last", "device", "wandb", "bf16"}
+_RESUME_FREE_FIELDS |= {"async_save"}  # how shards are written, not what they hold
 _RUN_FILES = ("metrics.jsonl", LOSS_PLOT)  # with checkpoints/: what makes a directory "an existing run"
 
 
@@ -433,19 +434,27 @@ def train(
     history: dict[str, list[float]] = defaultdict(list)
     t0, saved = time.perf_counter(), None
     model.train()
+    writer = sharded_checkpoint.AsyncShardWriter() if use_shards and cfg.async_save else None
+    stopping = False
 
     def save(done: int, final: bool) -> Path | None:
         rng_states = _gather_rng(dist_info)  # collective: every rank takes part
         weights, optim_state, tmp = None, SHARDS, None
+        in_background = writer is not None and not (final or stopping)
         if use_shards:  # each rank writes its own shard; the final checkpoint also gets the single-file weights
+            if writer is not None:
+                writer.wait()  # the previous background checkpoint is published first
             tmp = ckpt_lib.prepare_tmp(run_dir, done) if dist_info.is_main else None
             if dist_info.world_size > 1:
                 dist.barrier()  # the directory exists before anyone writes into it
-            sharded_checkpoint.save_shards(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer)
+            if not in_background:
+                sharded_checkpoint.save_shards(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer)
             weights = parallel.full_weights(loss_module) if final and sharded else None  # collective
         else:
             optim_state = optimizer.state_dict()
         if not dist_info.is_main:
+            if in_background:
+                writer.save(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer, None)
             return None
         training_state = {
             "optimizer": optim_state,
@@ -456,11 +465,15 @@ def train(
         }
         if budget_s is not None:  # the clock and the position continue on resume
             training_state.update(elapsed_s=elapsed, schedule_position=prev_position)
-        path = ckpt_lib.save_checkpoint(
+        publish = lambda: ckpt_lib.save_checkpoint(  # noqa: E731
             run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states,
             extra_config={"extensions": extensions} if extensions else None, weights=weights,
             shards_in=tmp, write_weights=final or not use_shards,
         )  # fmt: skip
+        if in_background:  # published by `writer` once every rank's shard is written
+            writer.save(tmp, loss_module, optimizer, publish)
+            return None
+        path = publish()
         if cfg.save_merged and policy.is_lora and final:  # LoRA folded in, next to the adapter
             Policy.from_pretrained(path).save_merged(path / "merged")
         return path
@@ -540,8 +553,10 @@ def train(
                 logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
                 stage_losses[stage.name].append(row["loss"])
                 history = defaultdict(list)
+            if writer is not None:
+                saved = writer.poll() or saved  # a background checkpoint whose shards are all written
             if done % cfg.save_every == 0 or finished or stopping:
-                saved = save(done, finished)
+                saved = save(done, finished) or saved
             if finished:
                 break
             if stopping:

@@ -49,7 +49,9 @@ def mixed_precision(bf16: bool, cast_inputs: bool):
 
     if not bf16:
         return MixedPrecisionPolicy(cast_forward_inputs=cast_inputs)
-    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=cast_inputs)
+    return MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=cast_inputs
+    )
 
 
 def vision_units(backbone: nn.Module) -> list[nn.Module]:

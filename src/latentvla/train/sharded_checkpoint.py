@@ -9,11 +9,18 @@ parameters never stepped in the saved run (the action expert before LaRA stage I
 different bias correction than the uninterrupted run. Here each parameter is named by its own identity
 (`named_parameters` lists a tied tensor once) and only parameters with saved state get state back, so the
 resumed optimizer is exactly the saved one.
+
+`AsyncShardWriter` (TrainConfig.async_save): a periodic checkpoint's shards are copied to CPU memory at once and
+written by a background thread (`dcp.async_save`, over a gloo group of its own so that its collectives never
+interleave with training's); rank 0 publishes the checkpoint (config, training state, atomic rename) at the first
+step boundary after DCP wrote `.metadata`, which DCP does only once every rank's shard is written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +41,9 @@ def _optimizer_tensors(loss_module: nn.Module, optimizer: torch.optim.Optimizer)
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 if not isinstance(value, Tensor):
-                    raise TypeError(f"optimizer state {names[id(p)]}/{key} is a {type(value).__name__}, not a tensor")
+                    raise TypeError(
+                        f"optimizer state {names[id(p)]}/{key} is a {type(value).__name__}, not a tensor"
+                    )
                 out[f"{OPTIM}{names[id(p)]}/{key}"] = value
     return out
 
@@ -79,3 +88,41 @@ def load_shards(ckpt_dir: str | Path, loss_module: nn.Module, optimizer: torch.o
     optimizer.state.clear()
     for p, slots in state.items():
         optimizer.state[p] = slots
+
+
+class AsyncShardWriter:
+    """At most one checkpoint in flight: `save` waits for (and publishes) the previous one first; `poll` publishes
+    a finished one at a step boundary; `wait` publishes whatever is pending (before a synchronous save and at the
+    end of the run). Every rank constructs it (the gloo group is a collective) and calls `save` in step."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self._pending: tuple[Any, Callable[[], Any] | None] | None = None
+
+    def save(self, ckpt_dir: str | Path, loss_module: nn.Module, optimizer: torch.optim.Optimizer,
+             publish: Callable[[], Any] | None) -> None:  # fmt: skip
+        """Start writing this rank's shards; `publish` (rank 0: the rest of the checkpoint) runs once all are
+        written."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import FileSystemWriter
+
+        self.wait()
+        tensors = {**model_tensors(loss_module, PREFIX), **_optimizer_tensors(loss_module, optimizer)}
+        writer = FileSystemWriter(str(Path(ckpt_dir) / SHARDS), sync_files=True)
+        future = dcp.async_save(tensors, storage_writer=writer, process_group=self._group)
+        self._pending = (future, publish)
+
+    def poll(self) -> Any:
+        """Publish the pending checkpoint if its shards are all written (no waiting); its `publish` result."""
+        if self._pending is not None and self._pending[0].done():
+            return self.wait()
+        return None
+
+    def wait(self) -> Any:
+        if self._pending is None:
+            return None
+        (future, publish), self._pending = self._pending, None
+        future.result()  # re-raises a failed write
+        return publish() if publish is not None else None
