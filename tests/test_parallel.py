@@ -47,12 +47,13 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 # two spawned processes (~10 s even for the tiny backbone): slow, so `-m "not slow"` stays under 2 minutes
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone", ["tiny", "hf-qwen2"])
+@pytest.mark.parametrize("backbone", ["tiny", "hf-qwen2", "hf-qwen3_vl"])
 def test_fsdp2_two_gloo_processes_equal_one_process(dataset, tmp_path, backbone):
     """`lara` held in stage I draws no noise (CoT + action-token CE + visual L1 vs the EMA target; the flow stages
     draw per-rank noise streams that legitimately differ), so 2 x batch 2 sharded == 1 x batch 4.
     3 steps cover the EMA update (every 2 steps) from all-gathered online weights. "hf-qwen2": a transformers
-    LM (decoder layers sharded, tied lm_head: the gathered checkpoint keeps the tie once)."""
+    LM (decoder layers sharded, tied lm_head: the gathered checkpoint keeps the tie once). "hf-qwen3_vl": the LaRA
+    paper's VLM family (its vision tower and merger are one FSDP unit, its embedding + lm_head another)."""
     from latentvla.config import use_backbone
     from latentvla.train.loop import train
 
@@ -60,7 +61,8 @@ def test_fsdp2_two_gloo_processes_equal_one_process(dataset, tmp_path, backbone)
     if backbone != "tiny":
         from latentvla.models.backbones.tiny_hf import save_tiny
 
-        cfg = use_backbone(cfg, str(save_tiny("qwen2", tmp_path / "qwen2")))
+        family = backbone.removeprefix("hf-")
+        cfg = use_backbone(cfg, str(save_tiny(family, tmp_path / family)))
     cfg = apply_overrides(cfg, ["steps=3", "policy.curriculum.fractions=1,0,0,0,0", *COMMON])
     train(cfg, dataset, tmp_path / "single", show_progress=False)
     fsdp = apply_overrides(cfg, ["parallel=fsdp"])

@@ -6,6 +6,8 @@ with a traceback, and `--resume` or `serve RUN` gave up although an older intact
 Here every checkpoint file is checked without loading tensors:
 
     model.safetensors    header parses and the file is exactly as long as the header's tensors need
+    shards/              (FSDP2, in place of or next to model.safetensors) DCP metadata loads and every shard
+                         file it names exists (checkpoint_shards.py)
     config.json          valid JSON object with a "policy" section
     stats.json           valid JSON object
     training_state.pt    (training checkpoints) a zip archive whose members all pass their CRC check
@@ -23,6 +25,8 @@ import struct
 import warnings
 import zipfile
 from pathlib import Path
+
+from latentvla.checkpoint_shards import SHARDS, shards_problem
 
 WEIGHTS, CONFIG, STATS, TRAINING_STATE = "model.safetensors", "config.json", "stats.json", "training_state.pt"
 CHECKPOINTS = "checkpoints"
@@ -83,14 +87,16 @@ def _zip_problem(path: Path) -> str | None:
 def checkpoint_problem(path: str | Path, training: bool = False) -> str | None:
     """None for an intact checkpoint directory, else one phrase saying what is wrong with it."""
     path = Path(path)
-    required = (WEIGHTS, CONFIG, STATS) + ((TRAINING_STATE,) if training else ())
+    sharded = (path / SHARDS).is_dir()
+    required = ((WEIGHTS,) if not sharded else ()) + (CONFIG, STATS) + ((TRAINING_STATE,) if training else ())
     missing = [f for f in required if not (path / f).is_file()]
     if missing:
         return f"missing {', '.join(missing)}"
     return (
         _json_problem(path / CONFIG, "policy")
         or _json_problem(path / STATS, None)
-        or _safetensors_problem(path / WEIGHTS)
+        or ((path / WEIGHTS).is_file() and _safetensors_problem(path / WEIGHTS) or None)
+        or (shards_problem(path) if sharded else None)
         or (_zip_problem(path / TRAINING_STATE) if training else None)
     )
 

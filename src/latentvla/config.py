@@ -134,6 +134,7 @@ class TrainConfig:
     wandb: bool = False
     parallel: Literal["ddp", "fsdp"] = "ddp"  # multi-process: DDP, or FSDP2 fully_shard (train/parallel.py)
     save_merged: bool = False  # LoRA runs: the final checkpoint also gets merged/ (adapters folded in)
+    async_save: bool = False  # --fsdp: periodic shards written in the background (train/sharded_checkpoint.py)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:

@@ -35,6 +35,7 @@ from latentvla.checkpoint_check import (
     require_intact,
     step_dirs,
 )
+from latentvla.checkpoint_shards import has_shards, load_sharded_weights
 from latentvla.config import PolicyConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.stats import Normalizer
@@ -117,13 +118,20 @@ class Policy(nn.Module):
         return cls(config, normalizer)
 
     def save_pretrained(
-        self, directory: str | Path, extra_config: dict | None = None, state_dict: dict | None = None
+        self,
+        directory: str | Path,
+        extra_config: dict | None = None,
+        state_dict: dict | None = None,
+        write_weights: bool = True,
     ) -> None:
-        """model.safetensors + config.json ({"policy": ..., **extra}) + stats.json."""
+        """model.safetensors + config.json ({"policy": ..., **extra}) + stats.json. `write_weights=False`: the
+        weights are already in `directory/shards/` (an FSDP2 checkpoint, checkpoint_shards.py)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         extra = dict(extra_config or {})
-        if self.is_lora:  # the adapter only: the frozen base weights are rebuilt from hf_path on load
+        if not write_weights:
+            extra["weights"] = "shards"
+        elif self.is_lora:  # the adapter only: the frozen base weights are rebuilt from hf_path on load
             from latentvla.models.backbones.lora import adapter_state_dict
 
             save_file(adapter_state_dict(self.model, state_dict), str(directory / WEIGHTS))
@@ -151,6 +159,9 @@ class Policy(nn.Module):
         policy = cls(config, normalizer)
         if "stage" in raw:  # checkpoints from before stage recording act as the final stage
             policy.model.set_stage(raw["stage"])
+        if not (ckpt / WEIGHTS).is_file() and has_shards(ckpt):  # a periodic FSDP2 checkpoint
+            load_sharded_weights(policy.model, ckpt)
+            return policy.to(device).eval()
         if raw.get("weights") == "adapter":
             from latentvla.models.backbones.lora import load_adapter_state_dict
 

@@ -41,10 +41,11 @@ def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
             f"EMA target and online module differ in parameters, e.g. {missing}; use make_ema(online)."
         )
     names = list(t_params)
+    online_full = full_tensors([o_params[n].detach() for n in names])  # FSDP2: one all-gather for them all
     # one foreach call instead of a Python loop of lerps (same per-element maths)
     torch._foreach_lerp_(
         [t_params[n] for n in names],
-        [_full(o_params[n]).detach().to(t_params[n].dtype) for n in names],
+        [o.to(t_params[n].dtype) for n, o in zip(names, online_full)],
         1.0 - decay,
     )
     o_buffers = dict(online.named_buffers())
@@ -55,3 +56,46 @@ def ema_update(target: nn.Module, online: nn.Module, decay: float) -> None:
 def _full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor of an FSDP2-sharded DTensor (an all-gather: every rank must call), else `t`."""
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def full_tensors(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """`_full` of each tensor, with every FSDP2 shard (a DTensor sharded on dim 0 over one 1-D mesh, as
+    `fully_shard` makes them) gathered in ONE all-gather instead of one per tensor (a vision tower has hundreds).
+
+    Rank r holds rows [r c, (r + 1) c) of each tensor, c = ceil(rows / world) (torch.chunk, possibly empty); each
+    local shard is padded to c rows, all are flattened into one buffer per rank, and the gathered buffers are cut
+    back into whole tensors. Anything else (plain tensors, other layouts, mixed dtypes) goes through `_full`."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    sharded = [i for i, t in enumerate(tensors) if isinstance(t, DTensor)]
+    if not sharded:
+        return list(tensors)
+    dts = [tensors[i] for i in sharded]
+    mesh = dts[0].device_mesh
+    uniform = all(
+        t.device_mesh is mesh and t.placements == (Shard(0),) and t.dim() > 0 and t.dtype == dts[0].dtype
+        for t in dts
+    )
+    if mesh.ndim != 1 or not uniform:
+        return [_full(t) for t in tensors]
+    import torch.distributed as dist
+
+    world = mesh.size()
+    rows = [math.ceil(t.shape[0] / world) for t in dts]  # padded rows per rank
+    row_numel = [math.prod(t.shape[1:]) for t in dts]
+    sizes = [r * n for r, n in zip(rows, row_numel)]
+    local = [t.to_local().reshape(-1) for t in dts]
+    flat = torch.cat([torch.nn.functional.pad(x, (0, n - x.numel())) for x, n in zip(local, sizes)])
+    out = flat.new_empty(world * flat.numel())
+    dist.all_gather_single(out, flat, group=mesh.get_group())
+    per_rank = out.view(world, -1)
+    result = list(tensors)
+    offset = 0
+    for i, t, r, n in zip(sharded, dts, rows, row_numel):
+        pieces = []
+        for k in range(world):  # rank k's real rows: min(r, rows left after the ranks before it)
+            real = max(0, min(r, t.shape[0] - k * r))
+            pieces.append(per_rank[k, offset : offset + real * n])
+        result[i] = torch.cat(pieces).view(t.shape)
+        offset += r * n
+    return result

@@ -8,6 +8,9 @@ Layout of one run:
                                "train": the full TrainConfig}   } Policy.from_pretrained(dir)
         stats.json            normalizer statistics             }
         training_state.pt     optimizer, step, sampler position, RNG states of python / numpy / torch (/ cuda)
+        shards/               (--fsdp) weights + optimizer state, one file per rank (checkpoint_shards.py); the
+                              optimizer entry of training_state.pt is then "shards", and model.safetensors is
+                              written only in the run's final checkpoint (the single file eval / serve load)
     RUN/checkpoints/last      symlink -> 000500   (+ last.txt holding "000500" where symlinks are unavailable)
 
 Atomicity: everything is written into `000500.tmp/`, fsync'ed, then `os.replace`d to `000500/` (a rename is
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from latentvla.checkpoint_check import newest_intact, step_dirs
+from latentvla.checkpoint_shards import SHARDS, has_shards
 from latentvla.config import config_to_dict
 
 CHECKPOINTS = "checkpoints"
@@ -41,7 +45,8 @@ LAST = "last"
 LAST_TXT = "last.txt"
 TRAINING_STATE = "training_state.pt"
 CONFIG = "config.json"
-REQUIRED_FILES = ("model.safetensors", CONFIG, "stats.json", TRAINING_STATE)
+WEIGHTS = "model.safetensors"
+REQUIRED_FILES = (CONFIG, "stats.json", TRAINING_STATE)  # + the weights: WEIGHTS or shards/ (or both)
 _STEP_DIR = re.compile(r"^\d{6,}$")
 
 
@@ -52,7 +57,12 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
 def is_complete(path: str | Path) -> bool:
     """True for a finished checkpoint directory (not `*.tmp`, every required file present)."""
     path = Path(path)
-    return path.is_dir() and bool(_STEP_DIR.match(path.name)) and all((path / f).is_file() for f in REQUIRED_FILES)
+    return (
+        path.is_dir()
+        and bool(_STEP_DIR.match(path.name))
+        and all((path / f).is_file() for f in REQUIRED_FILES)
+        and ((path / WEIGHTS).is_file() or has_shards(path))
+    )
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -77,6 +87,22 @@ def latest_intact_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest checkpoint whose files all pass `checkpoint_check` (damaged newer ones are skipped with a
     `CheckpointSkippedWarning`); None if there is none."""
     return newest_intact(run_dir, training=True)
+
+
+def tmp_dir(run_dir: str | Path, step: int) -> Path:
+    """Where checkpoint `step` is written before its atomic rename."""
+    final = checkpoint_dir(run_dir, step)
+    return final.with_name(final.name + ".tmp")
+
+
+def prepare_tmp(run_dir: str | Path, step: int) -> Path:
+    """An empty `tmp_dir` with its `shards/` folder, for every rank to write its shard into (rank 0 calls this,
+    then all ranks meet at a barrier); `save_checkpoint(..., shards_in=...)` completes it."""
+    tmp = tmp_dir(run_dir, step)
+    if tmp.exists():  # left by an earlier kill
+        shutil.rmtree(tmp)
+    (tmp / SHARDS).mkdir(parents=True)
+    return tmp
 
 
 class CheckpointError(RuntimeError):
@@ -132,6 +158,8 @@ def save_checkpoint(
     rng_states: list[dict] | None = None,
     extra_config: dict | None = None,
     weights: dict | None = None,
+    shards_in: Path | None = None,
+    write_weights: bool = True,
 ) -> Path:
     """Write checkpoint `step` atomically, move the `last` pointer, prune to the newest `keep_last`.
 
@@ -139,28 +167,34 @@ def save_checkpoint(
     from the loop (optimizer state, sampler position, ...). `rng_states` holds one `get_rng_state()` per rank
     (DDP ranks draw different noise); it defaults to this process's state. `extra_config` adds sections to
     config.json (the loop records the run's step extensions there). `weights` replaces the policy's own state
-    dict (FSDP2: the gathered full weights, train/parallel.py).
+    dict (FSDP2: the gathered full weights, train/parallel.py). `shards_in`: the `prepare_tmp` directory the
+    ranks already wrote their shards into (then `write_weights=False` skips model.safetensors).
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be >= 1, got {keep_last}")
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    if tmp.exists():  # left by an earlier kill
+    tmp = tmp_dir(run_dir, step)
+    if tmp.exists() and shards_in is None:  # left by an earlier kill
         shutil.rmtree(tmp)
     rng_states = rng_states if rng_states is not None else [get_rng_state()]
     try:
-        tmp.mkdir()
+        tmp.mkdir(exist_ok=shards_in is not None)
         extra = {"train": config_to_dict(train_config), **(extra_config or {})}
-        if weights is None:
-            policy.save_pretrained(tmp, extra_config=extra)
-        else:
+        if weights is not None:
             policy.save_pretrained(tmp, extra_config=extra, state_dict=weights)
+        elif write_weights:
+            policy.save_pretrained(tmp, extra_config=extra)
+        else:  # the ranks' shards are the weights
+            policy.save_pretrained(tmp, extra_config=extra, write_weights=False)
         torch.save({**training_state, "step": step, "rng": rng_states}, tmp / TRAINING_STATE)
         for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            if f.is_file():  # shards/: each rank fsync'ed its own file (DCP FileSystemWriter sync_files)
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if shards_in is not None:
+            _fsync_dir(tmp / SHARDS)
         _fsync_dir(tmp)
     except OSError as e:  # disk full, quota, I/O error: leave nothing half-written behind
         shutil.rmtree(tmp, ignore_errors=True)

@@ -56,10 +56,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from latentvla.checkpoint_shards import SHARDS
 from latentvla.config import TrainConfig, config_from_dict, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE
 from latentvla.train import checkpoint as ckpt_lib
-from latentvla.train import parallel
+from latentvla.train import parallel, sharded_checkpoint
 from latentvla.train.budget import projected_steps, schedule_position
 from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries, training_stage
 from latentvla.train.finite_guard import FiniteGuard, host_floats, local_tensor, step_loss
@@ -69,6 +70,7 @@ from latentvla.train.sampler import ResumableBatchSampler
 
 # Fields that may change between a run and its resumption without changing the maths.
 _RESUME_FREE_FIELDS = {"num_workers", "log_every", "save_every", "keep_last", "device", "wandb", "bf16"}
+_RESUME_FREE_FIELDS |= {"async_save"}  # how shards are written, not what they hold
 _RUN_FILES = ("metrics.jsonl", LOSS_PLOT)  # with checkpoints/: what makes a directory "an existing run"
 
 
@@ -278,6 +280,7 @@ def accumulate_gradients(
     for micro in range(grad_accum):
         batch = to_device(next(batches), device)
         sync = contextlib.nullcontext() if not ddp or micro == grad_accum - 1 else loss_module.no_sync()
+        parallel.gradient_sync(loss_module, micro == grad_accum - 1)  # FSDP2's no_sync
         with sync:
             with autocast:
                 per_sample, metrics = loss_module(batch, stage, step)
@@ -394,7 +397,8 @@ def train(
         _check_resume_config(saved_cfg, cfg)
         state = ckpt_lib.load_training_state(last)
         _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
-        model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
+        if state["optimizer"] != SHARDS:  # sharded: each rank reads its own shards after `wrap`, below
+            model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
         start_step = int(state["step"])
         schedule_steps = int(state.get("schedule_steps", saved_cfg["steps"]))
         extensions = list(state.get("extensions", []))
@@ -413,17 +417,24 @@ def train(
             f"nothing to do: the run already used its {cfg.minutes:g}-minute budget ({elapsed / 60:.2f} min)"
         )
     # DDP or FSDP2 (train/parallel.py); FSDP2 swaps parameters for DTensors, so the optimizer comes after it
+    on_cuda = dist_info.device.type == "cuda"
     loss_module = parallel.wrap(
-        LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16
+        LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16 and on_cuda
     )
     sharded = parallel.is_sharded(loss_module)
+    use_shards = cfg.parallel == "fsdp"  # DCP checkpoints, whatever the world size (train/sharded_checkpoint.py)
     optimizer = build_optimizer(
         model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),
         lr_vision=cfg.lr_vision,
     )  # fmt: skip
     if state is not None:
-        if sharded:
-            parallel.load_optimizer_state(loss_module, optimizer, state["optimizer"])
+        if state["optimizer"] == SHARDS:
+            sharded_checkpoint.load_shards(last, loss_module, optimizer)
+        elif sharded:
+            raise ValueError(
+                f"--resume: {last} holds a full optimizer state (written before sharded FSDP checkpoints); "
+                "resume it without --fsdp or start a new --out"
+            )
         else:
             optimizer.load_state_dict(state["optimizer"])
     loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
@@ -445,6 +456,8 @@ def train(
     guard = FiniteGuard()
     t0, saved = time.perf_counter(), None
     model.train()
+    writer = sharded_checkpoint.AsyncShardWriter() if use_shards and cfg.async_save else None
+    stopping = False
 
     def check_finite() -> None:
         """Raise if the step whose verdict is pending had a non-finite loss or gradient (any rank)."""
@@ -462,10 +475,22 @@ def train(
 
     def save(done: int, final: bool) -> Path | None:
         rng_states = _gather_rng(dist_info)  # collective: every rank takes part
-        weights, optim_state = (
-            parallel.full_state_dict(loss_module, optimizer) if sharded else (None, optimizer.state_dict())
-        )  # collective under FSDP2: the full weights and optimizer state on every rank's CPU
+        weights, optim_state, tmp = None, SHARDS, None
+        in_background = writer is not None and not (final or stopping)
+        if use_shards:  # each rank writes its own shard; the final checkpoint also gets the single-file weights
+            if writer is not None:
+                writer.wait()  # the previous background checkpoint is published first
+            tmp = ckpt_lib.prepare_tmp(run_dir, done) if dist_info.is_main else None
+            if dist_info.world_size > 1:
+                dist.barrier()  # the directory exists before anyone writes into it
+            if not in_background:
+                sharded_checkpoint.save_shards(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer)
+            weights = parallel.full_weights(loss_module) if final and sharded else None  # collective
+        else:
+            optim_state = optimizer.state_dict()
         if not dist_info.is_main:
+            if in_background:
+                writer.save(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer, None)
             return None
         training_state = {
             "optimizer": optim_state,
@@ -476,10 +501,15 @@ def train(
         }
         if budget_s is not None:  # the clock and the position continue on resume
             training_state.update(elapsed_s=elapsed, schedule_position=prev_position)
-        path = ckpt_lib.save_checkpoint(
+        publish = lambda: ckpt_lib.save_checkpoint(  # noqa: E731
             run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states,
             extra_config={"extensions": extensions} if extensions else None, weights=weights,
+            shards_in=tmp, write_weights=final or not use_shards,
         )  # fmt: skip
+        if in_background:  # published by `writer` once every rank's shard is written
+            writer.save(tmp, loss_module, optimizer, publish)
+            return None
+        path = publish()
         if cfg.save_merged and policy.is_lora and final:  # LoRA folded in, next to the adapter
             Policy.from_pretrained(path).save_merged(path / "merged")
         return path
@@ -551,9 +581,11 @@ def train(
                 logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
                 stage_losses[stage.name].append(row["loss"])
                 history = defaultdict(list)
+            if writer is not None:
+                saved = writer.poll() or saved  # a background checkpoint whose shards are all written
             if done % cfg.save_every == 0 or finished or stopping:
                 check_finite()
-                saved = save(done, finished)
+                saved = save(done, finished) or saved
             if finished:
                 break
             if stopping:

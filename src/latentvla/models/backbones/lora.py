@@ -71,10 +71,22 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def base_weight_names(module: nn.Module) -> set[str]:
-    """State-dict names under `module` that an adapter checkpoint leaves out: frozen parameters and buffers of
-    the peft-wrapped base model (they are rebuilt from `hf_path`)."""
+    """State-dict names under `module` that an adapter checkpoint leaves out, because building the policy from
+    its config reloads them unchanged: frozen parameters and buffers of the peft-wrapped base model (from
+    `hf_path`), and frozen pretrained vision encoders (`HFVisionEncoder.encoders`, from `vision.paths`: fp32
+    DINOv2-L + SigLIP-so400m are ~3.3 GB of a MiniVLA adapter checkpoint otherwise). Encoders that train, and the
+    EMA target copy (it moves), are kept."""
     names = set()
     for mod_name, mod in module.named_modules():
+        encoders = getattr(mod, "encoders", None)
+        if (
+            type(mod).__name__ == "HFVisionEncoder"
+            and not mod_name.split(".")[0].startswith("ema")
+            and not any(p.requires_grad for p in encoders.parameters())
+        ):
+            prefix = f"{mod_name}.encoders." if mod_name else "encoders."
+            names.update(prefix + n for n, _ in encoders.named_parameters())
+            names.update(prefix + n for n, _ in encoders.named_buffers())
         if type(mod).__name__ != "PeftModel" and not hasattr(mod, "peft_config"):
             continue
         for n, p in mod.named_parameters():
