@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -212,11 +213,35 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, main_pid: int | None = None) -> None:
     # torch seeds each worker from the DataLoader's generator; derive numpy / python from it deterministically
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    if main_pid is not None:
+        _ignore_stop_signals_from_others(main_pid)
+
+
+def _ignore_stop_signals_from_others(main_pid: int) -> None:
+    """In a DataLoader worker: ignore SIGTERM / SIGINT unless the training process itself sends them (issue 26).
+
+    SLURM's scancel, `kill -- -PGID` and Ctrl-C signal every process of the group; a worker dying of it made the
+    main process fail with "DataLoader worker ... killed by signal" instead of saving. The main process decides
+    (it saves and exits, which stops the workers). Plain SIG_IGN is not enough: the DataLoader and
+    multiprocessing's exit handler stop a worker with SIGTERM, and an immune worker hangs the exit. So the
+    signals are blocked and a thread reads each one with its sender (`sigwaitinfo`): from the main process it
+    ends the worker, from anyone else (the terminal, scancel, a group kill) it is dropped.
+    """
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # threads started from here on inherit the mask
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo(stop)
+            if info.si_pid == main_pid:
+                os._exit(128 + info.si_signo)
+
+    threading.Thread(target=wait, name="stop-signals", daemon=True).start()
 
 
 def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: DistInfo) -> DataLoader:
@@ -226,7 +251,8 @@ def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: Dis
     )  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_micro * 97 + dist_info.rank)
     return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, worker_init_fn=_worker_init, generator=gen,
+        dataset, batch_sampler=sampler, num_workers=cfg.num_workers, generator=gen,
+        worker_init_fn=functools.partial(_worker_init, main_pid=os.getpid()),
         pin_memory=dist_info.device.type == "cuda", persistent_workers=cfg.num_workers > 0,
     )  # fmt: skip
 
