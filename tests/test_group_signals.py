@@ -67,7 +67,10 @@ def _assert_saved_in_one_line(code: int, err: str, sig: int, run: Path) -> None:
     assert len(lines) == 1 and "Traceback" not in err, err
     saved = list_checkpoints(run)
     assert len(saved) == 1 and int(saved[0].name) >= 2  # the steps since the start were not lost
-    assert f"interrupted by {signal.Signals(sig).name}: saved {saved[0]} at step {int(saved[0].name)} of {STEPS}" in lines[0]
+    assert (
+        f"interrupted by {signal.Signals(sig).name}: saved {saved[0]} at step {int(saved[0].name)} of {STEPS}"
+        in lines[0]
+    )
     assert "--resume" in lines[0]
 
 

@@ -42,7 +42,7 @@ from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.execution import make_horizon
 from latentvla.models.halting import parse_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
-from latentvla.observation import BadObservation, prepare_image, prepare_state, prepare_task
+from latentvla.observation import BadObservation, check_task_tokens, prepare_image, prepare_state, prepare_task
 
 
 def _dedup(model: nn.Module, state_dict: dict) -> dict:
@@ -206,7 +206,10 @@ class Policy(nn.Module):
             if missing:
                 raise BadObservation(f"observation lacks {missing} (it has {sorted(o)})")
         # one validator with the server (observation.py): uint8 HWC/CHW or float in [0, 1], scaled by 255 once
-        batch: dict[str, Any] = {TASK: [prepare_task(TASK, o[TASK]) for o in observations]}
+        tasks = [prepare_task(TASK, o[TASK]) for o in observations]
+        for task in tasks:  # the prompt's cost is its token count, not its characters
+            check_task_tokens(TASK, task, len(self.model.tokenizer.encode(task)))
+        batch: dict[str, Any] = {TASK: tasks}
         for cam in self.config.cameras:
             key = f"{OBS_IMAGES}.{cam}"
             imgs = [prepare_image(key, o[key], size) for o in observations]
@@ -217,6 +220,30 @@ class Policy(nn.Module):
 
     # inference_mode, not no_grad: no view / version-counter bookkeeping per op, ~10 % off a batch-1 tiny call
     # (13.2 -> 11.7 ms no reasoning, 17.3 -> 15.7 ms latent; 1 thread, LOG.md 2026-12-02). Same outputs.
+    def check_options(self, mode: str | None = None, iterations: int | None = None, halting: Any = None) -> None:
+        """Refuse test-time options this policy cannot run or would silently ignore, in one line (issue 26): a
+        reasoning mode it never learned (`--mode explicit` on a bc run), or a recurrent depth / halting rule on a
+        policy without the recurrent-depth head (its flow head or bc network never reads them)."""
+        if mode is not None and mode not in self.model.modes:
+            explain = getattr(self.model, "_mode_error", None)  # LatentVLA says why (no CoT text learned, ...)
+            raise ValueError(
+                explain(mode)
+                if explain is not None
+                else f"mode {mode!r}: this {self.config.preset!r} policy has no reasoning to write; use one of "
+                f"{', '.join(self.model.modes)}"
+            )
+        recurrent = self.config.model == "vla" and self.config.head == "recurrent"
+        for name, value in (("halting", halting), ("iterations", iterations)):
+            if value is not None and not recurrent:
+                head = "bc network" if self.config.model == "bc" else f"{self.config.head} head"
+                raise ValueError(
+                    f"{name} applies only to the recurrent-depth head (policy.head=recurrent: rdvla, lara-rd, "
+                    f"rdvla-minivla); this {self.config.preset!r} policy has a {head}, which would ignore it: "
+                    f"drop --{name}"
+                )
+        if iterations is not None and iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+
     @torch.inference_mode()
     def sample(
         self,
@@ -228,6 +255,7 @@ class Policy(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, SampleOutput]:
         """Unnormalized, clipped (B, H, A) chunks and the raw SampleOutput."""
+        self.check_options(mode, iterations, halting)  # a few comparisons: cheaper than a silently ignored flag
         if isinstance(halting, str):
             halting = parse_halting(halting)
         out = self.model.sample_actions(
@@ -239,6 +267,9 @@ class Policy(nn.Module):
         return np.clip(acts, self.action_low, self.action_high).astype(np.float32), out
 
     def infer_batch(self, observations: list[dict], **kwargs: Any) -> list[dict]:
+        if not observations:  # nothing to act on: an empty list back, as map() would (issue 26)
+            self.check_options(**{k: v for k, v in kwargs.items() if k in ("mode", "iterations", "halting")})
+            return []
         acts, out = self.sample(observations, **kwargs)
         res = []
         for i in range(len(observations)):

@@ -111,7 +111,9 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     torchrun = ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "latentvla.cli", *argv]
     print("launching: torchrun", " ".join(torchrun), flush=True)
     noise = _SignalShutdownNoise()
-    loggers = [logging.getLogger(f"torch.distributed.elastic.{m}.api") for m in ("agent.server", "multiprocessing")]
+    loggers = [
+        logging.getLogger(f"torch.distributed.elastic.{m}.api") for m in ("agent.server", "multiprocessing")
+    ]
     for logger in loggers:
         logger.addFilter(noise)
     try:
