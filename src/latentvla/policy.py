@@ -55,6 +55,28 @@ def _dedup(model: nn.Module, state_dict: dict) -> dict:
     return {k: v.contiguous() for k, v in state_dict.items() if k not in drop}
 
 
+def _weights_mismatch(model: nn.Module, weights: Path, show: int = 3) -> str:
+    """One phrase naming the tensors whose shapes differ between `model` and the safetensors file (and the
+    names only one side has; tied parameters count as present when any of their names is in the file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = {n: names for names in aliases.values() for n in names}
+    shapes = [f"{k} {stored[k]} in the file vs {v} from the config" for k, v in expected.items()
+              if k in stored and stored[k] != v]  # fmt: skip
+    missing = [k for k in expected if k not in stored and not any(a in stored for a in tied.get(k, ()))]
+    unexpected = [k for k in stored if k not in expected]
+    parts = [f"{len(shapes)} shape(s) differ ({'; '.join(shapes[:show])})"] if shapes else []
+    parts += [f"{len(missing)} missing ({', '.join(missing[:show])})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected ({', '.join(unexpected[:show])})"] if unexpected else []
+    return ", ".join(parts) or "the tensors do not load"
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory from a checkpoint dir or a training run dir (its newest *intact* checkpoint).
 
@@ -144,10 +166,14 @@ class Policy(nn.Module):
 
             load_adapter_state_dict(policy.model, load_file(str(ckpt / WEIGHTS)))
             return policy.to(device).eval()
-        missing, unexpected = load_model(policy.model, str(ckpt / WEIGHTS), strict=True)
-        if missing or unexpected:  # strict=True raises already; kept explicit for older safetensors
-            raise RuntimeError(
-                f"checkpoint {ckpt} does not match its config: missing {missing}, unexpected {unexpected}"
+        try:
+            missing, unexpected = load_model(policy.model, str(ckpt / WEIGHTS), strict=True)
+        except RuntimeError:  # torch's multi-line "Error(s) in loading state_dict": say it in one line, with files
+            missing, unexpected = None, None
+        if missing is None or missing or unexpected:  # strict=True raises already; kept for older safetensors
+            raise CorruptCheckpointError(
+                f"{ckpt / WEIGHTS} does not match {ckpt / CONFIG}: {_weights_mismatch(policy.model, ckpt / WEIGHTS)}; "
+                "was config.json edited? restore the one training wrote, or retrain"
             )
         return policy.to(device).eval()
 

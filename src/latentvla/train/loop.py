@@ -389,7 +389,8 @@ def train(
     budget_s = None if cfg.minutes is None else 60.0 * cfg.minutes
     elapsed = 0.0  # seconds on the training clock before this process's first step (a budgeted run's resume)
     if resume:
-        last = ckpt_lib.latest_intact_checkpoint(run_dir)  # warns about each damaged newer one it skips
+        # the newest checkpoint that is intact and has its own training state; warns about each newer one it skips
+        last, state = ckpt_lib.resume_point(run_dir)
         if last is None:
             raise FileNotFoundError(
                 f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS} (stopped before its first "
@@ -397,7 +398,6 @@ def train(
             )
         saved_cfg = ckpt_lib.load_train_config_dict(last)
         _check_resume_config(saved_cfg, cfg)
-        state = ckpt_lib.load_training_state(last)
         _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
         model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
         start_step = int(state["step"])
@@ -430,7 +430,14 @@ def train(
         if sharded:
             parallel.load_optimizer_state(loss_module, optimizer, state["optimizer"])
         else:
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as e:  # e.g. another run's training_state.pt
+                raise ValueError(
+                    f"--resume: {last / ckpt_lib.TRAINING_STATE} does not fit this model's optimizer ({e}): it is "
+                    f"another run's; put this run's file back, delete {last} to resume from the checkpoint before "
+                    "it, or start again with --overwrite"
+                ) from None
     loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
     boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, schedule_steps)]
     # The schedule position of the step about to run: the step counter, or the budget's share spent so far. The
