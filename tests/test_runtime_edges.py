@@ -168,3 +168,58 @@ def test_server_answers_a_too_long_instruction_with_an_error_and_stays_open(chec
             assert msgpack_numpy.unpackb(ws.recv(timeout=30))["actions"].shape == (4, policy.config.action_dim)
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------ overrides, device
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lr_head=abc", "override lr_head=abc: expected a number, got 'abc'"),
+        ("seed=1.5", "override seed=1.5: expected an integer, got '1.5'"),
+        ("policy.horizon=x", "override policy.horizon=x: expected an integer, got 'x'"),
+        ("policy=3", "override policy=3: 'policy' is a group of settings, not a value"),
+    ],
+)
+def test_override_type_errors_name_the_key(override, message):
+    with pytest.raises(ValueError) as e:
+        apply_overrides(get_preset("lara", "micro"), [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_integer_overrides_accept_exponents_and_keep_big_values():
+    cfg = apply_overrides(get_preset("lara", "micro"), ["steps=1e3", "seed=12345678901234567891", "lr_head=3e-4"])
+    assert cfg.steps == 1000 and cfg.seed == 12345678901234567891 and cfg.lr_head == 3e-4
+
+
+def test_device_this_machine_cannot_run_is_one_line(monkeypatch):
+    import torch
+
+    from latentvla.device import check_device
+
+    check_device("cpu")
+    check_device("auto")
+    with pytest.raises(ValueError, match=r"device='gpu' is not a torch device"):
+        check_device("gpu")
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ValueError, match=r"device=cuda: this torch .* is a CPU-only build; use device=cpu"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match=r"device=cuda:1: no CUDA GPU is visible"):
+        check_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device=cuda:1: this machine has 1 GPU"):
+        check_device("cuda:1")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_and_serve_with_cuda_on_a_machine_without_it(synthetic_dataset, checkpoints, tmp_path, capsys):
+    assert _cli("train", "--preset", "lara", "--size", "micro", "--dataset", str(synthetic_dataset),
+                "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress", "device=cuda") == 2  # fmt: skip
+    assert _cli("serve", str(checkpoints["lara"]), "--device", "cuda", "--port", "0") == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and "device=cuda" in lines[0] and "--device cuda" in lines[1], err
+    assert not (tmp_path / "run").exists() and "loading" not in out  # refused before any work

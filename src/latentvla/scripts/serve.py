@@ -53,6 +53,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.max_message_mb > 0:
         raise ValueError(f"--max-message-mb must be positive, got {args.max_message_mb}")
     check_bindable(args.host, args.port)
+    from latentvla.device import check_device
+
+    check_device(args.device, "--device ")
 
 
 def check_bindable(host: str, port: int) -> None:

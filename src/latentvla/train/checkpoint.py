@@ -131,6 +131,13 @@ def _point_last(root: Path, name: str) -> None:
     _write_text_atomic(root / LAST_TXT, name + "\n")
 
 
+def _is_torch_write_failure(e: RuntimeError) -> bool:
+    """torch.save reports a full disk or an I/O error as RuntimeError from its zip writer, not OSError:
+    "[enforce fail at inline_container.cc:...] . PytorchStreamWriter failed writing file data/0: file write failed"
+    or "... unexpected pos 4416 vs 4304"."""
+    return "PytorchStreamWriter" in str(e) or "inline_container" in str(e)
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -172,7 +179,8 @@ def save_checkpoint(
                 os.fsync(fh.fileno())
         _fsync_dir(tmp)
     except (OSError, RuntimeError) as e:  # disk full, quota, I/O error: leave nothing half-written behind
-        # torch.save reports a full disk as RuntimeError ("PytorchStreamWriter failed writing file ..."), not OSError
+        if isinstance(e, RuntimeError) and not _is_torch_write_failure(e):
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         raise CheckpointError(

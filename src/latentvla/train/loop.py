@@ -152,6 +152,9 @@ class DistInfo:
 
 def setup_distributed(device: str) -> DistInfo:
     """Init the process group when launched by torchrun (RANK / WORLD_SIZE set): gloo on CPU, nccl on CUDA."""
+    from latentvla.device import check_device
+
+    check_device(device)  # device=cuda on a CPU build: one line now, not an AssertionError after setup
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
