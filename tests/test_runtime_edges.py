@@ -96,6 +96,22 @@ def test_serve_refuses_options_the_policy_would_ignore_in_one_line(argv, message
     assert message in err and len(err.strip().splitlines()) == 1 and "listening" not in out, err
 
 
+@pytest.mark.sim
+def test_eval_refuses_halting_on_a_flow_head_in_one_line(checkpoints, tmp_path, capsys):
+    import dataclasses
+
+    from latentvla.policy import Policy
+
+    policy = Policy.from_pretrained(checkpoints["lara"])  # Meta-World renders at >= 64 px: the same model at 64
+    policy.config = dataclasses.replace(policy.config, image_size=64)
+    policy.save_pretrained(tmp_path / "lara64")
+    argv = ["eval", str(tmp_path / "lara64"), "--tasks", "reach-v3", "--episodes", "1", "--max-steps", "3"]
+    assert _cli(*argv, "--halting", "mse", "--delta", "5e-4", "--quiet", "--out", str(tmp_path / "eval")) == 2
+    err = capsys.readouterr().err
+    assert "halting applies only to the recurrent-depth head" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "eval" / "eval_info.json").exists()
+
+
 # ------------------------------------------------------------------------------- serve argument checks
 
 
