@@ -128,7 +128,8 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
         if (Path(args.out) / "checkpoints").is_dir():
             print("a rank failed (its error is above); continue the run with the same command plus --resume",
                   file=sys.stderr)  # fmt: skip
-        return 1
+        code = codes.pop() if len(codes) == 1 else 1
+        return code if code > 0 else 1  # the ranks' own code (2: bad input), as one process gives; a kill: 1
     finally:
         for logger in loggers:
             logger.removeFilter(noise)
