@@ -128,8 +128,8 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
         if (Path(args.out) / "checkpoints").is_dir():
             print("a rank failed (its error is above); continue the run with the same command plus --resume",
                   file=sys.stderr)  # fmt: skip
-        code = codes.pop() if len(codes) == 1 else 1
-        return code if code > 0 else 1  # the ranks' own code (2: bad input), as one process gives; a kill: 1
+        code = e.get_first_failure()[1].exitcode  # the root cause; the agent may have stopped the others
+        return code if code > 0 else 1  # the rank's own code (2: bad input), as one process gives; a kill: 1
     finally:
         for logger in loggers:
             logger.removeFilter(noise)
