@@ -7,7 +7,7 @@ Float images outside [0, 1] (e.g. 0..255 floats), NaN/inf pixels, other dtypes o
 the key, what arrived and what was expected. State: finite reals of the policy's `state_dim`. Instruction: a
 str (or UTF-8 bytes) of at most `MAX_TASK_CHARS` characters: a 60k-character prompt took 215 s and 18 GB in
 `Policy.infer` before this limit; the server has always refused more than 2,000. `Policy` also refuses more than
-`MAX_TASK_TOKENS` tokens of its own tokenizer (emoji cost 4 byte tokens per character).
+`MAX_TASK_TOKENS` tokens of its own tokenizer (an emoji costs 4 byte tokens).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from PIL import Image
 
 MAX_TASK_CHARS = 2000  # an instruction is a sentence; a megabyte "prompt" is a mistake, not a task
 # ... and characters are not the cost: 2,000 emoji are 8,000 byte tokens (4.8 s, 300 MB per call, issue 26).
-# `Policy.make_batch` bounds the tokens too; a LIBERO / Meta-World instruction is under 40.
-MAX_TASK_TOKENS = 512
+# `Policy.make_batch` bounds the tokens too, at the cost the character limit already allowed (2,000 ASCII
+# characters are at most 2,000 tokens, one per byte); a LIBERO / Meta-World instruction is under 40.
+MAX_TASK_TOKENS = MAX_TASK_CHARS
 MAX_IMAGE_SIDE = 4096  # larger frames are almost certainly a wrong array, and resizing them costs seconds
 
 
