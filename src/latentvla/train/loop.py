@@ -235,6 +235,8 @@ def _ignore_stop_signals_from_others(main_pid: int) -> None:
     signals are blocked and a thread reads each one with its sender (`sigwaitinfo`): from the main process it
     ends the worker, from anyone else (the terminal, scancel, a group kill) it is dropped.
     """
+    if not hasattr(signal, "sigwaitinfo"):  # macOS / Windows: workers keep the default behaviour
+        return
     stop = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # threads started from here on inherit the mask
 
