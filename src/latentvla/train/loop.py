@@ -21,7 +21,8 @@ Faults (README "Failure behaviour"): the dataset is validated when opened (data/
 directory is refused without `resume` or `overwrite`; `resume` refuses another dataset or other stats, naming
 what differs, and starts from the newest *intact* checkpoint; a non-finite loss or gradient stops the run before
 the optimizer step, publishing nothing (`NonFiniteLossError`); SIGTERM / SIGINT finish the current step, write a
-checkpoint and raise `TrainingInterrupted`; a failed checkpoint write raises `CheckpointError` with the previous
+checkpoint and raise `TrainingInterrupted` (also when the whole process group is signalled: DataLoader workers
+leave the decision to this process, `_ignore_stop_signals_from_others`); a failed checkpoint write raises `CheckpointError` with the previous
 checkpoint still `last`. Resuming with a larger `steps` extends the run: steps past the original total stay in
 the last stage at the constant LR the cosine ended with (optim.set_lrs); each extension is recorded in the
 checkpoint's config.json under "extensions".
