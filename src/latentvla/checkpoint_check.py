@@ -9,7 +9,8 @@ Here every checkpoint file is checked without loading tensors:
     shards/              (FSDP2, in place of or next to model.safetensors) DCP metadata loads and every shard
                          file it names exists (checkpoint_shards.py)
     config.json          valid JSON object with a "policy" section
-    stats.json           valid JSON object
+    stats.json           valid JSON object; the statistics the normalizer uses are finite, and no std is 0 where
+                         min < max (issue 26: a NaN or zero std normalizes silently wrong)
     training_state.pt    (training checkpoints) a zip archive whose members all pass their CRC check
 
 `newest_intact(run_dir)` walks RUN/checkpoints newest first and skips damaged ones with a
@@ -75,6 +76,43 @@ def _json_problem(path: Path, section: str | None) -> str | None:
     return None
 
 
+# the statistics each normalization mode reads (data/stats.py); checked for NaN/inf and consistency at load
+_STATS_USED = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "quantile": ("q01", "q99")}
+
+
+def _stats_problem(path: Path) -> str | None:
+    """A checkpoint's stats.json that would normalize with NaN, or with a zero std where the feature varies
+    (min < max: the normalizer would treat it as constant and scale by 1), names the key (issue 26)."""
+    import numpy as np
+
+    problem = _json_problem(path, None)
+    if problem is not None:
+        return problem
+    data = json.loads(path.read_text())
+    stats, modes = data.get("stats"), data.get("modes")
+    if not isinstance(stats, dict) or not isinstance(modes, dict):
+        return None  # not the normalizer's layout: `Normalizer.from_dict` names what is missing
+    for key, mode in modes.items():
+        entry = stats.get(key)
+        if not isinstance(entry, dict):
+            continue
+        try:
+            values = {s: np.asarray(v, dtype=np.float64) for s, v in entry.items() if s != "count"}
+        except (TypeError, ValueError):
+            return f"{path.name}: the stats of {key!r} are not numbers"
+        for s in _STATS_USED.get(mode, ()):
+            if s in values and not np.isfinite(values[s]).all():
+                return f"{path.name}: {key!r} {s} is not finite ({values[s].tolist()})"
+        if mode == "mean_std" and "std" in values:
+            std = values["std"]
+            varies = values["max"] > values["min"] if {"min", "max"} <= values.keys() else np.zeros_like(std, bool)
+            zero = (std < 0) | ((std == 0) & varies)
+            if zero.any():
+                dims = np.flatnonzero(zero).tolist()
+                return f"{path.name}: {key!r} std is {std[zero].tolist()[0]} in dims {dims}, which vary (min < max)"
+    return None
+
+
 def _zip_problem(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as z:
@@ -94,7 +132,7 @@ def checkpoint_problem(path: str | Path, training: bool = False) -> str | None:
         return f"missing {', '.join(missing)}"
     return (
         _json_problem(path / CONFIG, "policy")
-        or _json_problem(path / STATS, None)
+        or _stats_problem(path / STATS)
         or ((path / WEIGHTS).is_file() and _safetensors_problem(path / WEIGHTS) or None)
         or (shards_problem(path) if sharded else None)
         or (_zip_problem(path / TRAINING_STATE) if training else None)

@@ -30,6 +30,7 @@ Every preset but `bc` takes a local transformers model with `use_backbone` (CLI 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -345,8 +346,15 @@ def _coerce(tp: Any, value: Any) -> Any:
         if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ValueError(f"expected a boolean (true/false), got {value!r}")
         return value.lower() in ("true", "1", "yes")
-    if tp in (int, float, str) and not isinstance(value, tp):
-        return tp(value)
+    if tp in (int, float) and not isinstance(value, tp):
+        with contextlib.suppress(TypeError, ValueError):
+            return tp(value)
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            if tp is int and float(value).is_integer():  # an integer written 1e3
+                return int(float(value))
+        raise ValueError(f"expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        return str(value)
     return value
 
 
@@ -372,7 +380,13 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         if "=" not in item:
             raise ValueError(f"override {item!r} must look like key=value (e.g. policy.horizon=8)")
         key, value = item.split("=", 1)
-        cfg = _set_path(cfg, key.strip().split("."), value.strip())
+        try:
+            cfg = _set_path(cfg, key.strip().split("."), value.strip())
+        except (
+            ValueError,
+            TypeError,
+        ) as e:  # name the override: `seed=1.5` alone said "invalid literal for int()"
+            raise ValueError(f"override {key.strip()}={value.strip()}: {e}") from None
     return cfg
 
 
@@ -386,5 +400,9 @@ def _set_path(cfg: Any, path: list[str], value: str) -> Any:
         if not dataclasses.is_dataclass(current):
             raise ValueError(f"{head!r} is not a nested config; cannot set {'.'.join(path)}")
         return replace(cfg, **{head: _set_path(current, path[1:], value)})
+    if dataclasses.is_dataclass(current):
+        fields = ", ".join(f.name for f in dataclasses.fields(current))
+        raise ValueError(f"{head!r} is a group of settings, not a value: set one of its fields ({head}.FIELD, "
+                         f"FIELD one of {fields})")  # fmt: skip
     hint = typing.get_type_hints(type(cfg))[head]
     return replace(cfg, **{head: _coerce(hint, value)})

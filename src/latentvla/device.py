@@ -11,6 +11,8 @@ forces bf16 autocast on any device (CPU included; slower there, for checking wha
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -22,24 +24,42 @@ def resolve_device(spec: str | None) -> str:
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     kind = spec.split(":")[0]
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            build = "a CPU-only torch build" if torch.version.cuda is None else "no visible CUDA device"
-            raise ValueError(
-                f"--device {spec}: {build} ({torch.__version__}); use --device cpu / auto, or install a CUDA "
-                "torch (README 'GPU recipes')."
-            )
-        index = int(spec.split(":")[1]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible.")
-        return spec
     if kind == "mps":
         if not torch.backends.mps.is_available():
             raise ValueError(f"--device {spec}: MPS is not available on this machine; use --device cpu.")
         return spec
-    if kind != "cpu":
+    if kind not in ("cpu", "cuda"):
         raise ValueError(f"--device {spec!r}: use cpu, cuda, cuda:N, mps or auto.")
+    check_device(spec, "--device ")
     return spec
+
+
+def check_device(device: str, flag: str = "device=") -> None:
+    """Raise ValueError naming `device` and what to use instead, unless this machine can run it ("auto" always).
+    Without it `device=cuda` on a CPU-only build failed deep in `.to(device)` after the dataset was opened."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{flag}{device!r} is not a torch device: use cpu, cuda, cuda:N or auto") from None
+    if dev.type != "cuda":
+        return
+    if torch.version.cuda is None:
+        raise ValueError(
+            f"{flag}{device}: this torch {torch.__version__} is a CPU-only build; use {flag}cpu (or auto), or "
+            "install a CUDA build of torch (README 'GPU recipes')"
+        )
+    count = torch.cuda.device_count()
+    if count == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ValueError(
+            f"{flag}{device}: no CUDA GPU is visible"
+            + (f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
+            + f"; use {flag}cpu (or auto)"
+        )
+    if dev.index is not None and dev.index >= count:
+        raise ValueError(f"{flag}{device}: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})")
 
 
 def autocast_dtype(device: str | torch.device, precision: str = "auto") -> torch.dtype | None:

@@ -6,7 +6,8 @@ was trained on, any size is resized to the model's square side (PIL bilinear, an
 Float images outside [0, 1] (e.g. 0..255 floats), NaN/inf pixels, other dtypes or shapes are an error naming
 the key, what arrived and what was expected. State: finite reals of the policy's `state_dim`. Instruction: a
 str (or UTF-8 bytes) of at most `MAX_TASK_CHARS` characters: a 60k-character prompt took 215 s and 18 GB in
-`Policy.infer` before this limit; the server has always refused more than 2,000.
+`Policy.infer` before this limit; the server has always refused more than 2,000. `Policy` also refuses more than
+`MAX_TASK_TOKENS` tokens of its own tokenizer (an emoji costs 4 byte tokens).
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import numpy as np
 from PIL import Image
 
 MAX_TASK_CHARS = 2000  # an instruction is a sentence; a megabyte "prompt" is a mistake, not a task
+# ... and characters are not the cost: 2,000 emoji are 8,000 byte tokens (4.8 s, 300 MB per call, issue 26).
+# `Policy.make_batch` bounds the tokens too, at the cost the character limit already allowed (2,000 ASCII
+# characters are at most 2,000 tokens, one per byte); a LIBERO / Meta-World instruction is under 40.
+MAX_TASK_TOKENS = MAX_TASK_CHARS
 MAX_IMAGE_SIDE = 4096  # larger frames are almost certainly a wrong array, and resizing them costs seconds
 
 
@@ -88,6 +93,15 @@ def prepare_state(key: str, value: Any, state_dim: int) -> np.ndarray:
             f"{key!r}: state contains NaN or inf (or values beyond float32 range): {state.tolist()}."
         )
     return state
+
+
+def check_task_tokens(key: str, text: str, n_tokens: int) -> None:
+    """Refuse an instruction of more than `MAX_TASK_TOKENS` tokens (the model's tokenizer counted them)."""
+    if n_tokens > MAX_TASK_TOKENS:
+        raise BadObservation(
+            f"{key!r}: instruction is {n_tokens} tokens ({len(text)} characters); the limit is {MAX_TASK_TOKENS} "
+            "tokens (emoji and words outside the tokenizer's vocabulary cost one token per UTF-8 byte): shorten it."
+        )
 
 
 def prepare_task(key: str, value: Any) -> str:

@@ -44,7 +44,7 @@ from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.execution import make_horizon
 from latentvla.models.halting import parse_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
-from latentvla.observation import BadObservation, prepare_image, prepare_state, prepare_task
+from latentvla.observation import BadObservation, check_task_tokens, prepare_image, prepare_state, prepare_task
 
 
 def _dedup(model: nn.Module, state_dict: dict) -> dict:
@@ -55,6 +55,28 @@ def _dedup(model: nn.Module, state_dict: dict) -> dict:
         groups.setdefault(id(p), []).append(name)
     drop = {n for names in groups.values() for n in sorted(names)[1:]}
     return {k: v.contiguous() for k, v in state_dict.items() if k not in drop}
+
+
+def _weights_mismatch(model: nn.Module, weights: Path, show: int = 3) -> str:
+    """One phrase naming the tensors whose shapes differ between `model` and the safetensors file (and the
+    names only one side has; tied parameters count as present when any of their names is in the file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as f:
+        stored = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = {n: names for names in aliases.values() for n in names}
+    shapes = [f"{k} {stored[k]} in the file vs {v} from the config" for k, v in expected.items()
+              if k in stored and stored[k] != v]  # fmt: skip
+    missing = [k for k in expected if k not in stored and not any(a in stored for a in tied.get(k, ()))]
+    unexpected = [k for k in stored if k not in expected]
+    parts = [f"{len(shapes)} shape(s) differ ({'; '.join(shapes[:show])})"] if shapes else []
+    parts += [f"{len(missing)} missing ({', '.join(missing[:show])})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected ({', '.join(unexpected[:show])})"] if unexpected else []
+    return ", ".join(parts) or "the tensors do not load"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -167,10 +189,14 @@ class Policy(nn.Module):
 
             load_adapter_state_dict(policy.model, load_file(str(ckpt / WEIGHTS)))
             return policy.to(device).eval()
-        missing, unexpected = load_model(policy.model, str(ckpt / WEIGHTS), strict=True)
-        if missing or unexpected:  # strict=True raises already; kept explicit for older safetensors
-            raise RuntimeError(
-                f"checkpoint {ckpt} does not match its config: missing {missing}, unexpected {unexpected}"
+        try:
+            missing, unexpected = load_model(policy.model, str(ckpt / WEIGHTS), strict=True)
+        except RuntimeError:  # torch's multi-line "Error(s) in loading state_dict": say it in one line, with files
+            missing, unexpected = None, None
+        if missing is None or missing or unexpected:  # strict=True raises already; kept for older safetensors
+            raise CorruptCheckpointError(
+                f"{ckpt / WEIGHTS} does not match {ckpt / CONFIG}: {_weights_mismatch(policy.model, ckpt / WEIGHTS)}; "
+                "was config.json edited? restore the one training wrote, or retrain"
             )
         return policy.to(device).eval()
 
@@ -229,7 +255,10 @@ class Policy(nn.Module):
             if missing:
                 raise BadObservation(f"observation lacks {missing} (it has {sorted(o)})")
         # one validator with the server (observation.py): uint8 HWC/CHW or float in [0, 1], scaled by 255 once
-        batch: dict[str, Any] = {TASK: [prepare_task(TASK, o[TASK]) for o in observations]}
+        tasks = [prepare_task(TASK, o[TASK]) for o in observations]
+        for task in tasks:  # the prompt's cost is its token count, not its characters
+            check_task_tokens(TASK, task, len(self.model.tokenizer.encode(task)))
+        batch: dict[str, Any] = {TASK: tasks}
         for cam in self.config.cameras:
             key = f"{OBS_IMAGES}.{cam}"
             imgs = [prepare_image(key, o[key], size) for o in observations]
@@ -240,6 +269,30 @@ class Policy(nn.Module):
 
     # inference_mode, not no_grad: no view / version-counter bookkeeping per op, ~10 % off a batch-1 tiny call
     # (13.2 -> 11.7 ms no reasoning, 17.3 -> 15.7 ms latent; 1 thread, LOG.md 2026-12-02). Same outputs.
+    def check_options(self, mode: str | None = None, iterations: int | None = None, halting: Any = None) -> None:
+        """Refuse test-time options this policy cannot run or would silently ignore, in one line (issue 26): a
+        reasoning mode it never learned (`--mode explicit` on a bc run), or a recurrent depth / halting rule on a
+        policy without the recurrent-depth head (its flow head or bc network never reads them)."""
+        if mode is not None and mode not in self.model.modes:
+            explain = getattr(self.model, "_mode_error", None)  # LatentVLA says why (no CoT text learned, ...)
+            raise ValueError(
+                explain(mode)
+                if explain is not None
+                else f"mode {mode!r}: this {self.config.preset!r} policy has no reasoning to write; use one of "
+                f"{', '.join(self.model.modes)}"
+            )
+        recurrent = self.config.model == "vla" and self.config.head == "recurrent"
+        for name, value in (("halting", halting), ("iterations", iterations)):
+            if value is not None and not recurrent:
+                head = "bc network" if self.config.model == "bc" else f"{self.config.head} head"
+                raise ValueError(
+                    f"{name} applies only to the recurrent-depth head (policy.head=recurrent: rdvla, lara-rd, "
+                    f"rdvla-minivla); this {self.config.preset!r} policy has a {head}, which would ignore it: "
+                    f"drop --{name}"
+                )
+        if iterations is not None and iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+
     @torch.inference_mode()
     def sample(
         self,
@@ -251,6 +304,7 @@ class Policy(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, SampleOutput]:
         """Unnormalized, clipped (B, H, A) chunks and the raw SampleOutput."""
+        self.check_options(mode, iterations, halting)  # a few comparisons: cheaper than a silently ignored flag
         if isinstance(halting, str):
             halting = parse_halting(halting)
         batch = self.make_batch(observations)
@@ -265,6 +319,9 @@ class Policy(nn.Module):
         return np.clip(acts, self.action_low, self.action_high).astype(np.float32), out
 
     def infer_batch(self, observations: list[dict], **kwargs: Any) -> list[dict]:
+        if not observations:  # nothing to act on: an empty list back, as map() would (issue 26)
+            self.check_options(**{k: v for k, v in kwargs.items() if k in ("mode", "iterations", "halting")})
+            return []
         acts, out = self.sample(observations, **kwargs)
         res = []
         for i in range(len(observations)):

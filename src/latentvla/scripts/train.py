@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,8 +80,25 @@ def build_config(args: argparse.Namespace):
     return apply_overrides(cfg, flags + list(args.overrides))
 
 
+class _SignalShutdownNoise:
+    """A logging filter for torchrun's agent: drops its "death signal" / "closing signal" warnings, which only
+    narrate the shutdown that the ranks report in one line."""
+
+    def filter(self, record) -> bool:  # noqa: ANN001
+        return "death signal" not in record.msg and "closing signal" not in record.msg
+
+
 def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
-    """Run this same command under `python -m torch.distributed.run --nproc_per_node N`."""
+    """Run this same command under torchrun's agent (`torch.distributed.run --standalone --nproc_per_node N`), in
+    this process: SIGTERM / SIGINT here (Kubernetes signals only PID 1; SLURM's scancel signals every process)
+    make the agent pass the signal to every rank; they agree on the step, save one checkpoint, rank 0 says so in
+    one line, and this process exits 128 + signal like a single-process run, without torchrun's traceback."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     argv = ["train", "--preset", args.preset, "--dataset", args.dataset, "--out", args.out, "--size", args.size]
     for flag, value in (("--steps", args.steps), ("--minutes", args.minutes), ("--batch-size", args.batch_size),
                         ("--seed", args.seed)):  # fmt: skip
@@ -94,24 +110,31 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     argv += ["--resume"] * args.resume + ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
     argv += ["--fsdp"] * args.fsdp
     argv += list(args.overrides)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-    cmd += ["-m", "latentvla.cli", *argv]
-    print("launching:", " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd)
-    # SIGTERM / SIGINT to this launcher (Kubernetes signals only PID 1) go to torchrun, which passes them to
-    # every rank: they agree on the step, save one checkpoint and exit; we wait for that instead of dying first.
-    forward = lambda signum, frame: proc.send_signal(signum)  # noqa: E731
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    torchrun = ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "latentvla.cli", *argv]
+    print("launching: torchrun", " ".join(torchrun), flush=True)
+    noise = _SignalShutdownNoise()
+    loggers = [
+        logging.getLogger(f"torch.distributed.elastic.{m}.api") for m in ("agent.server", "multiprocessing")
+    ]
+    for logger in loggers:
+        logger.addFilter(noise)
     try:
-        code = proc.wait()
+        run(parse_args(torchrun))
+        return 0
+    except SignalException as e:  # the ranks saved and rank 0 printed the one line
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        codes = {f.exitcode for f in e.failures.values()}
+        if codes <= {128 + signal.SIGTERM, 128 + signal.SIGINT}:  # the ranks alone were signalled: same story
+            return codes.pop()
+        if (Path(args.out) / "checkpoints").is_dir():
+            print("a rank failed (its error is above); continue the run with the same command plus --resume",
+                  file=sys.stderr)  # fmt: skip
+        code = e.get_first_failure()[1].exitcode  # the root cause; the agent may have stopped the others
+        return code if code > 0 else 1  # the rank's own code (2: bad input), as one process gives; a kill: 1
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if code != 0 and (Path(args.out) / "checkpoints").is_dir():
-        print(
-            f"torchrun exited with {code}; continue the run with the same command plus --resume", file=sys.stderr
-        )
-    return code
+        for logger in loggers:
+            logger.removeFilter(noise)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -140,7 +163,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
-        print(str(e), file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank stopped on the same step: one line says it all
+            print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
     except (NonFiniteLossError, CheckpointError, OSError) as e:  # NaN loss / disk full: nothing bad published
         print(f"error: {e}", file=sys.stderr)

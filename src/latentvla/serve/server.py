@@ -184,6 +184,9 @@ class PolicyServer:
             raise ValueError(f"Unknown mode {mode!r} for this policy; available: {', '.join(modes)}.")
         if iterations is not None and iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}.")
+        check = getattr(policy, "check_options", None)  # latentvla.policy.Policy: options it would ignore
+        if callable(check):
+            check(mode, iterations, halting)
         if max_message_bytes is not None and max_message_bytes < 1:
             raise ValueError(f"max_message_bytes must be positive or None, got {max_message_bytes}.")
         self.policy, self.host, self.port = policy, host, port
@@ -291,6 +294,8 @@ class PolicyServer:
             # latentvla.policy.Policy raises FloatingPointError on non-finite output: a refusal, not a crash
             if isinstance(outcome.error, FloatingPointError | PolicyOutputError):
                 raise PolicyOutputError(str(outcome.error))
+            if isinstance(outcome.error, BadRequest):  # the policy's own checks (e.g. the instruction's tokens)
+                raise outcome.error
             if outcome.error is not None:
                 log.error("policy.infer failed:\n%s", outcome.trace)
                 return f"Internal server error in policy.infer:\n{outcome.trace}", True

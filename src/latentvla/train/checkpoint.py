@@ -18,9 +18,11 @@ atomic on POSIX); the pointer is swapped the same way afterwards. A kill at any 
 directory or a complete checkpoint, and `latest_checkpoint` only ever returns complete ones.
 `training_state.pt` holds only tensors and plain Python values so it loads with `torch.load(weights_only=True)`.
 
-Failures: a write that fails (disk full, quota, I/O error) removes its `*.tmp` and raises `CheckpointError` with
-one line; the previous checkpoint stays `last`. Damaged checkpoints are detected by `checkpoint_check.py`;
-`latest_intact_checkpoint` (what `--resume` uses) skips them with a warning naming the directory.
+Failures: a write that fails (disk full, quota, I/O error; torch.save reports them as RuntimeError) removes its
+`*.tmp` and raises `CheckpointError` with one line; the previous checkpoint stays `last`. `resume_point` also
+skips a checkpoint whose training_state.pt is not its own (another step's or run's, unloadable), naming the file.
+Damaged checkpoints are detected by `checkpoint_check.py`; `latest_intact_checkpoint` and `resume_point` (what
+`--resume` uses) skip them with a warning naming the directory.
 """
 
 from __future__ import annotations
@@ -30,13 +32,20 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from latentvla.checkpoint_check import newest_intact, step_dirs
+from latentvla.checkpoint_check import (
+    CheckpointSkippedWarning,
+    CorruptCheckpointError,
+    checkpoint_problem,
+    newest_intact,
+    step_dirs,
+)
 from latentvla.checkpoint_shards import SHARDS, has_shards
 from latentvla.config import config_to_dict
 
@@ -148,6 +157,13 @@ def _point_last(root: Path, name: str) -> None:
     _write_text_atomic(root / LAST_TXT, name + "\n")
 
 
+def _is_torch_write_failure(e: RuntimeError) -> bool:
+    """torch.save reports a full disk or an I/O error as RuntimeError from its zip writer, not OSError:
+    "[enforce fail at inline_container.cc:...] . PytorchStreamWriter failed writing file data/0: file write failed"
+    or "... unexpected pos 4416 vs 4304"."""
+    return "PytorchStreamWriter" in str(e) or "inline_container" in str(e)
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -196,11 +212,13 @@ def save_checkpoint(
         if shards_in is not None:
             _fsync_dir(tmp / SHARDS)
         _fsync_dir(tmp)
-    except OSError as e:  # disk full, quota, I/O error: leave nothing half-written behind
+    except (OSError, RuntimeError) as e:  # disk full, quota, I/O error: leave nothing half-written behind
+        if isinstance(e, RuntimeError) and not _is_torch_write_failure(e):
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         raise CheckpointError(
-            f"could not write checkpoint {final} ({e}); "
+            f"could not write checkpoint {final} ({' '.join(str(e).split())}); "
             + (f"{previous} is still the last checkpoint" if previous else "no earlier checkpoint exists")
             + "; free space and continue with --resume"
         ) from e
@@ -228,6 +246,53 @@ def load_training_state(ckpt_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {ckpt_dir} is not a complete training checkpoint")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def training_state_problem(ckpt_dir: str | Path) -> tuple[dict | None, str | None]:
+    """(the training state of `ckpt_dir`, None) if its training_state.pt loads and belongs to that checkpoint, else
+    (None, what is wrong). A file copied from another checkpoint or run loads fine and would resume silently from
+    the wrong step or fail deep inside the optimizer (issue 26)."""
+    path = Path(ckpt_dir) / TRAINING_STATE
+    try:
+        state = load_training_state(ckpt_dir)
+    except Exception as e:  # unpickling / zip / weights_only errors of all kinds: the file is not ours
+        return None, f"{path} does not load ({' '.join(str(e).split())[:200]})"
+    if not isinstance(state, dict):
+        return None, f"{path} holds a {type(state).__name__}, not a training state"
+    missing = [k for k in ("step", "optimizer", "rng") if k not in state]
+    if missing:
+        return None, f"{path} lacks {', '.join(missing)}: it is not a latentvla training state"
+    if str(state["step"]) != str(int(Path(ckpt_dir).name)):
+        return None, (
+            f"{path} is the state of step {state['step']}, not of step {int(Path(ckpt_dir).name)} "
+            "(copied from another checkpoint?)"
+        )
+    return state, None
+
+
+def resume_point(run_dir: str | Path) -> tuple[Path | None, dict | None]:
+    """(checkpoint, its training state) to resume from: the newest intact checkpoint whose training_state.pt is its
+    own. Newer ones that fail are skipped with a `CheckpointSkippedWarning` naming the file, as damaged ones are
+    (`latest_intact_checkpoint`). (None, None) if the run has no checkpoint; `CorruptCheckpointError` naming the
+    file when every checkpoint fails."""
+    problems = []
+    for path in reversed(step_dirs(run_dir)):
+        problem = checkpoint_problem(path, training=True)
+        state = None
+        if problem is None:
+            state, problem = training_state_problem(path)
+            if problem is None:
+                return path, state
+        elif not (path / "model.safetensors").exists() and not (path / CONFIG).exists():
+            continue  # an empty step dir (being pruned) is not a checkpoint
+        problems.append(problem)
+        warnings.warn(f"skipping checkpoint {path}: {problem}", CheckpointSkippedWarning, stacklevel=2)
+    if problems:
+        raise CorruptCheckpointError(
+            f"--resume: no usable checkpoint under {Path(run_dir) / CHECKPOINTS} (newest: {problems[0]}); put the "
+            "right file back, or start the run again with --overwrite"
+        )
+    return None, None
 
 
 def load_train_config_dict(ckpt_dir: str | Path) -> dict:

@@ -21,8 +21,10 @@ Faults (README "Failure behaviour"): the dataset is validated when opened (data/
 directory is refused without `resume` or `overwrite`; `resume` refuses another dataset or other stats, naming
 what differs, and starts from the newest *intact* checkpoint; a non-finite loss or gradient stops the run at the
 next step boundary, or before that step's log row or checkpoint, publishing nothing of it (`NonFiniteLossError`;
-the verdict is read one step late so that a step costs no host sync, train/finite_guard.py); SIGTERM / SIGINT finish the current step, write a
-checkpoint and raise `TrainingInterrupted`; a failed checkpoint write raises `CheckpointError` with the previous
+the verdict is read one step late so that a step costs no host sync, train/finite_guard.py); SIGTERM / SIGINT
+finish the current step, write a checkpoint and raise `TrainingInterrupted` (also when the whole process group is
+signalled: DataLoader workers leave the decision to this process, `_ignore_stop_signals_from_others`); a failed
+checkpoint write raises `CheckpointError` with the previous
 checkpoint still `last`. Resuming with a larger `steps` extends the run: steps past the original total stay in
 the last stage at the constant LR the cosine ended with (optim.set_lrs); each extension is recorded in the
 checkpoint's config.json under "extensions".
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import random
 import shutil
@@ -154,6 +157,9 @@ class DistInfo:
 
 def setup_distributed(device: str) -> DistInfo:
     """Init the process group when launched by torchrun (RANK / WORLD_SIZE set): gloo on CPU, nccl on CUDA."""
+    from latentvla.device import check_device
+
+    check_device(device)  # device=cuda on a CPU build: one line now, not an AssertionError after setup
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -215,11 +221,37 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
-def _worker_init(worker_id: int) -> None:
+def _worker_init(worker_id: int, main_pid: int | None = None) -> None:
     # torch seeds each worker from the DataLoader's generator; derive numpy / python from it deterministically
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    if main_pid is not None:
+        _ignore_stop_signals_from_others(main_pid)
+
+
+def _ignore_stop_signals_from_others(main_pid: int) -> None:
+    """In a DataLoader worker: ignore SIGTERM / SIGINT unless the training process itself sends them (issue 26).
+
+    SLURM's scancel, `kill -- -PGID` and Ctrl-C signal every process of the group; a worker dying of it made the
+    main process fail with "DataLoader worker ... killed by signal" instead of saving. The main process decides
+    (it saves and exits, which stops the workers). Plain SIG_IGN is not enough: the DataLoader and
+    multiprocessing's exit handler stop a worker with SIGTERM, and an immune worker hangs the exit. So the
+    signals are blocked and a thread reads each one with its sender (`sigwaitinfo`): from the main process it
+    ends the worker, from anyone else (the terminal, scancel, a group kill) it is dropped.
+    """
+    if not hasattr(signal, "sigwaitinfo"):  # macOS / Windows: workers keep the default behaviour
+        return
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # threads started from here on inherit the mask
+
+    def wait() -> None:
+        while True:
+            info = signal.sigwaitinfo(stop)
+            if info.si_pid == main_pid:
+                os._exit(128 + info.si_signo)
+
+    threading.Thread(target=wait, name="stop-signals", daemon=True).start()
 
 
 def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: DistInfo) -> DataLoader:
@@ -230,7 +262,8 @@ def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: Dis
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_micro * 97 + dist_info.rank)
     workers = loader_workers(cfg.num_workers, dist_info.device)
     return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, worker_init_fn=_worker_init, generator=gen,
+        dataset, batch_sampler=sampler, num_workers=workers, generator=gen,
+        worker_init_fn=functools.partial(_worker_init, main_pid=os.getpid()),
         pin_memory=dist_info.device.type == "cuda", persistent_workers=workers > 0,
     )  # fmt: skip
 
@@ -387,7 +420,8 @@ def train(
     budget_s = None if cfg.minutes is None else 60.0 * cfg.minutes
     elapsed = 0.0  # seconds on the training clock before this process's first step (a budgeted run's resume)
     if resume:
-        last = ckpt_lib.latest_intact_checkpoint(run_dir)  # warns about each damaged newer one it skips
+        # the newest checkpoint that is intact and has its own training state; warns about each newer one it skips
+        last, state = ckpt_lib.resume_point(run_dir)
         if last is None:
             raise FileNotFoundError(
                 f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS} (stopped before its first "
@@ -395,7 +429,6 @@ def train(
             )
         saved_cfg = ckpt_lib.load_train_config_dict(last)
         _check_resume_config(saved_cfg, cfg)
-        state = ckpt_lib.load_training_state(last)
         _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
         if state["optimizer"] != SHARDS:  # sharded: each rank reads its own shards after `wrap`, below
             model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
@@ -436,7 +469,14 @@ def train(
                 "resume it without --fsdp or start a new --out"
             )
         else:
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as e:  # e.g. another run's training_state.pt
+                raise ValueError(
+                    f"--resume: {last / ckpt_lib.TRAINING_STATE} does not fit this model's optimizer ({e}): it is "
+                    f"another run's; put this run's file back, delete {last} to resume from the checkpoint before "
+                    "it, or start again with --overwrite"
+                ) from None
     loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
     boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, schedule_steps)]
     # The schedule position of the step about to run: the step counter, or the budget's share spent so far. The
