@@ -36,7 +36,7 @@ from latentvla.models.backbone import (
     HFTokenizer,
     _check_forward_args,
     cache_length,
-    init_new_rows,
+    grow_vocab,
     rescale_to_rms,
 )
 
@@ -180,9 +180,7 @@ class HFVLMBackbone(nn.Module):
         self.tokenizer = HFTokenizer(
             AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins
         )
-        old_vocab = self.vlm.get_input_embeddings().weight.shape[0]
-        self.vlm.resize_token_embeddings(self.tokenizer.vocab_size, mean_resizing=False)
-        init_new_rows(self.vlm, self.tokenizer, old_vocab)
+        grow_vocab(self.vlm, self.tokenizer)
         inner = self.vlm.model
         # Plain (unregistered) references: the modules stay registered once, under `vlm` (peft / FSDP wrap them
         # in place, so these stay valid).
@@ -195,7 +193,7 @@ class HFVLMBackbone(nn.Module):
             self, "_vision", VLMVision(vision_kind, _vision_parts(vision_kind, inner), processor, merge)
         )
         self._init_layout(cfg)
-        emb = self.vlm.get_input_embeddings().weight[:old_vocab].detach().float()
+        emb = self.vlm.get_input_embeddings().weight[: self.tokenizer.base_vocab].detach().float()
         self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())  # target scale of fed-back thoughts
         if cfg.freeze_vision:
             self._vision.requires_grad_(False)

@@ -1,0 +1,63 @@
+"""The papers' real configurations, at tiny widths and depths but with the public config values that select code
+paths (issue 22): Qwen's padded, tied vocabulary; DINOv2-L's 518 px position table with a 224 px crop processor
+fused with SigLIP-224; the precision rules of a full fine-tune; the full-width Qwen3-VL-4B parameter count.
+
+Values and their sources (public config.json / preprocessor_config.json files on the Hugging Face hub):
+- Qwen/Qwen2.5-0.5B and Qwen/Qwen3-VL-4B-Instruct: `vocab_size` 151936, `tie_word_embeddings` true; the
+  tokenizer holds 151,665 ids, so the matrix has padding rows past the tokenizer.
+- facebook/dinov2-large: `image_size` 518, `patch_size` 14; its BitImageProcessor resizes the shortest edge to
+  256 and centre-crops 224 (`crop_size` 224).
+- google/siglip-so400m-patch14-224: `image_size` 224, `patch_size` 14 (16 x 16 = 256 tokens, MiniVLA's grid).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentvla.models.backbone import BackboneConfig, build_backbone
+from latentvla.models.backbones.tiny_hf import build_tiny
+
+tf = pytest.importorskip("transformers")
+torch.set_num_threads(1)
+QWEN_VOCAB = 151_936  # Qwen2.5-0.5B / Qwen3-VL-4B config.json vocab_size (padded past the tokenizer)
+
+
+def _padded_qwen(family: str, out):
+    """A tiny `family` model whose embedding matrix is padded to Qwen's 151,936 rows and tied to the LM head."""
+    model, tok, proc = build_tiny(family)
+    cfg = model.config
+    if family == "qwen2":
+        cfg.vocab_size = QWEN_VOCAB
+        model = tf.Qwen2ForCausalLM(cfg)
+    else:
+        cfg.text_config.vocab_size = QWEN_VOCAB
+        cfg.tie_word_embeddings = True
+        model = tf.Qwen3VLForConditionalGeneration(cfg)
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    model.save_pretrained(out)
+    for extra in (tok, proc):
+        if extra is not None:
+            extra.save_pretrained(out)
+    return out, len(tok)
+
+
+@pytest.mark.parametrize("family,kind", [("qwen2", "hf"), ("qwen3_vl", "hf_vlm")])
+def test_padded_vocabulary_every_new_token_row_initialised_and_tie_kept(tmp_path, family, kind):
+    path, tok_len = _padded_qwen(family, tmp_path / family)
+    before = tf.AutoModelForCausalLM if kind == "hf" else tf.AutoModelForImageTextToText
+    orig = before.from_pretrained(path).get_input_embeddings().weight.detach().clone()
+    bb = build_backbone(BackboneConfig(kind=kind, hf_path=str(path), image_size=32, num_action_bins=256))
+    model = bb.lm if kind == "hf" else bb.vlm
+    w = model.get_input_embeddings().weight
+    new = bb.tokenizer.new_token_ids
+    assert w.shape[0] == QWEN_VOCAB  # never shrunk below the padded matrix
+    assert new == list(range(tok_len, tok_len + 8 + 256)) and new[-1] < QWEN_VOCAB  # they land on padding rows
+    src = bb.tokenizer.hf.encode("<<", add_special_tokens=False)
+    src = src[0] if len(src) == 1 else bb.tokenizer.hf.eos_token_id
+    assert torch.equal(w[new], w[src].expand(len(new), -1))  # every new row copied (LaRA), none left as padding
+    assert torch.equal(w[:tok_len], orig[:tok_len])  # the pretrained rows untouched
+    assert torch.equal(w[new[-1] + 1 :], orig[new[-1] + 1 :])  # the remaining padding rows untouched
+    assert model.get_output_embeddings().weight.data_ptr() == w.data_ptr()  # the lm_head tie kept
+    # the thought-rescaling target is the RMS of the tokenizer's rows, not of the padding rows
+    assert bb.embed_rms == pytest.approx(float(orig[:tok_len].pow(2).mean(-1).sqrt().mean()), rel=1e-5)
