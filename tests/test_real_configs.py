@@ -61,3 +61,38 @@ def test_padded_vocabulary_every_new_token_row_initialised_and_tie_kept(tmp_path
     assert model.get_output_embeddings().weight.data_ptr() == w.data_ptr()  # the lm_head tie kept
     # the thought-rescaling target is the RMS of the tokenizer's rows, not of the padding rows
     assert bb.embed_rms == pytest.approx(float(orig[:tok_len].pow(2).mean(-1).sqrt().mean()), rel=1e-5)
+
+
+def _minivla_encoders(root):
+    """DINOv2 with dinov2-large's 518 px position table and its 224 crop processor, and SigLIP at 224, both with
+    patch 14 (tiny widths / depths)."""
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14)
+    dino, sig = root / "dinov2", root / "siglip"
+    tf.Dinov2Model(tf.Dinov2Config(image_size=518, **small)).save_pretrained(dino)
+    tf.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(dino)  # fmt: skip
+    tf.SiglipVisionModel(tf.SiglipVisionConfig(image_size=224, **small)).save_pretrained(sig)
+    tf.SiglipImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(sig)
+    return dino, sig
+
+
+def test_dinov2_518_config_fuses_with_siglip_224_and_rdvla_trains_end_to_end(tmp_path):
+    from latentvla.cli import main
+    from latentvla.data.synthetic import write_synthetic_dataset
+    from latentvla.policy import Policy
+
+    dino, sig = _minivla_encoders(tmp_path)
+    lm, _ = _padded_qwen("qwen2", tmp_path / "lm")
+    data = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=8, image_size=32)
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "rdvla", "--backbone", str(lm), "--vision", str(dino), "--vision", str(sig),
+            "--dataset", str(data), "--out", str(run), "--steps", "2", "--batch-size", "2", "--no-progress",
+            "policy.horizon=4", "policy.backbone.freeze_vision=true"]  # fmt: skip
+    assert main(argv) == 0
+    vision = Policy.from_pretrained(run).model.backbone.vision
+    assert vision.sizes == [224, 224] and vision.num_tokens == 16 * 16  # both at 224 px / patch 14
+    # DINOv2 ran at 224 with its 37 x 37 (518 px) position table interpolated, not resized to 518
+    x = torch.rand(1, 3, 224, 224)
+    dinov2 = vision.encoders[0]
+    assert dinov2.embeddings.position_embeddings.shape[1] == 37 * 37 + 1
+    assert dinov2(pixel_values=x).last_hidden_state.shape[1] == 16 * 16 + 1
