@@ -96,3 +96,33 @@ def test_dinov2_518_config_fuses_with_siglip_224_and_rdvla_trains_end_to_end(tmp
     dinov2 = vision.encoders[0]
     assert dinov2.embeddings.position_embeddings.shape[1] == 37 * 37 + 1
     assert dinov2(pixel_values=x).last_hidden_state.shape[1] == 16 * 16 + 1
+
+
+@pytest.mark.parametrize(
+    "overrides,code,message",
+    [
+        (["policy.backbone.dtype=bfloat16"], 2, "no fp32 master weights"),  # full fine-tune in bf16
+        (["policy.backbone.dtype=auto"], 2, "no fp32 master weights"),  # Qwen's checkpoint dtype
+        (["policy.backbone.dtype=float16", "policy.backbone.lora.rank=4"], 2, "no GradScaler"),
+        (["policy.backbone.dtype=bfloat16", "policy.backbone.lora.rank=4"], 0, ""),  # frozen bf16 base: fine
+    ],
+)
+def test_half_precision_training_refused_unless_the_half_weights_are_frozen(tmp_path, capsys, overrides, code,
+                                                                            message):  # fmt: skip
+    import json
+
+    from latentvla.cli import main
+    from latentvla.data.synthetic import write_synthetic_dataset
+    from latentvla.models.backbones.tiny_hf import save_tiny
+
+    lm = save_tiny("qwen2", tmp_path / "lm")
+    cfg = json.loads((lm / "config.json").read_text())
+    (lm / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16"}))  # what `auto` loads (Qwen: bf16)
+    data = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=8, image_size=32)
+    argv = ["train", "--preset", "rdvla", "--backbone", str(lm), "--dataset", str(data), "--out",
+            str(tmp_path / "run"), "--steps", "1", "--batch-size", "2", "--no-progress", "policy.horizon=4",
+            "policy.image_size=32", *overrides]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == code
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert (len(errors) == 1 and message in errors[0]) if message else not errors
