@@ -126,3 +126,24 @@ def test_half_precision_training_refused_unless_the_half_weights_are_frozen(tmp_
     assert main(argv) == code
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert (len(errors) == 1 and message in errors[0]) if message else not errors
+
+
+def test_too_old_transformers_fails_with_one_line_when_an_hf_backbone_is_built(tmp_path, monkeypatch):
+    """pyproject pins transformers>=5.24 (the first release whose forwards take `cache=`); an older one installed
+    anyway fails at backbone build with one line, not a TypeError deep in a forward."""
+    import tomllib
+    from pathlib import Path
+
+    from latentvla.models.backbones.tiny_hf import save_tiny
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "transformers>=5.24" in pyproject["project"]["optional-dependencies"]["hf"]
+    lm = save_tiny("qwen2", tmp_path / "lm")
+    from latentvla.models.backbones import hf_version
+
+    monkeypatch.setattr(hf_version, "installed_version", lambda: "5.23.0")
+    with pytest.raises(ImportError, match=r"transformers 5\.23\.0 is too old.*>= 5\.24") as e:
+        build_backbone(BackboneConfig(kind="hf", hf_path=str(lm), num_action_bins=8))
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(hf_version, "installed_version", lambda: "5.24.0")
+    build_backbone(BackboneConfig(kind="hf", hf_path=str(lm), num_action_bins=8))

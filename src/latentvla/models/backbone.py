@@ -316,10 +316,11 @@ class HFBackbone(_VisionMixin):
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:
-            raise ImportError(f"BackboneConfig(kind='hf') needs transformers: `{_HF_INSTALL}`.") from e
+        from latentvla.models.backbones.hf_version import require_transformers
+
+        require_transformers()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         path = Path(cfg.hf_path or "")
         if not path.is_dir():
             raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory; hub downloads are disabled.")

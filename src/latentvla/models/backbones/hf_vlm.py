@@ -39,6 +39,7 @@ from latentvla.models.backbone import (
     grow_vocab,
     rescale_to_rms,
 )
+from latentvla.models.backbones.hf_version import require_transformers
 
 _HF_INSTALL = 'pip install -e ".[hf]"'
 # model_type -> (text model attribute of `.model`, vision kind); see VLMVision.forward.
@@ -158,10 +159,9 @@ class HFVLMBackbone(nn.Module):
 
     def __init__(self, cfg: Any) -> None:  # cfg: BackboneConfig (kind="hf_vlm")
         super().__init__()
-        try:
-            from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
-        except ImportError as e:
-            raise ImportError(f"BackboneConfig(kind='hf_vlm') needs transformers: `{_HF_INSTALL}`.") from e
+        require_transformers()
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
         path = Path(cfg.hf_path or "")
         if not path.is_dir():
             raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory; hub downloads are disabled.")

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentvla.models.backbones.hf_version import require_transformers
+
 _SUPPORTED = ("siglip_vision_model", "siglip", "dinov2")
 
 
@@ -63,6 +65,7 @@ class HFVisionEncoder(nn.Module):
 
     def __init__(self, paths: tuple[str, ...], out_dim: int) -> None:
         super().__init__()
+        require_transformers()
         if not paths:
             raise ValueError(
                 "VisionConfig(kind='hf') needs paths: local SigLIP / DINOv2 dirs (CLI: --vision DIR)."
