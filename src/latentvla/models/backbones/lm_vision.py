@@ -33,10 +33,11 @@ def encoder_input_size(processor: object, config_size: int) -> int:
     used at 224 and interpolates its position embeddings, which is how OpenVLA / MiniVLA fuse it with SigLIP-224
     on one 16 x 16 grid (papers.md §2.2). Images are resized straight to this side ("resize-naive", Prismatic's
     default for OpenVLA), not resized-then-cropped."""
-    crop = getattr(processor, "crop_size", None) or {}
-    if getattr(processor, "do_center_crop", False) and "height" in crop:
+    get = processor.get if isinstance(processor, dict) else lambda k, d=None: getattr(processor, k, d)
+    crop = get("crop_size", None) or {}  # an image processor, or its preprocessor_config.json as a dict
+    if get("do_center_crop", False) and "height" in crop:
         return int(crop["height"])
-    size = getattr(processor, "size", None) or {}
+    size = get("size", None) or {}
     for key in ("height", "shortest_edge"):
         if key in size:
             return int(size[key])
