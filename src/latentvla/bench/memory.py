@@ -1,22 +1,36 @@
 """`latentvla bench memory`: parameters and per-GPU training memory of a preset at the papers' scale, from model
 configs alone (no weights): every module is built on the `meta` device.
 
-    parameters / trainable     counted on the meta-device model (LoRA applied with peft, frozen vision, EMA copy)
-    weights                    trainable in fp32 (AdamW master weights), frozen ones in the load dtype
-                               (`BackboneConfig.dtype`); FSDP2 divides by N, DDP replicates; the EMA target is
-                               never sharded (train/parallel.py)
+    parameters / trainable     counted on the meta-device model (LoRA applied with peft, frozen vision, EMA copy);
+                               our 264 tokens fill Qwen's padded vocabulary rows (no growth, models/backbone.py)
+    weights                    trainable in fp32 (AdamW master weights), frozen LM weights in the load dtype
+                               (`BackboneConfig.dtype`), separate SigLIP / DINOv2 encoders in fp32 (they always load
+                               so, models/backbones/lm_vision.py); FSDP2 divides by N, DDP replicates; the EMA
+                               target is never sharded (train/parallel.py)
     gradients / optimizer      fp32, 4 and 8 bytes per trainable parameter (AdamW m and v); / N under FSDP2
-    activations                measured: the bytes autograd saves for backward (`saved_tensors_hooks`) in a meta
-                               forward of the language model (bf16, the CUDA autocast dtype) and of the action head,
-                               at the per-GPU batch; with gradient checkpointing, one layer input per layer plus
-                               one layer recomputed. The trainable vision tower (LaRA) cannot run on meta (its
-                               grid sizes are host values): estimated as 34 bytes x tokens x width per layer
-                               (Korthikanti et al. 2022, attention scores not stored by SDPA).
+    activations                measured: the bytes autograd saves for backward (`saved_tensors_hooks`; weights it
+                               saves are not counted twice) in a meta forward of the language model in the compute
+                               dtype (CUDA: bf16 autocast; CPU: the weights' dtype) and of the action head, at the
+                               per-GPU batch; with gradient checkpointing, one layer input per layer plus one layer
+                               recomputed, times the Coconut prefix passes (K thinking tokens = K + 1 passes). Added
+                               per curriculum stage, the largest stage counted: the fp32 copies of every layer's
+                               hidden state the backbone returns (bf16 compute), and the vocabulary logits at the
+                               supervised positions (compute dtype + fp32 copy + log-softmax). The trainable vision
+                               tower (LaRA) cannot run on meta (its grid sizes are host values): estimated as 34
+                               bytes x tokens x width per layer (Korthikanti et al. 2022, SDPA stores no scores).
+    image tokens               as each model's processor resizes a 224 px image: Qwen's `smart_resize` with the
+                               processor's pixel limits (Qwen3-VL: >= 65,536 px, so 66 tokens), a separate encoder
+                               at its processor's crop (DINOv2-L: 224 of a 518 px config) / size (SigLIP: 224)
     largest batch              per GPU, linear in the activations, leaving `reserve_gb` for the allocator / CUDA.
+    --device cpu               a CPU run's peak RSS: no autocast, plus this process's resident runtime (torch +
+                               transformers loaded); checked against a real-size run by `bench real-size`.
 
-`--backbone DIR` reads DIR/config.json (and --vision dirs). Without it, the two paper presets use the reference
-architectures in `REFERENCE_CONFIGS` (written from the public config.json files of Qwen3-VL-4B-Instruct,
-Qwen2.5-0.5B, DINOv2 ViT-L/14 and SigLIP so400m/14-224; check them against your local copies by passing DIR).
+Not modelled: autocast's bf16 weight copies, the FSDP root group's unsharded modules, allocator fragmentation.
+
+`--backbone DIR` reads DIR/config.json and DIR/preprocessor_config.json (and --vision dirs). Without it, the two
+paper presets use the reference architectures in `REFERENCE_CONFIGS`, written from the public config.json and
+preprocessor_config.json files of Qwen/Qwen3-VL-4B-Instruct, Qwen/Qwen2.5-0.5B, facebook/dinov2-large and
+google/siglip-so400m-patch14-224 (check them against your local copies by passing DIR).
 """
 
 from __future__ import annotations
@@ -288,6 +302,7 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
     # CUDA: bf16 autocast; CPU: no autocast, activations in the weights' dtype
     act_dtype = torch.float32 if device == "cpu" and load_bytes == 4 else torch.bfloat16
     act_bytes = 4 if act_dtype == torch.float32 else 2
+    text.to(act_dtype)  # meta: free; what autocast computes the layers in (its weight-cast copies: not modelled)
     trunk = _lm_activations(text, per_gpu, seq, width, bbc.grad_checkpointing, act_dtype)
     # the backbone returns every layer's hidden state in fp32 (models/backbone.py): a copy unless already fp32
     hidden_copies = 0 if act_bytes == 4 else (n_layers + 1) * per_gpu * seq * width * 4
