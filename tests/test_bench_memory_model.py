@@ -8,21 +8,23 @@ import pytest
 import torch
 
 from latentvla.bench import memory
-from latentvla.bench.memory import estimate, qwen_grid
+from latentvla.bench.memory import estimate
 
 tf = pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 
 @pytest.mark.parametrize(
-    "h,w", [(64, 64), (112, 112), (224, 224), (256, 256), (300, 300), (480, 640), (2000, 3000)]
-)
-def test_qwen_grid_equals_the_processor_at_qwen3vl_pixel_limits(h, w):
-    p = memory.QWEN3VL_PROCESSOR
-    proc = tf.Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, size=p["size"])
+    "h,w,longest", [(64, 64, None), (112, 112, None), (224, 224, None), (300, 300, None), (480, 640, None),
+                    (480, 640, 200_000)]  # the last one scales down to a smaller pixel maximum
+)  # fmt: skip
+def test_qwen_grid_equals_the_processor_at_qwen3vl_pixel_limits(h, w, longest):
+    from latentvla.bench.memory import qwen_grid
+
+    size = dict(memory.QWEN3VL_PROCESSOR["size"], **({"longest_edge": longest} if longest else {}))
+    proc = tf.Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, size=size)
     _, gh, gw = proc(images=[torch.rand(3, h, w)], do_rescale=False, return_tensors="pt")["image_grid_thw"][0]
-    lo, hi = p["size"]["shortest_edge"], p["size"]["longest_edge"]
-    assert qwen_grid(h, w, 16, 2, lo, hi) == (int(gh), int(gw))
+    assert qwen_grid(h, w, 16, 2, size["shortest_edge"], size["longest_edge"]) == (int(gh), int(gw))
 
 
 def test_qwen3vl_images_are_upsampled_to_66_tokens():
