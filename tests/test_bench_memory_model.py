@@ -86,3 +86,25 @@ def test_cpu_mode_runs_in_fp32_and_adds_the_process_runtime():
     )
     with pytest.raises(ValueError, match="device"):
         estimate("rdvla-minivla", device="tpu")
+
+
+def test_real_size_check_passes_within_tolerance_and_fails_outside(tmp_path, capsys):
+    """`bench real-size --check-only` compares a recorded peak RSS with `bench memory --device cpu` (here on tiny
+    saved models standing in for the full-size ones; the real numbers come from runs/real_size_cpu.sh)."""
+    import json
+
+    from latentvla.bench.real_size import predict
+    from latentvla.cli import main
+    from latentvla.models.backbones.tiny_hf import save_tiny
+
+    models = {"lm": save_tiny("qwen2", tmp_path / "lm"), "dinov2": save_tiny("dinov2", tmp_path / "d"),
+              "siglip": save_tiny("siglip", tmp_path / "s")}  # fmt: skip
+    report = {"batch_size": 2, "cameras": 2, "dtype": "float32", "models": {k: str(v) for k, v in models.items()}}
+    predicted = predict(report).total_gb
+    assert main(["bench", "real-size", "--out", str(tmp_path), "--check-only"]) == 2  # no run recorded yet
+    for measured, code in ((predicted, 0), (predicted * 1.3, 1), (predicted * 0.7, 1)):
+        report.update(peak_rss_gb=measured, resume_peak_rss_gb=measured * 0.9)
+        (tmp_path / "real_size.json").write_text(json.dumps(report))
+        capsys.readouterr()
+        assert main(["bench", "real-size", "--out", str(tmp_path), "--check-only"]) == code
+        assert "bench memory predicts" in capsys.readouterr().out
