@@ -22,8 +22,9 @@ configs alone (no weights): every module is built on the `meta` device.
                                processor's pixel limits (Qwen3-VL: >= 65,536 px, so 66 tokens), a separate encoder
                                at its processor's crop (DINOv2-L: 224 of a 518 px config) / size (SigLIP: 224)
     largest batch              per GPU, linear in the activations, leaving `reserve_gb` for the allocator / CUDA.
-    --device cpu               a CPU run's peak RSS: no autocast, plus this process's resident runtime (torch +
-                               transformers loaded); checked against a real-size run by `bench real-size`.
+    --device cpu               a CPU training run's peak RSS: no autocast, plus the resident runtime of a fresh
+                               process that imported the training code (measured in a subprocess); checked against
+                               a real-size run by `bench real-size`.
 
 Not modelled: autocast's bf16 weight copies, the FSDP root group's unsharded modules, allocator fragmentation.
 
@@ -199,15 +200,25 @@ def _lm_activations(text: nn.Module, batch: int, seq: int, width: int, checkpoin
     return layers * x.numel() * x.element_size() + full // layers
 
 
-def _process_rss() -> int:
-    """Resident bytes of this process (Linux /proc; 0 elsewhere): the runtime a training process also holds."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+_RUNTIME_PROBE = """
+import torch, transformers, peft  # noqa
+import latentvla.train.loop, latentvla.policy, latentvla.models.backbone, latentvla.cli  # noqa
+import latentvla.data.dataset, latentvla.data.lerobot_format, latentvla.data.validate  # noqa
+print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:")))
+"""
+
+
+def runtime_rss() -> int:
+    """Resident bytes of a fresh Python process that has imported what `latentvla train` imports (torch,
+    transformers, peft, the training loop), measured in a subprocess so this process's own state does not leak
+    in; 0 where /proc is missing (not Linux)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").is_file():
+        return 0
+    out = subprocess.run([sys.executable, "-c", _RUNTIME_PROBE], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] = (), *, lora: int | None = None,
@@ -325,7 +336,7 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
         ) ** 2
         act += 34 * per_gpu * cameras * patches * vc.hidden_size * getattr(vc, "depth", 0)
     fixed = weights + grads + optim
-    runtime = _process_rss() if device == "cpu" else 0
+    runtime = runtime_rss() if device == "cpu" else 0
     max_batch = max(0, int((gpu_gb * GB - reserve_gb * GB - fixed) // (act / per_gpu))) if per_gpu else 0
     return MemoryReport(preset, name, world, "fsdp" if fsdp else "ddp", per_gpu, seq, params, trainable, ema,
                         weights / GB, grads / GB, optim / GB, act / GB, (fixed + act + runtime) / GB, gpu_gb,

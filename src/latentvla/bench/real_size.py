@@ -8,7 +8,7 @@
                checkpoint each step, then `--resume` for one more step; the peak RSS of each process is read
                from /proc (VmHWM) and written to OUT/real_size.json (glibc's mmap threshold fixed at 1 MiB, see
                `train_measured`)
-    check      exit 1 unless the prediction is within `--tolerance` (10 %) of the measured peak
+    check      exit 1 unless the prediction is within `--tolerance` (10 %) of the training run's measured peak
 
 Everything runs offline; fp32 on CPU (no autocast), so `bench memory --device cpu --dtype float32` is the
 prediction to compare.
@@ -120,10 +120,13 @@ def predict(report: dict[str, Any]) -> Any:
 
 
 def check(report: dict[str, Any], tolerance: float = 0.10) -> tuple[bool, str]:
-    """Whether `bench memory`'s CPU prediction is within `tolerance` of the measured peak RSS of both runs."""
-    measured = max(report["peak_rss_gb"], report["resume_peak_rss_gb"])
+    """Whether `bench memory`'s CPU prediction is within `tolerance` of the training run's peak RSS (steps and
+    checkpoint saves). The resumed process's peak is reported next to it, not checked: resuming builds a second
+    full policy to read the checkpoint (train/loop.py, `Policy.from_pretrained(last)`), a transient copy of the
+    weights that issue 22's resume work removes; `bench memory` models training, not that copy."""
+    measured, resumed = report["peak_rss_gb"], report["resume_peak_rss_gb"]
     predicted = predict(report).total_gb
     err = (predicted - measured) / measured
-    line = (f"bench memory predicts {predicted:.2f} GB, measured peak RSS {measured:.2f} GB "
-            f"({err:+.1%}; tolerance {tolerance:.0%})")  # fmt: skip
+    line = (f"bench memory predicts {predicted:.2f} GB, measured peak RSS {measured:.2f} GB ({err:+.1%}; tolerance "
+            f"{tolerance:.0%}); the resumed run peaked at {resumed:.2f} GB (loading the checkpoint)")  # fmt: skip
     return abs(err) <= tolerance, line
