@@ -36,6 +36,7 @@ google/siglip-so400m-patch14-224 (check them against your local copies by passin
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -208,6 +209,7 @@ print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.star
 """
 
 
+@functools.cache  # a fresh process's runtime does not change within this one
 def runtime_rss() -> int:
     """Resident bytes of a fresh Python process that has imported what `latentvla train` imports (torch,
     transformers, peft, the training loop), measured in a subprocess so this process's own state does not leak
