@@ -1,27 +1,44 @@
 """`latentvla bench memory`: parameters and per-GPU training memory of a preset at the papers' scale, from model
 configs alone (no weights): every module is built on the `meta` device.
 
-    parameters / trainable     counted on the meta-device model (LoRA applied with peft, frozen vision, EMA copy)
-    weights                    trainable in fp32 (AdamW master weights), frozen ones in the load dtype
-                               (`BackboneConfig.dtype`); FSDP2 divides by N, DDP replicates; the EMA target is
-                               never sharded (train/parallel.py)
+    parameters / trainable     counted on the meta-device model (LoRA applied with peft, frozen vision, EMA copy);
+                               our 264 tokens fill Qwen's padded vocabulary rows (no growth, models/backbone.py)
+    weights                    trainable in fp32 (AdamW master weights), frozen LM weights in the load dtype
+                               (`BackboneConfig.dtype`), separate SigLIP / DINOv2 encoders in fp32 (they always load
+                               so, models/backbones/lm_vision.py); FSDP2 divides by N, DDP replicates; the EMA
+                               target is never sharded (train/parallel.py)
     gradients / optimizer      fp32, 4 and 8 bytes per trainable parameter (AdamW m and v); / N under FSDP2
-    activations                measured: the bytes autograd saves for backward (`saved_tensors_hooks`) in a meta
-                               forward of the language model (bf16, the CUDA autocast dtype) and of the action head,
-                               at the per-GPU batch; with gradient checkpointing, one layer input per layer plus
-                               one layer recomputed. The trainable vision tower (LaRA) cannot run on meta (its
-                               grid sizes are host values): estimated as 34 bytes x tokens x width per layer
-                               (Korthikanti et al. 2022, attention scores not stored by SDPA).
+    activations                measured: the bytes autograd saves for backward (`saved_tensors_hooks`; weights it
+                               saves are not counted twice) in a meta forward of the language model in the compute
+                               dtype (CUDA: bf16 autocast; CPU: the weights' dtype) and of the action head, at the
+                               per-GPU batch; with gradient checkpointing, one layer input per layer plus one layer
+                               recomputed, times the Coconut prefix passes (K thinking tokens = K + 1 passes). Added
+                               per curriculum stage, the largest stage counted: the fp32 copies of every layer's
+                               hidden state the backbone returns (bf16 compute), and the vocabulary logits at the
+                               supervised positions (compute dtype + fp32 copy + log-softmax). The trainable vision
+                               tower (LaRA) cannot run on meta (its grid sizes are host values): estimated as 34
+                               bytes x tokens x width per layer (Korthikanti et al. 2022, SDPA stores no scores).
+    image tokens               as each model's processor resizes a 224 px image: Qwen's `smart_resize` with the
+                               processor's pixel limits (Qwen3-VL: >= 65,536 px, so 66 tokens), a separate encoder
+                               at its processor's crop (DINOv2-L: 224 of a 518 px config) / size (SigLIP: 224)
     largest batch              per GPU, linear in the activations, leaving `reserve_gb` for the allocator / CUDA.
+    --device cpu               a CPU training run's peak RSS: no autocast, plus the resident runtime of a fresh
+                               process that imported the training code (measured in a subprocess); checked against
+                               a real-size run by `bench real-size`.
 
-`--backbone DIR` reads DIR/config.json (and --vision dirs). Without it, the two paper presets use the reference
-architectures in `REFERENCE_CONFIGS` (written from the public config.json files of Qwen3-VL-4B-Instruct,
-Qwen2.5-0.5B, DINOv2 ViT-L/14 and SigLIP so400m/14-224; check them against your local copies by passing DIR).
+Not modelled: autocast's bf16 weight copies, the FSDP root group's unsharded modules, allocator fragmentation.
+
+`--backbone DIR` reads DIR/config.json and DIR/preprocessor_config.json (and --vision dirs). Without it, the two
+paper presets use the reference architectures in `REFERENCE_CONFIGS`, written from the public config.json and
+preprocessor_config.json files of Qwen/Qwen3-VL-4B-Instruct, Qwen/Qwen2.5-0.5B, facebook/dinov2-large and
+google/siglip-so400m-patch14-224 (check them against your local copies by passing DIR).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,19 +61,36 @@ _QWEN3VL_4B = {
                           deepstack_visual_indexes=[5, 11, 17]),
     "tie_word_embeddings": True,
 }  # fmt: skip
+# Qwen/Qwen2.5-0.5B config.json (vocab 151,936 rows, padded past its 151,665-id tokenizer; tied embeddings)
 _QWEN25_05B = {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-               "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True}  # fmt: skip
-_DINOV2_L = {"model_type": "dinov2", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-             "num_attention_heads": 16, "image_size": 224, "patch_size": 14}  # fmt: skip
+               "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+               "rope_theta": 1e6, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768}  # fmt: skip
+# facebook/dinov2-large config.json: the position table is trained at 518 px; its processor crops 224 (below)
+_DINOV2_L = {"model_type": "dinov2", "hidden_size": 1024, "mlp_ratio": 4, "num_hidden_layers": 24,
+             "num_attention_heads": 16, "image_size": 518, "patch_size": 14, "layerscale_value": 1.0}  # fmt: skip
+# facebook/dinov2-large preprocessor_config.json (BitImageProcessor)
+DINOV2_PROCESSOR = {"do_resize": True, "size": {"shortest_edge": 256}, "do_center_crop": True,
+                    "crop_size": {"height": 224, "width": 224}, "image_mean": [0.485, 0.456, 0.406],
+                    "image_std": [0.229, 0.224, 0.225]}  # fmt: skip
+# google/siglip-so400m-patch14-224 config.json (vision_config) and preprocessor_config.json
 _SIGLIP_SO400M = {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
                   "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 224, "patch_size": 14}  # fmt: skip
-# preset -> (backbone config, vision encoder configs, cameras, name)
+SIGLIP_PROCESSOR = {"size": {"height": 224, "width": 224}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+# Qwen/Qwen3-VL-4B-Instruct preprocessor_config.json: at least 65,536 pixels (256 x 256), so 112 / 224 px images
+# are upsampled to a 16 x 16 patch grid = 8 x 8 merged tokens
+QWEN3VL_PROCESSOR = {"size": {"shortest_edge": 65536, "longest_edge": 16777216}, "patch_size": 16,
+                     "merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
+# preset -> (backbone config, its image processor, [(vision encoder config, its processor)], cameras, name)
 REFERENCE_CONFIGS = {
-    "lara-qwen3vl": (_QWEN3VL_4B, [], 2, "Qwen3-VL-4B"),
-    "rdvla-minivla": (_QWEN25_05B, [_DINOV2_L, _SIGLIP_SO400M], 2, "Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m"),
-}
-TEXT_TOKENS = 128  # instruction + explicit CoT text of the longest (Stage I) LaRA prompt, papers.md §1.2
+    "lara-qwen3vl": (_QWEN3VL_4B, QWEN3VL_PROCESSOR, [], 2, "Qwen3-VL-4B"),
+    "rdvla-minivla": (_QWEN25_05B, {}, [(_DINOV2_L, DINOV2_PROCESSOR), (_SIGLIP_SO400M, SIGLIP_PROCESSOR)], 2,
+                      "Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m"),
+}  # fmt: skip
+INSTRUCTION_TOKENS = 32  # the task instruction (+ BOS / special tokens), both papers
+COT_TOKENS = 96  # explicit CoT text of the longest (Stage I) LaRA prompt, papers.md §1.2
+IMAGE_SIZE = 224  # both papers' camera images (papers.md §1.2, §2.2)
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
+DEVICES = ("cuda", "cpu")
 
 
 @dataclass
@@ -77,6 +111,9 @@ class MemoryReport:
     total_gb: float
     gpu_gb: float
     max_batch_per_gpu: int
+    device: str = "cuda"
+    tokens_per_image: int = 0
+    runtime_gb: float = 0.0  # CPU only: the Python process with torch + transformers loaded (measured)
 
     def table(self) -> str:
         rows = [
@@ -86,7 +123,9 @@ class MemoryReport:
             ("trainable parameters", f"{self.trainable:,}"), ("EMA target parameters", f"{self.ema_params:,}"),
             ("weights / GPU", f"{self.weights_gb:.2f} GB"), ("gradients / GPU", f"{self.grads_gb:.2f} GB"),
             ("optimizer / GPU", f"{self.optimizer_gb:.2f} GB"), ("activations / GPU", f"{self.activations_gb:.2f} GB"),
-            ("total / GPU", f"{self.total_gb:.2f} GB"),
+            ("image tokens / camera", self.tokens_per_image),
+            *([("runtime (process, CPU)", f"{self.runtime_gb:.2f} GB")] if self.device == "cpu" else []),
+            ("total / GPU" if self.device == "cuda" else "total (peak RSS, CPU)", f"{self.total_gb:.2f} GB"),
             (f"largest batch / GPU in {self.gpu_gb:g} GB", self.max_batch_per_gpu),
         ]  # fmt: skip
         return "\n".join(["| quantity | value |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)])
@@ -108,6 +147,11 @@ def _read(path: str) -> dict:
     return json.loads(f.read_text())
 
 
+def _read_processor(path: str) -> dict:
+    f = Path(path) / "preprocessor_config.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
 def _meta_model(cfg_dict: dict, dtype: torch.dtype) -> nn.Module:
     import transformers as tf
 
@@ -127,12 +171,18 @@ def vlm_model_type_from(model_type: str) -> bool:
     return model_type in FAMILIES
 
 
-def _saved_bytes(fn, seq: int = 0) -> int:
-    """Bytes autograd saves for backward while `fn()` runs (each tensor once). (.., seq, seq) tensors are the
-    attention probabilities of the meta device's math SDPA; CUDA's fused SDPA does not store them: not counted."""
+def _saved_bytes(fn, seq: int = 0, params: nn.Module | None = None) -> int:
+    """Bytes autograd saves for backward while `fn()` runs (each tensor once). Parameters (and views of them)
+    that autograd saves are the weights themselves, already counted: not counted again. (.., seq, seq) tensors
+    are the attention probabilities of the meta device's math SDPA (CUDA's fused and CPU's flash SDPA do not
+    store them) or the one shared mask: not counted."""
     saved: dict[int, int] = {}
+    own = {id(p) for p in params.parameters()} if params is not None else set()
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        base = t._base if t._base is not None else t
+        if id(t) in own or id(base) in own or isinstance(t, nn.Parameter) or isinstance(base, nn.Parameter):
+            return t
         if not (seq and t.dim() >= 2 and t.shape[-1] == t.shape[-2] == seq):
             saved[id(t)] = t.numel() * t.element_size()
         return t
@@ -142,34 +192,65 @@ def _saved_bytes(fn, seq: int = 0) -> int:
     return sum(saved.values())
 
 
-def _lm_activations(text: nn.Module, batch: int, seq: int, width: int, checkpointing: bool) -> int:
-    x = torch.randn(batch, seq, width, device="meta", dtype=torch.bfloat16, requires_grad=True)
+def _lm_activations(text: nn.Module, batch: int, seq: int, width: int, checkpointing: bool,
+                    dtype: torch.dtype) -> int:  # fmt: skip
+    x = torch.randn(batch, seq, width, device="meta", dtype=dtype, requires_grad=True)
     pos = torch.arange(seq, device="meta")[None].expand(batch, seq)
-    full = _saved_bytes(lambda: text(inputs_embeds=x, position_ids=pos), seq)
+    full = _saved_bytes(lambda: text(inputs_embeds=x, position_ids=pos), seq, text)
     if not checkpointing:
         return full
     layers = len(text.layers)
     return layers * x.numel() * x.element_size() + full // layers
 
 
+_RUNTIME_PROBE = """
+import torch, transformers, peft  # noqa
+import latentvla.train.loop, latentvla.policy, latentvla.models.backbone, latentvla.cli  # noqa
+import latentvla.data.dataset, latentvla.data.lerobot_format, latentvla.data.validate  # noqa
+print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:")))
+"""
+
+
+@functools.cache  # a fresh process's runtime does not change within this one
+def runtime_rss() -> int:
+    """Resident bytes of a fresh Python process that has imported what `latentvla train` imports (torch,
+    transformers, peft, the training loop), measured in a subprocess so this process's own state does not leak
+    in; 0 where /proc is missing (not Linux)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").is_file():
+        return 0
+    out = subprocess.run([sys.executable, "-c", _RUNTIME_PROBE], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
 def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] = (), *, lora: int | None = None,
              world: int = 1, fsdp: bool = False, batch_size: int | None = None, gpu_gb: float = 80.0,
-             reserve_gb: float = 4.0) -> MemoryReport:  # fmt: skip
-    """The memory table of `preset` (see the module docstring)."""
+             reserve_gb: float = 4.0, cameras: int | None = None, device: str = "cuda", dtype: str | None = None,
+             image_size: int = IMAGE_SIZE) -> MemoryReport:  # fmt: skip
+    """The memory table of `preset` (see the module docstring). `device="cpu"` predicts a CPU run's peak RSS:
+    no autocast (activations in the weights' dtype) plus the process runtime."""
     from latentvla.config import get_preset
 
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     cfg = get_preset(preset)
     if backbone is not None:
-        bb_cfg, vis_cfgs = _read(backbone), [_read(v) for v in vision]
-        cameras, name = len(cfg.policy.cameras), Path(backbone).name
+        bb_cfg, bb_proc = _read(backbone), _read_processor(backbone)
+        vis = [(_read(v), _read_processor(v)) for v in vision]
+        n_cam, name = len(cfg.policy.cameras), Path(backbone).name
     elif preset in REFERENCE_CONFIGS:
-        bb_cfg, vis_cfgs, cameras, name = REFERENCE_CONFIGS[preset]
+        bb_cfg, bb_proc, vis, n_cam, name = REFERENCE_CONFIGS[preset]
     else:
         raise ValueError(f"bench memory --preset {preset} needs --backbone DIR (reference configs exist for "
                          f"{sorted(REFERENCE_CONFIGS)}).")  # fmt: skip
+    cameras = cameras or n_cam
     pc, bbc = cfg.policy, cfg.policy.backbone
     if lora is not None:
         bbc = replace(bbc, lora=replace(bbc.lora, rank=lora))
+    if dtype is not None:
+        bbc = replace(bbc, dtype=dtype)
     if world < 1 or (batch_size or cfg.batch_size) % world:
         raise ValueError(
             f"--batch-size {batch_size or cfg.batch_size} must be a multiple of the GPU count {world}."
@@ -179,10 +260,16 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
     model = _meta_model(bb_cfg, torch.bfloat16 if load_bytes == 2 else torch.float32)
     is_vlm = vlm_model_type_from(bb_cfg["model_type"])
     text_cfg = model.config.get_text_config()
-    width, n_layers = text_cfg.hidden_size, text_cfg.num_hidden_layers
+    width, n_layers, rows = text_cfg.hidden_size, text_cfg.num_hidden_layers, text_cfg.vocab_size
     new_tokens = 8 + pc.num_action_bins  # our special tokens + action bins (models/tokenizer.py)
-    model.resize_token_embeddings(text_cfg.vocab_size + new_tokens, mean_resizing=False)
-    encoders = [_meta_model(v, torch.bfloat16 if load_bytes == 2 else torch.float32) for v in vis_cfgs]
+    # Our tokens go after the tokenizer's ids; a padded matrix (Qwen: 151,936 rows) already holds them, so it only
+    # grows when the tokenizer + our tokens outgrow it (models/backbone.py `grow_vocab`). Without the tokenizer
+    # here, its length is taken as the matrix's minus the Qwen padding that the new tokens fill first.
+    base_vocab = rows - min(new_tokens, rows - 151_665) if rows == 151_936 else rows
+    vocab = max(rows, base_vocab + new_tokens)
+    model.resize_token_embeddings(vocab, mean_resizing=False)
+    # separate encoders always load in fp32 (models/backbones/lm_vision.py), whatever the LM's dtype
+    encoders = [_meta_model(v, torch.float32) for v, _ in vis]
     with torch.device("meta"):
         head = build_action_head(pc, width, n_layers)
         fused = sum(e.config.hidden_size for e in encoders)
@@ -195,7 +282,7 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
     if bbc.lora.rank > 0:
         from peft import LoraConfig, get_peft_model
 
-        ids = list(range(text_cfg.vocab_size, text_cfg.vocab_size + new_tokens))
+        ids = list(range(base_vocab, base_vocab + new_tokens))
         model = get_peft_model(model, LoraConfig(
             r=bbc.lora.rank, lora_alpha=bbc.lora.scale_alpha, target_modules="all-linear",
             exclude_modules=VISION_MODULES, trainable_token_indices={"embed_tokens": ids}))  # fmt: skip
@@ -203,20 +290,23 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
     backbone_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if is_vlm and bbc.freeze_vision and bbc.lora.rank == 0:
         backbone_trainable -= vision_params
-    vision_trainable = 0 if (bbc.freeze_vision or bbc.lora.rank > 0) else (vision_params if encoders else 0)
+    enc_params = 0 if is_vlm else vision_params
+    vision_trainable = 0 if (bbc.freeze_vision or bbc.lora.rank > 0) else enc_params
     small = sum(p.numel() for m in (head, projector) if m is not None for p in m.parameters())
-    params = backbone_params + vision_params * (not is_vlm) + small
+    params = backbone_params + enc_params + small
     trainable = backbone_trainable + vision_trainable + small
-    uses_visual = any(s.visual_latents for s in pc.curriculum.stages())
-    ema = vision_params if uses_visual else 0
-    frozen = params - trainable
-    shard = world if fsdp else 1
-    weights = (trainable * 4 + frozen * load_bytes) / shard + ema * load_bytes
-    grads, optim = trainable * 4 / shard, trainable * 8 / shard
-    # sequence: image tokens per camera + text + thinking + <img_next> + queries + discrete actions
-    tokens_per_image = _tokens_per_image(bb_cfg, vis_cfgs, is_vlm)
     stages = pc.curriculum.stages()
-    seq = cameras * tokens_per_image + TEXT_TOKENS + 5 + pc.n_query
+    uses_visual = any(s.visual_latents for s in stages)
+    ema = vision_params if uses_visual else 0
+    frozen_backbone = backbone_params - backbone_trainable
+    shard = world if fsdp else 1
+    weights = (trainable * 4 + frozen_backbone * load_bytes + (enc_params - vision_trainable) * 4) / shard
+    weights += ema * (load_bytes if is_vlm else 4)
+    grads, optim = trainable * 4 / shard, trainable * 8 / shard
+    # sequence: image tokens per camera + text (+ explicit CoT) + thinking + <img_next> + queries + action tokens
+    tokens_per_image = _tokens_per_image(bb_cfg, bb_proc, vis, is_vlm, image_size)
+    cot = any(s.explicit_components for s in stages)
+    seq = cameras * tokens_per_image + INSTRUCTION_TOKENS + COT_TOKENS * cot + 5 + pc.n_query
     seq += pc.n_img_next * uses_visual + pc.horizon * pc.action_dim * any(s.discrete_actions for s in stages)
     text = model.get_base_model() if hasattr(model, "get_base_model") else model
     text = (
@@ -224,16 +314,37 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
         if is_vlm and hasattr(text.model, "language_model")
         else getattr(text.model, "text_model", text.model)
     )
-    act = _lm_activations(text, per_gpu, seq, width, bbc.grad_checkpointing)
-    act += _head_activations(head, pc, per_gpu, seq, width, cameras * tokens_per_image)
+    # CUDA: bf16 autocast; CPU: no autocast, activations in the weights' dtype
+    act_dtype = torch.float32 if device == "cpu" and load_bytes == 4 else torch.bfloat16
+    act_bytes = 4 if act_dtype == torch.float32 else 2
+    text.to(act_dtype)  # meta: free; what autocast computes the layers in (its weight-cast copies: not modelled)
+    trunk = _lm_activations(text, per_gpu, seq, width, bbc.grad_checkpointing, act_dtype)
+    # the backbone returns every layer's hidden state in fp32 (models/backbone.py): a copy unless already fp32
+    hidden_copies = 0 if act_bytes == 4 else (n_layers + 1) * per_gpu * seq * width * 4
+    head_act = _head_activations(head, pc, per_gpu, seq, width, cameras * tokens_per_image)
+    per_stage = []
+    for s in stages:
+        # Coconut under gradient checkpointing: K thinking tokens = K prefix passes + the full one, each keeping
+        # its checkpointed layer inputs (models/thinking.py `naive_latent_forward`)
+        passes = s.num_thinking + 1 if bbc.grad_checkpointing and s.num_thinking else 1
+        # token CE: logits over the whole vocabulary at every supervised position, in the compute dtype, the
+        # fp32 copy (`logits.float()`) and the log-softmax cross-entropy saves (models/vla.py `_token_losses`)
+        supervised = COT_TOKENS * bool(s.explicit_components) + pc.horizon * pc.action_dim * s.discrete_actions
+        logits = per_gpu * supervised * vocab * (act_bytes + 4 * (act_bytes != 4) + 4)
+        per_stage.append(trunk * passes + hidden_copies + logits + head_act * s.train_head)
+    act = max(per_stage)
     if is_vlm and not bbc.freeze_vision and bbc.lora.rank == 0:
         vc = model.config.vision_config
-        patches = tokens_per_image * getattr(vc, "spatial_merge_size", 1) ** 2
+        patches = (tokens_per_image - 2 * ("spatial_merge_size" in bb_cfg.get("vision_config", {}))) * getattr(
+            vc, "spatial_merge_size", 1
+        ) ** 2
         act += 34 * per_gpu * cameras * patches * vc.hidden_size * getattr(vc, "depth", 0)
     fixed = weights + grads + optim
+    runtime = runtime_rss() if device == "cpu" else 0
     max_batch = max(0, int((gpu_gb * GB - reserve_gb * GB - fixed) // (act / per_gpu))) if per_gpu else 0
     return MemoryReport(preset, name, world, "fsdp" if fsdp else "ddp", per_gpu, seq, params, trainable, ema,
-                        weights / GB, grads / GB, optim / GB, act / GB, (fixed + act) / GB, gpu_gb, max_batch)  # fmt: skip
+                        weights / GB, grads / GB, optim / GB, act / GB, (fixed + act + runtime) / GB, gpu_gb,
+                        max_batch, device, tokens_per_image, runtime / GB)  # fmt: skip
 
 
 def _is_vision(name: str) -> bool:
@@ -242,13 +353,38 @@ def _is_vision(name: str) -> bool:
     return re.match(VISION_MODULES, name + ".") is not None or ".visual." in name or name.startswith("visual")
 
 
-def _tokens_per_image(bb: dict, vis: list[dict], is_vlm: bool, image_size: int = 224) -> int:
-    """Image tokens per camera at 224 px (both papers' input size, papers.md §1.2, §2.2)."""
+def qwen_grid(
+    height: int, width: int, patch: int, merge: int, min_pixels: int, max_pixels: int
+) -> tuple[int, int]:
+    """The (rows, cols) patch grid Qwen's image processor gives an image (its `smart_resize`): each side rounded
+    to a multiple of patch x merge, then scaled up to `min_pixels` or down to `max_pixels` keeping the aspect."""
+    f = patch * merge
+    h, w = max(f, round(height / f) * f), max(f, round(width / f) * f)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = max(f, math.floor(height / beta / f) * f), max(f, math.floor(width / beta / f) * f)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / f) * f, math.ceil(width * beta / f) * f
+    return h // patch, w // patch
+
+
+def _tokens_per_image(bb: dict, bb_proc: dict, vis: list[tuple[dict, dict]], is_vlm: bool, image_size: int) -> int:
+    """Image tokens per camera at `image_size` px, as each processor resizes it."""
+    from latentvla.models.backbones.lm_vision import encoder_input_size
+
     if not is_vlm:
-        return (vis[0]["image_size"] // vis[0]["patch_size"]) ** 2 if vis else 16
+        if not vis:
+            return 16
+        v, proc = vis[0]
+        return (encoder_input_size(proc, v.get("image_size", image_size)) // v["patch_size"]) ** 2
     vc = bb.get("vision_config", {})
     if "spatial_merge_size" in vc:  # Qwen: patches merged 2x2, + <|vision_start|>, <|vision_end|>
-        return (image_size // vc["patch_size"] // vc["spatial_merge_size"]) ** 2 + 2
+        size = bb_proc.get("size") or {}
+        lo = bb_proc.get("min_pixels", size.get("shortest_edge", 0))
+        hi = bb_proc.get("max_pixels", size.get("longest_edge", 1 << 62))
+        gh, gw = qwen_grid(image_size, image_size, vc["patch_size"], vc["spatial_merge_size"], lo, hi)
+        return gh * gw // vc["spatial_merge_size"] ** 2 + 2
     side = vc.get("image_size", image_size) // vc.get("patch_size", 14)
     return side * side // (bb.get("scale_factor", 1) ** 2)
 
@@ -259,9 +395,9 @@ def _head_activations(head: nn.Module, pc: Any, batch: int, seq: int, width: int
     actions = torch.zeros(batch, pc.horizon, pc.action_dim, device="meta")
     ctx = torch.zeros(batch, seq, width, device="meta", requires_grad=True)
     if pc.head == "flow":
-        return _saved_bytes(lambda: head.loss(actions, ctx, None, state, None))
+        return _saved_bytes(lambda: head.loss(actions, ctx, None, state, None), params=head)
     q, im = ctx[:, : pc.n_query], ctx[:, pc.n_query : pc.n_query + n_image]  # RD: queries + image tokens
     prelude = ctx[:, : pc.n_query + n_image]
     rc = pc.recurrent  # TBPTT: only the last `backprop_depth` iterations keep activations
     return _saved_bytes(lambda: head.loss(actions, prelude, q, im, state, None, num_iterations=rc.backprop_depth,
-                                          backprop_depth=rc.backprop_depth))  # fmt: skip
+                                          backprop_depth=rc.backprop_depth), params=head)  # fmt: skip

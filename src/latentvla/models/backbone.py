@@ -297,6 +297,7 @@ class HFTokenizer:
             )
         self.action_token_ids = range(first, first + num_action_bins)
         self.vocab_size = len(self.hf)
+        self.base_vocab = before  # the pretrained tokenizer's length: ids below it have trained rows
         self.new_token_ids = list(range(before, len(self.hf)))  # rows added to the embedding
         for name, attr in zip(SPECIAL_TOKENS, ("pad", "bos", "eos", "start_thinking", "thinking", "end_thinking",
                                                "img_next", "query")):  # fmt: skip
@@ -315,10 +316,11 @@ class HFBackbone(_VisionMixin):
 
     def __init__(self, cfg: BackboneConfig) -> None:
         super().__init__()
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:
-            raise ImportError(f"BackboneConfig(kind='hf') needs transformers: `{_HF_INSTALL}`.") from e
+        from latentvla.models.backbones.hf_version import require_transformers
+
+        require_transformers()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         from latentvla.hub import resolve_model
 
         path = resolve_model(cfg.hf_path or "", "hf_path")  # a local dir, or ORG/NAME[@REV] from the HF cache
@@ -333,10 +335,8 @@ class HFBackbone(_VisionMixin):
         self.tokenizer = HFTokenizer(
             AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins
         )
-        old_vocab = self.lm.get_input_embeddings().weight.shape[0]
-        self.lm.resize_token_embeddings(self.tokenizer.vocab_size, mean_resizing=False)
-        init_new_rows(self.lm, self.tokenizer, old_vocab)
-        emb = self.lm.get_input_embeddings().weight[:old_vocab].detach().float()
+        grow_vocab(self.lm, self.tokenizer)
+        emb = self.lm.get_input_embeddings().weight[: self.tokenizer.base_vocab].detach().float()
         self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())
         self.width, self.num_layers = self.lm.config.hidden_size, self.lm.config.num_hidden_layers
         self._init_vision(cfg, self.width)
@@ -399,23 +399,39 @@ def rescale_to_rms(hidden: Tensor, target_rms: float) -> Tensor:
     return (hidden.float() * (target_rms / rms)).to(hidden.dtype)
 
 
-def init_new_rows(model: nn.Module, tokenizer: HFTokenizer, old_vocab: int, source: str = "<<") -> int:
-    """Initialise the embedding rows (and untied LM-head rows) added for our tokens as LaRA does: a copy of the
-    row of the token `source` ("<<"), falling back to eos / pad when it is not one token (papers.md §1.2,
-    QWen3.py `_add_thinking_tokens`). Returns the id copied."""
+def grow_vocab(model: nn.Module, tokenizer: HFTokenizer) -> int:
+    """Make room for our tokens and initialise their rows; returns the id whose row was copied.
+
+    Never shrinks: Qwen pads its embedding matrix past its tokenizer (151,936 rows for 151,665 Qwen2.5 tokens,
+    Qwen/Qwen2.5-0.5B config.json `vocab_size`), so our tokens land on untrained padding rows that already
+    exist. Resizing to the tokenizer length would cut the matrix below its old size and leave nothing to
+    initialise; the rows are addressed by the tokens' ids instead (`tokenizer.new_token_ids`)."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if tokenizer.vocab_size > rows:
+        model.resize_token_embeddings(tokenizer.vocab_size, mean_resizing=False)  # keeps the lm_head tie
+    return init_new_rows(model, tokenizer)
+
+
+def init_new_rows(model: nn.Module, tokenizer: HFTokenizer, source: str = "<<") -> int:
+    """Initialise the embedding rows (and untied LM-head rows) of our tokens (`tokenizer.new_token_ids`, which
+    may be padding rows of a padded matrix) as LaRA does: a copy of the row of the token `source` ("<<"),
+    falling back to eos / pad when it is not one token (papers.md §1.2, QWen3.py `_add_thinking_tokens`).
+    Returns the id copied."""
+    base = tokenizer.base_vocab
     ids = tokenizer.hf.encode(source, add_special_tokens=False)
-    src = ids[0] if len(ids) == 1 and ids[0] < old_vocab else None
+    src = ids[0] if len(ids) == 1 and ids[0] < base else None
     for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
         tid = getattr(tokenizer.hf, name, None)
-        if src is None and tid is not None and tid < old_vocab:
+        if src is None and tid is not None and tid < base:
             src = tid
     src = 0 if src is None else src
+    new = torch.tensor(tokenizer.new_token_ids, dtype=torch.long)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
-        emb[old_vocab:] = emb[src]
+        emb[new.to(emb.device)] = emb[src].clone()
         head = model.get_output_embeddings()
         if head is not None and head.weight.data_ptr() != emb.data_ptr():
-            head.weight[old_vocab:] = head.weight[src]
+            head.weight[new.to(head.weight.device)] = head.weight[src].clone()
     return src
 
 

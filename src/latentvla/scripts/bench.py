@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -327,6 +328,10 @@ def register_memory(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpus", type=int, default=None, help="DDP over this many GPUs (without --fsdp)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
     p.add_argument("--gpu-gb", type=float, default=80.0, help="GPU memory for the largest-batch column")
+    p.add_argument("--cameras", type=int, default=None, help="cameras per sample (default: the preset's)")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cpu: predict a CPU run's peak RSS (no autocast, + the process runtime)")  # fmt: skip
+    p.add_argument("--dtype", default=None, help="override policy.backbone.dtype (e.g. float32 for a CPU run)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     p.set_defaults(func=main_memory)
 
@@ -340,7 +345,8 @@ def main_memory(args: argparse.Namespace) -> int:
     try:
         report = estimate(
             args.preset, args.backbone, tuple(args.vision), lora=args.lora, world=world, fsdp=args.fsdp is not None,
-            batch_size=args.batch_size, gpu_gb=args.gpu_gb,
+            batch_size=args.batch_size, gpu_gb=args.gpu_gb, cameras=args.cameras, device=args.device,
+            dtype=args.dtype,
         )  # fmt: skip
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -353,4 +359,38 @@ def main_memory(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUBCOMMANDS = [register_train, register_profile, register_latency, register_data, register_head, register_memory]
+def register_real_size(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("real-size", help="rdvla-minivla at full size on this CPU (random weights): peak RSS vs "
+                       "`bench memory --device cpu`")  # fmt: skip
+    p.add_argument("--out", required=True, help="work directory (models ~5 GB, dataset, run, real_size.json)")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2, help="steps before the checkpoint + --resume (one more step)")
+    p.add_argument("--check-only", action="store_true", help="only compare OUT/real_size.json with bench memory")
+    p.add_argument("--tolerance", type=float, default=0.10)
+    p.set_defaults(func=main_real_size)
+
+
+def main_real_size(args: argparse.Namespace) -> int:
+    from latentvla.bench.real_size import check, train_measured
+
+    report_file = Path(args.out) / "real_size.json"
+    if args.check_only:
+        if not report_file.is_file():
+            print(
+                f"error: no {report_file}; run `latentvla bench real-size --out {args.out}` first", file=sys.stderr
+            )
+            return 2
+        report = json.loads(report_file.read_text())
+    else:
+        train_measured(args.out, batch_size=args.batch_size, steps=args.steps)
+        # the prediction counts its own process's runtime: check from a fresh one, not this model-writing one
+        argv = [sys.executable, "-m", "latentvla.cli", "bench", "real-size", "--out", args.out, "--check-only",
+                "--tolerance", str(args.tolerance)]  # fmt: skip
+        return subprocess.run(argv, check=False).returncode
+    ok, line = check(report, args.tolerance)
+    print(line)
+    return 0 if ok else 1
+
+
+_SUBCOMMANDS = [register_train, register_profile, register_latency, register_data, register_head, register_memory,
+                register_real_size]  # fmt: skip

@@ -69,6 +69,7 @@ from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries, tr
 from latentvla.train.finite_guard import FiniteGuard, host_floats, local_tensor, step_loss
 from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
 from latentvla.train.optim import build_optimizer, no_decay_param_ids, set_lrs
+from latentvla.train.precision import check_trainable_precision, check_training_dtype
 from latentvla.train.sampler import ResumableBatchSampler
 
 # Fields that may change between a run and its resumption without changing the maths.
@@ -405,6 +406,7 @@ def train(
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
     validate_dataset(reader, camera_keys=[f"{OBS_IMAGES}.{c}" for c in cfg.policy.cameras])
+    check_training_dtype(cfg.policy.backbone.dtype)
     _prepare_run_dir(run_dir, resume, overwrite, dist_info)
     fingerprint = dataset_fingerprint(reader)
     normalizer = make_normalizer(reader)
@@ -415,6 +417,7 @@ def train(
     seed_everything(cfg.seed)  # same on every rank: identical init (and EMA copy) everywhere
     policy = Policy.from_config(cfg.policy, normalizer).to(dist_info.device)
     model = policy.model
+    check_trainable_precision(model, cfg.policy.backbone.dtype)
     seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
     start_step, schedule_steps, extensions, state = 0, cfg.steps, [], None
     budget_s = None if cfg.minutes is None else 60.0 * cfg.minutes

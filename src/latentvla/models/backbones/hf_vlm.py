@@ -37,9 +37,10 @@ from latentvla.models.backbone import (
     HFTokenizer,
     _check_forward_args,
     cache_length,
-    init_new_rows,
+    grow_vocab,
     rescale_to_rms,
 )
+from latentvla.models.backbones.hf_version import require_transformers
 from latentvla.models.backbones.image_preprocess import DevicePreprocessor
 
 _HF_INSTALL = 'pip install -e ".[hf]"'
@@ -191,10 +192,9 @@ class HFVLMBackbone(nn.Module):
 
     def __init__(self, cfg: Any) -> None:  # cfg: BackboneConfig (kind="hf_vlm")
         super().__init__()
-        try:
-            from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
-        except ImportError as e:
-            raise ImportError(f"BackboneConfig(kind='hf_vlm') needs transformers: `{_HF_INSTALL}`.") from e
+        require_transformers()
+        from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
         from latentvla.hub import resolve_model
 
         path = resolve_model(cfg.hf_path or "", "hf_path")  # a local dir, or ORG/NAME[@REV] from the HF cache
@@ -215,9 +215,7 @@ class HFVLMBackbone(nn.Module):
         self.tokenizer = HFTokenizer(
             AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins
         )
-        old_vocab = self.vlm.get_input_embeddings().weight.shape[0]
-        self.vlm.resize_token_embeddings(self.tokenizer.vocab_size, mean_resizing=False)
-        init_new_rows(self.vlm, self.tokenizer, old_vocab)
+        grow_vocab(self.vlm, self.tokenizer)
         inner = self.vlm.model
         # Plain (unregistered) references: the modules stay registered once, under `vlm` (peft / FSDP wrap them
         # in place, so these stay valid).
@@ -232,7 +230,7 @@ class HFVLMBackbone(nn.Module):
             self, "_vision", VLMVision(vision_kind, _vision_parts(vision_kind, inner), processor, merge)
         )
         self._init_layout(cfg)
-        emb = self.vlm.get_input_embeddings().weight[:old_vocab].detach().float()
+        emb = self.vlm.get_input_embeddings().weight[: self.tokenizer.base_vocab].detach().float()
         self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())  # target scale of fed-back thoughts
         if cfg.freeze_vision:
             self._vision.requires_grad_(False)
