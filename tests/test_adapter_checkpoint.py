@@ -44,3 +44,24 @@ def test_adapter_checkpoint_leaves_frozen_encoders_out_and_round_trips(tmp_path)
     again = Policy.from_pretrained(tmp_path / "ckpt").model.state_dict()
     now = policy.model.state_dict()
     assert again.keys() == now.keys() and all(torch.equal(again[k], now[k]) for k in now)
+
+
+def test_lora_resume_loads_into_the_trained_model_and_equals_uninterrupted(tmp_path):
+    """`--resume` of a LoRA run reads the adapter checkpoint into the model being trained (no second policy is
+    built: on the full-size MiniVLA that copy raised the resume's peak RSS from 10.4 to 12.1 GB) and ends equal to
+    an uninterrupted run."""
+    from latentvla.train.checkpoint import latest_checkpoint
+    from latentvla.train.loop import train
+
+    tiny = save_tiny("qwen2", tmp_path / "qwen2")
+    root = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=8, image_size=32)
+    cfg = use_backbone(get_preset("rdvla", "micro"), str(tiny))
+    cfg = apply_overrides(cfg, ["steps=4", "batch_size=2", "save_every=1", "log_every=1", "num_workers=0",
+                                "policy.image_size=32", "policy.horizon=4", "policy.backbone.lora.rank=4"])  # fmt: skip
+    train(cfg, root, tmp_path / "full", show_progress=False)
+    train(cfg, root, tmp_path / "split", show_progress=False, stop_at=2)
+    train(cfg, root, tmp_path / "split", resume=True, show_progress=False)
+    full = load_file(str(latest_checkpoint(tmp_path / "full") / "model.safetensors"))
+    split = load_file(str(latest_checkpoint(tmp_path / "split") / "model.safetensors"))
+    assert full.keys() == split.keys() and any("lora_" in k for k in full)
+    assert max((full[k] - split[k]).abs().max().item() for k in full) <= 1e-6

@@ -398,7 +398,7 @@ def train(
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot_format import LeRobotDatasetReader
     from latentvla.data.validate import dataset_fingerprint, validate_dataset
-    from latentvla.policy import Policy
+    from latentvla.policy import Policy, load_weights
 
     # ---------------------------------------------------------------------------------------------- setup
     dist_info = setup_distributed(cfg.device)
@@ -434,7 +434,7 @@ def train(
         _check_resume_config(saved_cfg, cfg)
         _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
         if state["optimizer"] != SHARDS:  # sharded: each rank reads its own shards after `wrap`, below
-            model.load_state_dict(Policy.from_pretrained(last).model.state_dict())
+            load_weights(model, last)  # into the model being trained: never a second copy
         start_step = int(state["step"])
         schedule_steps = int(state.get("schedule_steps", saved_cfg["steps"]))
         extensions = list(state.get("extensions", []))
