@@ -184,7 +184,10 @@ def _saved_bytes(fn, seq: int = 0, params: nn.Module | None = None) -> int:
         if id(t) in own or id(base) in own or isinstance(t, nn.Parameter) or isinstance(base, nn.Parameter):
             return t
         if not (seq and t.dim() >= 2 and t.shape[-1] == t.shape[-2] == seq):
-            saved[id(t)] = t.numel() * t.element_size()
+            # keyed by the base tensor: views of one storage (q/k/v split from one projection, transposes,
+            # reshapes) occupy it once; each view alone counted it again (meta run 3.74 GB vs 3.20 GB measured
+            # by the same hooks on the real full-size MiniVLA)
+            saved[id(base)] = max(saved.get(id(base), 0), base.numel() * base.element_size())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
