@@ -60,6 +60,7 @@ class TaskSpec:
     target: str
     motion: str
     box_anchor: str = "object"
+    goal: str = "goal"  # what the target is carried to ("basket", "plate"), named by the subtask text
 
     def __post_init__(self) -> None:
         if self.motion not in ("grasp", "push"):
@@ -177,7 +178,9 @@ class Simulator(ABC):
     cameras: tuple[str, ...]  # camera names accepted by `make`
     default_cameras: tuple[str, ...]
     flipped_cameras: frozenset[str] = frozenset()  # cameras whose frames are stored rotated by 180°
+    bottom_up_cameras: frozenset[str] = frozenset()  # cameras rendered with rows bottom-up (before any flip)
     has_expert: bool = False  # a scripted expert exists (`collect` needs one)
+    train_init: str = ""  # how `reset(split="train")` episodes start, in words (recorded by `collect`)
     default_protocol: str = "default"
     # Client key map of the policy server: openpi-style key -> LeRobot key (ecosystem.md §2).
     client_keys: Mapping[str, str] = {}
