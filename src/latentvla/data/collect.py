@@ -73,7 +73,6 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
             stop_after_success: int, sim: str = "metaworld") -> tuple[dict, dict]:  # fmt: skip
     """One expert episode -> (episode dict with cot.* columns, meta). Runs in a worker process."""
     from latentvla.data.annotate import annotate_episode, default_box_source
-
     from latentvla.envs.registry import get_simulator
 
     env = _env(sim, task, cameras, image_size, max_steps)
@@ -104,7 +103,8 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
     ep.update(annotate_episode(ep, task_name=task, instruction=env.instruction,
                                box_source=default_box_source(ep, cameras[0]), camera=cameras[0]))  # fmt: skip
     meta = {"success": success_at is not None, "task_name": task, "episode": episode,
-            "episode_seed": int(reset_info.get("episode_seed", -1)), "success_step": -1 if success_at is None else success_at}  # fmt: skip
+            "episode_seed": int(reset_info.get("episode_seed", -1)), "init_state": int(reset_info.get("init_state", -1)),
+            "success_step": -1 if success_at is None else success_at}  # fmt: skip
     return ep, meta
 
 

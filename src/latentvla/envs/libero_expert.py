@@ -152,11 +152,12 @@ class PickPlaceExpert:
         self.tried: list[int] = []
         self.plan: dict | None = None
         self.rot0 = self.geo.eef()[1]
-        self.done = False
+        self.done, self.acting = False, None
 
     @property
     def segment(self) -> str:
-        return SEGMENTS[self.phase]
+        """The segment of the phase that produced the latest action (the current phase before the first)."""
+        return SEGMENTS[self.acting or self.phase]
 
     def _go(self, phase: str) -> None:
         self.phase, self.t_phase, self.integral = phase, 0, np.zeros(3)
@@ -248,7 +249,7 @@ class PickPlaceExpert:
 
     def act(self) -> np.ndarray:
         """The action of the current step (float32 (7,), gripper -1 open / +1 close); advances the phase."""
-        self.t_phase += 1
+        self.t_phase, self.acting = self.t_phase + 1, self.phase
         pos, _ = self.geo.eef()
         lo, hi = self.geo.box(self.obj)
         centre = (lo + hi) / 2
