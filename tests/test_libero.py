@@ -109,7 +109,7 @@ def test_synthetic_libero_dataset_annotate_train_eval(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", num_episodes=2, length=16, image_size=64, layout="libero")
     assert cli(["annotate", str(data)]) == 0
     ep = LeRobotDatasetReader(data).episode(0)
-    assert "carry the alphabet soup to the goal" in ep[K.COT_SUBTASK]  # object from the instruction
+    assert "carry the alphabet soup to the basket" in ep[K.COT_SUBTASK]  # object and goal from the instruction
     run = tmp_path / "run"
     assert cli(["train", "--preset", "rdvla", "--dataset", str(data), "--out", str(run), "--steps", "2",
                 "policy.cameras=image,image2", "batch_size=2", "save_every=2", "log_every=1"]) == 0  # fmt: skip

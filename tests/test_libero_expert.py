@@ -13,7 +13,6 @@ import pytest
 from latentvla import constants as K
 from latentvla.data import annotate as A
 from latentvla.envs.camera import project_points
-from latentvla.envs.lazy import LazyObservation
 
 
 # ------------------------------------------------------------------------------------------ pure parts
@@ -77,6 +76,8 @@ def test_bottom_up_and_flipped_projection_is_a_mirror_image():
 
 
 def test_lazy_observation_renders_once_on_first_read_and_never_stale():
+    from latentvla.envs.lazy import LazyObservation
+
     calls, frame = [], [0]
 
     def render():
