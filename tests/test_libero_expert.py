@@ -97,6 +97,71 @@ def test_lazy_observation_renders_once_on_first_read_and_never_stale():
         obs["nope"]
 
 
+def test_a_policy_executing_chunks_renders_once_per_chunk_with_the_same_actions(tmp_path):
+    """Evaluation through the unchanged loop (SimEpisode + PolicyAgent + run_episode) with a real policy: a
+    simulator returning lazy observations renders only when the policy queries a chunk, and the actions equal a
+    run that renders every frame (a video recorder reads each one)."""
+    import torch
+
+    from latentvla.config import get_preset
+    from latentvla.data.stats import Normalizer
+    from latentvla.envs.base import EvalProtocol
+    from latentvla.envs.lazy import LazyObservation
+    from latentvla.eval.evaluate import EvalSettings, PolicyAgent, SimEpisode
+    from latentvla.eval.runtime import FrameRecorder, run_episode
+    from latentvla.policy import Policy
+
+    torch.manual_seed(0)
+    cfg = get_preset("rdvla").policy
+    stats = {"mean": np.zeros(4), "std": np.ones(4), "min": -np.ones(4), "max": np.ones(4), "q01": -np.ones(4),
+             "q99": np.ones(4), "count": np.array([100])}  # fmt: skip
+    policy = Policy.from_config(cfg, Normalizer({K.OBS_STATE: stats, K.ACTION: stats}))
+    policy.set_execution(f"fixed:{cfg.horizon}")
+    keys = [f"{K.OBS_IMAGES}.{c}" for c in cfg.cameras]
+
+    class Env:  # a simulator whose state follows the actions and whose images show the state
+        instruction, fps = "reach the goal", 10
+
+        def __init__(self):
+            self.renders, self.frame = 0, 0
+
+        def _obs(self):
+            frame, state = self.frame, self.state.copy()
+
+            def render():
+                self.renders += 1
+                return np.full((cfg.image_size, cfg.image_size, 3), int(abs(state[0]) * 1e3) % 255, np.uint8)
+
+            return LazyObservation({K.OBS_STATE: state, K.TASK: self.instruction}, dict.fromkeys(keys, render),
+                                   lambda: self.frame == frame)  # fmt: skip
+
+        def reset(self, *, episode, split="eval", seed=0):
+            self.state, self.frame = np.full(4, 0.1 * episode, np.float32), self.frame + 1
+            return self._obs(), {}
+
+        def step(self, action):
+            self.state, self.frame = (self.state + 0.05 * np.asarray(action)).astype(np.float32), self.frame + 1
+            return self._obs(), 0.0, False, False, {"success": False}
+
+        def close(self):
+            pass
+
+    protocol = EvalProtocol(name="t", episodes=1, seed=0, max_steps=20, init="-", warmup_steps=3,
+                            warmup_action=(0.0, 0.0, 0.0, -1.0))  # fmt: skip
+    settings = EvalSettings(run_dir=str(tmp_path))
+    runs = []
+    for video in (False, True):
+        env = Env()
+        agent = PolicyAgent(policy, settings, torch_seed=3)
+        result = run_episode(SimEpisode(env, 1, 0, protocol, "none"), agent, 20,
+                             [FrameRecorder(keys[0])] if video else [])  # fmt: skip
+        runs.append((env.renders, len(result.latencies_ms), env.state.copy()))
+    (lazy_renders, calls, lazy_end), (all_renders, _, all_end) = runs
+    assert calls == -(-20 // cfg.horizon) and lazy_renders == calls * len(keys)
+    assert all_renders == 20 + calls * (len(keys) - 1)  # the recorder reads every frame of its camera
+    np.testing.assert_array_equal(lazy_end, all_end)
+
+
 # ------------------------------------------------------------------------------------------ LIBERO
 @pytest.fixture(scope="module")
 def libero():
