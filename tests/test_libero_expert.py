@@ -293,6 +293,11 @@ def test_collect_libero_writes_an_annotated_dataset_from_fresh_placements(libero
     assert "carry the alphabet soup to the basket" in ep[K.COT_SUBTASK]
     assert "place the alphabet soup in the basket" in ep[K.COT_SUBTASK]
     assert ep[K.COT_BBOX_VISIBLE].mean() > 0.9 and ep[K.COT_TEXT][0].startswith("Subtask: move toward the alphabet")
+    # motion words in LIBERO's frame (the robot faces +x: forward = +x, right = -y), not Meta-World's
+    segs, ee = list(ep[K.COT_SEGMENT]), ep[K.PRIV_EE_POS]
+    t0, t1 = segs.index("transport"), segs.index("place")
+    words = A.motion_phrase(L.SIMULATOR.state_layout.to_rfu(ee[t1] - ee[t0]), A.GLOBAL_DEADZONE)
+    assert ep[K.COT_REASONING][t0].startswith(f"globally {words},"), (ep[K.COT_REASONING][t0], words)
     # the demonstration starts from its fresh placement: replaying the reset + warm-up gives frame 0 exactly,
     # and that placement is none of the benchmark's init states
     env = L.SIMULATOR.make(task, cameras=("image",), image_size=64, max_steps=300)

@@ -101,7 +101,8 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
     ep[K.TASK] = env.instruction
     ep["timestamp"] = (np.arange(len(ep[K.ACTION])) / env.fps).astype(np.float32)
     ep.update(annotate_episode(ep, task_name=task, instruction=env.instruction,
-                               box_source=default_box_source(ep, cameras[0]), camera=cameras[0]))  # fmt: skip
+                               box_source=default_box_source(ep, cameras[0]), camera=cameras[0],
+                               layout=get_simulator(sim).state_layout))  # the simulator's right/forward/up words
     meta = {"success": success_at is not None, "task_name": task, "episode": episode,
             "episode_seed": int(reset_info.get("episode_seed", -1)), "init_state": int(reset_info.get("init_state", -1)),
             "success_step": -1 if success_at is None else success_at}  # fmt: skip

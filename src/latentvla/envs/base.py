@@ -10,10 +10,13 @@ Two objects per simulator:
 - a `SimEnv` per (task, cameras, image size): gymnasium-style `reset(episode=i, split=s, seed=k)` and
   `step(action)`, observations under LeRobot keys (`observation.images.<camera>`, `observation.state`,
   `task`), `info["success"]`, and optionally `privileged()` (simulator ground truth for the CoT annotator,
-  constants.PRIV_*) and `expert_action()` (a scripted expert for `collect`).
+  constants.PRIV_*) and `expert_action()` (a scripted expert for `collect`). An observation may be a
+  `envs.lazy.LazyObservation` (LIBERO): a read-only mapping whose images render when first read, so a policy
+  that executes a chunk open-loop costs one render per chunk; read it before the next `step`.
 
 `reset(episode=i, ...)` is deterministic: episode i of a task always starts from the same state (Meta-World: a
-seeded random vector per split; LIBERO: the benchmark's init state i).
+seeded random vector per split; LIBERO: the benchmark's init state i for "eval", a fresh seeded placement for
+"train").
 
 An `EvalProtocol` fixes everything that makes two evaluations comparable (episodes per task, seed, max steps
 per task group, no-op warm-up, gripper post-processing, how much of each chunk runs before re-querying) and is
