@@ -29,7 +29,8 @@ from the task's own placement distribution. Success is `env.check_success()` (LI
 
 Cost (reference/libero-expert.md): rendering dominates (~70 ms agent view + ~45 ms wrist per step, software GL,
 against 12 ms of physics), and `env.reset()` reloading the XML costs 2.2 s. So the env is built with
-`hard_reset=False` (reset 0.25 s; every episode then sets or samples its whole state), robosuite's camera
+`hard_reset=False` (reset 0.25 s; an evaluation episode then sets its whole state; a training placement still
+reloads, see `reset`), robosuite's camera
 observables are switched off, and the images of an observation are rendered when they are first read
 (`envs.lazy.LazyObservation`): an evaluation that executes a chunk open-loop renders once per chunk, with the
 same results. `render=False` builds a physics-only env (no images; e.g. to measure the expert).
@@ -193,8 +194,7 @@ class LiberoEnv:
             bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size,
             camera_names=[CAMERA_NAMES[c] for c in self.cameras], hard_reset=False,
         )  # fmt: skip
-        for cam in self.cameras:  # rendered on demand by _render, not in every step
-            self.env.env.modify_observable(f"{CAMERA_NAMES[cam]}_image", "enabled", False)
+        self._disable_camera_observables()
         self._raw: dict | None = None
         self._steps = 0
         self._frame = 0  # counts resets and steps: an observation's images render only while it is current
@@ -217,12 +217,25 @@ class LiberoEnv:
         else:  # a fresh placement from the task's own distribution (module docstring)
             info["episode_seed"] = episode_seed(self.task, split, episode, seed)
             self.env.seed(info["episode_seed"])
-            self._raw = self.env.reset()
+            # A hard reset (XML reload, 2 s): LIBERO places fixtures when it loads the model, and its "on object"
+            # placements are only right after that (measured: with a soft reset the bowl of "the black bowl on
+            # the stove" is put 1.9 m up in the air, off the table). Evaluation's set_init_state needs none.
+            self.env.env.hard_reset = True
+            try:
+                self._raw = self.env.reset()
+            finally:
+                self.env.env.hard_reset = False
+            self._disable_camera_observables()  # a hard reset rebuilds robosuite's observables
+            self._expert = None  # and the simulator its expert reads
             info["init_state"] = -1
         self._steps, self._frame = 0, self._frame + 1
         if self._expert is not None:
             self._expert.reset()
         return self._observation(), info
+
+    def _disable_camera_observables(self) -> None:
+        for cam in self.cameras:  # rendered on demand by `render`, not in every step
+            self.env.env.modify_observable(f"{CAMERA_NAMES[cam]}_image", "enabled", False)
 
     def _reset_gripper_commands(self) -> None:
         """robosuite's Panda gripper integrates its command (`current_action += speed * sign(a)`) and only a hard
