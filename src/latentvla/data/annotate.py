@@ -185,7 +185,7 @@ def phase_segments(phase: np.ndarray) -> tuple[list[str], list[int]]:
     index into PHASE_SEGMENTS (constants.PRIV_PHASE)."""
     idx = np.asarray(phase).reshape(-1).round().astype(int)
     if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(PHASE_SEGMENTS):
-        raise ValueError(f"{K.PRIV_PHASE} must index PHASE_SEGMENTS {PHASE_SEGMENTS}, got values {sorted(set(idx))}")
+        raise ValueError(f"{K.PRIV_PHASE} must index PHASE_SEGMENTS {PHASE_SEGMENTS}, got {sorted(set(idx))}")
     names = [PHASE_SEGMENTS[i] for i in idx]
     starts = [0] + [t for t in range(1, len(idx)) if idx[t] != idx[t - 1]]
     return names, sorted(set(starts + [len(idx) - 1]))

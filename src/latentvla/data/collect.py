@@ -104,7 +104,8 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
                                box_source=default_box_source(ep, cameras[0]), camera=cameras[0],
                                layout=get_simulator(sim).state_layout))  # the simulator's right/forward/up words
     meta = {"success": success_at is not None, "task_name": task, "episode": episode,
-            "episode_seed": int(reset_info.get("episode_seed", -1)), "init_state": int(reset_info.get("init_state", -1)),
+            "episode_seed": int(reset_info.get("episode_seed", -1)),
+            "init_state": int(reset_info.get("init_state", -1)),  # LIBERO: -1 = not a benchmark init state
             "success_step": -1 if success_at is None else success_at}  # fmt: skip
     return ep, meta
 
@@ -179,7 +180,8 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
             _ENVS.popitem()[1].close()
     stats = {t: {"attempts": len(succeeded[t]) + len(failed[t]), "successes": len(succeeded[t])} for t in names}
     setup = {"env": env, "seed": seed, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps,
-             "train_init": sim.train_init or "reset(split='train')", "warmup_steps": sim.protocol().warmup_steps}  # fmt: skip
+             "train_init": sim.train_init or "reset(split='train')",
+             "warmup_steps": sim.protocol().warmup_steps}  # fmt: skip
     return _finish(writer, stats, names, start, (frames, written), out, counters_path, setup)
 
 

@@ -135,8 +135,8 @@ class PickPlaceExpert:
         self.geo = Geometry(env)
         goals = [g for g in env.parsed_problem["goal_state"] if g[0].lower() in ("in", "on") and len(g) == 3]
         if not goals:
-            raise ValueError(f"no in/on goal in {env.parsed_problem['goal_state']}: the scripted expert only picks "
-                             "and places (drawers, knobs and pushing are not scripted)")  # fmt: skip
+            raise ValueError(f"no in/on goal in {env.parsed_problem['goal_state']}: the scripted expert only "
+                             "picks and places (drawers, knobs and pushing are not scripted)")  # fmt: skip
         _, self.obj, self.target = (str(x) for x in goals[0])
         if self.obj not in self.geo.body:
             raise ValueError(f"goal object {self.obj!r} is not a body of this scene")
@@ -218,7 +218,8 @@ class PickPlaceExpert:
             for side, p in options:
                 rel = obs_xy - p
                 along, across = rel @ d, rel @ np.array([-d[1], d[0]])
-                inside = (np.abs(along) < HAND_HALF_LENGTH) & (np.abs(across) < HAND_HALF_THICK) & (obs_z > z - 0.01)
+                in_hand = (np.abs(along) < HAND_HALF_LENGTH) & (np.abs(across) < HAND_HALF_THICK)
+                inside = in_hand & (obs_z > z - 0.01)
                 # obstacles count by how far they rise into the hand; a too-wide object is never chosen
                 cost = float(np.sum(obs_z[inside] - z + 0.01)) + (100.0 if width > MAX_WIDTH else 0.0)
                 key = len(cands)
@@ -259,7 +260,8 @@ class PickPlaceExpert:
             xy = centre[:2] + self.plan["offset"]  # re-planned on the way in: objects settle after a reset
             goal = np.array([*xy, hi[2] + HOVER])
             a = self._move(goal)
-            if (np.linalg.norm(goal - pos) < 0.01 and self._rot_err() < 0.1) or self.t_phase > PHASE_TIMEOUT["hover"]:
+            arrived = np.linalg.norm(goal - pos) < 0.01 and self._rot_err() < 0.1
+            if arrived or self.t_phase > PHASE_TIMEOUT["hover"]:
                 self._go("descend")
         elif self.phase == "descend":
             xy = centre[:2] + self.plan["offset"]
