@@ -36,6 +36,7 @@ PRIV_OBJECT_POS = "privileged.object_pos"  # (3,)
 PRIV_GOAL_POS = "privileged.goal_pos"  # (3,)
 PRIV_TARGET_CORNERS = "privileged.target_corners"  # (24,) 8 world-frame corners of the target geometry box
 PRIV_CONTACT = "privileged.contact"  # (1,) 1.0 when the gripper touches the target
+PRIV_PHASE = "privileged.phase"  # (1,) a scripted expert's own phase: index into data.annotate.PHASE_SEGMENTS
 PRIV_CAMERA = "privileged.camera."  # prefix: f"privileged.camera.{cam}" -> (13,) pos(3) xmat(9) fovy(1)
 
 DEFAULT_CAMERA = "corner4"

@@ -2,7 +2,9 @@
 
 Per episode, from the end-effector trajectory, the gripper opening and (when recorded) contact/object motion:
 
-1. Temporal anchors (`segment_episode`). Grasp-type tasks: the gripper closing starts `grasp`, the closed
+1. Temporal anchors. A scripted expert that records its own phase (`privileged.phase`, LIBERO) gives the
+   segments directly (`phase_segments`: approach / grasp / lift / transport / place / release / retract).
+   Otherwise (`segment_episode`): Grasp-type tasks: the gripper closing starts `grasp`, the closed
    hold is `transport`, re-opening is `release`, the rest `retract`; before the first closure `approach`.
    Push-type tasks: the first gripper-target contact (or the target starting to move) starts `contact`, which
    lasts until the target has moved `CONTACT_MOVE` metres; then `push` until the last contact/motion frame,
@@ -54,6 +56,9 @@ PHRASE_EPS = 0.01  # per-step opening change named as "close/open the gripper" o
 CLOSED_BELOW = 0.9  # normalized opening under which the gripper is described as closed
 
 GRASP_SEGMENTS = ("approach", "grasp", "transport", "release", "retract")
+# A scripted expert's own phases (LIBERO, envs/libero_expert.py), stored as privileged.phase = index in this tuple.
+PHASE_SEGMENTS = ("approach", "grasp", "lift", "transport", "place", "release", "retract")
+HOLDING_SEGMENTS = ("transport", "lift", "place")  # the object is in the hand: finger rebound is not opening
 PUSH_SEGMENTS = ("approach", "contact", "push", "retract")
 PUSH_VERBS = ("push", "pull", "press", "turn", "rotate", "slide", "open", "close", "unplug", "sweep", "kick")
 _ARTICLES = ("the", "a", "an")
@@ -171,6 +176,17 @@ def segment_episode(gripper: np.ndarray, *, motion: str = "grasp", contact: np.n
     return names, sorted(set(keyframes))
 
 
+def phase_segments(phase: np.ndarray) -> tuple[list[str], list[int]]:
+    """Per-frame segment names and keyframes (run starts + the last frame) from recorded expert phases, each an
+    index into PHASE_SEGMENTS (constants.PRIV_PHASE)."""
+    idx = np.asarray(phase).reshape(-1).round().astype(int)
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(PHASE_SEGMENTS):
+        raise ValueError(f"{K.PRIV_PHASE} must index PHASE_SEGMENTS {PHASE_SEGMENTS}, got {sorted(set(idx))}")
+    names = [PHASE_SEGMENTS[i] for i in idx]
+    starts = [0] + [t for t in range(1, len(idx)) if idx[t] != idx[t - 1]]
+    return names, sorted(set(starts + [len(idx) - 1]))
+
+
 # ---------------------------------------------------------------------------------------- language
 def target_noun(instruction: str) -> str:
     """Fallback semantic anchor: the noun phrase after the first article, up to a preposition / conjunction /
@@ -191,14 +207,16 @@ def target_noun(instruction: str) -> str:
     return words[-1] if words else "object"
 
 
-def subtask_text(segment: str, target: str, instruction: str = "") -> str:
-    """Subtask sentence for a segment, naming the target."""
+def subtask_text(segment: str, target: str, instruction: str = "", goal: str = "goal") -> str:
+    """Subtask sentence for a segment, naming the target (and where it goes: `goal`)."""
     verb = instruction.split()[0].lower() if instruction.split() else "push"
     verb = verb if verb in PUSH_VERBS else "push"
     texts = {
         "approach": f"move toward the {target}",
         "grasp": f"grasp the {target}",
-        "transport": f"carry the {target} to the goal",
+        "lift": f"lift the {target}",
+        "transport": f"carry the {target} to the {goal}",
+        "place": f"place the {target} {'in' if ' in the ' in f' {instruction} ' else 'on'} the {goal}",
         "release": f"release the {target}",
         "retract": "retract the gripper",
         "contact": f"make contact with the {target}",
@@ -230,7 +248,7 @@ def gripper_phrase(segment: str, g_now: float, g_next: float) -> str:
         return "close the gripper"
     if segment == "release":
         return "open the gripper"
-    if segment != "transport":  # transport: fingers rebound on the object; that is not opening
+    if segment not in HOLDING_SEGMENTS:  # holding: fingers rebound on the object; that is not opening
         if g_next < g_now - PHRASE_EPS:
             return "close the gripper"
         if g_next > g_now + PHRASE_EPS:
@@ -283,10 +301,13 @@ def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, 
     ee, grip = _ee_and_gripper(episode, layout)
     motion_frame = (layout or StateLayout()).to_rfu(ee)  # the motion words' frame: right, forward, up
     length = len(ee)
-    segments, keyframes = segment_episode(
-        grip, motion=spec.motion if spec else "grasp",
-        contact=episode.get(K.PRIV_CONTACT), object_pos=episode.get(K.PRIV_OBJECT_POS), ee=ee,
-    )  # fmt: skip
+    if K.PRIV_PHASE in episode:  # a scripted expert recorded its own phase: that is the segment
+        segments, keyframes = phase_segments(episode[K.PRIV_PHASE])
+    else:
+        segments, keyframes = segment_episode(
+            grip, motion=spec.motion if spec else "grasp",
+            contact=episode.get(K.PRIV_CONTACT), object_pos=episode.get(K.PRIV_OBJECT_POS), ee=ee,
+        )  # fmt: skip
     if box_source is None:
         bbox, visible = np.zeros((length, 4), np.float32), np.zeros(length, bool)
     else:
@@ -295,7 +316,7 @@ def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, 
     seg_end = np.array([next((k for k in keyframes if k > t), length - 1) for t in range(length)])
     subtasks, reasonings, texts = [], [], []
     for t in range(length):
-        sub = subtask_text(segments[t], target, instruction)
+        sub = subtask_text(segments[t], target, instruction, spec.goal if spec else "goal")
         phrase = gripper_phrase(segments[t], grip[t], grip[nxt[t]])
         rea = reasoning_text(
             motion_frame[seg_end[t]] - motion_frame[t], motion_frame[nxt[t]] - motion_frame[t], phrase

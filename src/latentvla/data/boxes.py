@@ -51,7 +51,7 @@ class ProjectedGeometryBoxes:
 
     def boxes(self, episode: dict, camera: str) -> tuple[np.ndarray, np.ndarray]:
         from latentvla.envs.camera import project_points  # pure numpy, no simulator import
-        from latentvla.envs.registry import flipped_cameras
+        from latentvla.envs.registry import bottom_up_cameras, flipped_cameras
 
         cam_key = f"{K.PRIV_CAMERA}{camera}"
         missing = [k for k in (K.PRIV_TARGET_CORNERS, cam_key) if k not in episode]
@@ -62,9 +62,9 @@ class ProjectedGeometryBoxes:
         params = np.asarray(episode[cam_key], dtype=np.float64).reshape(-1, 13)
         xyxy = np.zeros((len(corners), 4))
         visible = np.zeros(len(corners), dtype=bool)
-        flip = camera in flipped_cameras()
+        flip, bottom_up = camera in flipped_cameras(), camera in bottom_up_cameras()
         for t, (pts, cam) in enumerate(zip(corners, params)):
-            uv, in_front = project_points(pts, cam, flipped=flip)
+            uv, in_front = project_points(pts, cam, flipped=flip, bottom_up=bottom_up)
             visible[t] = bool(in_front.all())
             xyxy[t] = [*uv.min(0), *uv.max(0)]
         return finalize_boxes(xyxy, visible)

@@ -1,12 +1,15 @@
 """Scripted-expert demonstration collection (C12), annotated with CoT on the fly (C13).
 
-Any simulator of `envs.registry` with a scripted expert (`Simulator.has_expert`; today Meta-World) works through
+Any simulator of `envs.registry` with a scripted expert (`Simulator.has_expert`: Meta-World's own experts, and
+LIBERO's pick-and-place expert of `envs.libero_expert`) works through
 the simulator protocol of `envs.base`: `make`, `reset(episode=i, split="train")`, `step`, `expert_action`,
 `privileged`. For every task, episodes 0, 1, 2, ... of the "train" split (see `envs.metaworld` for the
 seeding scheme) are
 rolled out with Meta-World's scripted expert until `episodes_per_task` succeed or `2 * episodes_per_task`
 were attempted. Only successful episodes are kept; the per-task and overall expert success rates are
-returned and stored in `meta/info.json` under "latentvla_collect".
+returned and stored in `meta/info.json` under "latentvla_collect", with the collection seed and how training
+episodes start (`Simulator.train_init`; LIBERO: fresh placements, never the benchmark's evaluation init states).
+After each reset the simulator's evaluation warm-up (LIBERO: 10 no-op steps) runs unrecorded.
 
 Per frame we record the observation *before* the action (images, state), the action, the timestamp, the
 instruction and the privileged simulator state (constants.PRIV_*), then annotate the episode with
@@ -71,9 +74,15 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
             stop_after_success: int, sim: str = "metaworld") -> tuple[dict, dict]:  # fmt: skip
     """One expert episode -> (episode dict with cot.* columns, meta). Runs in a worker process."""
     from latentvla.data.annotate import annotate_episode, default_box_source
+    from latentvla.envs.registry import get_simulator
 
     env = _env(sim, task, cameras, image_size, max_steps)
     obs, reset_info = env.reset(episode=episode, split="train", seed=seed)
+    # The evaluation protocol's no-op warm-up runs here too, unrecorded: demonstrations start where a policy
+    # starts acting, and objects of unsettled init states (LIBERO: up to 4 cm) have settled.
+    protocol = get_simulator(sim).protocol()
+    for _ in range(protocol.warmup_steps):
+        obs, *_ = env.step(np.asarray(protocol.warmup_action, dtype=np.float32))
     frames: dict[str, list] = {}
     success_at = None
     for t in range(max_steps):
@@ -84,15 +93,21 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
         obs, _, _, truncated, info = env.step(action)
         if info["success"] and success_at is None:
             success_at = t
-        if truncated or (success_at is not None and t - success_at >= stop_after_success):
+        # LIBERO's "on" succeeds while the object is still in the hand: an expert that says it is not finished
+        # (has not released yet) keeps going, so demonstrations end with the object let go.
+        settled = getattr(env, "expert_finished", lambda: True)()
+        if truncated or (success_at is not None and t - success_at >= stop_after_success and settled):
             break
     ep = {k: np.stack(v) for k, v in frames.items()}
     ep[K.TASK] = env.instruction
     ep["timestamp"] = (np.arange(len(ep[K.ACTION])) / env.fps).astype(np.float32)
     ep.update(annotate_episode(ep, task_name=task, instruction=env.instruction,
-                               box_source=default_box_source(ep, cameras[0]), camera=cameras[0]))  # fmt: skip
+                               box_source=default_box_source(ep, cameras[0]), camera=cameras[0],
+                               layout=get_simulator(sim).state_layout))  # the simulator's right/forward/up words
     meta = {"success": success_at is not None, "task_name": task, "episode": episode,
-            "episode_seed": int(reset_info.get("episode_seed", -1)), "success_step": -1 if success_at is None else success_at}  # fmt: skip
+            "episode_seed": int(reset_info.get("episode_seed", -1)),
+            "init_state": int(reset_info.get("init_state", -1)),  # LIBERO: -1 = not a benchmark init state
+            "success_step": -1 if success_at is None else success_at}  # fmt: skip
     return ep, meta
 
 
@@ -107,7 +122,7 @@ def _key(task: str, episode: int) -> str:
 
 
 def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int, out: str | Path, seed: int = 0,
-            workers: int = 1, cameras: Sequence[str] = (K.DEFAULT_CAMERA,), max_steps: int = 500,
+            workers: int = 1, cameras: Sequence[str] | None = None, max_steps: int | None = None,
             resume: bool = False, stop_after_success: int = 10, overwrite: bool = False, video: bool = False,
             progress: bool = True, env: str = "metaworld") -> dict:  # fmt: skip
     """Collect, annotate and write a LeRobot v3.0 dataset of successful expert episodes; returns a summary."""
@@ -124,9 +139,11 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     names = sim.resolve_tasks(tasks)
     if episodes_per_task < 1 or workers < 1 or stop_after_success < 0:
         raise ValueError("episodes_per_task and workers must be >= 1 and stop_after_success >= 0")
+    cameras = tuple(cameras or sim.default_cameras)
+    if max_steps is None:  # the evaluation protocol's limit of the longest task group
+        max_steps = max(sim.protocol().steps_for(sim.task_group(t)) for t in names)
     if max_steps < 1:  # 0 used to crash inside the first rollout and leave <out>.partial behind
         raise ValueError(f"--max-steps must be >= 1 (the expert needs steps to succeed), got {max_steps}")
-    cameras = tuple(cameras)
     sim.validate(cameras=cameras, image_size=image_size, max_steps=max_steps)  # fail before any worker starts
     out = Path(out)
     counters_path = out.with_name(out.name + ".collect.json")
@@ -182,7 +199,10 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
             f"the expert succeeded in none of {attempts} episodes within --max-steps {max_steps}; nothing was written "
             f"to {out}: raise --max-steps or check the tasks"
         )
-    return _finish(writer, stats, names, start, (frames, written), out, counters_path, args=record)
+    setup = {"env": env, "seed": seed, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps,
+             "train_init": sim.train_init or "reset(split='train')",
+             "warmup_steps": sim.protocol().warmup_steps}  # fmt: skip
+    return _finish(writer, stats, names, start, (frames, written), out, counters_path, setup, args=record)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -224,20 +244,21 @@ def _already_published(out: Path, counters_path: Path, record: dict) -> dict:
     return summary | {"out": str(out), "seconds": 0.0, "episodes_per_s": 0.0, "already_complete": True}
 
 
-def _finish(writer, stats, names, start, counts, out, counters_path, args: dict | None = None) -> dict:
+def _finish(writer, stats, names, start, counts, out, counters_path, setup: dict | None = None,
+            args: dict | None = None) -> dict:  # fmt: skip
     frames, written = counts
     attempts = sum(stats[t]["attempts"] for t in names)
     kept = sum(stats[t]["successes"] for t in names)
     per_task = {t: {"attempts": stats[t]["attempts"], "successes": stats[t]["successes"],
                     "success_rate": stats[t]["successes"] / max(stats[t]["attempts"], 1)} for t in names}  # fmt: skip
     summary = {"episodes_kept": kept, "attempts": attempts, "success_rate": kept / max(attempts, 1),
-               "per_task": per_task, "args": args}  # fmt: skip
+               "per_task": per_task, "args": args, **(setup or {})}  # fmt: skip
     if kept == 0:
         raise RuntimeError(f"The expert succeeded in none of {attempts} episodes; nothing to write to {out}.")
     order = {t: i for i, t in enumerate(names)}
 
     def by_task_episode(key: str) -> tuple[int, int]:  # "<task>/train/<episode>" -> (task position, episode)
-        task, _, episode = key.split("/")
+        task, _, episode = key.rsplit("/", 2)  # task names may contain "/" (LIBERO: "<suite>/<name>")
         return order.get(task, len(order)), int(episode)
 
     writer.finalize(extra_info={"latentvla_collect": summary}, sort_key=by_task_episode)

@@ -10,10 +10,13 @@ Two objects per simulator:
 - a `SimEnv` per (task, cameras, image size): gymnasium-style `reset(episode=i, split=s, seed=k)` and
   `step(action)`, observations under LeRobot keys (`observation.images.<camera>`, `observation.state`,
   `task`), `info["success"]`, and optionally `privileged()` (simulator ground truth for the CoT annotator,
-  constants.PRIV_*) and `expert_action()` (a scripted expert for `collect`).
+  constants.PRIV_*) and `expert_action()` (a scripted expert for `collect`). An observation may be a
+  `envs.lazy.LazyObservation` (LIBERO): a read-only mapping whose images render when first read, so a policy
+  that executes a chunk open-loop costs one render per chunk; read it before the next `step`.
 
 `reset(episode=i, ...)` is deterministic: episode i of a task always starts from the same state (Meta-World: a
-seeded random vector per split; LIBERO: the benchmark's init state i).
+seeded random vector per split; LIBERO: the benchmark's init state i for "eval", a fresh seeded placement for
+"train").
 
 An `EvalProtocol` fixes everything that makes two evaluations comparable (episodes per task, seed, max steps
 per task group, no-op warm-up, gripper post-processing, how much of each chunk runs before re-querying) and is
@@ -60,6 +63,7 @@ class TaskSpec:
     target: str
     motion: str
     box_anchor: str = "object"
+    goal: str = "goal"  # what the target is carried to ("basket", "plate"), named by the subtask text
 
     def __post_init__(self) -> None:
         if self.motion not in ("grasp", "push"):
@@ -177,7 +181,9 @@ class Simulator(ABC):
     cameras: tuple[str, ...]  # camera names accepted by `make`
     default_cameras: tuple[str, ...]
     flipped_cameras: frozenset[str] = frozenset()  # cameras whose frames are stored rotated by 180°
+    bottom_up_cameras: frozenset[str] = frozenset()  # cameras rendered with rows bottom-up (before any flip)
     has_expert: bool = False  # a scripted expert exists (`collect` needs one)
+    train_init: str = ""  # how `reset(split="train")` episodes start, in words (recorded by `collect`)
     default_protocol: str = "default"
     # Client key map of the policy server: openpi-style key -> LeRobot key (ecosystem.md §2).
     client_keys: Mapping[str, str] = {}

@@ -3,7 +3,8 @@
 `privileged.camera.<cam>` holds a camera's pos(3) + xmat(9, row-major) + fovy(1, degrees) per frame
 (`camera_params`); `project_points` maps world points into the stored image. Simulators that store a camera's
 frames rotated by 180° (Meta-World's corner cameras, LIBERO's cameras; `Simulator.flipped_cameras`) project
-with `flipped=True`, so boxes match the stored images.
+with `flipped=True`, so boxes match the stored images; LIBERO's renderer also returns rows bottom-up
+(`Simulator.bottom_up_cameras`), so its stored frames are mirror images of the pinhole view.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ def camera_params(data: Any, model: Any, cam_id: int) -> np.ndarray:
     )
 
 
-def project_points(points: np.ndarray, params: np.ndarray, flipped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def project_points(points: np.ndarray, params: np.ndarray, flipped: bool = False,
+                   bottom_up: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """World points (N, 3) -> normalized image coords (N, 2) in the stored image, in_front (N,).
 
     Pinhole model of MuJoCo cameras: the camera frame has x right, y up and looks along -z; `fovy` is the
     vertical field of view; images are square. (0, 0) is the top-left corner, (1, 1) the bottom-right.
-    `flipped`: the stored image is the rendered one rotated by 180°.
+    `flipped`: the stored image is the rendered one rotated by 180°. `bottom_up`: the renderer returns rows
+    bottom-up (robosuite's OpenGL image convention, LIBERO), so the rendered image is the pinhole view upside
+    down; with `flipped` too (LeRobot's LIBERO images) the stored image is the pinhole view mirrored left-right.
     """
     points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     params = np.asarray(params, dtype=np.float64)
@@ -36,6 +40,8 @@ def project_points(points: np.ndarray, params: np.ndarray, flipped: bool = False
     f = 0.5 / np.tan(np.deg2rad(fovy) / 2.0)  # focal length in units of the image height
     safe = np.where(in_front, depth, 1.0)
     uv = np.stack([0.5 + f * pc[:, 0] / safe, 0.5 - f * pc[:, 1] / safe], axis=1)
+    if bottom_up:
+        uv[:, 1] = 1.0 - uv[:, 1]
     if flipped:
         uv = 1.0 - uv
     return uv, in_front

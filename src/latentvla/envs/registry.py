@@ -50,3 +50,8 @@ def client_key_map() -> dict[str, str]:
 def flipped_cameras() -> frozenset[str]:
     """Camera names whose frames some simulator stores rotated by 180° (for projecting privileged boxes)."""
     return frozenset().union(*(get_simulator(name).flipped_cameras for name in SIMULATORS))
+
+
+def bottom_up_cameras() -> frozenset[str]:
+    """Camera names some simulator renders with rows bottom-up (robosuite's OpenGL convention: LIBERO)."""
+    return frozenset().union(*(get_simulator(name).bottom_up_cameras for name in SIMULATORS))

@@ -7,24 +7,27 @@ import json
 import sys
 
 
-def _cameras(values: list[str] | None) -> tuple[str, ...]:
-    from latentvla.constants import DEFAULT_CAMERA
-
-    cams = [c.strip() for v in (values or [DEFAULT_CAMERA]) for c in v.split(",") if c.strip()]
-    return tuple(dict.fromkeys(cams))
+def _cameras(values: list[str] | None) -> tuple[str, ...] | None:
+    """Repeated / comma-separated --camera values; None: the simulator's default cameras."""
+    cams = [c.strip() for v in (values or []) for c in v.split(",") if c.strip()]
+    return tuple(dict.fromkeys(cams)) or None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("collect", help="collect scripted-expert demonstrations (with CoT annotation)")
     p.add_argument("--env", default="metaworld", help="simulator with a scripted expert (envs/registry.py)")
-    p.add_argument("--tasks", required=True, help="comma list of task names and/or suites (mt10, mt50, easy, ...)")
+    p.add_argument("--tasks", required=True,
+                   help="comma list of task names and/or suites (mt10, mt50, easy, ...; libero_object, libero_spatial:0-4)")
     p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes to keep per task")
-    p.add_argument("--image-size", type=int, default=64, help="square image size in pixels (64-224)")
+    p.add_argument("--image-size", type=int, default=64, help="square image size in pixels (Meta-World 64-224, LIBERO 32-512)")
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--seed", type=int, default=0, help="collection seed (episode starts derive from it)")
     p.add_argument("--workers", type=int, default=1, help="rollout processes")
-    p.add_argument("--camera", action="append", help="camera name; repeat or comma-separate (default corner4)")
-    p.add_argument("--max-steps", type=int, default=500, help="step limit per episode (<= 500)")
+    p.add_argument("--camera", action="append",
+                   help="camera name; repeat or comma-separate (default: the simulator's, Meta-World corner4, "
+                        "LIBERO image,image2 = agent view + wrist)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="step limit per episode (default: the evaluation protocol's; Meta-World 500, LIBERO 220-520)")
     p.add_argument("--stop-after-success", type=int, default=10, help="frames kept after the first success")
     p.add_argument("--resume", action="store_true", help="continue an interrupted collection in OUT.partial")
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete dataset at OUT")
