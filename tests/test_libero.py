@@ -124,3 +124,9 @@ def test_synthetic_libero_dataset_annotate_train_eval(tmp_path):
     assert (p["name"], p["seed"], p["warmup_steps"], info["config"]["seed"]) == ("papers", 7, 10, 7)
     assert p["max_steps"]["libero_object"] == 280 and p["execution_applied"] == "fixed:8"
     assert any(v.endswith(".gif") for v in info["video_paths"])
+    # the pool: env processes send their (lazily rendered) observations to the one policy process at query steps
+    pooled = tmp_path / "eval_pool"
+    assert cli(["eval", str(run), "--env", "libero", "--tasks", "libero_object:0", "--episodes", "2",
+                "--max-steps", "6", "--workers", "2", "--quiet", "--out", str(pooled)]) == 0  # fmt: skip
+    (task,) = json.loads((pooled / "eval_info.json").read_text())["per_task"]
+    assert task["metrics"]["lengths"] == [6, 6] and task["metrics"]["n_calls"] == 2

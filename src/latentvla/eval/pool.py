@@ -133,7 +133,9 @@ def env_worker(conn: Any, settings: Any, cameras: tuple, image_size: int) -> Non
     os.environ.setdefault("MUJOCO_GL", "egl")
 
     def fetch(obs: dict) -> Chunk:
-        conn.send(("obs", obs))
+        # dict(): a LIBERO observation renders its images only when read (envs/lazy.py), here, at a query step;
+        # the lazy mapping itself holds the renderer and does not pickle
+        conn.send(("obs", dict(obs)))
         return Chunk(*conn.recv())
 
     agent, envs = QueueAgent(fetch), {}
