@@ -7,7 +7,7 @@
 #
 # Safe to run cold on a bare machine: it uses $PYTHON, else ./.venv, else python3 if it already has latentvla's
 # dependencies, pytest and torch; otherwise it makes ./.venv with the README's install command
-# (`pip install torch==2.13.0 && pip install -e ".[sim,serve,dev,hf,video,libero,ray]"`, needs PyPI). It then
+# (`pip install torch==2.13.0 && pip install -e ".[sim,serve,dev,hf,video,libero,ray,vision]"`, needs PyPI). It then
 # checks that torch sees a CUDA GPU and explains what to do when it does not (a CPU-only torch build is the
 # usual cause: PyPI's Linux torch wheel is the CUDA build, the pytorch.org CPU index is not).
 # Environment: GPU_CHECK_DEVICE (default cuda; "cpu" dry-runs the script itself on a CPU machine),

@@ -187,7 +187,7 @@ def build_sequence(
     ids[:, text0 - 1], segs[:, text0 - 1] = tok.end_thinking_id, S.TEXT
     ids[:, img0:act0], segs[:, img0:act0] = tok.img_next_id, S.IMG_NEXT
     sup[:, img0 : img0 + min(1, n_img_next)] = True  # only the first <img_next> is supervised
-    # Action ids on a device stay there: the host lays out a placeholder, written over on the device below
+    # Action ids on a device stay there: the host lays out stand-in ids, written over on the device below
     # (reading them back would stall the training step until the device caught up).
     on_device = L > 0 and _on_device(action_token_ids)
     if L:
