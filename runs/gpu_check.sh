@@ -28,7 +28,7 @@ if [ -z "$PY" ]; then
   echo "gpu_check: no Python with latentvla + pytest + torch; creating .venv (README install command)" >&2
   [ -x .venv/bin/python ] || python3 -m venv .venv || { echo "error: python3 -m venv failed" >&2; exit 2; }
   PY="$ROOT/.venv/bin/python"
-  if ! { "$PY" -m pip install -q torch==2.13.0 && "$PY" -m pip install -q -e ".[sim,serve,dev,hf,video,libero]"; }; then
+  if ! { "$PY" -m pip install -q torch==2.13.0 && "$PY" -m pip install -q -e ".[sim,serve,dev,hf,video,libero,ray,vision]"; }; then
     echo "error: the install failed (no PyPI access?); install on a connected machine or set PYTHON=/path/to/python" >&2
     exit 2
   fi
