@@ -44,7 +44,14 @@ from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.execution import make_horizon
 from latentvla.models.halting import parse_halting
 from latentvla.models.vla import LatentVLA, SampleOutput
-from latentvla.observation import BadObservation, check_task_tokens, prepare_image, prepare_state, prepare_task
+from latentvla.observation import (
+    MAX_TASK_TOKENS,
+    BadObservation,
+    check_task_tokens,
+    prepare_image,
+    prepare_state,
+    prepare_task,
+)
 
 
 def _dedup(model: nn.Module, state_dict: dict) -> dict:
@@ -241,7 +248,10 @@ class Policy(nn.Module):
         # one validator with the server (observation.py): uint8 HWC/CHW or float in [0, 1], scaled by 255 once
         tasks = [prepare_task(TASK, o[TASK]) for o in observations]
         for task in tasks:  # the prompt's cost is its token count, not its characters
-            check_task_tokens(TASK, task, len(self.model.tokenizer.encode(task)))
+            # a tokenizer makes at most one token per UTF-8 byte (+ a few specials): short prompts are not
+            # tokenized twice per call just to be counted
+            if len(task.encode()) > MAX_TASK_TOKENS - 8:
+                check_task_tokens(TASK, task, len(self.model.tokenizer.encode(task)))
         batch: dict[str, Any] = {TASK: tasks}
         for cam in self.config.cameras:
             key = f"{OBS_IMAGES}.{cam}"

@@ -41,7 +41,6 @@ from latentvla.registry import did_you_mean, lookup
 BACKBONE_SIZES = {"micro": (64, 2, 2), "tiny": (128, 4, 4), "small": (256, 6, 8), "base": (512, 8, 8)}
 BACKBONE_KINDS = ("tiny", "hf", "hf_vlm")
 BACKBONE_DTYPES = ("float32", "bfloat16", "float16", "auto")
-_HF_INSTALL = 'pip install -e ".[hf]"'
 
 
 @dataclass(frozen=True)

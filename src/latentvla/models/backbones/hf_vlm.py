@@ -43,7 +43,6 @@ from latentvla.models.backbone import (
 from latentvla.models.backbones.hf_version import require_transformers
 from latentvla.models.backbones.image_preprocess import DevicePreprocessor
 
-_HF_INSTALL = 'pip install -e ".[hf]"'
 # model_type -> (text model attribute of `.model`, vision kind); see VLMVision.forward.
 FAMILIES = {
     "qwen2_5_vl": ("language_model", "qwen"),
