@@ -31,9 +31,9 @@ try:
         """The smallest built-in backbone (random init, seed 0) at 32 px."""
         import torch
 
-        from latentvla.models.backbone import BackboneConfig, build_backbone
+        from latentvla.models.backbones import BackboneConfig, build_backbone
 
         torch.manual_seed(0)
-        return build_backbone(BackboneConfig(size="micro", image_size=32)).eval()
+        return build_backbone(BackboneConfig(size="micro"), image_size=32).eval()
 except ImportError:  # pragma: no cover
     pass

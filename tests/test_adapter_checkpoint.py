@@ -12,8 +12,8 @@ from latentvla.config import apply_overrides, get_preset, use_backbone
 from latentvla.data.dataset import VLADataset, make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
-from latentvla.models.backbones.tiny_hf import save_tiny
 from latentvla.policy import Policy
+from latentvla.testing.tiny_hf import save_tiny
 from latentvla.train.curriculum import stage_boundaries
 
 pytest.importorskip("peft")

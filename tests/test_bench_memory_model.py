@@ -95,7 +95,7 @@ def test_real_size_check_passes_within_tolerance_and_fails_outside(tmp_path, cap
 
     from latentvla.bench.real_size import predict
     from latentvla.cli import main
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.testing.tiny_hf import save_tiny
 
     models = {"lm": save_tiny("qwen2", tmp_path / "lm"), "dinov2": save_tiny("dinov2", tmp_path / "d"),
               "siglip": save_tiny("siglip", tmp_path / "s")}  # fmt: skip

@@ -15,11 +15,11 @@ from latentvla.data.dataset import make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import action_expert as expert_lib
-from latentvla.models import backbone as backbone_lib
 from latentvla.models import ema as ema_lib
 from latentvla.models import recurrent_head as head_lib
 from latentvla.models import sequence as seq_lib
 from latentvla.models import vision as vision_lib
+from latentvla.models.backbones import scratch as backbone_lib
 from latentvla.train.optim import build_optimizer, no_decay_param_ids
 from policy_helpers import policy_and_batches
 from test_sequence import _reference_build_sequence

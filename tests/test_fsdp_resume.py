@@ -66,8 +66,8 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_fsdp2_killed_after_stage1_checkpoint_resumes_to_the_uninterrupted_weights(dataset, tmp_path):
-    from latentvla.models.backbones.tiny_hf import save_tiny
     from latentvla.policy import Policy
+    from latentvla.testing.tiny_hf import save_tiny
     from latentvla.train.checkpoint import list_checkpoints, load_training_state
 
     backbone = save_tiny("qwen2", tmp_path / "qwen2")

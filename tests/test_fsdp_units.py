@@ -148,7 +148,7 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_fsdp2_units_fp32_inputs_no_sync_accumulation_and_batched_ema_gather(dataset, tmp_path):
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.testing.tiny_hf import save_tiny
 
     cfg = use_backbone(get_preset("lara", "micro"), str(save_tiny("qwen2", tmp_path / "qwen2")))
     cfg = apply_overrides(cfg, ["policy.horizon=4", "augment=false"])

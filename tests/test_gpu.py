@@ -32,7 +32,7 @@ TINY_PRESETS = ("lara", "lara-explicit", "lara-latent-text", "lara-no-cot", "eco
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory):
     pytest.importorskip("transformers")
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.testing.tiny_hf import save_tiny
 
     root = tmp_path_factory.mktemp("tiny_hf")
     return {f: str(save_tiny(f, root / f)) for f in ("qwen3_vl", "qwen2", "dinov2", "siglip")}

@@ -29,7 +29,7 @@ pytestmark = [
 
 @pytest.mark.parametrize("preset", ["lara", "rdvla"])
 def test_every_stage_trains_and_checkpoint_round_trips_on_smollm2(tmp_path, preset):
-    from latentvla.models.backbone import smollm2_local_dir
+    from latentvla.testing.smollm2 import smollm2_local_dir
 
     root = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=10, image_size=32)
     reader = LeRobotDatasetReader(root)

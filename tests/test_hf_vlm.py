@@ -14,12 +14,12 @@ from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.dataset import VLADataset, make_normalizer
 from latentvla.data.lerobot_format import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
-from latentvla.models.backbone import BackboneConfig, build_backbone
+from latentvla.models.backbones import BackboneConfig, build_backbone
 from latentvla.models.backbones.hf_vlm import mrope_positions
-from latentvla.models.backbones.tiny_hf import save_tiny
 from latentvla.models.sequence import build_sequence
 from latentvla.models.thinking import generate, latent_forward, naive_latent_forward
 from latentvla.policy import Policy
+from latentvla.testing.tiny_hf import save_tiny
 from latentvla.train.curriculum import stage_boundaries
 
 transformers = pytest.importorskip("transformers")  # CI installs .[hf]; the import guard is for bare installs
@@ -53,9 +53,9 @@ def _policy(tiny, data, family, preset="lara", *overrides, vision=()):
 
 def _backbone(tiny, family, **kw):
     torch.manual_seed(0)
-    kw = {"image_size": 32, **kw}
-    cfg = BackboneConfig(kind="hf_vlm", hf_path=str(tiny[family]), num_action_bins=8, **kw)
-    return build_backbone(cfg).eval()
+    shape = {"image_size": 32, "num_action_bins": 8} | {k: kw.pop(k) for k in ("image_size", "num_cameras") if k in kw}
+    cfg = BackboneConfig(kind="hf_vlm", hf_path=str(tiny[family]), **kw)
+    return build_backbone(cfg, **shape).eval()
 
 
 def _prefix(bb, n_latent=2, n_img_next=4, n_cam=1):

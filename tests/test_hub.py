@@ -111,8 +111,8 @@ def test_train_rdvla_from_hub_ids_offline_then_reload_from_the_pinned_ids(tmp_pa
 
     pytest.importorskip("transformers")
     from latentvla.cli import main
-    from latentvla.models.backbones.tiny_hf import save_tiny
     from latentvla.policy import Policy
+    from latentvla.testing.tiny_hf import save_tiny
 
     lm = cache_model("tiny-org/qwen2", lambda d: save_tiny("qwen2", d))
     cache_model("tiny-org2/dinov2", lambda d: save_tiny("dinov2", d), commit="f" * 40)

@@ -102,11 +102,11 @@ def test_resampler_equals_pillow(resample, shape):
 
 def test_hf_backbone_never_calls_the_pil_processor_in_training(tmp_path):
     """The tiny Qwen3-VL backbone encodes images (and the EMA target) with the device path only."""
-    from latentvla.models.backbone import BackboneConfig, build_backbone
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.models.backbones import BackboneConfig, build_backbone
+    from latentvla.testing.tiny_hf import save_tiny
 
-    bb = build_backbone(BackboneConfig(kind="hf_vlm", hf_path=str(save_tiny("qwen3_vl", tmp_path / "q")),
-                                       num_action_bins=8, image_size=32))  # fmt: skip
+    bb = build_backbone(BackboneConfig(kind="hf_vlm", hf_path=str(save_tiny("qwen3_vl", tmp_path / "q"))),
+                        num_action_bins=8, image_size=32)  # fmt: skip
     x = _images(32, 1, False)
     ref = bb.vision.processor(images=list(x), do_rescale=False, return_tensors="pt")
 

@@ -198,7 +198,7 @@ def test_no_host_sync_outside_log_steps_hf_backbone(dataset, tmp_path, monkeypat
     SDPA vision attention splitting by the segment boundaries `_tower_inputs` keeps on the host."""
     pytest.importorskip("transformers")
     from latentvla.config import use_backbone
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.testing.tiny_hf import save_tiny
 
     path = save_tiny("qwen3_vl", tmp_path / "qwen3_vl")
     cfg = use_backbone(get_preset("lara", "micro"), str(path))
@@ -222,7 +222,7 @@ def test_deepstack_by_index_equals_transformers_boolean_mask(data, tmp_path):
     per-sample losses and every gradient (bitwise)."""
     pytest.importorskip("transformers")
     from latentvla.config import use_backbone
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.testing.tiny_hf import save_tiny
 
     path = save_tiny("qwen3_vl", tmp_path / "qwen3_vl")
     policy, (batch,) = policy_and_batches(*data, "lara", "policy.num_action_bins=8", indices=((0, 9),),

@@ -59,7 +59,7 @@ def test_fsdp2_two_gloo_processes_equal_one_process(dataset, tmp_path, backbone)
 
     cfg = get_preset("lara", "micro")
     if backbone != "tiny":
-        from latentvla.models.backbones.tiny_hf import save_tiny
+        from latentvla.testing.tiny_hf import save_tiny
 
         family = backbone.removeprefix("hf-")
         cfg = use_backbone(cfg, str(save_tiny(family, tmp_path / family)))

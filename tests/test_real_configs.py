@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from latentvla.models.backbone import BackboneConfig, build_backbone
-from latentvla.models.backbones.tiny_hf import build_tiny
+from latentvla.models.backbones import BackboneConfig, build_backbone
+from latentvla.testing.tiny_hf import build_tiny
 
 tf = pytest.importorskip("transformers")
 torch.set_num_threads(1)
@@ -47,7 +47,7 @@ def test_padded_vocabulary_every_new_token_row_initialised_and_tie_kept(tmp_path
     path, tok_len = _padded_qwen(family, tmp_path / family)
     before = tf.AutoModelForCausalLM if kind == "hf" else tf.AutoModelForImageTextToText
     orig = before.from_pretrained(path).get_input_embeddings().weight.detach().clone()
-    bb = build_backbone(BackboneConfig(kind=kind, hf_path=str(path), image_size=32, num_action_bins=256))
+    bb = build_backbone(BackboneConfig(kind=kind, hf_path=str(path)), image_size=32, num_action_bins=256)
     model = bb.lm if kind == "hf" else bb.vlm
     w = model.get_input_embeddings().weight
     new = bb.tokenizer.new_token_ids
@@ -113,7 +113,7 @@ def test_half_precision_training_refused_unless_the_half_weights_are_frozen(tmp_
 
     from latentvla.cli import main
     from latentvla.data.synthetic import write_synthetic_dataset
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.testing.tiny_hf import save_tiny
 
     lm = save_tiny("qwen2", tmp_path / "lm")
     cfg = json.loads((lm / "config.json").read_text())
@@ -134,7 +134,7 @@ def test_too_old_transformers_fails_with_one_line_when_an_hf_backbone_is_built(t
     import tomllib
     from pathlib import Path
 
-    from latentvla.models.backbones.tiny_hf import save_tiny
+    from latentvla.testing.tiny_hf import save_tiny
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert "transformers>=5.24" in pyproject["project"]["optional-dependencies"]["hf"]
@@ -143,7 +143,7 @@ def test_too_old_transformers_fails_with_one_line_when_an_hf_backbone_is_built(t
 
     monkeypatch.setattr(hf_version, "installed_version", lambda: "5.23.0")
     with pytest.raises(ImportError, match=r"transformers 5\.23\.0 is too old.*>= 5\.24") as e:
-        build_backbone(BackboneConfig(kind="hf", hf_path=str(lm), num_action_bins=8))
+        build_backbone(BackboneConfig(kind="hf", hf_path=str(lm)), num_action_bins=8)
     assert "\n" not in str(e.value)
     monkeypatch.setattr(hf_version, "installed_version", lambda: "5.24.0")
-    build_backbone(BackboneConfig(kind="hf", hf_path=str(lm), num_action_bins=8))
+    build_backbone(BackboneConfig(kind="hf", hf_path=str(lm)), num_action_bins=8)

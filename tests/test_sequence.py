@@ -1,10 +1,12 @@
 """Sequence layout, per-stage attention masks (who may attend to whom) and shifted CE targets."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from latentvla.models.sequence import IGNORE, Segment, attention_mask, build_sequence, lm_loss
+from latentvla.models.sequence import IGNORE, Segment, attention_mask, build_sequence, token_losses
 from latentvla.models.tokenizer import Tokenizer
 
 TOK = Tokenizer(num_action_bins=16)
@@ -134,17 +136,22 @@ def test_bad_inputs_have_clear_errors():
         build_sequence(TOK, INSTR)  # n_image is required
 
 
-def test_lm_loss_matches_dense_cross_entropy():
+def test_token_losses_match_dense_cross_entropy():
     torch.manual_seed(0)
     seq = build_sequence(TOK, INSTR, COT, 1, N_IMG_NEXT, acts(), n_image=N_IMAGE)
     hidden = torch.randn(*seq.input_ids.shape, 8)
     proj = torch.randn(8, TOK.vocab_size)
-    per_sample = lm_loss(lambda h: h @ proj, hidden, seq.targets)
-    dense = F.cross_entropy((hidden @ proj).transpose(1, 2), seq.targets, reduction="none", ignore_index=IGNORE)
-    expected = dense.sum(1) / (seq.targets != IGNORE).sum(1)
-    torch.testing.assert_close(per_sample, expected)
-    none = torch.full_like(seq.targets, IGNORE)
-    assert lm_loss(lambda h: h @ proj, hidden, none).tolist() == [0.0, 0.0]
+    act_ids = TOK.action_token_ids
+    for sup in (seq.supervised, None):  # the host layout's positions, and the fallback that finds them
+        text, act = token_losses(lambda h: h @ proj, hidden, replace(seq, supervised=sup), act_ids)
+        dense = F.cross_entropy((hidden @ proj).transpose(1, 2), seq.targets, reduction="none", ignore_index=IGNORE)
+        valid = seq.targets != IGNORE
+        is_act = valid & (seq.targets >= act_ids.start) & (seq.targets < act_ids.stop)
+        assert is_act.any() and (valid & ~is_act).any()
+        for got, m in ((text, valid & ~is_act), (act, is_act)):
+            torch.testing.assert_close(got, (dense * m).sum(1) / m.sum(1))
+    none = replace(seq, targets=torch.full_like(seq.targets, IGNORE), supervised=None)
+    assert [t.tolist() for t in token_losses(lambda h: h @ proj, hidden, none, act_ids)] == [[0.0, 0.0]] * 2
 
 
 # ---- the vectorised layout against the original row-by-row one (kept here as the reference) ------------------

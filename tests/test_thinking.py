@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from latentvla.models.backbone import Backbone, BackboneConfig
+from latentvla.models.backbones import BackboneConfig, ScratchBackbone
 from latentvla.models.sequence import build_sequence
 from latentvla.models.thinking import generate, latent_forward, naive_latent_forward
 
@@ -15,7 +15,7 @@ COT = [" Reasoning: globally move forward", " BBox: [0.1 0.2 0.3 0.4]"]
 @pytest.fixture(scope="module")
 def bb():
     torch.manual_seed(0)
-    return Backbone(BackboneConfig())
+    return ScratchBackbone(BackboneConfig())
 
 
 def inputs(bb, n_latent=3, n_image=4, actions=True):

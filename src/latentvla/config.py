@@ -1,12 +1,12 @@
 """Top-level configs and the named preset registry.
 
-Each sub-config lives next to the module it configures (BackboneConfig in models/backbone.py, ActionExpertConfig
+Each sub-config lives next to the module it configures (BackboneConfig in models/backbones/, ActionExpertConfig
 in models/action_expert.py, RecurrentHeadConfig in models/recurrent_head.py, CurriculumConfig in
 models/curriculum.py); this file only composes them:
 
     TrainConfig
       └── policy: PolicyConfig
-            ├── backbone: BackboneConfig       one size dial: tiny | small | base (or a local HF model)
+            ├── backbone: BackboneConfig       one size dial, BACKBONE_SIZES (or a local HF model)
             ├── head: "flow" | "recurrent"     LaRA's DiT expert or RD-VLA's recurrent-depth head
             ├── expert / recurrent             their configs
             └── curriculum: CurriculumConfig   which stages, in which order (models/curriculum.py)
@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from latentvla.constants import DEFAULT_CAMERA
 from latentvla.models.action_expert import ActionExpertConfig
-from latentvla.models.backbone import BackboneConfig
+from latentvla.models.backbones import BACKBONE_SIZES, BackboneConfig
 from latentvla.models.backbones.lora import LoraSettings
 from latentvla.models.bc import BCConfig
 from latentvla.models.curriculum import CurriculumConfig
@@ -153,15 +153,8 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- presets
 
-SIZES = ("micro", "tiny", "small", "base")
-
-
-# size -> (head width, DiT depth, heads): the action heads follow the backbone's size dial.
-HEAD_SIZES = {"micro": (64, 2, 2), "tiny": (128, 4, 4), "small": (256, 6, 8), "base": (512, 8, 8)}
-
-
 def _policy(preset: str, size: str, **kw: Any) -> PolicyConfig:
-    width, depth, heads = HEAD_SIZES[size]
+    width, depth, heads = BACKBONE_SIZES[size]  # the action heads follow the backbone's size dial
     return PolicyConfig(
         preset=preset,
         backbone=BackboneConfig(size=size),
@@ -309,8 +302,8 @@ PRESETS = _presets()
 def get_preset(name: str, size: str = "tiny") -> TrainConfig:
     """A named preset at a size; unknown names get a did-you-mean error."""
     factory = lookup(PRESETS, name, "preset")
-    if size not in SIZES:
-        raise ValueError(did_you_mean(size, SIZES, "size"))
+    if size not in BACKBONE_SIZES:  # the one size dial (models/backbones/interface.py)
+        raise ValueError(did_you_mean(size, BACKBONE_SIZES, "size"))
     return factory(size)
 
 
@@ -360,13 +353,41 @@ def _coerce(tp: Any, value: Any) -> Any:
 
 def config_from_dict(cls: Any, data: dict) -> Any:
     """Inverse of `config_to_dict`; unknown keys are an error (a typo must not be silently ignored)."""
+    legacy: dict[str, Any] = {}
+    if cls is PolicyConfig and isinstance(data.get("backbone"), dict):
+        backbone = dict(data["backbone"])
+        legacy = {k: backbone.pop(k) for k in DERIVED_BACKBONE_FIELDS if k in backbone}
+        data = {**data, "backbone": backbone}
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         key = sorted(unknown)[0]
         raise ValueError(did_you_mean(key, names, f"field of {cls.__name__}"))
-    return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
+    cfg = cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
+    for key, value in legacy.items():
+        _check_derived_backbone_field(cfg, key, value)
+    return cfg
+
+
+# Backbone fields that the policy now owns (`LatentVLA` always built the backbone with the policy's values):
+# name -> (the old BackboneConfig default, the policy's value). A config.json written before still holds them.
+DERIVED_BACKBONE_FIELDS: dict[str, tuple[Any, typing.Callable[[PolicyConfig], Any]]] = {
+    "image_size": (64, lambda p: p.image_size),
+    "num_cameras": (1, lambda p: len(p.cameras)),
+    "num_action_bins": (256, lambda p: p.num_action_bins),
+}
+
+
+def _check_derived_backbone_field(policy: PolicyConfig, key: str, value: Any) -> None:
+    """An old config.json's `backbone.<key>` is dropped when it is the policy's value or the old default (which
+    every checkpoint wrote, unused); any other value was a setting the model silently ignored: refuse it."""
+    old_default, derive = DERIVED_BACKBONE_FIELDS[key]
+    if value not in (old_default, derive(policy)):
+        raise ValueError(
+            f"backbone.{key}={value} conflicts with the policy's {derive(policy)}: the backbone takes it from the "
+            f"policy now; delete backbone.{key} from config.json (or set it on the policy)."
+        )
 
 
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:

@@ -193,7 +193,7 @@ class Policy(nn.Module):
 
     @property
     def is_lora(self) -> bool:
-        return self.config.backbone.kind != "tiny" and self.config.backbone.lora.rank > 0
+        return self.config.backbone.kind != "scratch" and self.config.backbone.lora.rank > 0
 
     def save_merged(self, directory: str | Path, extra_config: dict | None = None) -> None:
         """A full checkpoint with the LoRA adapters folded into the base weights (loads without peft's wrapper:

@@ -35,7 +35,7 @@ def write_reference_models(out: str | Path) -> dict[str, Path]:
     import transformers as tf
 
     from latentvla.bench.memory import _DINOV2_L, _QWEN25_05B, _SIGLIP_SO400M, DINOV2_PROCESSOR
-    from latentvla.models.backbones.tiny_hf import tiny_tokenizer
+    from latentvla.testing.tiny_hf import tiny_tokenizer
 
     out = Path(out)
     paths = {"lm": out / "qwen2.5-0.5b", "dinov2": out / "dinov2-large", "siglip": out / "siglip-so400m-224"}

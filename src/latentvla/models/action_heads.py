@@ -19,7 +19,7 @@ from torch import Tensor
 
 from latentvla.constants import ACTION, ACTION_IS_PAD, OBS_STATE
 from latentvla.models.action_expert import FlowMatchingExpert
-from latentvla.models.backbone import BackboneOutput
+from latentvla.models.backbones import BackboneOutput
 from latentvla.models.recurrence import sample_depth, step_depth
 from latentvla.models.recurrent_head import RecurrentDepthHead
 from latentvla.models.sampling import SampleOptions, SampleOutput

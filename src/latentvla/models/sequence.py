@@ -303,16 +303,27 @@ def _cached_encoder(tok: Tokenizer) -> Callable[[str], list[int]]:
     return encode
 
 
-def lm_loss(logits_fn: Callable[[Tensor], Tensor], hidden: Tensor, targets: Tensor) -> Tensor:
-    """Per-sample mean CE over supervised positions -> (B,) (0 for rows with none).
+def token_losses(
+    logits_fn: Callable[[Tensor], Tensor], hidden: Tensor, seq: SequenceBatch, action_ids: range
+) -> tuple[Tensor, Tensor]:
+    """Per-sample mean next-token CE -> (text (B,), action tokens (B,)), split by whether the target is one of
+    `action_ids` (0 for rows with no such target): CoT text and discrete actions have their own loss weights.
 
     `logits_fn` is `backbone.logits`; it runs only on supervised positions, so the vocabulary projection costs
-    nothing for image, thinking and img_next tokens.
+    nothing for image, thinking and img_next tokens. The positions come from the host layout (`seq.supervised`),
+    as a boolean index would read the count back from the device.
     """
-    sel = targets != IGNORE
-    per_token = F.cross_entropy(logits_fn(hidden[sel]), targets[sel], reduction="none")
-    rows = sel.nonzero()[:, 0]
-    total = torch.zeros(targets.shape[0], dtype=per_token.dtype, device=hidden.device).index_add(
-        0, rows, per_token
-    )
-    return total / sel.sum(1).clamp(min=1)
+    targets = seq.targets  # already shifted: what position t must predict
+    valid = targets != IGNORE
+    ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
+    sup = seq.supervised
+    if sup is None:
+        sup = valid.flatten().nonzero().squeeze(1)
+    sup = sup.to(hidden.device)
+    logits = logits_fn(hidden.flatten(0, 1).index_select(0, sup))
+    per_token = F.cross_entropy(logits.float(), targets.flatten().index_select(0, sup), reduction="none")
+    ce = ce.flatten().index_put((sup,), per_token).view(targets.shape)
+    is_act = (targets >= action_ids.start) & (targets < action_ids.stop)
+    text, act = valid & ~is_act, valid & is_act
+    per = lambda m: (ce * m).sum(1) / m.sum(1).clamp(min=1)  # noqa: E731
+    return per(text), per(act)

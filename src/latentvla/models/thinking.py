@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from latentvla.models.backbone import BackboneOutput, cache_length
+from latentvla.models.backbones.interface import Backbone, BackboneOutput, cache_length
 from latentvla.models.device_checks import check
 
 
@@ -55,15 +55,8 @@ def concat_outputs(outputs: list[BackboneOutput]) -> BackboneOutput:
     return BackboneOutput(hidden=hidden, layers=layers)
 
 
-def _thought(backbone: Any, hidden: Tensor) -> Tensor:
-    """The input a thinking token gets from the previous position's hidden state (the backbone may rescale it,
-    e.g. to the token-embedding RMS of a pretrained LM, `BackboneConfig.rescale_thoughts`)."""
-    fn = getattr(backbone, "thought", None)
-    return hidden if fn is None else fn(hidden)
-
-
 def latent_forward(
-    backbone: Any,
+    backbone: Backbone,
     embeds: Tensor,
     attention_mask: Tensor,
     position_ids: Tensor,
@@ -83,7 +76,7 @@ def latent_forward(
          thinking latents (B, K, D): the final-normed hidden states at the thinking columns, one per CoT component).
     """
     T = embeds.shape[1]
-    if cache is None and torch.is_grad_enabled() and not getattr(backbone, "cache_in_training", True):
+    if cache is None and torch.is_grad_enabled() and not backbone.cache_in_training:
         # gradient checkpointing drops the KV cache in transformers layers: recompute the prefixes instead
         return naive_latent_forward(backbone, embeds, attention_mask, position_ids, thinking_cols)
     cache = backbone.new_cache() if cache is None else cache
@@ -94,7 +87,7 @@ def latent_forward(
     for start, end in bounds:
         x = embeds[:, start:end]
         if outputs:  # this pass starts at a thinking column: feed the previous position's last hidden state
-            x = torch.cat([_thought(backbone, outputs[-1].hidden[:, -1:]), x[:, 1:]], dim=1)
+            x = torch.cat([backbone.thought(outputs[-1].hidden[:, -1:]), x[:, 1:]], dim=1)
         outputs.append(
             backbone(
                 x,
@@ -117,7 +110,7 @@ def _columns(x: Tensor, cols: Sequence[int]) -> Tensor:
 
 
 def naive_latent_forward(
-    backbone: Any, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, thinking_cols: Sequence[int]
+    backbone: Backbone, embeds: Tensor, attention_mask: Tensor, position_ids: Tensor, thinking_cols: Sequence[int]
 ) -> tuple[BackboneOutput, Tensor]:
     """Reference for `latent_forward`: each thought re-runs the full prefix from scratch, no cache."""
     T = embeds.shape[1]
@@ -125,7 +118,7 @@ def naive_latent_forward(
     x = embeds
     for c in thinking_cols:
         prefix = backbone(x[:, :c], attention_mask=attention_mask[:, :c, :c], position_ids=position_ids[:, :c])
-        x = torch.cat([x[:, :c], _thought(backbone, prefix.hidden[:, -1:]), x[:, c + 1 :]], dim=1)
+        x = torch.cat([x[:, :c], backbone.thought(prefix.hidden[:, -1:]), x[:, c + 1 :]], dim=1)
     out = backbone(x, attention_mask=attention_mask, position_ids=position_ids)
     return out, out.hidden[:, list(thinking_cols)]
 
@@ -143,7 +136,7 @@ class GenerationOutput:
 
 @torch.no_grad()
 def generate(
-    backbone: Any,
+    backbone: Backbone,
     embeds: Tensor,
     attention_mask: Tensor,
     position_ids: Tensor,

@@ -13,6 +13,9 @@ Id layout (stable for a given `num_action_bins` and `extra_words`):
     [specials (8)] [<act_0> .. <act_{n-1}>] [<0x00> .. <0xFF>] [words ...]
 Special tokens (LaRA §1.2, Coconut §4): <pad> <bos> <eos> <start_of_thinking> <thinking> <end_of_thinking>
 <img_next> <query> (RD-VLA latent/query token).
+
+`HFTokenizer` is the same interface over a transformers tokenizer (the "hf" and "hf_vlm" backbones), with these
+special and action tokens added to its vocabulary.
 """
 
 from __future__ import annotations
@@ -205,3 +208,35 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, num_action_bins={self.num_action_bins})"
+
+
+class HFTokenizer:
+    """Our tokenizer interface over a transformers tokenizer, with our special and action tokens added."""
+
+    def __init__(self, hf_tokenizer: Any, num_action_bins: int) -> None:
+        self.hf = hf_tokenizer
+        self.num_action_bins = num_action_bins
+        actions = [f"<act_{i}>" for i in range(num_action_bins)]
+        before = len(self.hf)
+        self.hf.add_tokens([*SPECIAL_TOKENS, *actions], special_tokens=True)
+        ids = self.hf.convert_tokens_to_ids([*SPECIAL_TOKENS, *actions])
+        self._special = dict(zip(SPECIAL_TOKENS, ids))
+        first = ids[len(SPECIAL_TOKENS)]
+        if ids[len(SPECIAL_TOKENS) :] != list(range(first, first + num_action_bins)):
+            raise ValueError(
+                "The HF tokenizer did not give the action tokens contiguous ids; use a fresh tokenizer."
+            )
+        self.action_token_ids = range(first, first + num_action_bins)
+        self.vocab_size = len(self.hf)
+        self.base_vocab = before  # the pretrained tokenizer's length: ids below it have trained rows
+        self.new_token_ids = list(range(before, len(self.hf)))  # rows added to the embedding
+        for name, attr in zip(SPECIAL_TOKENS, ("pad", "bos", "eos", "start_thinking", "thinking", "end_thinking",
+                                               "img_next", "query")):  # fmt: skip
+            setattr(self, f"{attr}_id", self._special[name])
+        self.special_ids = tuple(ids[: len(SPECIAL_TOKENS)])
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Any, skip_special: bool = True) -> str:
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)

@@ -43,7 +43,7 @@ from latentvla.data.cot import format_cot
 from latentvla.models import sequence as seq_lib
 from latentvla.models.action_heads import build_action_head, gather
 from latentvla.models.action_tokenizer import BinningActionTokenizer
-from latentvla.models.backbone import BackboneOutput, build_backbone, cache_length
+from latentvla.models.backbones import BackboneOutput, build_backbone, cache_length
 from latentvla.models.curriculum import StageSpec, final_stage
 from latentvla.models.ema import ema_update, horizon_decay, make_ema
 from latentvla.models.sampling import SampleOptions, SampleOutput, stack_outputs
@@ -102,12 +102,7 @@ class LatentVLA(nn.Module):
         self.final = final_stage(cfg.curriculum)
         self.stage = self.final  # the stage the model acts as at inference (`set_stage`; Policy reads checkpoints)
         self.backbone = build_backbone(
-            replace(
-                cfg.backbone,
-                image_size=cfg.image_size,
-                num_cameras=len(cfg.cameras),
-                num_action_bins=cfg.num_action_bins,
-            )
+            cfg.backbone, image_size=cfg.image_size, num_cameras=len(cfg.cameras), num_action_bins=cfg.num_action_bins
         )
         width = self.backbone.width
         self.uses_visual = any(s.visual_latents for s in stages)
@@ -249,23 +244,8 @@ class LatentVLA(nn.Module):
 
     def _token_losses(self, hidden: Tensor, seq) -> tuple[Tensor, Tensor]:
         """Next-token CE per sample, split into CoT text targets and discrete action-token targets."""
-        targets = seq.targets  # already shifted: what position t must predict
-        valid = targets != seq_lib.IGNORE
-        ce = torch.zeros(targets.shape, dtype=torch.float32, device=hidden.device)
-        # the vocabulary projection runs only where supervised; the positions come from the host layout
-        # (`seq.supervised`), as a boolean index would read the count back from the device
-        sup = seq.supervised
-        if sup is None:
-            sup = valid.flatten().nonzero().squeeze(1)
-        sup = sup.to(hidden.device)
-        logits = self.backbone.logits(hidden.flatten(0, 1).index_select(0, sup))
-        per_token = F.cross_entropy(logits.float(), targets.flatten().index_select(0, sup), reduction="none")
-        ce = ce.flatten().index_put((sup,), per_token).view(targets.shape)
         off = self._action_offset
-        is_act = (targets >= off) & (targets < off + self.cfg.num_action_bins)
-        text, act = valid & ~is_act, valid & is_act
-        per = lambda m: (ce * m).sum(1) / m.sum(1).clamp(min=1)  # noqa: E731
-        return per(text), per(act)
+        return seq_lib.token_losses(self.backbone.logits, hidden, seq, range(off, off + self.cfg.num_action_bins))
 
     def _visual_loss(self, hidden: Tensor, seq, batch: dict) -> Tensor:
         """L1 between <img_next> last hidden states and EMA next-frame features; masked at episode end (Eq. 2)."""

@@ -31,15 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentvla.models.backbones import Backbone
+
 PARALLEL_MODES = ("ddp", "fsdp")
 
 
-def transformer_blocks(backbone: nn.Module) -> list[nn.Module]:
-    """The backbone's language-model blocks (one FSDP unit each): tiny `blocks`, transformers `layers`."""
-    text = getattr(backbone, "_text", None)
-    if text is not None:
-        return list(text.layers)
-    return list(getattr(backbone, "blocks", []))
+def transformer_blocks(backbone: Backbone) -> list[nn.Module]:
+    """The backbone's language-model blocks (one FSDP unit each)."""
+    return backbone.transformer_blocks()
 
 
 def mixed_precision(bf16: bool, cast_inputs: bool):
@@ -54,25 +53,16 @@ def mixed_precision(bf16: bool, cast_inputs: bool):
     )
 
 
-def vision_units(backbone: nn.Module) -> list[nn.Module]:
+def vision_units(backbone: Backbone) -> list[nn.Module]:
     """The registered modules of the vision tower (+ projector): the tower itself when the backbone registers it,
     else (HF VLMs, whose `vision` is an unregistered view) the VLM's own modules it runs."""
-    children = dict(backbone.named_children())
-    if "vision" in children:
-        return [children["vision"]]
-    parts = getattr(getattr(backbone, "vision", None), "parts", None)
-    return list(parts.values()) if parts is not None else []
+    return backbone.vision_modules()
 
 
-def embedding_units(backbone: nn.Module) -> list[nn.Module]:
-    """An HF backbone's input embedding and LM head (one unit: tied models share the tensor). The tiny backbone
+def embedding_units(backbone: Backbone) -> list[nn.Module]:
+    """An HF backbone's input embedding and LM head (one unit: tied models share the tensor). The scratch backbone
     multiplies by its embedding table directly in `logits` (no module call), so its table stays in the root."""
-    hf = getattr(backbone, "lm", None)
-    hf = getattr(backbone, "vlm", None) if hf is None else hf
-    if hf is None or not hasattr(hf, "get_input_embeddings"):
-        return []
-    units = [hf.get_input_embeddings(), hf.get_output_embeddings()]
-    return [m for i, m in enumerate(units) if m is not None and all(m is not u for u in units[:i])]
+    return backbone.embedding_modules()
 
 
 def wrap(loss_module: nn.Module, model: nn.Module, mode: str, device: torch.device, world_size: int,

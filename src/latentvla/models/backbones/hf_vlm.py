@@ -32,16 +32,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from latentvla.models.backbone import (
-    BackboneOutput,
-    HFTokenizer,
-    _check_forward_args,
-    cache_length,
+from latentvla.models.backbones.hf_lm import (
+    additive_mask,
+    embedding_rms,
     grow_vocab,
+    local_model_dir,
     rescale_to_rms,
+    text_forward,
+    torch_dtype,
+    unique_modules,
 )
 from latentvla.models.backbones.hf_version import require_transformers
 from latentvla.models.backbones.image_preprocess import DevicePreprocessor
+from latentvla.models.backbones.interface import (
+    Backbone,
+    BackboneConfig,
+    BackboneOutput,
+    BackboneShape,
+    cache_length,
+    check_forward_args,
+)
+from latentvla.models.backbones.lora import apply_lora, merge_lora
+from latentvla.models.tokenizer import HFTokenizer
 
 # model_type -> (text model attribute of `.model`, vision kind); see VLMVision.forward.
 FAMILIES = {
@@ -51,7 +63,6 @@ FAMILIES = {
     "smolvlm": ("text_model", "idefics3"),
     "paligemma": ("language_model", "paligemma"),
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def vlm_model_type(path: str | os.PathLike) -> str | None:
@@ -186,33 +197,28 @@ def qwen_position_table(grids: list[tuple[int, int]], wrap: bool) -> tuple[Tenso
     return torch.cat(cols, dim=1), s
 
 
-class HFVLMBackbone(nn.Module):
+class HFVLMBackbone(nn.Module, Backbone):
     """A local transformers VLM (`FAMILIES`) behind the backbone interface; see the module docstring."""
 
-    def __init__(self, cfg: Any) -> None:  # cfg: BackboneConfig (kind="hf_vlm")
+    def __init__(self, cfg: BackboneConfig, shape: BackboneShape | None = None) -> None:
         super().__init__()
         require_transformers()
         from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-        from latentvla.hub import resolve_model
-
-        path = resolve_model(cfg.hf_path or "", "hf_path")  # a local dir, or ORG/NAME[@REV] from the HF cache
-        if not path.is_dir():
-            raise FileNotFoundError(f"hf_path {str(path)!r} is not a local directory or a Hugging Face model id.")
+        path = local_model_dir(cfg.hf_path)
         model_type = vlm_model_type(path)
         if model_type is None:
             raise ValueError(
                 f"{path} is not a supported VLM (config.json model_type must be one of {sorted(FAMILIES)})."
             )
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.cfg, self.model_type = cfg, model_type
+        shape = shape or BackboneShape()
+        self.cfg, self.model_type, self.num_cameras = cfg, model_type, shape.num_cameras
         text_attr, vision_kind = FAMILIES[model_type]
-        dtype = "auto" if cfg.dtype == "auto" else DTYPES[cfg.dtype]
         self.vlm = AutoModelForImageTextToText.from_pretrained(
-            path, local_files_only=True, dtype=dtype, attn_implementation="sdpa"
+            path, local_files_only=True, dtype=torch_dtype(cfg.dtype), attn_implementation="sdpa"
         )
         self.tokenizer = HFTokenizer(
-            AutoTokenizer.from_pretrained(path, local_files_only=True), cfg.num_action_bins
+            AutoTokenizer.from_pretrained(path, local_files_only=True), shape.num_action_bins
         )
         grow_vocab(self.vlm, self.tokenizer)
         inner = self.vlm.model
@@ -228,16 +234,13 @@ class HFVLMBackbone(nn.Module):
         object.__setattr__(
             self, "_vision", VLMVision(vision_kind, _vision_parts(vision_kind, inner), processor, merge)
         )
-        self._init_layout(cfg)
-        emb = self.vlm.get_input_embeddings().weight[: self.tokenizer.base_vocab].detach().float()
-        self.embed_rms = float(emb.pow(2).mean(-1).sqrt().mean())  # target scale of fed-back thoughts
+        self._init_layout(shape.image_size)
+        self.embed_rms = embedding_rms(self.vlm, self.tokenizer.base_vocab)  # target scale of fed-back thoughts
         if cfg.freeze_vision:
             self._vision.requires_grad_(False)
         if cfg.grad_checkpointing:
             self.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora.rank > 0:
-            from latentvla.models.backbones.lora import apply_lora
-
             self.vlm = apply_lora(self.vlm, cfg.lora, self.tokenizer.new_token_ids)
 
     # A transformers layer under gradient checkpointing drops the KV cache (modeling_layers.py), so the Coconut
@@ -250,16 +253,16 @@ class HFVLMBackbone(nn.Module):
     def vision(self) -> VLMVision:
         return self._vision
 
-    def _init_layout(self, cfg: Any) -> None:
+    def _init_layout(self, image_size: int) -> None:
         """Image tokens per camera, and the M-RoPE table for Qwen (from one dummy image at `image_size`)."""
-        probe = torch.zeros(1, 3, cfg.image_size, cfg.image_size)
+        probe = torch.zeros(1, 3, image_size, image_size)
         inputs = self._vision.preprocess(probe)
         self.qwen = self._vision.kind == "qwen"
         if self.qwen:
             _, h, w = inputs["image_grid_thw"][0].tolist()
             gh, gw = h // self._vision.merge, w // self._vision.merge
             self.tokens_per_image = gh * gw + 2  # + <|vision_start|>, <|vision_end|>
-            table, span = qwen_position_table([(gh, gw)] * cfg.num_cameras, wrap=True)
+            table, span = qwen_position_table([(gh, gw)] * self.num_cameras, wrap=True)
             self.register_buffer("mrope_table", table, persistent=False)
             self.mrope_span = span
             c = self.vlm.config
@@ -269,15 +272,15 @@ class HFVLMBackbone(nn.Module):
         else:
             with torch.no_grad():
                 self.tokens_per_image = self._vision(probe.to(self.vlm.dtype)).shape[1]
-        self.n_image = self.tokens_per_image * cfg.num_cameras
+        self.n_image = self.tokens_per_image * self.num_cameras
 
     # ------------------------------------------------------------------------------------- interface
 
     def encode_image(self, images: Tensor, camera: int = 0) -> Tensor:
         """(B, 3, H, W) in [0, 1] -> (B, tokens_per_image, D); cameras are told apart by position (M-RoPE) or
         by order, as the VLM does for several images in one prompt."""
-        if not 0 <= camera < self.cfg.num_cameras:
-            raise ValueError(f"camera index {camera} out of range; the backbone has {self.cfg.num_cameras}.")
+        if not 0 <= camera < self.num_cameras:
+            raise ValueError(f"camera index {camera} out of range; the backbone has {self.num_cameras}.")
         feats, deep = self._vision.encode(images)
         if camera == 0:
             self._deepstack: dict[int, list[Tensor]] = {}
@@ -288,9 +291,6 @@ class HFVLMBackbone(nn.Module):
             B = feats.shape[0]
             feats = torch.cat([wrap[:1].expand(B, 1, -1), feats, wrap[1:].expand(B, 1, -1)], dim=1)
         return feats
-
-    def encode_images(self, images: list[Tensor]) -> Tensor:
-        return torch.cat([self.encode_image(x, i) for i, x in enumerate(images)], dim=1)
 
     def new_cache(self) -> Any:
         from transformers import DynamicCache
@@ -308,33 +308,22 @@ class HFVLMBackbone(nn.Module):
     def forward(
         self, embeds: Tensor, *, attention_mask: Tensor, position_ids: Tensor, cache: Any = None
     ) -> BackboneOutput:
-        _check_forward_args(embeds, attention_mask, position_ids, cache_length(cache))
+        check_forward_args(embeds, attention_mask, position_ids, cache_length(cache))
         embeds = embeds.to(self.vlm.dtype)  # bf16 weights: fed-back fp32 thoughts enter in the weights' dtype
-        additive = torch.zeros(attention_mask.shape, dtype=embeds.dtype, device=embeds.device)
-        additive = additive.masked_fill(~attention_mask, torch.finfo(embeds.dtype).min)[:, None]
         pos = (
             mrope_positions(position_ids, self.mrope_table, self.n_image, self.mrope_span)
             if self.qwen
             else position_ids
         )
-        last: list[Tensor] = []  # the pre-norm output of the last block (transformers' last state is post-norm)
-        hook = self._text.layers[-1].register_forward_hook(
-            lambda _m, _i, o: last.append(o[0] if isinstance(o, tuple) else o)
-        )
-        try:
-            out = self._text(inputs_embeds=embeds, attention_mask=additive, position_ids=pos, cache=cache,
-                             use_cache=cache is not None, output_hidden_states=True,
-                             **self._deepstack_inputs(embeds, cache_length(cache)))  # fmt: skip
-        finally:
-            hook.remove()
-        layers = tuple(h.float() for h in (*out.hidden_states[: self.num_layers], last[-1]))
-        return BackboneOutput(hidden=out.last_hidden_state.float(), layers=layers)  # heads run in fp32
+        return text_forward(self._text, self.num_layers, embeds, attention_mask=additive_mask(attention_mask, embeds),
+                            position_ids=pos, cache=cache,
+                            **self._deepstack_inputs(embeds, cache_length(cache)))  # fmt: skip
 
     def _deepstack_inputs(self, embeds: Tensor, past: int) -> dict:
         """Qwen3-VL DeepStack kwargs for a pass that holds the image columns [0, n_image) (else none)."""
         deep = getattr(self, "_deepstack", {})
         B, T = embeds.shape[:2]
-        cams = self.cfg.num_cameras
+        cams = self.num_cameras
         if past or self.n_image > T or len(deep) != cams or deep[0][0].shape[0] != B:
             return {}
         n = self.tokens_per_image - 2  # image tokens between <|vision_start|> and <|vision_end|>
@@ -367,3 +356,16 @@ class HFVLMBackbone(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         head = self.vlm.get_output_embeddings()
         return head(hidden.to(head.weight.dtype))
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self._text.layers)
+
+    def vision_modules(self) -> list[nn.Module]:
+        """The VLM's own registered modules the (unregistered) `vision` view runs."""
+        return list(self._vision.parts.values())
+
+    def embedding_modules(self) -> list[nn.Module]:
+        return unique_modules([self.vlm.get_input_embeddings(), self.vlm.get_output_embeddings()])
+
+    def merge_adapters(self) -> None:
+        self.vlm = merge_lora(self.vlm)

@@ -61,10 +61,6 @@ def apply_lora(model: nn.Module, settings: LoraSettings, new_token_ids: list[int
     return get_peft_model(model, config)
 
 
-def is_lora_model(model: nn.Module) -> bool:
-    return any("lora_" in n for n, _ in model.named_parameters())
-
-
 def merge_lora(model: nn.Module) -> nn.Module:
     """The base transformers model with the adapters folded into its weights."""
     return model.merge_and_unload()
@@ -128,7 +124,6 @@ def _shares_storage(module: nn.Module, name: str, state: dict) -> bool:
     return any(sd[k].data_ptr() == ptr for k in state if k in sd)
 
 
-def merge_backbone(backbone: nn.Module) -> None:
+def merge_backbone(backbone: Any) -> None:
     """Fold the LoRA adapters (and trainable token rows) into the backbone's transformers model, in place."""
-    attr = "vlm" if hasattr(backbone, "vlm") else "lm"
-    setattr(backbone, attr, merge_lora(getattr(backbone, attr)))
+    backbone.merge_adapters()

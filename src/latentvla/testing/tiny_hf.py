@@ -4,7 +4,7 @@ They stand in for the papers' pretrained backbones in tests and smoke runs (no h
 ~64-128, 2 layers, a 2-layer vision tower, a byte-level BPE tokenizer trained here with `tokenizers`, and the
 family's image processor (PIL-backed, no torchvision; scale-facts.md §1).
 
-    python -m latentvla.models.backbones.tiny_hf qwen2_5_vl /tmp/tiny-qwen25vl
+    python -m latentvla.testing.tiny_hf qwen2_5_vl /tmp/tiny-qwen25vl
     latentvla train --preset lara --backbone /tmp/tiny-qwen25vl --dataset D --out R --steps 8
 
 Families: qwen2_5_vl, qwen3_vl, smolvlm, paligemma (VLMs), qwen2 (a causal LM), siglip and dinov2 (vision
@@ -126,5 +126,5 @@ def save_tiny(family: str, out: str | Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit(f"usage: python -m latentvla.models.backbones.tiny_hf FAMILY OUT_DIR  (FAMILY: {TINY_FAMILIES})")
+        sys.exit(f"usage: python -m latentvla.testing.tiny_hf FAMILY OUT_DIR  (FAMILY: {TINY_FAMILIES})")
     print(save_tiny(sys.argv[1], sys.argv[2]))
