@@ -1,6 +1,6 @@
 """Word-level tokenizer with GPT-style leading-space tokens, byte fallback and the LaRA special tokens.
 
-Why not BPE: the tiny backbone trains from scratch on templated Meta-World instructions and CoT strings
+Why not BPE: the scratch backbone trains from scratch on templated Meta-World instructions and CoT strings
 ("Subtask: move toward the puck BBox: [0.12 0.34 0.56 0.78] Reasoning: globally ..., locally ..."), so a fixed,
 built-in word vocabulary gives short sequences and checkpoints that never depend on a trained tokenizer file.
 

@@ -2,7 +2,7 @@
 
 The papers' systems are defined by their VLM (papers.md §1.2: LaRA fine-tunes Qwen3-VL-4B end to end and uses
 its own vision tower for the visual-latent targets). This backbone loads one from a LOCAL directory
-(`AutoModelForImageTextToText`, never a hub download) and exposes the same verbs as the tiny backbone:
+(`AutoModelForImageTextToText`, never a hub download) and exposes the verbs of the `Backbone` protocol (interface.py):
 
     encode_image(images, camera) -> (B, N, D)   the VLM's own vision tower + merger/projector at its native
                                                 preprocessing (`AutoImageProcessor` from the directory)
