@@ -165,7 +165,7 @@ class LatentVLA(nn.Module):
     @torch.no_grad()
     def _visual_targets(self, next_images: Tensor) -> Tensor:
         """EMA-encoder features of frame t+1, adaptive-avg-pooled to a grid x grid map (LaRA: 4x4 = 16 tokens).
-        The frame is first resized to `cfg.target_image_size` when set (LaRA: 112 px, papers.md §1.2)."""
+        The frame is first resized to `cfg.target_image_size` when set (LaRA-VLA's code: 112 px)."""
         size = self.cfg.target_image_size
         if size and size != next_images.shape[-1]:
             next_images = F.interpolate(next_images, size=(size, size), mode="bilinear", antialias=True)

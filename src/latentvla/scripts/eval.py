@@ -102,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     from latentvla.models.halting import halting_spec
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():  # before anything runs (issue 26: it used to fail after the evaluation)
+    if out.exists() and not out.is_dir():  # before anything runs (it used to fail only after the evaluation)
         print(f"error: --out {out} is an existing file; eval writes a directory there: pick another path.",
               file=sys.stderr)  # fmt: skip
         return 2
