@@ -1,4 +1,4 @@
-"""Policy server (C17): openpi wire compatibility, bad-input robustness, concurrency, client + chunk broker."""
+"""Policy server: openpi wire compatibility, bad-input robustness, concurrency, client + chunk broker."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ models/curriculum.py); this file only composes them:
             ├── expert / recurrent             their configs
             └── curriculum: CurriculumConfig   which stages, in which order (models/curriculum.py)
 
-Presets (paper ablations are names, not flags — house style §4.7):
+Presets (paper ablations are names, not flags):
     lara              I -> II-1 -> II-2 -> II-3 -> III, latent text + visual latents, flow expert
     lara-latent-text  the lara curriculum without visual latents                    (LaRA Table 4, row 3)
     lara-explicit     explicit CoT text throughout, then the flow expert on it        (row 2)

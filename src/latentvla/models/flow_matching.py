@@ -1,4 +1,4 @@
-"""Flow-matching maths for the action expert, written once as pure functions (house style §5).
+"""Flow-matching maths for the action expert, written once as pure functions.
 
 Time convention (the LaRA-VLA paper's, Eq. 4; used everywhere in this package):
 

@@ -1,6 +1,6 @@
 """LatentVLA: one backbone; LaRA-VLA's latent chain-of-thought and visual latents; either action head.
 
-The model has two verbs (house style §4.4):
+The model has two verbs:
 
     compute_loss(batch, stage) -> (per-sample loss (B,), metrics)
     sample_actions(batch, mode=..., iterations=..., halting=...) -> SampleOutput
@@ -8,8 +8,8 @@ The model has two verbs (house style §4.4):
     images ──vision──► [image tokens][instr " @"][<sot>][<thinking>×K][<eot>][explicit CoT][<img_next>×16][act | query]
                                                     │  Coconut multi-pass   │                 │ L1 vs EMA   │
                                                     ▼                       ▼                 ▼ next frame  ▼
-                                         thinking latents (C18)      CE on text (C2)    visual latents  CE (C5) /
-                                                                                            (C4)        head (C6/C7)
+                                         thinking latents            CE on text         visual latents  CE /
+                                                                                                        head
 
 What varies between LaRA-VLA, RD-VLA and their ablations is only (a) the `StageSpec` the curriculum hands to
 `compute_loss` and (b) which head `PolicyConfig.head` builds (models/action_heads.py: each head owns what it reads

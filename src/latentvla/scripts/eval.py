@@ -1,4 +1,4 @@
-"""`latentvla eval RUN`: simulator rollouts under a named protocol, LeRobot-schema eval_info.json, sweeps (C15).
+"""`latentvla eval RUN`: simulator rollouts under a named protocol, LeRobot-schema eval_info.json, sweeps.
 
     latentvla eval runs/lara --tasks reach,push,pick-place --episodes 10 --out runs/lara/eval
     latentvla eval runs/libero --env libero --tasks libero_object --out eval/libero   # papers' protocol: 50 ep/task
