@@ -20,6 +20,8 @@ directories of `chunks_size` episodes, no global frame offsets (derived from the
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,35 +67,39 @@ class DataFile:
         return self._episode_index
 
 
-class Layout:
+class Layout(ABC):
     """The file layout of one LeRobot format version (see the module docstring)."""
 
     version: ClassVar[str]
     row_columns: ClassVar[tuple[str, ...]]  # columns needed, besides the data, to find an episode's rows
 
+    @abstractmethod
     def load_meta(self, root: Path) -> Meta:
-        raise NotImplementedError
+        """Tasks, episodes and stats from `root/meta`."""
 
+    @abstractmethod
     def data_file(self, root: Path, info: dict, episode: dict) -> Path:
-        raise NotImplementedError
+        """The data parquet file holding `episode` (a row of `Meta.episodes`)."""
 
+    @abstractmethod
     def rows(self, file: DataFile, episode: dict, i: int, path: Path) -> tuple[int, int]:
         """(first row, number of rows) of episode `i` in its data file."""
-        raise NotImplementedError
 
-    def first_row(self, read: Any, episode: dict, i: int, path: Path) -> int:
+    @abstractmethod
+    def first_row(self, read: Callable[[], DataFile], episode: dict, i: int, path: Path) -> int:
         """The row of frame 0 of episode `i` in its data file; `read()` gives the file's `DataFile`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def video_location(self, root: Path, template: str, info: dict, episode: dict, key: str,
                        i: int) -> VideoLocation:  # fmt: skip
-        raise NotImplementedError
+        """The video file holding camera `key` of episode `i` (path `template`) and its first timestamp in it."""
 
+    @abstractmethod
     def episode_stats_files(self, root: Path, by_index: dict[int, int], stats: list[dict[str, dict]]
                             ) -> list[tuple[Path, pa.Table | str]]:  # fmt: skip
         """New contents of the per-episode stats files with `stats[i][feature]` (i: reader episode position;
-        every episode has the same features and stat names) added; `by_index` maps episode_index -> position. Used to add columns in place (data/add_columns.py)."""
-        raise NotImplementedError
+        every episode has the same features and stat names) added; `by_index` maps episode_index -> position.
+        Used to add columns in place (data/add_columns.py)."""
 
 
 class V30(Layout):
@@ -165,7 +171,7 @@ class V30(Layout):
             )
         return int(rows[0]), len(rows)
 
-    def first_row(self, read: Any, episode: dict, i: int, path: Path) -> int:
+    def first_row(self, read: Callable[[], DataFile], episode: dict, i: int, path: Path) -> int:
         return self.rows(read(), episode, i, path)[0]
 
     def video_location(self, root: Path, template: str, info: dict, episode: dict, key: str,
@@ -229,7 +235,7 @@ class V21(Layout):
     def rows(self, file: DataFile, episode: dict, i: int, path: Path) -> tuple[int, int]:
         return 0, file.table.num_rows  # one file per episode
 
-    def first_row(self, read: Any, episode: dict, i: int, path: Path) -> int:
+    def first_row(self, read: Callable[[], DataFile], episode: dict, i: int, path: Path) -> int:
         return 0
 
     def video_location(self, root: Path, template: str, info: dict, episode: dict, key: str,
