@@ -54,7 +54,8 @@ class Meta:
 
 
 class DataFile:
-    """The rows of one data file, for finding an episode's rows in it (read lazily, once)."""
+    """A data file's table (the columns read) and its `episode_index` column as numpy, made once on first use
+    (v3.0 files hold many episodes: an episode's rows are found by it)."""
 
     def __init__(self, table: pa.Table) -> None:
         self.table = table
