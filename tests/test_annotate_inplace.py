@@ -17,7 +17,7 @@ import pytest
 
 from latentvla import constants as K
 from latentvla.cli import main as cli
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 
 FIXTURES = Path(
     os.environ.get(

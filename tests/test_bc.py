@@ -13,7 +13,7 @@ from latentvla.client import WebsocketPolicyClient
 from latentvla.config import apply_overrides, get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models.bc import BCConfig, BCPolicyModel
 from latentvla.policy import Policy

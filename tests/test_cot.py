@@ -146,7 +146,7 @@ def test_analyze_cot_cli(tmp_path):
     from latentvla.cli import main
     from latentvla.config import get_preset
     from latentvla.data.dataset import make_normalizer
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.data.synthetic import write_synthetic_dataset
     from latentvla.policy import Policy
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import action_expert as expert_lib
 from latentvla.models import backbone as backbone_lib

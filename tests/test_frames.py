@@ -7,8 +7,9 @@ import torch
 
 from latentvla.data import frames as frames_mod
 from latentvla.data.dataset import VLADataset
-from latentvla.data.frames import DECODE_COUNTS, LRUCache
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.decoding import DECODE_COUNTS
+from latentvla.data.frames import LRUCache
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.train.sampler import ResumableBatchSampler
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models.recurrence import step_depth
 from latentvla.train.loop import LossModule, accumulate_gradients

@@ -69,7 +69,7 @@ def test_a_missing_model_id_is_one_line_naming_the_cache_path_and_the_command(tm
 def test_a_dataset_id_resolves_under_hf_lerobot_home(tmp_path, synthetic_dataset, monkeypatch):
     import shutil
 
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     with pytest.raises(HubError) as e:
         LeRobotDatasetReader("lerobot/libero_object_image")

@@ -14,7 +14,7 @@ from latentvla.config import apply_overrides, get_preset
 from latentvla.constants import COT_BBOX, COT_BBOX_TEXT, COT_BBOX_VISIBLE, COT_REASONING, COT_SUBTASK
 from latentvla.data.cot import format_box, format_cot
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import sequence as seq_lib
 from latentvla.models import vla as vla_lib

@@ -23,7 +23,7 @@ def checkpoints(tmp_path_factory, synthetic_dataset) -> dict[str, Path]:
     import torch
 
     from latentvla.data.dataset import make_normalizer
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.policy import Policy
     from latentvla.train.loop import fit_policy_to_dataset
 

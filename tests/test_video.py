@@ -14,8 +14,8 @@ import torch
 
 from latentvla.cli import main as cli_main
 from latentvla.data.dataset import VLADataset
-from latentvla.data.frames import DECODE_COUNTS
-from latentvla.data.lerobot_format import DatasetFormatError, LeRobotDatasetReader
+from latentvla.data.decoding import DECODE_COUNTS
+from latentvla.data.lerobot import DatasetFormatError, LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import torch
 from latentvla.config import get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.policy import Policy
 from latentvla.train.curriculum import CurriculumConfig, stage_boundaries

@@ -38,7 +38,7 @@ from latentvla.constants import (
 )
 from latentvla.data.cot import format_box
 from latentvla.data.frames import DECODED_CACHE_MB, FrameStore, ParquetLocation
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.stats import DEFAULT_MODES, Normalizer
 from latentvla.data.validate import validate_dataset
 from latentvla.registry import did_you_mean

@@ -188,6 +188,9 @@ class Simulator(ABC):
     # Client key map of the policy server: openpi-style key -> LeRobot key (openpi's LIBERO example).
     client_keys: Mapping[str, str] = {}
     state_layout: StateLayout = StateLayout()
+    # Per-dimension names of vector features ({"observation.state": (...), "action": (...)}), written into the
+    # `names` of a collected dataset's meta/info.json; empty: the dataset's `names` are null.
+    feature_names: Mapping[str, tuple[str, ...]] = {}
     install_hint: str = ""
 
     @property

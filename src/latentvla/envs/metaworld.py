@@ -304,6 +304,8 @@ class MetaWorldSimulator(Simulator):
     robot_type = "sawyer"
     fps = FPS
     state_dim, action_dim = 4, 4
+    # hand xyz + gripper opening; action: hand displacement + gripper effort (Meta-World's 4-D spaces)
+    feature_names = {K.OBS_STATE: ("hand_x", "hand_y", "hand_z", "gripper"), K.ACTION: ("dx", "dy", "dz", "gripper")}
     cameras = CAMERAS
     flipped_cameras = FLIPPED_CAMERAS
     default_cameras = (K.DEFAULT_CAMERA,)
