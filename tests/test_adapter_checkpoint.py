@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from latentvla.config import apply_overrides, get_preset, use_backbone
 from latentvla.data.dataset import VLADataset, make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.policy import Policy
 from latentvla.testing.tiny_hf import save_tiny

@@ -162,7 +162,7 @@ def test_annotate_episode_columns_and_stage1_format():
 
 def test_annotate_dataset_rewrites_atomically(tmp_path):
     from latentvla.cli import main
-    from latentvla.data.lerobot_format import DatasetWriter, LeRobotDatasetReader
+    from latentvla.data.lerobot import DatasetWriter, LeRobotDatasetReader
 
     g = _grasp_gripper()
     length = len(g)

@@ -13,7 +13,7 @@ from latentvla.client import WebsocketPolicyClient
 from latentvla.config import apply_overrides, get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models.bc import BCConfig, BCPolicyModel
 from latentvla.policy import Policy
@@ -44,7 +44,7 @@ def obs_of(batch: dict, i: int, policy: Policy) -> dict:
 
 
 def test_bc_is_the_baseline_network():
-    """bc-baseline.md: ~1.59 M parameters at 64 px, one camera, chunk 8 x 4 actions."""
+    """As measured for the BC baseline: ~1.59 M parameters at 64 px, one camera, chunk 8 x 4 actions."""
     cfg = get_preset("bc").policy
     model = BCPolicyModel(replace(cfg, image_size=64, state_dim=4, action_dim=4))
     n = sum(p.numel() for p in model.parameters())

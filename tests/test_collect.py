@@ -16,7 +16,7 @@ def _need_sim():
 
 def test_collect_writes_annotated_dataset(tmp_path):
     from latentvla.cli import main
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "ds"
     argv = ["collect", "--env", "metaworld", "--tasks", "reach", "--episodes-per-task", "2", "--image-size", "64",
@@ -55,7 +55,7 @@ def test_collect_into_complete_dataset_is_refused(tmp_path, capsys):
 
 def test_interrupted_collection_refuses_then_resumes(tmp_path, monkeypatch):
     from latentvla.data import collect as C
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "ds"
     kwargs = dict(image_size=64, out=out, progress=False)
@@ -77,7 +77,7 @@ def test_interrupted_collection_refuses_then_resumes(tmp_path, monkeypatch):
     assert {e["key"] for e in reader.episodes} == {"reach-v3/train/0000", "reach-v3/train/0001"}
 
 
-# --- interruption at every disk write, then --resume: exactly the uninterrupted dataset (issue 14 items 4, 5) ---
+# --- interruption at every disk write, then --resume: exactly the uninterrupted dataset ---
 
 
 class _Kill(BaseException):
@@ -101,7 +101,7 @@ def _fake_rollout(task, episode, **kwargs):
 def _dataset_content(root):
     import json
 
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     reader = LeRobotDatasetReader(root)
     episodes = [
@@ -169,7 +169,7 @@ def test_collect_unknown_task_or_suite_is_one_line(tasks, expected, tmp_path, ca
 
 def test_collect_video_writes_lerobot_av1_dataset(tmp_path):
     from latentvla.cli import main
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "vid"
     argv = ["collect", "--env", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--image-size", "64",

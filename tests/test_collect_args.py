@@ -1,4 +1,4 @@
-"""`collect --resume` with other content-defining arguments than the interrupted run is refused (issue 26, item 3);
+"""`collect --resume` with other content-defining arguments than the interrupted run is refused;
 the arguments, seed included, are recorded in meta/info.json. Fake rollouts: no rendering."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_resume_with_other_arguments_is_refused(tmp_path, monkeypatch, change, f
 def test_resume_with_the_same_arguments_publishes_and_records_them(tmp_path, monkeypatch, capsys):
     from latentvla.cli import main
     from latentvla.data import collect as C
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "ds"
     _interrupted(C, monkeypatch, out, seed=3, workers=1)
@@ -99,7 +99,7 @@ def test_resume_with_the_same_arguments_publishes_and_records_them(tmp_path, mon
 
 def test_resume_with_more_episodes_per_task_extends_exactly(tmp_path, monkeypatch):
     from latentvla.data import collect as C
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     monkeypatch.setattr(C, "rollout", _fake_rollout)
     C.collect("reach", 3, 64, tmp_path / "ref", progress=False)
@@ -121,7 +121,7 @@ def test_resume_of_a_run_without_a_record_is_refused(tmp_path, monkeypatch):
         C.collect("reach,drawer-close", 2, 64, out, progress=False, resume=True)
 
 
-# --- issue 26 item 7: a full disk, and --max-steps 0 / 3 ---
+# --- a full disk, and --max-steps 0 / 3 ---
 
 
 def test_collect_on_a_full_disk_is_one_line_without_stray_tmp(tmp_path, monkeypatch, capsys):
@@ -153,7 +153,7 @@ def test_collect_on_a_full_disk_is_one_line_without_stray_tmp(tmp_path, monkeypa
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]  # no truncated temporary file left
     assert out.with_name("ds.partial").is_dir() and not out.exists()
     assert main([*argv, "--resume"]) == 0  # space freed: the resume finishes the same dataset
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     assert [e["key"] for e in LeRobotDatasetReader(out).episodes] == [
         "reach-v3/train/0000", "reach-v3/train/0002", "reach-v3/train/0003"

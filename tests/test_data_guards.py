@@ -1,4 +1,4 @@
-"""Issue 26, the data side: what a training run refuses or takes from its dataset instead of training silently
+"""The data side of training: what a training run refuses or takes from its dataset instead of training silently
 on the wrong thing (no CoT columns, sensor sentinels, a camera layout other than the preset's, an image size the
 dataset does not have), and the dataset checks that failed with tracebacks or not at all."""
 
@@ -16,7 +16,7 @@ import torch
 
 from latentvla.cli import main as cli
 from latentvla.config import apply_overrides, get_preset
-from latentvla.data.lerobot_format import DatasetFormatError, LeRobotDatasetReader
+from latentvla.data.lerobot import DatasetFormatError, LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.train.loop import fit_policy_to_dataset
 
@@ -101,7 +101,7 @@ def test_image_size_other_than_the_dataset_is_refused(tmp_path):
 
 # ------------------------------------------------------------------------------- 2: finite sensor sentinels
 def _write(root: Path, episodes: list[dict]) -> Path:
-    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.data.lerobot import DatasetWriter
 
     writer = DatasetWriter(root, fps=10, robot_type="synthetic", overwrite=True)
     for i, ep in enumerate(episodes):

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from latentvla.cli import main as cli_main
 from latentvla.data.dataset import VLADataset, make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.stats import Normalizer, compute_stats
 from latentvla.data.synthetic import synthetic_episodes, write_synthetic_dataset
 

@@ -233,7 +233,7 @@ def test_eval_workers_keep_few_envs_alive(toy, tmp_path):
 
 def test_toy_simulator_collects_annotated_demonstrations(toy, tmp_path, capsys, monkeypatch):
     from latentvla.cli import main as cli
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "toy_data"
     assert cli(["collect", "--env", "toy", "--tasks", "goal1", "--episodes-per-task", "2", "--max-steps", "40",

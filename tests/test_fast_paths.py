@@ -1,4 +1,4 @@
-"""The training speed-ups change nothing that is learned (issue 11): on a fixed batch, every curriculum stage of
+"""The training speed-ups change nothing that is learned: on a fixed batch, every curriculum stage of
 `lara` and `rdvla` gives the same per-sample losses and gradients through the fast paths (fused RMSNorm, the
 vectorised sequence layout with the memoised tokenizer, skipped identity pooling, foreach EMA) as through the
 reference implementations they replaced, and fused AdamW takes the same steps as the per-tensor loop."""
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import action_expert as expert_lib
 from latentvla.models import ema as ema_lib

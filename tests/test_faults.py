@@ -1,4 +1,4 @@
-"""Training under faults (issue 14): bad data, forgotten --resume, another dataset, NaN loss, SIGTERM, damaged
+"""Training under faults: bad data, forgotten --resume, another dataset, NaN loss, SIGTERM, damaged
 checkpoints, full disk, extending a finished run. Micro lara model, synthetic data, a few steps each."""
 
 from __future__ import annotations
@@ -385,7 +385,7 @@ def test_extending_a_finished_run(dataset, reference, tmp_path):
 
 def test_video_dataset_without_decoder_is_one_line(tmp_path, monkeypatch, capsys):
     from latentvla.data import video
-    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.data.lerobot import DatasetWriter
     from latentvla.data.synthetic import synthetic_episode
 
     writer = DatasetWriter(tmp_path / "vds", fps=10, robot_type="synthetic", video=True)

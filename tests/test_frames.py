@@ -1,4 +1,4 @@
-"""Lazy per-sample decoding (issue 15): nothing decoded at open, a sample decodes only its own frames, samples
+"""Lazy per-sample decoding: nothing decoded at open, a sample decodes only its own frames, samples
 equal the eager (decode-everything) path bit for bit, DDP ranks decode only their shard, caches are bounded."""
 
 import numpy as np
@@ -7,8 +7,9 @@ import torch
 
 from latentvla.data import frames as frames_mod
 from latentvla.data.dataset import VLADataset
-from latentvla.data.frames import DECODE_COUNTS, LRUCache
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.decoding import DECODE_COUNTS
+from latentvla.data.frames import LRUCache
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.train.sampler import ResumableBatchSampler
 

@@ -38,7 +38,7 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
     from latentvla.data.dataset import VLADataset, make_normalizer
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.models import ema as ema_lib
     from latentvla.models import flow_matching as fm
     from latentvla.policy import Policy

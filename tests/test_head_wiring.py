@@ -1,4 +1,4 @@
-"""How LatentVLA drives its action heads in training (issue 10 items 11-13): one step-seeded recurrence depth per
+"""How LatentVLA drives its action heads in training: one step-seeded recurrence depth per
 optimizer step for every micro-batch and DDP rank; the prelude's gated vision path; several flow-matching noise
 draws per backbone forward."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models.recurrence import step_depth
 from latentvla.train.loop import LossModule, accumulate_gradients

@@ -13,7 +13,7 @@ import torch
 
 from latentvla.config import apply_overrides, get_preset
 from latentvla.data.dataset import VLADataset, make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.policy import Policy
 from latentvla.train.curriculum import stage_boundaries

@@ -12,7 +12,7 @@ import torch
 from latentvla.config import apply_overrides, get_preset, use_backbone
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.dataset import VLADataset, make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models.backbones import BackboneConfig, build_backbone
 from latentvla.models.backbones.hf_vlm import mrope_positions

@@ -1,4 +1,4 @@
-"""Hub ids resolved like transformers / LeRobot (issue 22 item 2), offline only: hand-built Hugging Face cache
+"""Hub ids resolved like transformers / LeRobot, offline only: hand-built Hugging Face cache
 layouts (`models--ORG--NAME/snapshots/<commit>/` + `refs/main`, written by a tiny `save_pretrained`) and a
 LeRobot dataset under HF_LEROBOT_HOME. HF_HUB_OFFLINE=1 in every test: nothing here may reach a hub."""
 
@@ -69,7 +69,7 @@ def test_a_missing_model_id_is_one_line_naming_the_cache_path_and_the_command(tm
 def test_a_dataset_id_resolves_under_hf_lerobot_home(tmp_path, synthetic_dataset, monkeypatch):
     import shutil
 
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     with pytest.raises(HubError) as e:
         LeRobotDatasetReader("lerobot/libero_object_image")

@@ -12,7 +12,7 @@ import pytest
 from latentvla import constants as K
 from latentvla.cli import main as cli
 from latentvla.data.lara_annotations import BBOX_FILE, COT_FILE, LaraAnnotations, LaraBoxes
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 
 LENGTH = 12
@@ -142,7 +142,7 @@ def test_annotate_motion_words_use_the_libero_frame(tmp_path):
 
 def test_annotate_keeps_a_video_dataset_in_video_layout(tmp_path):
     pytest.importorskip("av")
-    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.data.lerobot import DatasetWriter
     from latentvla.data.synthetic import synthetic_episode, to_libero_layout
 
     writer = DatasetWriter(tmp_path / "vid", fps=20, robot_type="panda", video=True)

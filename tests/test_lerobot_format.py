@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from latentvla.data.lerobot_format import DatasetFormatError, DatasetWriter, LeRobotDatasetReader
+from latentvla.data.lerobot import DatasetFormatError, DatasetWriter, LeRobotDatasetReader
 from latentvla.data.stats import compute_stats, stats_to_json
 from latentvla.data.synthetic import synthetic_episode, synthetic_episodes, write_synthetic_dataset
 

@@ -103,7 +103,7 @@ def test_synthetic_libero_dataset_annotate_train_eval(tmp_path):
     """The full path on LeRobot's LIBERO layout: annotate (8-D state) -> train -> eval --env libero."""
     pytest.importorskip("libero")
     from latentvla.cli import main as cli
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.data.synthetic import write_synthetic_dataset
 
     data = write_synthetic_dataset(tmp_path / "data", num_episodes=2, length=16, image_size=64, layout="libero")

@@ -268,7 +268,7 @@ def test_lazy_rendering_skips_frames_between_chunks_with_the_same_rollout(libero
 def test_collect_libero_writes_an_annotated_dataset_from_fresh_placements(libero, tmp_path):
     from latentvla.cli import main
     from latentvla.data.boxes import ProjectedGeometryBoxes
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     L = libero
     out = tmp_path / "ds"

@@ -1,4 +1,4 @@
-"""No host syncs in a training step (issue 22 item 5): for each preset, every optimizer step of a real `train` run
+"""No host syncs in a training step: for each preset, every optimizer step of a real `train` run
 that writes no log row and no checkpoint makes zero host reads of device values (`tests/sync_counter.py`): metrics
 stay tensors until the log row, the CoT box text comes from the data loader, the supervised CE positions and
 thinking columns from the host layout, the non-finite guard reads last step's verdict from pinned memory."""
@@ -14,7 +14,7 @@ from latentvla.config import apply_overrides, get_preset
 from latentvla.constants import COT_BBOX, COT_BBOX_TEXT, COT_BBOX_VISIBLE, COT_REASONING, COT_SUBTASK
 from latentvla.data.cot import format_box, format_cot
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import sequence as seq_lib
 from latentvla.models import vla as vla_lib

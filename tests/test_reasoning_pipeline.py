@@ -1,4 +1,4 @@
-"""Inference follows what was trained (issue 10): the checkpoint's curriculum stage, the default reasoning mode,
+"""Inference follows what was trained: the checkpoint's curriculum stage, the default reasoning mode,
 an end-of-CoT signal in every curriculum, models without state, the run-relative EMA horizon, and the explicit
 path continuing its KV cache."""
 
@@ -14,7 +14,7 @@ from latentvla.config import PRESETS, apply_overrides, get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.cot import parse_cot
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.policy import Policy
 from policy_helpers import policy_and_batches
 

@@ -1,4 +1,4 @@
-"""Inference and serving edges a new user meets (issue 26 item 7): options a policy would silently ignore, an empty
+"""Inference and serving edges a new user meets: options a policy would silently ignore, an empty
 batch, an instruction that is short in characters but long in tokens, and `latentvla serve` arguments that are
 refused in one line before the model loads."""
 
@@ -23,7 +23,7 @@ def checkpoints(tmp_path_factory, synthetic_dataset) -> dict[str, Path]:
     import torch
 
     from latentvla.data.dataset import make_normalizer
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.policy import Policy
     from latentvla.train.loop import fit_policy_to_dataset
 

@@ -9,7 +9,7 @@ import torch
 from latentvla.config import get_preset
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
 from latentvla.data.dataset import make_normalizer
-from latentvla.data.lerobot_format import LeRobotDatasetReader
+from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.policy import Policy
 from latentvla.train.curriculum import CurriculumConfig, stage_boundaries
@@ -119,7 +119,7 @@ def test_one_checkpoint_answers_latent_and_explicit(data, tmp_path):
     assert latent["cot_text"] is None and latent["actions"].shape == (8, loaded.config.action_dim)
     assert isinstance(explicit["cot_text"], str)  # untrained: any text; test_explicit_mode_* checks content
     assert np.isfinite(explicit["actions"]).all()
-    # latent export (C18): one thinking latent per CoT component
+    # latent export: one thinking latent per CoT component
     out = loaded.model.sample_actions(loaded.make_batch([obs]), mode="latent")
     assert out.thinking_latents.shape == (1, 3, loaded.model.backbone.width)
 

@@ -1,4 +1,4 @@
-"""Data-pipeline throughput and memory (issue 15): is data or compute the bottleneck, and does RAM stay bounded?
+"""Data-pipeline throughput and memory: is data or compute the bottleneck, and does RAM stay bounded?
 
 `bench_data` measures, on one dataset:
 
@@ -133,7 +133,7 @@ def bench_data(
     """The measurements listed in the module docstring, as one flat dict."""
     from torch.utils.data import DataLoader
 
-    from latentvla.data.frames import DECODE_COUNTS
+    from latentvla.data.decoding import DECODE_COUNTS
     from latentvla.train.sampler import ResumableBatchSampler
 
     report: dict[str, Any] = {"dataset": str(root), "workers": workers, "batch_size": batch_size}

@@ -209,7 +209,7 @@ def _lm_activations(text: nn.Module, batch: int, seq: int, width: int, checkpoin
 _RUNTIME_PROBE = """
 import torch, transformers, peft  # noqa
 import latentvla.train.loop, latentvla.policy, latentvla.models.backbones, latentvla.cli  # noqa
-import latentvla.data.dataset, latentvla.data.lerobot_format, latentvla.data.validate  # noqa
+import latentvla.data.dataset, latentvla.data.lerobot, latentvla.data.validate  # noqa
 print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS:")))
 """
 

@@ -129,7 +129,7 @@ def profile_preset(
     """Per-stage breakdown (ms per optimizer step) of one preset, built exactly as `train/loop.py` builds it."""
     from latentvla.config import apply_overrides, get_preset
     from latentvla.data.dataset import VLADataset, make_normalizer
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.policy import Policy
     from latentvla.train.loop import fit_policy_to_dataset, make_loader, seed_everything, setup_distributed
     from latentvla.train.optim import build_optimizer, no_decay_param_ids

@@ -1,4 +1,4 @@
-"""Training throughput (samples/s) per preset and per curriculum stage (SPEC C16).
+"""Training throughput (samples/s) per preset and per curriculum stage.
 
 For every preset the model is built exactly as `train/loop.py` builds it (same dataset fitting, optimizer
 groups and gradient step, via `accumulate_gradients`), then each of its curriculum stages is timed on its own:
@@ -99,7 +99,7 @@ def bench_preset(
     """samples/s of one preset at the tiny size, per stage and for its curriculum mix."""
     from latentvla.config import apply_overrides, get_preset
     from latentvla.data.dataset import VLADataset, make_normalizer
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.policy import Policy
     from latentvla.train.loop import (
         LossModule,

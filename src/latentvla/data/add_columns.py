@@ -2,7 +2,7 @@
 
 `latentvla annotate` used to read the whole dataset and write a new one: every video was decoded and re-encoded
 (mean error 2.19 -> 3.30 /255, an H.264 dataset came out AV1), the feature `names` and the q01..q99 stats were
-lost and a v2.1 dataset became v3.0, which LeRobot 0.3.3 cannot open (issue 26, item 5). `add_columns` instead
+lost and a v2.1 dataset became v3.0, which LeRobot 0.3.3 cannot open. `add_columns` instead
 
 - appends the new columns to each data parquet file (existing columns, their arrow types and the file's HF
   `huggingface` schema metadata kept; the new columns are declared there too, in the file's own style),
@@ -31,15 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latentvla.constants import OBS_STATE
-from latentvla.data.lerobot_format import (
-    DatasetFormatError,
-    LeRobotDatasetReader,
-    _feature_spec,
-    _read_json,
-    _read_jsonl,
-    _read_parquet,
-    _to_arrow,
-)
+from latentvla.data.errors import DatasetFormatError
+from latentvla.data.lerobot.columns import feature_spec, read_json, read_parquet, to_arrow
+from latentvla.data.lerobot.reader import LeRobotDatasetReader
 
 _TMP = ".adding.tmp"
 _BASE_STATS = ("min", "max", "mean", "std", "count")
@@ -112,7 +106,7 @@ def _replace_columns(table: pa.Table, arrays: dict[str, pa.Array]) -> pa.Table:
 def _data_file_table(reader: LeRobotDatasetReader, path: Path, episodes: list[int], columns: list[dict],
                      specs: dict[str, dict]) -> pa.Table:  # fmt: skip
     """`path`'s table with the new columns of `episodes` placed at their rows."""
-    table = _read_parquet(path)
+    table = read_parquet(path)
     if "episode_index" not in table.column_names:
         raise DatasetFormatError(f"{path}: has no 'episode_index' column; not a LeRobot data file.")
     ep_index = table.column("episode_index").to_numpy()
@@ -134,7 +128,7 @@ def _data_file_table(reader: LeRobotDatasetReader, path: Path, episodes: list[in
         raise DatasetFormatError(
             f"{path}: {int((~covered).sum())} rows belong to no episode of meta/episodes; the dataset is inconsistent."
         )
-    arrays = {k: _to_arrow(k, v, specs[k]) for k, v in full.items()}
+    arrays = {k: to_arrow(k, v, specs[k]) for k, v in full.items()}
     return _with_hf_metadata(_replace_columns(table, arrays), specs)
 
 
@@ -143,7 +137,7 @@ def add_columns(reader: LeRobotDatasetReader, columns: list[dict[str, Any]]) -> 
     names of the files rewritten (data and meta; never a video). See the module docstring."""
     if len(columns) != reader.num_episodes or not columns:
         raise ValueError(f"add_columns: {len(columns)} episodes of columns for {reader.num_episodes} episodes.")
-    specs = {k: _feature_spec(k, v) for k, v in columns[0].items()}
+    specs = {k: feature_spec(k, v) for k, v in columns[0].items()}
     for i, cols in enumerate(columns):
         length = int(reader.episodes[i]["length"])
         if set(cols) != set(specs) or any(len(v) != length for v in cols.values()):
@@ -153,7 +147,7 @@ def add_columns(reader: LeRobotDatasetReader, columns: list[dict[str, Any]]) -> 
     root, meta = reader.root, reader.root / "meta"
     files: dict[Path, list[int]] = {}
     for i in range(reader.num_episodes):
-        files.setdefault(reader._data_file(i), []).append(i)
+        files.setdefault(reader.data_file(i), []).append(i)
     numeric = [k for k, s in specs.items() if s["dtype"] not in ("string", "bool")]
     names = _stat_names(reader)
     staged: list[tuple[Path, Path]] = []
@@ -162,11 +156,11 @@ def add_columns(reader: LeRobotDatasetReader, columns: list[dict[str, Any]]) -> 
             staged.append((_write_table_tmp(_data_file_table(reader, path, episodes, columns, specs), path), path))
         staged += _stage_episode_stats(reader, columns, numeric, names)
         if (meta / "stats.json").exists():  # v3.0 (and v2.0): global stats, exact over all frames
-            stats = _read_json(meta / "stats.json")
+            stats = read_json(meta / "stats.json")
             for k in numeric:
                 stats[k] = column_stats(np.concatenate([np.asarray(c[k]) for c in columns]), names)
             staged.append((_write_text_tmp(json.dumps(stats, indent=4), meta / "stats.json"), meta / "stats.json"))
-        info = _read_json(meta / "info.json")
+        info = read_json(meta / "info.json")
         info["features"].update(specs)
         staged.append((_write_text_tmp(json.dumps(info, indent=4), meta / "info.json"), meta / "info.json"))
     except BaseException:
@@ -180,30 +174,14 @@ def add_columns(reader: LeRobotDatasetReader, columns: list[dict[str, Any]]) -> 
 
 def _stage_episode_stats(reader: LeRobotDatasetReader, columns: list[dict], numeric: list[str],
                          names: list[str]) -> list[tuple[Path, Path]]:  # fmt: skip
-    """Per-episode stats of the numeric new columns, in the dataset's own per-episode stats files."""
+    """Per-episode stats of the numeric new columns, in the dataset's own per-episode stats files (which ones
+    is the layout's business: v3.0 `meta/episodes/*.parquet`, v2.1 `meta/episodes_stats.jsonl`)."""
     if not numeric:
         return []
-    meta = reader.root / "meta"
     by_index = {int(e["episode_index"]): i for i, e in enumerate(reader.episodes)}
-    if reader.version != "v3.0":
-        path = meta / "episodes_stats.jsonl"
-        if not path.exists():
-            return []
-        lines = _read_jsonl(path)
-        for line in lines:
-            i = by_index[int(line["episode_index"])]
-            for k in numeric:
-                line.setdefault("stats", {})[k] = column_stats(np.asarray(columns[i][k]), names)
-        return [(_write_text_tmp("".join(json.dumps(line) + "\n" for line in lines), path), path)]
+    stats = [{k: column_stats(np.asarray(cols[k]), names) for k in numeric} for cols in columns]
     staged = []
-    for path in sorted((meta / "episodes").glob("chunk-*/file-*.parquet")):
-        table = _read_parquet(path)
-        rows = [by_index[int(e)] for e in table.column("episode_index").to_pylist()]
-        arrays = {}
-        for k in numeric:
-            per_episode = [column_stats(np.asarray(columns[i][k]), names) for i in rows]
-            for s in names:
-                kind = pa.int64() if s == "count" else pa.float64()
-                arrays[f"stats/{k}/{s}"] = pa.array([st[s] for st in per_episode], pa.list_(kind))
-        staged.append((_write_table_tmp(_replace_columns(table, arrays), path), path))
+    for path, content in reader.layout.episode_stats_files(reader.root, by_index, stats):
+        tmp = _write_text_tmp(content, path) if isinstance(content, str) else _write_table_tmp(content, path)
+        staged.append((tmp, path))
     return staged

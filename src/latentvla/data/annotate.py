@@ -374,7 +374,7 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
     where present and their boxes are the box source unless `box_source` is given."""
     from latentvla.data.add_columns import add_columns
     from latentvla.data.lara_annotations import LaraBoxes
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
 
     root = Path(root)
     reader = LeRobotDatasetReader(root)

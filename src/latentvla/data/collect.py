@@ -128,7 +128,7 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     """Collect, annotate and write a LeRobot v3.0 dataset of successful expert episodes; returns a summary."""
     from tqdm import tqdm
 
-    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.data.lerobot import DatasetWriter
     from latentvla.envs.registry import get_simulator
 
     sim = get_simulator(env)
@@ -152,8 +152,8 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
                           video=video)  # fmt: skip
     if resume and out.is_dir() and not out.with_name(out.name + ".partial").exists():
         return _already_published(out, counters_path, record)
-    writer = DatasetWriter(out, fps=sim.fps, robot_type=sim.robot_type, resume=resume, overwrite=overwrite,
-                           video=video)  # fmt: skip
+    writer = DatasetWriter(out, fps=sim.fps, robot_type=sim.robot_type, names=sim.feature_names, resume=resume,
+                           overwrite=overwrite, video=video)  # fmt: skip
     saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
     if resume:  # the same content-defining arguments as the interrupted run, or nothing is mixed (issue 26)
         check_resume_args(
@@ -235,7 +235,8 @@ def _next_wave(names, succeeded, failed, per_task, kwargs) -> list[tuple]:
 
 def _already_published(out: Path, counters_path: Path, record: dict) -> dict:
     """`--resume` after a kill at the very end of a publish: the dataset is complete; drop leftovers."""
-    from latentvla.data.lerobot_format import SHARDS, LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
+    from latentvla.data.lerobot.writer import SHARDS
 
     summary = LeRobotDatasetReader(out).info.get("latentvla_collect", {})
     check_resume_args(summary.get("args"), record, out / "meta" / "info.json", False, published=True)

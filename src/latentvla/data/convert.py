@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from latentvla.data.lerobot_format import DatasetWriter, LeRobotDatasetReader
+from latentvla.data.lerobot import DatasetWriter, LeRobotDatasetReader
+from latentvla.data.lerobot.columns import vector_names
 
 # info.json keys the writer sets itself (v3.0) or that only describe the source layout (v2.x)
 _LAYOUT_INFO = {
@@ -33,6 +34,7 @@ def convert_dataset(src: str | Path, dst: str | Path, *, video: bool, overwrite:
         dst,
         fps=reader.fps,
         robot_type=reader.info.get("robot_type") or "unknown",
+        names=vector_names(reader.features),  # the source's per-dimension names carry over
         overwrite=overwrite,
         video=video,
     )

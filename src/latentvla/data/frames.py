@@ -14,15 +14,14 @@ Decoded frames go into a second byte-bounded LRU, so consecutive samples of one 
 decode each frame once. Each DataLoader worker owns its caches (they are created lazily in the process that uses
 them), so peak memory is bounded by workers x (cache budgets), independent of dataset size.
 
-`DECODE_COUNTS` counts decoded frames per kind in this process; tests use it to prove that opening a dataset
-decodes nothing and that a sample decodes only its own frames.
+`DECODE_COUNTS` (data/decoding.py) counts decoded frames per kind in this process; tests use it to prove that
+opening a dataset decodes nothing and that a sample decodes only its own frames.
 """
 
 from __future__ import annotations
 
-import io
 import os
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+
+from latentvla.data.decoding import decode_png
+from latentvla.data.errors import DatasetFormatError
+from latentvla.data.video import VideoReader
 
 DECODED_CACHE_MB = 256  # per process: decoded uint8 frames (the demo's 64 px cameras fit whole)
 ENCODED_CACHE_MB = 64  # per process: encoded PNG row groups read from parquet
-DECODE_COUNTS: Counter = Counter()  # frames decoded in this process, by kind ("png", "video")
 
 
 class LRUCache:
@@ -67,12 +68,6 @@ class LRUCache:
     def clear(self) -> None:
         self._items.clear()
         self.nbytes = 0
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """One encoded image cell -> uint8 (H, W, 3), exactly as the eager reader decodes it."""
-    DECODE_COUNTS["png"] += 1
-    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))  # writable (np.asarray of PIL is read-only)
 
 
 @dataclass(frozen=True)
@@ -108,8 +103,6 @@ class _ParquetImages:
 
     def _file(self, path: Path) -> tuple[pq.ParquetFile, np.ndarray]:
         if path not in self._files:
-            from latentvla.data.lerobot_format import DatasetFormatError
-
             try:
                 handle = pq.ParquetFile(path)
             except (pa.ArrowException, OSError) as e:
@@ -120,8 +113,6 @@ class _ParquetImages:
         return self._files[path]
 
     def cell(self, path: Path, key: str, row: int) -> bytes:
-        from latentvla.data.lerobot_format import DatasetFormatError
-
         self._ensure_process()
         handle, starts = self._file(path)
         group = int(np.searchsorted(starts, row, side="right")) - 1
@@ -191,8 +182,6 @@ class FrameStore:
 
     def _checked_decode(self, key: str, episode: int, indices: list[int]) -> dict[int, np.ndarray]:
         """`_decode`, with a damaged or wrong-size image as one clear `DatasetFormatError` (issue 14 item 13)."""
-        from latentvla.data.lerobot_format import DatasetFormatError
-
         where = f"{self.locations[key][episode].path}: camera {key!r}, episode #{episode}, frames {indices}"
         try:
             frames = self._decode(key, episode, indices)
@@ -214,8 +203,6 @@ class FrameStore:
         if self.kinds[key] == "image":
             return {t: decode_png(self._parquet.cell(loc.path, key, loc.first_row + t)) for t in indices}
         if self._video is None:
-            from latentvla.data.video import VideoReader
-
             self._video = VideoReader()
         stamps = self.video_timestamps[episode]
         wanted = [loc.from_timestamp + float(stamps[t]) for t in indices]

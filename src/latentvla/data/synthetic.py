@@ -55,6 +55,9 @@ TASKS = (
     ("move the blue block to the goal", "blue block", (40, 90, 230), "synthetic-blue"),
 )
 _DEAD_ZONE = 0.01
+# info.json `names` of the default layout's 4-D state and action (the libero layout's have none, like LeRobot's
+# LIBERO sets without per-dimension names in our writer)
+FEATURE_NAMES = {OBS_STATE: ("hand_x", "hand_y", "hand_z", "gripper"), ACTION: ("dx", "dy", "dz", "gripper")}
 LIBERO_TASKS = (
     ("pick up the alphabet soup and place it in the basket",
      "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"),
@@ -217,14 +220,14 @@ def write_synthetic_dataset(
 ) -> Path:
     """Write a synthetic LeRobot v3.0 dataset to `root` and return its path (`layout`: "default" or "libero";
     cameras as AV1 video with `video=True`)."""
-    from latentvla.data.lerobot_format import DatasetWriter
+    from latentvla.data.lerobot import DatasetWriter
 
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     synthetic_episodes(1, length, image_size)  # validates the arguments before touching the disk
     libero = layout == "libero"
     writer = DatasetWriter(root, fps=LIBERO_FPS if libero else FPS, robot_type="panda" if libero else "synthetic",
-                           overwrite=overwrite, video=video)  # fmt: skip
+                           names=None if libero else FEATURE_NAMES, overwrite=overwrite, video=video)  # fmt: skip
     for i in range(num_episodes):
         episode, meta = synthetic_episode(i, length, image_size, seed, with_cot and not libero, cameras)
         if libero:

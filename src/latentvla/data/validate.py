@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from latentvla.constants import ACTION, COT_BBOX, OBS_STATE
+from latentvla.data.errors import DatasetFormatError
+from latentvla.data.video import probe
 
 _CHECKED_ATTR = "_latentvla_validated"
 ABSURD_FACTOR = 1e3  # a value this many reference scales from its column's median is not a measurement
 
 
 def _error(message: str) -> Exception:
-    from latentvla.data.lerobot_format import DatasetFormatError
-
     return DatasetFormatError(message)
 
 
@@ -175,8 +175,6 @@ def _stored_image_shape(reader: Any, key: str) -> tuple[int, int, int]:
     if reader.features[key].get("dtype") == "video":
         path = reader.video_location(0, key).path
         try:
-            from latentvla.data.video import probe
-
             info = probe(path)
         except ImportError as e:
             raise _error(
@@ -190,7 +188,7 @@ def _stored_image_shape(reader: Any, key: str) -> tuple[int, int, int]:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    path = reader._data_file(0)
+    path = reader.data_file(0)
     try:
         cell = pq.ParquetFile(path).read_row_group(0, columns=[key]).column(0)[0].as_py()
         with Image.open(io.BytesIO(cell["bytes"])) as image:  # parses the header only

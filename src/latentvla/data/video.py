@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from latentvla.data.frames import DECODE_COUNTS
+from latentvla.data.decoding import DECODE_COUNTS
+from latentvla.data.errors import DatasetFormatError
 
 CODEC = "libsvtav1"  # LeRobot's default encoder; decoded by libdav1d
 PIX_FMT = "yuv420p"
@@ -42,8 +43,6 @@ def _av():
 
 
 def _error(path: Path, what: str) -> Exception:
-    from latentvla.data.lerobot_format import DatasetFormatError
-
     return DatasetFormatError(f"{path}: {what}")
 
 

@@ -185,9 +185,12 @@ class Simulator(ABC):
     has_expert: bool = False  # a scripted expert exists (`collect` needs one)
     train_init: str = ""  # how `reset(split="train")` episodes start, in words (recorded by `collect`)
     default_protocol: str = "default"
-    # Client key map of the policy server: openpi-style key -> LeRobot key (ecosystem.md §2).
+    # Client key map of the policy server: openpi-style key -> LeRobot key (openpi's LIBERO example).
     client_keys: Mapping[str, str] = {}
     state_layout: StateLayout = StateLayout()
+    # Per-dimension names of vector features ({"observation.state": (...), "action": (...)}), written into the
+    # `names` of a collected dataset's meta/info.json; empty: the dataset's `names` are null.
+    feature_names: Mapping[str, tuple[str, ...]] = {}
     install_hint: str = ""
 
     @property

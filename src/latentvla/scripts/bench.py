@@ -1,4 +1,4 @@
-"""`latentvla bench <what>`: measurements in one process, as JSON + a table (SPEC C16).
+"""`latentvla bench <what>`: measurements in one process, as JSON + a table.
 
     latentvla bench train                                  # samples/s per preset (and per LaRA stage), tiny size
     latentvla bench train --presets lara,rdvla --steps 10 --batch-size 16 --json bench_train.json
@@ -110,7 +110,7 @@ def main_data(args: argparse.Namespace) -> int:
     import torch
 
     from latentvla.bench.data_throughput import bench_data, format_report
-    from latentvla.data.lerobot_format import DatasetFormatError
+    from latentvla.data.errors import DatasetFormatError
 
     if args.workers < 0 or args.batch_size < 1 or args.batches < 1:
         print("error: --workers must be >= 0, --batch-size and --batches >= 1", file=sys.stderr)

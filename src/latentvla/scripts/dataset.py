@@ -169,7 +169,7 @@ def _frame_text(ep: dict, t: int, chars: int) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from latentvla.data.lerobot_format import DatasetFormatError, LeRobotDatasetReader
+    from latentvla.data.lerobot import DatasetFormatError, LeRobotDatasetReader
 
     if not args.dataset_command:
         args._parser.print_help()
@@ -194,7 +194,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _convert(args: argparse.Namespace) -> int:
     from latentvla.data.convert import convert_dataset
-    from latentvla.data.lerobot_format import DatasetFormatError
+    from latentvla.data.errors import DatasetFormatError
 
     try:
         out = convert_dataset(args.src, args.dst, video=args.video, overwrite=args.overwrite)

@@ -396,7 +396,7 @@ def train(
     kill + `--resume` does. `clock` (seconds, monotone) times a `cfg.minutes` budget; tests pass a fake one.
     """
     from latentvla.data.dataset import VLADataset, make_normalizer
-    from latentvla.data.lerobot_format import LeRobotDatasetReader
+    from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.data.validate import dataset_fingerprint, validate_dataset
     from latentvla.policy import Policy, load_weights
 
