@@ -95,12 +95,10 @@ def test_old_kind_name_tiny_loads_with_a_warning():
 def test_one_size_table_drives_backbone_and_heads():
     for size, (width, layers, heads) in BACKBONE_SIZES.items():
         policy = get_preset("lara", size).policy
-        assert (policy.backbone.width, policy.backbone.num_layers, policy.backbone.num_heads) == (width, layers, heads)
-        assert (policy.expert.width, policy.expert.depth, policy.expert.heads) == (width, layers, heads)
-        assert (get_preset("rdvla", size).policy.recurrent.width, get_preset("rdvla", size).policy.recurrent.heads) == (
-            width,
-            heads,
-        )
+        bb, expert, recurrent = policy.backbone, policy.expert, get_preset("rdvla", size).policy.recurrent
+        assert (bb.width, bb.num_layers, bb.num_heads) == (width, layers, heads)
+        assert (expert.width, expert.depth, expert.heads) == (width, layers, heads)
+        assert (recurrent.width, recurrent.heads) == (width, heads)
     with pytest.raises(ValueError, match="Available: base, micro, small, tiny"):
         get_preset("lara", "huge")
 

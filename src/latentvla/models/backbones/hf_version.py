@@ -2,7 +2,7 @@
 
 The code calls transformers' 5.x APIs: model forwards take `cache=` (renamed from `past_key_values` in 5.24.0;
 5.23.0's Qwen2Model.forward still has `past_key_values`), `from_pretrained(dtype=)`, and the PIL-backed image
-processors (`Qwen2VLImageProcessorPil`, `SiglipImageProcessorPil`, `BitImageProcessorPil`, ...; scale-facts.md §1).
+processors (`Qwen2VLImageProcessorPil`, `SiglipImageProcessorPil`, `BitImageProcessorPil`, ...).
 Checked against the published wheels of 5.0.0, 5.12.1, 5.20.0, 5.22.2, 5.23.0 and 5.24.0; tested on 5.24 / 5.25.
 """
 

@@ -1,19 +1,19 @@
 """A pretrained transformers vision-language model behind the backbone interface (`BackboneConfig(kind="hf_vlm")`).
 
-The papers' systems are defined by their VLM (papers.md §1.2: LaRA fine-tunes Qwen3-VL-4B end to end and uses
+The papers' systems are defined by their VLM (LaRA-VLA §3.2: LaRA fine-tunes Qwen3-VL-4B end to end and uses
 its own vision tower for the visual-latent targets). This backbone loads one from a LOCAL directory
-(`AutoModelForImageTextToText`, never a hub download) and exposes the verbs of the `Backbone` protocol (interface.py):
+(`AutoModelForImageTextToText`, never a hub download) and exposes the `Backbone` protocol's verbs (interface.py):
 
     encode_image(images, camera) -> (B, N, D)   the VLM's own vision tower + merger/projector at its native
                                                 preprocessing (`AutoImageProcessor` from the directory)
     embed(ids), forward(embeds, attention_mask=, position_ids=, cache=), logits(hidden), new_cache()
     vision                                      the tower as one module: images -> (B, n, D) on a square grid
-                                                (what LaRA's EMA target copies, §1.2 "Visual-latent prediction")
+                                                (what LaRA's EMA target copies, LaRA-VLA §3.3 Eq. 3)
 
 Families (`FAMILIES`): Qwen2.5-VL, Qwen3-VL (M-RoPE: 3-D positions, image tokens wrapped in
 <|vision_start|>/<|vision_end|> as the Qwen chat template does), Idefics3 / SmolVLM (pixel-shuffle connector,
 no image splitting) and PaliGemma (SigLIP + linear projector). Our 4-D LaRA mask replaces each family's own mask,
-so PaliGemma's bidirectional prefix and Qwen's causal text both become the LaRA layout (papers.md §1.3).
+so PaliGemma's bidirectional prefix and Qwen's causal text both become the LaRA layout (LaRA-VLA §3.3, Fig. 3).
 
 Qwen3-VL's DeepStack (intermediate vision features added to the first LM layers' hidden states at the image
 positions) is wired through a per-batch side channel: `encode_image` keeps the features of the images it just
@@ -302,7 +302,7 @@ class HFVLMBackbone(nn.Module, Backbone):
 
     def thought(self, hidden: Tensor) -> Tensor:
         """A fed-back Coconut thought: rescaled to the token-embedding RMS when `cfg.rescale_thoughts` (a
-        pretrained LM's final hidden state is ~13x a token embedding's norm, offline-pretrained.md §1)."""
+        pretrained LM's final hidden state is ~13x a token embedding's norm)."""
         return rescale_to_rms(hidden, self.embed_rms) if self.cfg.rescale_thoughts else hidden
 
     def forward(

@@ -1,6 +1,6 @@
-"""A transformers image processor's preprocessing as tensor ops on the images' own device (issue 22 item 5).
+"""A transformers image processor's preprocessing as tensor ops on the images' own device.
 
-The PIL-backed processors (`*ImageProcessorPil`, the ones that work without torchvision, scale-facts.md §1) take
+The PIL-backed processors (`*ImageProcessorPil`, the ones that work without torchvision) take
 host arrays: running one per camera per micro-batch (and again for the EMA target) copies every image to the
 CPU, which waits for the device, and resamples it in Python. `DevicePreprocessor` reads the processor's saved
 settings and gives the SAME pixel values on the device:

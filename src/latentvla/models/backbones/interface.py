@@ -26,8 +26,8 @@ class BackboneSize(NamedTuple):
     heads: int
 
 
-# The one complexity dial (nanochat `--depth` style): the scratch backbone's width / depth / heads, which the action
-# heads follow too (config.py). "micro" exists for unit tests and smoke runs; "tiny" is the CPU training size.
+# The one complexity dial (nanochat `--depth` style): the scratch backbone's width / depth / heads, which the
+# action heads follow too (config.py). "micro" exists for unit tests and smoke runs; "tiny" is the CPU training size.
 BACKBONE_SIZES: dict[str, BackboneSize] = {
     "micro": BackboneSize(64, 2, 2),
     "tiny": BackboneSize(128, 4, 4),
@@ -58,9 +58,9 @@ class BackboneConfig:
         "float32"  # weights as loaded; "auto" = the checkpoint's dtype (bf16 for Qwen), CUDA autocast on top
     )
     lora: LoraSettings = field(default_factory=LoraSettings)
-    freeze_vision: bool = False  # RD-VLA freezes its vision encoder; LaRA trains the VLM's (papers.md §2.2, §1.2)
+    freeze_vision: bool = False  # RD-VLA freezes its vision encoder (§III-A); LaRA-VLA trains the VLM's
     grad_checkpointing: bool = False
-    rescale_thoughts: bool = False  # fed-back thoughts scaled to the token-embedding RMS (offline-pretrained §1)
+    rescale_thoughts: bool = False  # fed-back thoughts scaled to the token-embedding RMS
 
     def __post_init__(self) -> None:
         if self.kind in DEPRECATED_KINDS:

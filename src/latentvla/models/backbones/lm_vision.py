@@ -1,6 +1,6 @@
 """A separate pretrained vision encoder (SigLIP and / or DINOv2) from local directories + a learned projector:
 the vision side of the "LM + vision encoder" backbone (RD-VLA's MiniVLA = Qwen2.5-0.5B + a frozen fused
-DINOv2+SigLIP encoder, Prismatic recipe, 256 tokens per 224 px image; papers.md §2.2).
+DINOv2+SigLIP encoder, Prismatic recipe, 256 tokens per 224 px image; RD-VLA §III-A).
 
     VisionConfig(kind="hf", paths=("DIR_DINOV2", "DIR_SIGLIP"))   # one or several encoders, fused
     images (B, 3, H, W) in [0, 1] -> each encoder at the input size its own image processor produces (see
@@ -31,7 +31,7 @@ def encoder_input_size(processor: object, config_size: int) -> int:
 
     Not `config.image_size`: facebook/dinov2-large says 518 (the size its position table was trained at) but is
     used at 224 and interpolates its position embeddings, which is how OpenVLA / MiniVLA fuse it with SigLIP-224
-    on one 16 x 16 grid (papers.md §2.2). Images are resized straight to this side ("resize-naive", Prismatic's
+    on one 16 x 16 grid (RD-VLA §III-A). Images are resized straight to this side ("resize-naive", Prismatic's
     default for OpenVLA), not resized-then-cropped."""
     get = processor.get if isinstance(processor, dict) else lambda k, d=None: getattr(processor, k, d)
     crop = get("crop_size", None) or {}  # an image processor, or its preprocessor_config.json as a dict

@@ -1,12 +1,12 @@
 """LoRA on a transformers backbone via `peft` (RD-VLA fine-tunes its LLM with LoRA r=64, alpha 128, all linear
-layers, papers.md §2.2), and which weights an adapter checkpoint must hold.
+layers, RD-VLA §III-A and its code), and which weights an adapter checkpoint must hold.
 
-- `LoraSettings.rank == 0` means no LoRA (full fine-tuning, LaRA's setup, papers.md §1.7).
+- `LoraSettings.rank == 0` means no LoRA (full fine-tuning, LaRA-VLA's setup: the whole VLM trains).
 - Targets: `"all-linear"` of the language model only. peft's "all-linear" would also adapt the vision tower and
-  its merger (scale-facts.md §2), so they are excluded by name; the vision tower is frozen or fully trained by
+  its merger, so they are excluded by name; the vision tower is frozen or fully trained by
   `BackboneConfig.freeze_vision`, never adapted.
 - Our added special / action tokens stay fully trainable through peft's `trainable_token_indices` (only those
-  rows), which keeps a tied `lm_head` tied after merging (scale-facts.md §2); RD-VLA's "queries trainable".
+  rows), which keeps a tied `lm_head` tied after merging; RD-VLA's "queries trainable".
 - An adapter checkpoint stores everything that is not a frozen weight of the base model (`is_base_weight`):
   adapters, the new token rows, heads, projector, EMA target. `Policy.from_pretrained` rebuilds the base from
   `hf_path` and loads those on top; `merge` folds the adapters into the base weights for a full export.

@@ -104,7 +104,7 @@ class ScratchBackbone(CameraVision, Backbone):
     ) -> None:
         super().__init__()
         if cfg.kind != "scratch":
-            raise ValueError(f"ScratchBackbone builds kind='scratch'; use build_backbone(cfg) for kind={cfg.kind!r}.")
+            raise ValueError(f"ScratchBackbone builds kind='scratch'; build_backbone(cfg) builds {cfg.kind!r}.")
         shape = shape or BackboneShape()
         self.cfg = cfg
         self.tokenizer = tokenizer or Tokenizer(cfg.extra_words, shape.num_action_bins)
@@ -117,7 +117,7 @@ class ScratchBackbone(CameraVision, Backbone):
             "inv_freq", cfg.rope_theta ** (-torch.arange(0, head_dim, 2).float() / head_dim), False
         )
         # Token embeddings are scaled by sqrt(D) (Gemma-style) so real tokens and fed-back final-normed hidden
-        # states (RMS ~1) enter the trunk at comparable scales (offline-pretrained.md §1 "scale mismatch").
+        # states (RMS ~1) enter the trunk at comparable scales.
         self.embed_scale = math.sqrt(self.width)
         self.apply(self._init_weights)
         for block in self.blocks:  # GPT-2 scaled residual init
