@@ -55,6 +55,12 @@ def concat_outputs(outputs: list[BackboneOutput]) -> BackboneOutput:
     return BackboneOutput(hidden=hidden, layers=layers)
 
 
+def _thought(backbone: Backbone, hidden: Tensor) -> Tensor:
+    """The input a thinking token gets from the previous position's hidden state (the backbone may rescale it,
+    e.g. to the token-embedding RMS of a pretrained LM, `BackboneConfig.rescale_thoughts`)."""
+    return backbone.thought(hidden)
+
+
 def latent_forward(
     backbone: Backbone,
     embeds: Tensor,
@@ -87,7 +93,7 @@ def latent_forward(
     for start, end in bounds:
         x = embeds[:, start:end]
         if outputs:  # this pass starts at a thinking column: feed the previous position's last hidden state
-            x = torch.cat([backbone.thought(outputs[-1].hidden[:, -1:]), x[:, 1:]], dim=1)
+            x = torch.cat([_thought(backbone, outputs[-1].hidden[:, -1:]), x[:, 1:]], dim=1)
         outputs.append(
             backbone(
                 x,
@@ -118,7 +124,7 @@ def naive_latent_forward(
     x = embeds
     for c in thinking_cols:
         prefix = backbone(x[:, :c], attention_mask=attention_mask[:, :c, :c], position_ids=position_ids[:, :c])
-        x = torch.cat([x[:, :c], backbone.thought(prefix.hidden[:, -1:]), x[:, c + 1 :]], dim=1)
+        x = torch.cat([x[:, :c], _thought(backbone, prefix.hidden[:, -1:]), x[:, c + 1 :]], dim=1)
     out = backbone(x, attention_mask=attention_mask, position_ids=position_ids)
     return out, out.hidden[:, list(thinking_cols)]
 
