@@ -371,22 +371,23 @@ def config_from_dict(cls: Any, data: dict) -> Any:
 
 
 # Backbone fields that the policy now owns (`LatentVLA` always built the backbone with the policy's values):
-# name -> (the old BackboneConfig default, the policy's value). A config.json written before still holds them.
-DERIVED_BACKBONE_FIELDS: dict[str, tuple[Any, typing.Callable[[PolicyConfig], Any]]] = {
-    "image_size": (64, lambda p: p.image_size),
-    "num_cameras": (1, lambda p: len(p.cameras)),
-    "num_action_bins": (256, lambda p: p.num_action_bins),
+# name -> (the old BackboneConfig default, the policy field that sets it, its value). A config.json written before
+# still holds them.
+DERIVED_BACKBONE_FIELDS: dict[str, tuple[Any, str, typing.Callable[[PolicyConfig], Any]]] = {
+    "image_size": (64, "image_size", lambda p: p.image_size),
+    "num_cameras": (1, "cameras", lambda p: len(p.cameras)),
+    "num_action_bins": (256, "num_action_bins", lambda p: p.num_action_bins),
 }
 
 
 def _check_derived_backbone_field(policy: PolicyConfig, key: str, value: Any) -> None:
     """An old config.json's `backbone.<key>` is dropped when it is the policy's value or the old default (which
     every checkpoint wrote, unused); any other value was a setting the model silently ignored: refuse it."""
-    old_default, derive = DERIVED_BACKBONE_FIELDS[key]
+    old_default, owner, derive = DERIVED_BACKBONE_FIELDS[key]
     if value not in (old_default, derive(policy)):
         raise ValueError(
-            f"backbone.{key}={value} conflicts with the policy's {derive(policy)}: the backbone takes it from the "
-            f"policy now; delete backbone.{key} from config.json (or set it on the policy)."
+            f"backbone.{key}={value} conflicts with the policy's {derive(policy)} (policy.{owner}): the backbone "
+            f"takes it from the policy now; delete backbone.{key} from config.json (or set policy.{owner})."
         )
 
 
