@@ -94,6 +94,22 @@ def _label_method(obj: Any, method: str, name: str) -> _Restore:
     return _Restore(obj, method)
 
 
+def _label_model_parts(model: nn.Module) -> list[Any]:
+    """Label the vision encoder, EMA target, head and backbone blocks of `model`; returns the hooks to remove."""
+    hooks = []
+    for attr, name in (("ema_vision", "ema_target"), ("encoder", "vision")):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            hooks += _label(getattr(model, attr), name)
+    head = getattr(model, "head", None)
+    if head is not None:  # the flow expert's loss calls `velocity`, not forward: label the whole `loss` call
+        hooks.append(_label_method(head, "loss", "head"))
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        hooks += _label(backbone.vision, "vision")
+        hooks += [h for block in getattr(backbone, "blocks", []) for h in _label(block, "backbone")]
+    return hooks
+
+
 def _breakdown(prof: Any, wall_s: float, steps: int) -> dict[str, float]:
     """ms per step of each part from a trace (labelled regions, ATen self time, item calls)."""
     region: dict[str, float] = defaultdict(float)
@@ -149,17 +165,7 @@ def profile_preset(
         lr_vision=cfg.lr_vision,
     )  # fmt: skip
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    hooks = []
-    for attr, name in (("ema_vision", "ema_target"), ("encoder", "vision")):
-        if isinstance(getattr(model, attr, None), nn.Module):
-            hooks += _label(getattr(model, attr), name)
-    head = getattr(model, "head", None)
-    if head is not None:  # the flow expert's loss calls `velocity`, not forward: label the whole `loss` call
-        hooks.append(_label_method(head, "loss", "head"))
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None:
-        hooks += _label(backbone.vision, "vision")
-        hooks += [h for block in getattr(backbone, "blocks", []) for h in _label(block, "backbone")]
+    hooks = _label_model_parts(model)
     batches = iter(make_loader(dataset, cfg, 0, dist_info))
 
     def step(stage: Any, i: int) -> None:
