@@ -184,22 +184,29 @@ def profile_preset(
     stages: dict[str, Any] = {}
     try:
         for stage in cfg.policy.curriculum.stages():
-            for i in range(warmup):
-                step(stage, i)
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                t0 = time.perf_counter()
-                for i in range(steps):
-                    step(stage, i)
-                wall = time.perf_counter() - t0
-            stages[stage.name] = _breakdown(prof, wall, steps)
-            stages[stage.name]["gemm_alone"] = gemm_alone_ms(gemm_shapes(prof)) / steps
-            if trace_dir is not None:
-                Path(trace_dir).mkdir(parents=True, exist_ok=True)
-                prof.export_chrome_trace(str(Path(trace_dir) / f"{preset}_{stage.name}.json"))
+            trace = Path(trace_dir) / f"{preset}_{stage.name}.json" if trace_dir is not None else None
+            stages[stage.name] = _profile_stage(lambda i, stage=stage: step(stage, i), steps, warmup, trace)
     finally:
         for h in hooks:
             h.remove()
     return {"preset": preset, "batch_size": cfg.batch_size, "threads": torch.get_num_threads(), "stages": stages}
+
+
+def _profile_stage(step: Any, steps: int, warmup: int, trace: Path | None) -> dict[str, float]:
+    """`warmup` untimed steps, then the breakdown of `steps` profiled ones (and their Chrome trace to `trace`)."""
+    for i in range(warmup):
+        step(i)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        wall = time.perf_counter() - t0
+    out = _breakdown(prof, wall, steps)
+    out["gemm_alone"] = gemm_alone_ms(gemm_shapes(prof)) / steps
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace))
+    return out
 
 
 def format_profile(results: list[dict[str, Any]]) -> str:
