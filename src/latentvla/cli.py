@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from latentvla.errors import UserError
+
 # Order is the order shown in --help.
 COMMANDS = (
     "collect",
@@ -30,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="latentvla", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"latentvla.scripts.{name}")
-        except ModuleNotFoundError as e:  # a command whose module is not written yet stays out of --help
-            if e.name == f"latentvla.scripts.{name}":
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(f"latentvla.scripts.{name}").register(sub)
     return parser
 
 
@@ -48,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except UserError as e:  # bad input: one line, no traceback, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -21,6 +21,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from latentvla.errors import UserError
+
 DEFAULT_PRESETS = "lara-no-cot,lara-explicit,lara-latent-text,lara"
 DEFAULT_TASKS = "button-press-topdown,drawer-close,window-open,reach,push,pick-place"
 PAPER_TABLE4 = {"lara-no-cot": 55.2, "lara-explicit": 58.3, "lara-latent-text": 64.6, "lara": 68.8}  # LIBERO-Long
@@ -123,8 +125,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
                              "`latentvla collect`")  # fmt: skip
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     per_run: dict[str, dict[int, dict[str, float]]] = {}
     for preset in presets:
         for seed in seeds:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from latentvla.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +42,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"annotate: importing LaRA-VLA annotations from {', '.join(files)}")
         summary = annotate_dataset(args.dir, box_source=source, camera=args.camera, env=args.env, lara=lara)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     print(json.dumps(summary, indent=2))
     return 0

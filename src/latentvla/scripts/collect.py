@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from latentvla.errors import UserError
+
 
 def _cameras(values: list[str] | None) -> tuple[str, ...] | None:
     """Repeated / comma-separated --camera values; None: the simulator's default cameras."""
@@ -41,8 +43,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         summary = _collect(args)
     except (ValueError, FileExistsError, ImportError) as e:  # unknown task/suite/camera, existing output, no sim
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except OSError as e:  # a full disk (ENOSPC) or a vanished directory: the finished episodes stay resumable
         print(
             f"error: writing the dataset failed ({e}); the finished episodes are kept in {args.out}.partial: "

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from latentvla.constants import COT_BBOX, COT_BBOX_VISIBLE, COT_REASONING, COT_SEGMENT, COT_SUBTASK, COT_TEXT
+from latentvla.errors import UserError, message
 
 _TILE_MIN = 256  # upscale frames to at least this many pixels wide so text and boxes are legible
 
@@ -188,8 +188,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
         return 0
     except (DatasetFormatError, ValueError, KeyError, IndexError, OSError) as e:  # bad input: exit 2 (house rule)
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+        raise UserError(message(e)) from e
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -199,7 +198,6 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         out = convert_dataset(args.src, args.dst, video=args.video, overwrite=args.overwrite)
     except (DatasetFormatError, ValueError, KeyError, FileExistsError, ImportError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+        raise UserError(message(e)) from e
     print(f"wrote {out} ({'video' if args.video else 'png-in-parquet'} cameras)")
     return 0

@@ -24,6 +24,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentvla.errors import UserError
+
 HALTING_CHOICES = ("mse", "cosine")
 
 
@@ -103,9 +105,7 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # before anything runs (issue 26: it used to fail after the evaluation)
-        print(f"error: --out {out} is an existing file; eval writes a directory there: pick another path.",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise UserError(f"--out {out} is an existing file; eval writes a directory there: pick another path.")
     from latentvla.eval.evaluate import EvalInterrupted
 
     common = dict(mode=args.mode, seed=args.seed, max_steps=args.max_steps, workers=args.workers,
@@ -134,8 +134,7 @@ def main(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except RuntimeError as e:  # an env worker failed or died (eval/pool.py): one line, the cause included
         print(f"error: {e}", file=sys.stderr)
         return 1

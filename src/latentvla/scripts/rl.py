@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latentvla.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rl", help="RL post-training in simulation (PPO / GRPO)",
@@ -73,8 +75,7 @@ def main(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, CorruptCheckpointError,
             FloatingPointError) as e:  # fmt: skip
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + int(e.signum)

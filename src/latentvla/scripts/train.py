@@ -30,6 +30,8 @@ import signal
 import sys
 from pathlib import Path
 
+from latentvla.errors import UserError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0])
@@ -141,14 +143,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         if cfg.batch_size % args.nproc:
-            print(
-                f"error: --batch-size {cfg.batch_size} is not divisible by --nproc {args.nproc}", file=sys.stderr
-            )
-            return 2
+            raise UserError(f"--batch-size {cfg.batch_size} is not divisible by --nproc {args.nproc}")
         return _relaunch_with_torchrun(args)
 
     from latentvla.train.checkpoint import CheckpointError
@@ -160,8 +158,7 @@ def main(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
         )  # fmt: skip
     except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad dataset / existing run / resume mismatch
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
         if int(os.environ.get("RANK", "0")) == 0:  # every rank stopped on the same step: one line says it all
             print(str(e), file=sys.stderr)
