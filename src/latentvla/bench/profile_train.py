@@ -127,6 +127,8 @@ def profile_preset(
     trace_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Per-stage breakdown (ms per optimizer step) of one preset, built exactly as `train/loop.py` builds it."""
+    from dataclasses import replace
+
     from latentvla.config import apply_overrides, get_preset
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot_format import LeRobotDatasetReader
@@ -134,7 +136,7 @@ def profile_preset(
     from latentvla.train.loop import fit_policy_to_dataset, make_loader, seed_everything, setup_distributed
     from latentvla.train.optim import build_optimizer, no_decay_param_ids
 
-    cfg = apply_overrides(get_preset(preset, "tiny"), [f"batch_size={batch_size}", *(overrides or [])])
+    cfg = apply_overrides(replace(get_preset(preset, "tiny"), batch_size=batch_size), list(overrides or []))
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
     dist_info = setup_distributed("cpu")

@@ -85,6 +85,17 @@ def gemm_peak_gflops(device: torch.device | str = "cpu", sizes: tuple[int, ...] 
     return best
 
 
+def bench_config(preset: str, batch_size: int, overrides: list[str], **fields: Any):
+    """The preset at the tiny size with the bench's batch, no augmentation and `fields` (TrainConfig fields), then
+    the user's key=value `overrides`, which win."""
+    from dataclasses import replace
+
+    from latentvla.config import apply_overrides, get_preset
+
+    cfg = replace(get_preset(preset, "tiny"), batch_size=batch_size, augment=False, **fields)
+    return apply_overrides(cfg, list(overrides))
+
+
 def bench_preset(
     preset: str,
     dataset_dir: str | Path,
@@ -95,9 +106,9 @@ def bench_preset(
     overrides: list[str],
     flops: bool = False,
     peak_gflops: float | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """samples/s of one preset at the tiny size, per stage and for its curriculum mix."""
-    from latentvla.config import apply_overrides, get_preset
+    """samples/s of one preset at the tiny size, per stage and for its curriculum mix (`bench_config`)."""
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot_format import LeRobotDatasetReader
     from latentvla.policy import Policy
@@ -110,7 +121,7 @@ def bench_preset(
     )
     from latentvla.train.optim import build_optimizer, no_decay_param_ids
 
-    cfg = apply_overrides(get_preset(preset, "tiny"), [f"batch_size={batch_size}", "augment=false", *overrides])
+    cfg = bench_config(preset, batch_size, overrides, **(fields or {}))
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
     dist_info = setup_distributed(cfg.device)

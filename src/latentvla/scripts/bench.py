@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from latentvla.errors import UserError, message
+from latentvla.scripts.choices import RegistryHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -189,10 +190,11 @@ def main_profile(args: argparse.Namespace) -> int:
 
 
 def register_latency(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("latency", help="per-call latency: no reasoning / latent / explicit CoT / recurrent depths")
+    p = sub.add_parser("latency", help="per-call latency: no reasoning / latent / explicit CoT / recurrent depths",
+                       formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument("run", nargs="?", default=None, help="checkpoint or run dir (or use --preset)")
-    p.add_argument("--preset", default=None, help="benchmark a random-init preset instead of a checkpoint")
-    p.add_argument("--size", default="tiny", help="size of the random-init preset")
+    p.add_argument("--preset", default=None, help="benchmark a random-init preset instead of a checkpoint: {presets}")
+    p.add_argument("--size", default="tiny", help="size of the random-init preset: {sizes}")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--delta", type=float, default=1e-3, help="MSE halting threshold for the adaptive RD run")

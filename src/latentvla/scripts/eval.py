@@ -25,14 +25,16 @@ import sys
 from pathlib import Path
 
 from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
 
 HALTING_CHOICES = ("mse", "cosine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a policy in simulation", description=__doc__.splitlines()[0])
+    p = subparsers.add_parser("eval", help="evaluate a policy in simulation", description=__doc__.splitlines()[0],
+                              formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
-    p.add_argument("--env", default="metaworld", help="simulator (envs/registry.py): metaworld, libero")
+    p.add_argument("--env", default="metaworld", help="simulator: {simulators}")
     p.add_argument(
         "--tasks",
         required=True,

@@ -31,14 +31,16 @@ import sys
 from pathlib import Path
 
 from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0])
+    p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0],
+                              formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument(
         "--preset",
         required=True,
-        help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd | lara-qwen3vl | rdvla-minivla | bc",
+        help="{presets}",
     )
     p.add_argument("--dataset", required=True,
                    help="LeRobot dataset directory, or a repo id (lerobot/NAME) in HF_LEROBOT_HOME")  # fmt: skip
@@ -49,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "a cap (minutes=M)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--size", default="tiny", help="backbone size: tiny | small | base")
+    p.add_argument("--size", default="tiny", help="backbone size: {sizes}")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint of OUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT (else refused)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DDP (re-launches via torchrun)")
@@ -101,17 +103,9 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    argv = ["train", "--preset", args.preset, "--dataset", args.dataset, "--out", args.out, "--size", args.size]
-    for flag, value in (("--steps", args.steps), ("--minutes", args.minutes), ("--batch-size", args.batch_size),
-                        ("--seed", args.seed)):  # fmt: skip
-        if value is not None:
-            argv += [flag, str(value)]
-    argv += ["--backbone", args.backbone] if args.backbone else []
-    for v in args.vision:
-        argv += ["--vision", v]
-    argv += ["--resume"] * args.resume + ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
-    argv += ["--fsdp"] * args.fsdp
-    argv += list(args.overrides)
+    # the command exactly as typed (cli.main keeps it): each rank parses what the user wrote, and under torchrun
+    # (WORLD_SIZE set) its --nproc launches nothing
+    argv = args.cli_argv if getattr(args, "cli_argv", None) is not None else sys.argv[1:]
     torchrun = ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "latentvla.cli", *argv]
     print("launching: torchrun", " ".join(torchrun), flush=True)
     noise = _SignalShutdownNoise()
