@@ -1,7 +1,8 @@
 """The `latentvla` console script: one subcommand per module in `latentvla.scripts`.
 
 Each `latentvla/scripts/<name>.py` exposes `register(subparsers)`, which adds its parser and sets
-`func=main`. Heavy imports (torch, mujoco) stay inside each `main` so `latentvla --help` is instant.
+`func=main`. Heavy imports (torch, mujoco) stay inside each `main` so `latentvla --help` is instant. Bad input is
+a `UserError` (errors.py) raised anywhere below: `main` prints it as one `error: ...` line and returns 2.
 """
 
 from __future__ import annotations

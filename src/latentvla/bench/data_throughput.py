@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -185,8 +186,6 @@ def bench_data(
 def _bench_train(
     root: str | Path, preset: str, steps: int, batch_size: int, workers: int, overrides: list[str]
 ) -> dict[str, Any]:
-    from dataclasses import replace
-
     from latentvla.bench.train_throughput import bench_preset
     from latentvla.config import apply_overrides, get_preset
     from latentvla.train.loop import train

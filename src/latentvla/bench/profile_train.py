@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,6 @@ def profile_preset(
     trace_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Per-stage breakdown (ms per optimizer step) of one preset, built exactly as `train/loop.py` builds it."""
-    from dataclasses import replace
-
     from latentvla.config import apply_overrides, get_preset
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot_format import LeRobotDatasetReader
