@@ -82,18 +82,21 @@ def test_user_errors_converts_only_the_named_types():
 
 
 def test_nproc_forwards_the_command_as_typed(monkeypatch, capsys, tmp_path):
-    """torchrun runs exactly the argv the user typed (flag order, `=` forms, overrides), not a reconstruction."""
+    """torchrun runs exactly the argv the user typed (flag order, `=` forms, overrides, --nproc itself), not a
+    reconstruction; torchrun's own parser never sees it (`--nproc` is ambiguous there)."""
     import torch.distributed.run
 
     launched = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(torch.distributed.run, "parse_args", lambda argv: argv)
-    monkeypatch.setattr(torch.distributed.run, "run", lambda argv: launched.append(argv))
-    argv = ["train", "--nproc", "2", "--preset=bc", "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "r"),
-            "--no-progress", "--batch-size", "4", "--steps", "3", "policy.horizon=4", "seed=3"]  # fmt: skip
+    monkeypatch.setattr(torch.distributed.run, "run", launched.append)
+    argv = ["train", "--preset=bc", "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--no-progress",
+            "--batch-size", "4", "--steps", "3", "policy.horizon=4", "seed=3", "--nproc", "2"]  # fmt: skip
     assert main(argv) == 0
-    assert launched == [["--standalone", "--nproc_per_node=2", "-m", "latentvla.cli", *argv]]
-    assert main([*argv[:-4], "--batch-size", "3"]) == 2  # still checked before launching
+    (launch,) = launched
+    assert launch.training_script_args == argv
+    assert (launch.module, launch.training_script, launch.nproc_per_node, launch.standalone) == (
+        True, "latentvla.cli", "2", True)  # fmt: skip
+    assert main([*argv[:-2], "--batch-size", "3", "--nproc", "2"]) == 2  # still checked before launching
     assert "--batch-size 3 is not divisible by --nproc 2" in capsys.readouterr().err
     assert len(launched) == 1
 

@@ -104,10 +104,12 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     from torch.distributed.run import parse_args, run
 
     # the command exactly as typed (cli.main keeps it): each rank parses what the user wrote, and under torchrun
-    # (WORLD_SIZE set) its --nproc launches nothing
+    # (WORLD_SIZE set) its --nproc launches nothing. It is handed to the agent after torchrun's own parsing, which
+    # would read `--nproc` as an ambiguous abbreviation of its `--nproc-per-node`.
     argv = args.cli_argv if getattr(args, "cli_argv", None) is not None else sys.argv[1:]
-    torchrun = ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "latentvla.cli", *argv]
-    print("launching: torchrun", " ".join(torchrun), flush=True)
+    launch = parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "latentvla.cli"])
+    launch.training_script_args = list(argv)
+    print("launching: torchrun --standalone", f"--nproc_per_node={args.nproc} -m latentvla.cli", *argv, flush=True)
     noise = _SignalShutdownNoise()
     loggers = [
         logging.getLogger(f"torch.distributed.elastic.{m}.api") for m in ("agent.server", "multiprocessing")
@@ -115,7 +117,7 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     for logger in loggers:
         logger.addFilter(noise)
     try:
-        run(parse_args(torchrun))
+        run(launch)
         return 0
     except SignalException as e:  # the ranks saved and rank 0 printed the one line
         return 128 + int(e.sigval)
