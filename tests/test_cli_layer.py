@@ -155,3 +155,31 @@ def test_bench_configs_equal_the_old_override_strings(overrides):
     # bench data's training rate: the loader workers come first, the user's overrides still win
     old = apply_overrides(get_preset("bc", "tiny"), ["batch_size=8", "augment=false", "num_workers=0", *overrides])
     assert bench_config("bc", 8, overrides, num_workers=0) == old
+
+
+def test_demo_retrains_a_run_left_with_only_a_partial_checkpoint(monkeypatch, tmp_path):
+    """Checkpoint discovery is `train.checkpoint`'s: a run killed while writing its first checkpoint (only
+    `000010.tmp`) has none, so the demo trains it again instead of evaluating nothing."""
+    import json
+
+    import latentvla.eval.evaluate
+    import latentvla.train.loop
+
+    out = tmp_path / "demo"
+    (out / "data" / "meta").mkdir(parents=True)
+    (out / "data" / "meta" / "info.json").write_text(json.dumps({"latentvla_collect": {"tasks": ["reach"]}}))
+    (out / "runs" / "bc" / "checkpoints" / "000010.tmp").mkdir(parents=True)
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(cfg, data, run, **kw):
+        trained.append(run.name)
+        return {"end_step": 3, "seconds": 1.0, "samples_per_s": 1.0}
+
+    monkeypatch.setattr(latentvla.train.loop, "train", fake_train)
+    monkeypatch.setattr(latentvla.eval.evaluate, "evaluate", lambda *a, **k: (_ for _ in ()).throw(Stop()))
+    with pytest.raises(Stop):
+        main(["demo", "--out", str(out), "--models", "bc", "--steps", "3"])
+    assert trained == ["bc"]
