@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LaRA-VLA's CoT ablation ladder (Table 4) x 3 seeds at equal steps on the six bc-baseline tasks:
+# LaRA-VLA's CoT ablation ladder (Table 4) x 3 seeds at equal steps on the demo's six Meta-World tasks:
 #   no CoT (lara-no-cot) / explicit text (lara-explicit) / latent text (lara-latent-text) / latent text + visual (lara)
 # -> $OUT/ablations.md (mean ± std), ablations.json, ablations.png. Each (preset, seed) is skipped once done.
 #   runs/ablations.sh /work/data/mw6 3000            # full size (4 x 3 runs: hours on 2 CPU cores)

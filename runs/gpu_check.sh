@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (issue 22 item 6): the `pytest -m gpu` tier + `bench latency`, `bench head` and `bench train` on
+# The GPU check: the `pytest -m gpu` tier + `bench latency`, `bench head` and `bench train` on
 # the GPU, summarised in ONE JSON with how long each part and the whole took. Budget: under 8 minutes on one
 # H100 (each part has its own timeout; their sum is 445 s).
 #

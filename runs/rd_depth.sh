@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# RD-VLA test-time depth (Fig. 4) and adaptive halting on the six bc-baseline tasks, from ONE rdvla checkpoint
+# RD-VLA test-time depth (Fig. 4) and adaptive halting on the demo's six tasks, from ONE rdvla checkpoint
 # trained with the paper's depth distribution (mean recurrence 32, TBPTT 8):
 #   1. train rdvla, policy.recurrent.mean_recurrence=32
 #   2. success vs fixed iterations 1,2,4,8,12,16,24,32          -> $OUT/sweep_iterations/ (table + plot)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# RD-VLA's MiniVLA at full size on this CPU with random weights (issue 22 item 7): Qwen2.5-0.5B + DINOv2-L +
+# RD-VLA's MiniVLA at full size on this CPU with random weights: Qwen2.5-0.5B + DINOv2-L +
 # SigLIP-so400m/14-224 written from their public configs (bench/memory.py REFERENCE_CONFIGS), `train --preset
 # rdvla-minivla` in fp32 for 2 steps with a checkpoint each step, `--resume` for a third; peak RSS of each process
 # next to `bench memory --device cpu --dtype float32`. Exit 1 if the prediction is off by more than 10 %.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 24, item 2: RL post-training on Meta-World on a 2-core CPU — the exact commands, in order. NOT RUN yet.
+# RL post-training on Meta-World on a 2-core CPU — the exact commands, in order. NOT RUN yet.
 # Cost on 2 cores: the 30-min demo (if START is not given) + per model: one before-eval, then PPO and GRPO runs of
 # MINUTES each, each followed by an after-eval (~2.5 h per model at MINUTES=60, ~8 h for the three models).
 # Every step is resumable: re-running the script continues a killed RL run (--resume) and skips finished evals.

@@ -1,4 +1,4 @@
-"""Counts the tensor calls that make the host wait for the device (issue 22 item 5), for tests.
+"""Counts the tensor calls that make the host wait for the device, for tests.
 
 `SyncCounter` is a TorchFunctionMode that records every call that reads a tensor's value on the host or gives a
 data-dependent shape: `.item()`, `.tolist()`, `bool()` / `float()` / `int()` / `__index__` on a tensor, `.cpu()`,

@@ -1,5 +1,5 @@
 """`latentvla annotate` adds the cot.* columns to the data files and leaves the user's dataset otherwise as it was
-(issue 26, item 5): videos byte-identical, feature names and every existing stat (q01..q99 included) kept, the
+(nothing lost): videos byte-identical, feature names and every existing stat (q01..q99 included) kept, the
 format version kept (a LeRobot 0.3.3 v2.1 dataset stays v2.1), and the dataset still reads pixel-identically to
 LeRobot's own reader. Checked on the datasets LeRobot itself wrote (/work/shared/fixtures/lerobot-written)."""
 

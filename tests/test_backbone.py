@@ -1,4 +1,4 @@
-"""C1 backbone: tokenizer, vision encoders, tiny transformer (KV cache, per-layer states), HF backbone (SmolLM2)."""
+"""Backbone: tokenizer, vision encoders, tiny transformer (KV cache, per-layer states), HF backbone (SmolLM2)."""
 
 import importlib.util
 import random

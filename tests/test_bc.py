@@ -44,7 +44,7 @@ def obs_of(batch: dict, i: int, policy: Policy) -> dict:
 
 
 def test_bc_is_the_baseline_network():
-    """bc-baseline.md: ~1.59 M parameters at 64 px, one camera, chunk 8 x 4 actions."""
+    """As measured for the BC baseline: ~1.59 M parameters at 64 px, one camera, chunk 8 x 4 actions."""
     cfg = get_preset("bc").policy
     model = BCPolicyModel(replace(cfg, image_size=64, state_dim=4, action_dim=4))
     n = sum(p.numel() for p in model.parameters())

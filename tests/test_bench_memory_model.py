@@ -1,4 +1,4 @@
-"""`bench memory`'s model of the papers' configurations (issue 22): Qwen3-VL's pixel minimum, DINOv2-L's 518 px
+"""`bench memory`'s model of the papers' configurations: Qwen3-VL's pixel minimum, DINOv2-L's 518 px
 config with its 224 crop, fp32 encoders, the padded vocabulary, weights not counted twice, the CPU mode, and the
 full-width Qwen3-VL-4B parameter count on the meta device (public: 4.44 B, Qwen/Qwen3-VL-4B-Instruct)."""
 

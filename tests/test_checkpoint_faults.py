@@ -1,4 +1,4 @@
-"""Checkpoint faults a user meets after training (issue 26 item 7): a full disk reported by torch.save as a
+"""Checkpoint faults a user meets after training: a full disk reported by torch.save as a
 RuntimeError, a training_state.pt that belongs to another checkpoint or run, stats that would normalize with NaN or
 a zero std, a hand-edited config.json that no longer fits the weights. Micro lara, synthetic data."""
 

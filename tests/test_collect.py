@@ -77,7 +77,7 @@ def test_interrupted_collection_refuses_then_resumes(tmp_path, monkeypatch):
     assert {e["key"] for e in reader.episodes} == {"reach-v3/train/0000", "reach-v3/train/0001"}
 
 
-# --- interruption at every disk write, then --resume: exactly the uninterrupted dataset (issue 14 items 4, 5) ---
+# --- interruption at every disk write, then --resume: exactly the uninterrupted dataset ---
 
 
 class _Kill(BaseException):

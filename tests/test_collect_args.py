@@ -1,4 +1,4 @@
-"""`collect --resume` with other content-defining arguments than the interrupted run is refused (issue 26, item 3);
+"""`collect --resume` with other content-defining arguments than the interrupted run is refused;
 the arguments, seed included, are recorded in meta/info.json. Fake rollouts: no rendering."""
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def test_resume_of_a_run_without_a_record_is_refused(tmp_path, monkeypatch):
         C.collect("reach,drawer-close", 2, 64, out, progress=False, resume=True)
 
 
-# --- issue 26 item 7: a full disk, and --max-steps 0 / 3 ---
+# --- a full disk, and --max-steps 0 / 3 ---
 
 
 def test_collect_on_a_full_disk_is_one_line_without_stray_tmp(tmp_path, monkeypatch, capsys):

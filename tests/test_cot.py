@@ -30,7 +30,7 @@ def test_format_parse_round_trip_and_components():
 
 
 def test_stored_text_is_the_text_the_model_learns(tmp_path):
-    """Annotation, synthetic data and the model's training target agree character for character (issue 10 #15)."""
+    """Annotation, synthetic data and the model's training target agree character for character."""
     from latentvla.data import annotate as A
     from latentvla.data.dataset import VLADataset
     from latentvla.data.synthetic import write_synthetic_dataset
@@ -63,7 +63,7 @@ def test_stored_text_is_the_text_the_model_learns(tmp_path):
 
 
 def test_target_box_moves_with_the_random_shift(tmp_path):
-    """With augmentation on, the BBox still encloses the block's pixels (issue 10 #1: it used to stay put)."""
+    """With augmentation on, the BBox still encloses the block's pixels (it used to stay put)."""
     from latentvla.data.dataset import VLADataset
     from latentvla.data.synthetic import TASKS, write_synthetic_dataset
 

@@ -1,4 +1,4 @@
-"""Issue 26, the data side: what a training run refuses or takes from its dataset instead of training silently
+"""The data side of training: what a training run refuses or takes from its dataset instead of training silently
 on the wrong thing (no CoT columns, sensor sentinels, a camera layout other than the preset's, an image size the
 dataset does not have), and the dataset checks that failed with tracebacks or not at all."""
 

@@ -1,5 +1,5 @@
 """The main job end to end at toy scale: collect -> train (reasoning + no-reasoning models) -> eval -> latency ->
-report; its defaults (bc-baseline.md's six tasks, four models) and the planning / verdict logic."""
+report; its defaults (the BC baseline's six Meta-World tasks, four models) and the planning / verdict logic."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Evaluation with one policy and simulator workers (issue 22 item 4), its device plumbing, and interrupted
-evaluations that keep their finished episodes and resume (issue 26)."""
+"""Evaluation with one policy and simulator workers, its device plumbing, and interrupted
+evaluations that keep their finished episodes and resume."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_eval_and_serve_refuse_cuda_on_a_cpu_build_in_one_line(rd_ckpt, tmp_path
 
 def test_eval_out_onto_an_existing_file_is_refused_before_the_evaluation_runs(rd_ckpt, tmp_path, capsys,
                                                                                monkeypatch):  # fmt: skip
-    """Issue 26: it used to run every episode, then fail creating the directory."""
+    """It used to run every episode, then fail creating the directory."""
     from latentvla.cli import main
     from latentvla.policy import Policy
 
@@ -206,7 +206,7 @@ def test_workers_share_one_policy_and_match_the_per_worker_path(rd_ckpt, tmp_pat
 @pytest.mark.sim
 @pytest.mark.slow
 def test_ctrl_c_during_eval_workers_2_exits_fast_keeps_episodes_and_resumes(rd_ckpt, tmp_path):
-    """Issue 26: Ctrl-C took 21-69 s and lost every finished episode. Now: one line, exit 130 within seconds,
+    """Ctrl-C used to take 21-69 s and lose every finished episode. Now: one line, exit 130 within seconds,
     the finished episodes in OUT/episodes.jsonl, and the same command resumes to the uninterrupted result."""
     from latentvla.eval.evaluate import evaluate
 

@@ -1,4 +1,4 @@
-"""The training speed-ups change nothing that is learned (issue 11): on a fixed batch, every curriculum stage of
+"""The training speed-ups change nothing that is learned: on a fixed batch, every curriculum stage of
 `lara` and `rdvla` gives the same per-sample losses and gradients through the fast paths (fused RMSNorm, the
 vectorised sequence layout with the memoised tokenizer, skipped identity pooling, foreach EMA) as through the
 reference implementations they replaced, and fused AdamW takes the same steps as the per-tensor loop."""

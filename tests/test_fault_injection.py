@@ -1,4 +1,4 @@
-"""Fault injection on the real CLI process (issue 14 must-holds): SIGKILL `latentvla train` at random moments
+"""Fault injection on the real CLI process: SIGKILL `latentvla train` at random moments
 several times and resume each time; SIGTERM it once. Both must end with the weights of an uninterrupted run.
 Micro lara on a tiny synthetic dataset, a checkpoint every step so kills also land inside checkpoint writes."""
 

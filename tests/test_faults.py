@@ -1,4 +1,4 @@
-"""Training under faults (issue 14): bad data, forgotten --resume, another dataset, NaN loss, SIGTERM, damaged
+"""Training under faults: bad data, forgotten --resume, another dataset, NaN loss, SIGTERM, damaged
 checkpoints, full disk, extending a finished run. Micro lara model, synthetic data, a few steps each."""
 
 from __future__ import annotations

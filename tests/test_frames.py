@@ -1,4 +1,4 @@
-"""Lazy per-sample decoding (issue 15): nothing decoded at open, a sample decodes only its own frames, samples
+"""Lazy per-sample decoding: nothing decoded at open, a sample decodes only its own frames, samples
 equal the eager (decode-everything) path bit for bit, DDP ranks decode only their shard, caches are bounded."""
 
 import numpy as np

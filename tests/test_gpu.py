@@ -1,4 +1,4 @@
-"""The GPU tier (issue 22 item 6): `pytest -m gpu`, skipped without CUDA; `runs/gpu_check.sh` runs it.
+"""The GPU tier: `pytest -m gpu`, skipped without CUDA; `runs/gpu_check.sh` runs it.
 
 On a CUDA machine: every preset trains a few steps in bf16 (tiny configs; the two paper presets on tiny
 transformers-written Qwen3-VL / Qwen2 + DINOv2 + SigLIP), FSDP2 trains through `torchrun` on one GPU, one

@@ -1,4 +1,4 @@
-"""A signal to the whole process group (issue 26 item 4): SLURM's scancel, `kill -- -PGID` and Ctrl-C reach the
+"""A signal to the whole process group: SLURM's scancel, `kill -- -PGID` and Ctrl-C reach the
 DataLoader workers and the DDP ranks too, not only the main process. The run must still finish its step, save,
 print one line and exit 128 + signal; the workers must neither die first nor outlive it."""
 

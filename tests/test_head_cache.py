@@ -1,4 +1,4 @@
-"""Per-call context cache of both action heads (issue 16): the fixed context is projected into keys/values once
+"""Per-call context cache of both action heads: the fixed context is projected into keys/values once
 per call, and the cached path equals the re-projecting reference (outputs and gradients, several depths, with
 and without halting, through truncated BPTT; Euler steps and repeated noise draws of the flow expert)."""
 

@@ -1,4 +1,4 @@
-"""How LatentVLA drives its action heads in training (issue 10 items 11-13): one step-seeded recurrence depth per
+"""How LatentVLA drives its action heads in training: one step-seeded recurrence depth per
 optimizer step for every micro-batch and DDP rank; the prelude's gated vision path; several flow-matching noise
 draws per backbone forward."""
 

@@ -1,4 +1,4 @@
-"""Hub ids resolved like transformers / LeRobot (issue 22 item 2), offline only: hand-built Hugging Face cache
+"""Hub ids resolved like transformers / LeRobot, offline only: hand-built Hugging Face cache
 layouts (`models--ORG--NAME/snapshots/<commit>/` + `refs/main`, written by a tiny `save_pretrained`) and a
 LeRobot dataset under HF_LEROBOT_HOME. HF_HUB_OFFLINE=1 in every test: nothing here may reach a hub."""
 

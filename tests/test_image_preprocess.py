@@ -1,5 +1,5 @@
 """The HF image path preprocesses on the device with tensor ops and gives the transformers processor's pixels
-bitwise (issue 22 item 5): Pillow's fixed-point resampler, the uint8 round trip, normalisation and Qwen2-VL
+bitwise: Pillow's fixed-point resampler, the uint8 round trip, normalisation and Qwen2-VL
 patchify, checked against the `*ImageProcessorPil` classes built with the public models' preprocessing values."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""No host syncs in a training step (issue 22 item 5): for each preset, every optimizer step of a real `train` run
+"""No host syncs in a training step: for each preset, every optimizer step of a real `train` run
 that writes no log row and no checkpoint makes zero host reads of device values (`tests/sync_counter.py`): metrics
 stay tensors until the log row, the CoT box text comes from the data loader, the supervised CE positions and
 thinking columns from the host layout, the non-finite guard reads last step's verdict from pinned memory."""

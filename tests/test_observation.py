@@ -1,4 +1,4 @@
-"""One observation validator for `Policy` and the server (issue 10 item 6, issue 14 item 7): uint8 HWC or float
+"""One observation validator for `Policy` and the server: uint8 HWC or float
 CHW/HWC in [0, 1] (scaled by 255 exactly once), NaN state refused, one instruction-length limit."""
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def test_sampler_resume_and_rank_shards_cover_the_global_batch():
 
 
 def test_from_scratch_sizes_get_their_backbone_lr_and_pretrained_backbones_do_not(tmp_path):
-    """The tiny backbone trains at 1e-3 (at 3e-4 the demo's `lara` never learned the CoT format, LOG 2026-12-02);
+    """The tiny backbone trains at 1e-3 (at 3e-4 the demo's `lara` never learned the CoT format, LOG.md 12-02);
     every preset that learns CoT text shares it (the ablations differ in one factor); a pretrained backbone does not
     inherit it, the paper presets keep their own LRs, and an explicit override still wins."""
     import json

@@ -1,5 +1,5 @@
 """The papers' real configurations, at tiny widths and depths but with the public config values that select code
-paths (issue 22): Qwen's padded, tied vocabulary; DINOv2-L's 518 px position table with a 224 px crop processor
+paths: Qwen's padded, tied vocabulary; DINOv2-L's 518 px position table with a 224 px crop processor
 fused with SigLIP-224; the precision rules of a full fine-tune; the full-width Qwen3-VL-4B parameter count.
 
 Values and their sources (public config.json / preprocessor_config.json files on the Hugging Face hub):

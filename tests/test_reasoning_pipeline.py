@@ -1,4 +1,4 @@
-"""Inference follows what was trained (issue 10): the checkpoint's curriculum stage, the default reasoning mode,
+"""Inference follows what was trained: the checkpoint's curriculum stage, the default reasoning mode,
 an end-of-CoT signal in every curriculum, models without state, the run-relative EMA horizon, and the explicit
 path continuing its KV cache."""
 

@@ -1,4 +1,4 @@
-"""RL post-training (issue 24): likelihoods, advantages, PPO / GRPO, the loop on a toy simulator registered through
+"""RL post-training: likelihoods, advantages, PPO / GRPO, the loop on a toy simulator registered through
 the simulator protocol, exact resume, and that the output is an ordinary checkpoint (eval / from_pretrained)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Inference and serving edges a new user meets (issue 26 item 7): options a policy would silently ignore, an empty
+"""Inference and serving edges a new user meets: options a policy would silently ignore, an empty
 batch, an instruction that is short in characters but long in tokens, and `latentvla serve` arguments that are
 refused in one line before the model loads."""
 

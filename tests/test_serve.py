@@ -1,4 +1,4 @@
-"""Policy server (C17): openpi wire compatibility, bad-input robustness, concurrency, client + chunk broker."""
+"""Policy server: openpi wire compatibility, bad-input robustness, concurrency, client + chunk broker."""
 
 from __future__ import annotations
 
@@ -398,7 +398,7 @@ def test_client_package_imports_without_torch():
 
 
 def test_cli_halting_arguments():
-    """eval, serve and Policy share one halting-spec parser (models/halting.py, issue 10 #16)."""
+    """eval, serve and Policy share one halting-spec parser (models/halting.py)."""
     from latentvla.models.halting import halting_spec, parse_halting
 
     assert halting_spec(None, None) is None

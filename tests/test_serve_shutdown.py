@@ -1,4 +1,4 @@
-"""Server shutdown and gone clients (issue 14 item 12): on stop / SIGTERM in-flight requests are answered, then
+"""Server shutdown and gone clients: on stop / SIGTERM in-flight requests are answered, then
 every client gets a close frame 1001; a request whose client disconnected is never computed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Coconut multi-pass latent forward (C3) and greedy explicit decoding with the KV cache."""
+"""Coconut multi-pass latent forward (Coconut §3) and greedy explicit decoding with the KV cache."""
 
 import pytest
 import torch

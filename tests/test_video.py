@@ -1,4 +1,4 @@
-"""Video datasets (issue 13 §3): LeRobot v3.0 / v2.1 video layouts written here with PyAV + pyarrow directly (not by
+"""Video datasets: LeRobot v3.0 / v2.1 video layouts written here with PyAV + pyarrow directly (not by
 latentvla's writer), AV1 and H.264, timestamp tolerance, decode errors naming file and timestamp, lazy decoding of
 only a sample's frames, our writer's video mode, `dataset info` and `dataset convert`, and training on them."""
 
@@ -269,7 +269,7 @@ def test_convert_refuses_bad_requests(tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["v3.0-av1", "v2.1-h264"])
 def test_train_steps_on_lerobot_video_dataset(layout, tmp_path):
     root = LAYOUTS[layout](tmp_path / "ds")
-    assert cli_main(["annotate", str(root)]) == 0  # lara learns CoT: refused on a dataset without cot.* (issue 26)
+    assert cli_main(["annotate", str(root)]) == 0  # lara learns CoT: refused on a dataset without cot.*
     argv = ["train", "--preset", "lara", "--dataset", str(root), "--out", str(tmp_path / "run"), "--steps", "5",
             "--batch-size", "2", "--no-progress", "save_every=5", "policy.horizon=4", "policy.cameras=image,image2",
             "num_workers=1"]  # fmt: skip

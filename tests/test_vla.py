@@ -119,7 +119,7 @@ def test_one_checkpoint_answers_latent_and_explicit(data, tmp_path):
     assert latent["cot_text"] is None and latent["actions"].shape == (8, loaded.config.action_dim)
     assert isinstance(explicit["cot_text"], str)  # untrained: any text; test_explicit_mode_* checks content
     assert np.isfinite(explicit["actions"]).all()
-    # latent export (C18): one thinking latent per CoT component
+    # latent export: one thinking latent per CoT component
     out = loaded.model.sample_actions(loaded.make_batch([obs]), mode="latent")
     assert out.thinking_latents.shape == (1, 3, loaded.model.backbone.width)
 

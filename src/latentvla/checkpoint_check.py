@@ -10,7 +10,7 @@ Here every checkpoint file is checked without loading tensors:
                          file it names exists (checkpoint_shards.py)
     config.json          valid JSON object with a "policy" section
     stats.json           valid JSON object; the statistics the normalizer uses are finite, and no std is 0 where
-                         min < max (issue 26: a NaN or zero std normalizes silently wrong)
+                         min < max (a NaN or zero std would normalize silently wrong)
     training_state.pt    (training checkpoints) a zip archive whose members all pass their CRC check
 
 `newest_intact(run_dir)` walks RUN/checkpoints newest first and skips damaged ones with a
@@ -82,7 +82,7 @@ _STATS_USED = {"mean_std": ("mean", "std"), "min_max": ("min", "max"), "quantile
 
 def _stats_problem(path: Path) -> str | None:
     """A checkpoint's stats.json that would normalize with NaN, or with a zero std where the feature varies
-    (min < max: the normalizer would treat it as constant and scale by 1), names the key (issue 26)."""
+    (min < max: the normalizer would treat it as constant and scale by 1), names the key."""
     import numpy as np
 
     problem = _json_problem(path, None)

@@ -11,7 +11,7 @@ models/curriculum.py); this file only composes them:
             ├── expert / recurrent             their configs
             └── curriculum: CurriculumConfig   which stages, in which order (models/curriculum.py)
 
-Presets (paper ablations are names, not flags — house style §4.7):
+Presets (paper ablations are names, not flags):
     lara              I -> II-1 -> II-2 -> II-3 -> III, latent text + visual latents, flow expert
     lara-latent-text  the lara curriculum without visual latents                    (LaRA Table 4, row 3)
     lara-explicit     explicit CoT text throughout, then the flow expert on it        (row 2)
@@ -24,7 +24,7 @@ Presets (paper ablations are names, not flags — house style §4.7):
     rdvla-minivla     the RD-VLA paper's setup: Qwen2.5-0.5B (--backbone DIR) + frozen DINOv2/SigLIP (--vision DIR),
                       LoRA r=64, 64 queries, head width 896 / 8 heads, mean depth 32, TBPTT 8, L1, lr 2e-4
     bc                plain image behaviour cloning (conv + instruction + proprio -> MLP -> chunk, L1): the
-                      no-reasoning reference of reference/bc-baseline.md (models/bc.py, `model="bc"`)
+                      no-reasoning reference, 70 % on six Meta-World tasks (models/bc.py, `model="bc"`)
 Every preset but `bc` takes a local transformers model with `use_backbone` (CLI `--backbone DIR [--vision DIR]`).
 """
 
@@ -129,7 +129,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
-    augment: bool = True  # random shift, pad 4 (bc-baseline.md)
+    augment: bool = True  # random shift, pad 4 (replicate padding)
     device: str = "auto"
     bf16: bool = True  # autocast on CUDA only
     wandb: bool = False
@@ -203,7 +203,7 @@ def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
         "lara-rd": lambda s: _vla("lara-rd", s, "lara", **rd),
         "lara-qwen3vl": lambda s: _lara_qwen3vl(),
         "rdvla-minivla": lambda s: _rdvla_minivla(),
-        # bc-baseline.md: AdamW lr 1e-3, batch 64 (the size dial does not apply: one fixed small network)
+        # measured BC recipe: AdamW lr 1e-3, batch 64 (the size dial does not apply: one fixed small network)
         "bc": lambda s: TrainConfig(
             "bc",
             _policy("bc", s, model="bc", curriculum=CurriculumConfig("bc")),
@@ -216,15 +216,15 @@ def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
 
 # The paper presets need a local model directory (`use_backbone`): what each paper used.
 PAPER_BACKBONES = {
-    "lara-qwen3vl": "Qwen3-VL-4B-Instruct (papers.md §1.2)",
-    "rdvla-minivla": "Qwen2.5-0.5B + --vision DINOv2 / SigLIP dirs (MiniVLA, papers.md §2.2)",
+    "lara-qwen3vl": "Qwen3-VL-4B-Instruct (LaRA-VLA §3.2)",
+    "rdvla-minivla": "Qwen2.5-0.5B + --vision DINOv2 / SigLIP dirs (MiniVLA, RD-VLA §III-A)",
 }
 
 
 def _lara_qwen3vl() -> TrainConfig:
-    """LaRA Table 5, LIBERO column (papers.md §1.7): stages 5k / 2k+2k+2k / 40k; VLM and vision 1e-5, DiT 1e-4;
+    """LaRA-VLA Table 5, LIBERO column: stages 5k / 2k+2k+2k / 40k; VLM and vision 1e-5, DiT 1e-4;
     AdamW, cosine, warm-up 0.1; horizon 8; 3 thinking tokens; 16 <img_next>; 16-layer DiT. Batch 16 per GPU on
-    8 H100 = 128 global (Table 5 does not say per-device or global, §1.7). The whole VLM trains (no LoRA), in bf16
+    8 H100 = 128 global (Table 5 does not say per-device or global). The whole VLM trains (no LoRA), in bf16
     autocast over fp32 master weights; FSDP2 (`--fsdp`) shards them over the 8 GPUs."""
     policy = PolicyConfig(
         preset="lara-qwen3vl",
@@ -243,7 +243,7 @@ def _lara_qwen3vl() -> TrainConfig:
 
 
 def _rdvla_minivla() -> TrainConfig:
-    """RD-VLA (papers.md §2.2-2.4): LoRA r=64 alpha 128 on all linear LM layers, frozen vision encoder, 64 query
+    """RD-VLA (§III and its code): LoRA r=64 alpha 128 on all linear LM layers, frozen vision encoder, 64 query
     tokens (trainable), head width 896 / 8 heads, mean recurrence 32, TBPTT 8, L1, one AdamW at lr 2e-4,
     constant (no warm-up, no decay within 40k steps), batch 16 x grad-accum 2. The frozen base loads in bf16 (LoRA
     adapters stay fp32). A single 24 GB GPU suffices (RD-VLA README)."""

@@ -16,7 +16,7 @@ NEXT_IMAGE_SUFFIX = (
 )
 NEXT_IMAGE_IS_PAD = "next_image_is_pad"  # True where t is the last frame of its episode (no t+1 target)
 
-# Chain-of-thought columns written by the annotator (C13) and read by the dataset (C11).
+# Chain-of-thought columns written by the annotator and read by the dataset.
 COT_SEGMENT = "cot.segment"  # e.g. "approach" / "grasp" / "transport" / "release" / "retract"
 COT_SUBTASK = "cot.subtask"  # "move toward the puck"
 COT_BBOX = "cot.bbox"  # float32 (4,) normalized xyxy in [0, 1]

@@ -1,4 +1,4 @@
-"""Hugging Face Hub names, resolved the way transformers and LeRobot resolve them (issue 22, item 2).
+"""Hugging Face Hub names, resolved the way transformers and LeRobot resolve them.
 
     resolve_model("Qwen/Qwen3-VL-4B-Instruct")      -> $HF_HUB_CACHE/models--Qwen--Qwen3-VL-4B-Instruct/snapshots/<commit>
     resolve_model("facebook/dinov2-large@<commit>")  -> that revision's snapshot (ORG/NAME@REV pins a branch/tag/commit)

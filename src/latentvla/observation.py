@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 MAX_TASK_CHARS = 2000  # an instruction is a sentence; a megabyte "prompt" is a mistake, not a task
-# ... and characters are not the cost: 2,000 emoji are 8,000 byte tokens (4.8 s, 300 MB per call, issue 26).
+# ... and characters are not the cost: 2,000 emoji are 8,000 byte tokens (4.8 s, 300 MB per call).
 # `Policy.make_batch` bounds the tokens too, at the cost the character limit already allowed (2,000 ASCII
 # characters are at most 2,000 tokens, one per byte); a LIBERO / Meta-World instruction is under 40.
 MAX_TASK_TOKENS = MAX_TASK_CHARS

@@ -171,7 +171,7 @@ class Policy(nn.Module):
             save_model(
                 self.model, str(directory / WEIGHTS)
             )  # handles tied weights (HF LMs tie lm_head to embeddings)
-        # The curriculum stage the weights are at: a periodic stage-I/II checkpoint acts as that stage (issue 10).
+        # The curriculum stage the weights are at: a periodic stage-I/II checkpoint acts as that stage.
         cfg = {"policy": config_to_dict(self.config), "stage": self.model.stage.name, **extra}
         (directory / CONFIG).write_text(json.dumps(cfg, indent=2))
         (directory / STATS).write_text(json.dumps(self.normalizer.to_dict()))
@@ -264,7 +264,7 @@ class Policy(nn.Module):
     # inference_mode, not no_grad: no view / version-counter bookkeeping per op, ~10 % off a batch-1 tiny call
     # (13.2 -> 11.7 ms no reasoning, 17.3 -> 15.7 ms latent; 1 thread, LOG.md 2026-12-02). Same outputs.
     def check_options(self, mode: str | None = None, iterations: int | None = None, halting: Any = None) -> None:
-        """Refuse test-time options this policy cannot run or would silently ignore, in one line (issue 26): a
+        """Refuse test-time options this policy cannot run or would silently ignore, in one line: a
         reasoning mode it never learned (`--mode explicit` on a bc run), or a recurrent depth / halting rule on a
         policy without the recurrent-depth head (its flow head or bc network never reads them)."""
         if mode is not None and mode not in self.model.modes:
@@ -313,7 +313,7 @@ class Policy(nn.Module):
         return np.clip(acts, self.action_low, self.action_high).astype(np.float32), out
 
     def infer_batch(self, observations: list[dict], **kwargs: Any) -> list[dict]:
-        if not observations:  # nothing to act on: an empty list back, as map() would (issue 26)
+        if not observations:  # nothing to act on: an empty list back, as map() would
             self.check_options(**{k: v for k, v in kwargs.items() if k in ("mode", "iterations", "halting")})
             return []
         acts, out = self.sample(observations, **kwargs)

@@ -1,4 +1,4 @@
-"""Data-pipeline throughput and memory (issue 15): is data or compute the bottleneck, and does RAM stay bounded?
+"""Data-pipeline throughput and memory: is data or compute the bottleneck, and does RAM stay bounded?
 
 `bench_data` measures, on one dataset:
 

@@ -1,4 +1,4 @@
-"""Per-call latency and recurrent-depth memory of one policy, all in one process (SPEC C16).
+"""Per-call latency and recurrent-depth memory of one policy, all in one process.
 
 What is timed is exactly what a robot pays per chunk: `Policy.sample` on one observation (batch 1), after
 warm-up, median and p90 over repeats:

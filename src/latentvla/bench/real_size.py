@@ -1,4 +1,4 @@
-"""`latentvla bench real-size`: the RD-VLA MiniVLA recipe at full size on this CPU, random weights (issue 22).
+"""`latentvla bench real-size`: the RD-VLA MiniVLA recipe at full size on this CPU, random weights.
 
     write      Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m/14-224 at their public sizes (bench/memory.py
                `REFERENCE_CONFIGS`), random init, written by transformers' save_pretrained with the processors the
@@ -123,7 +123,7 @@ def check(report: dict[str, Any], tolerance: float = 0.10) -> tuple[bool, str]:
     """Whether `bench memory`'s CPU prediction is within `tolerance` of the training run's peak RSS (steps and
     checkpoint saves). The resumed process's peak is reported next to it, not checked: resuming builds a second
     full policy to read the checkpoint (train/loop.py, `Policy.from_pretrained(last)`), a transient copy of the
-    weights that issue 22's resume work removes; `bench memory` models training, not that copy."""
+    weights made only on resume; `bench memory` models training, not that copy."""
     measured, resumed = report["peak_rss_gb"], report["resume_peak_rss_gb"]
     predicted = predict(report).total_gb
     err = (predicted - measured) / measured

@@ -1,4 +1,4 @@
-"""Training throughput (samples/s) per preset and per curriculum stage (SPEC C16).
+"""Training throughput (samples/s) per preset and per curriculum stage.
 
 For every preset the model is built exactly as `train/loop.py` builds it (same dataset fitting, optimizer
 groups and gradient step, via `accumulate_gradients`), then each of its curriculum stages is timed on its own:

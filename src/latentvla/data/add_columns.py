@@ -2,7 +2,7 @@
 
 `latentvla annotate` used to read the whole dataset and write a new one: every video was decoded and re-encoded
 (mean error 2.19 -> 3.30 /255, an H.264 dataset came out AV1), the feature `names` and the q01..q99 stats were
-lost and a v2.1 dataset became v3.0, which LeRobot 0.3.3 cannot open (issue 26, item 5). `add_columns` instead
+lost and a v2.1 dataset became v3.0, which LeRobot 0.3.3 cannot open. `add_columns` instead
 
 - appends the new columns to each data parquet file (existing columns, their arrow types and the file's HF
   `huggingface` schema metadata kept; the new columns are declared there too, in the file's own style),

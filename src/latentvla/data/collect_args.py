@@ -1,5 +1,5 @@
 """The arguments of a `collect` run that decide what its dataset contains, and the check that a `--resume` uses
-the same ones (issue 26, item 3).
+the same ones.
 
 A resumed collection keeps the episodes already written and fills in the rest, so every argument that changes an
 episode's content or which episodes are kept must be the interrupted run's: a different `--seed` gives other

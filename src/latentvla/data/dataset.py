@@ -6,7 +6,7 @@ asks a `FrameStore` (data/frames.py) for exactly the frames the sample needs (ea
 the primary camera), decoded from PNG-in-parquet or video, through small per-worker caches. So opening costs
 time and memory proportional to the metadata, and a dataset larger than RAM trains on every DDP rank.
 
-Action chunks follow LeRobot's `delta_timestamps` semantics (ecosystem.md §1.1): frame t gets actions
+Action chunks follow LeRobot's `delta_timestamps` semantics: frame t gets actions
 t .. t+H-1; steps past the episode end repeat the last action and are flagged in `action_is_pad` so the loss
 can mask them. The next-frame target (LaRA §3.3 visual latents) is frame t+1 of the primary camera, zeros and
 `next_image_is_pad=True` at the last frame.

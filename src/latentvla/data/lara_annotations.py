@@ -1,7 +1,7 @@
 """Import LaRA-VLA's released chain-of-thought annotations, which sit next to a LeRobot dataset.
 
 LaRA-VLA released its LIBERO CoT as side files of LeRobot datasets (`lovejuly/libero_lerobot_all`, one
-`<suite>_no_noops_1.0.0_lerobot/` dataset per suite; papers.md §1.9). The format below is the one LaRA-VLA's own
+`<suite>_no_noops_1.0.0_lerobot/` dataset per suite, LaRA-VLA README). The format below is the one LaRA-VLA's own
 loader reads (`laravla/dataloader/gr00t_lerobot/bridge_annotations.py` `BridgeAnnotations._load_cot` /
 `_load_bbox`, upstream commit 93b5c03; the LIBERO launchers point it at these two files):
 

@@ -1,6 +1,6 @@
 """Per-feature normalization statistics and the `Normalizer` that applies them.
 
-Statistics follow LeRobot's `compute_stats.py` (ecosystem.md §1.1): per feature `mean, std, min, max, q01, q99,
+Statistics follow LeRobot's `compute_stats.py`: per feature `mean, std, min, max, q01, q99,
 count`. Images are uint8 `(T, H, W, 3)` and get per-channel stats of shape `(3, 1, 1)` on the [0, 1] scale,
 computed on a subsample of frames and pixels (exact image stats are never needed: images are not normalized by
 the policy, the stats are only informative). Per-episode stats are merged with `aggregate_stats` (exact for

@@ -185,7 +185,7 @@ class Simulator(ABC):
     has_expert: bool = False  # a scripted expert exists (`collect` needs one)
     train_init: str = ""  # how `reset(split="train")` episodes start, in words (recorded by `collect`)
     default_protocol: str = "default"
-    # Client key map of the policy server: openpi-style key -> LeRobot key (ecosystem.md §2).
+    # Client key map of the policy server: openpi-style key -> LeRobot key (openpi's LIBERO example).
     client_keys: Mapping[str, str] = {}
     state_layout: StateLayout = StateLayout()
     install_hint: str = ""

@@ -3,7 +3,7 @@
 A policy that executes a chunk of H actions open-loop reads the observation once per chunk (`Policy.
 select_action` touches `obs` only when its queue is empty), yet a simulator that renders in `step` pays for
 every step. LIBERO's software rendering costs ~70 + ~45 ms per step for its two cameras against 12 ms of physics
-(reference/libero-expert.md), so an evaluation episode that renders every step costs ~20 s and one that renders
+(measured on this CPU), so an evaluation episode that renders every step costs ~20 s and one that renders
 once per chunk of 8 ~4 s. `LazyObservation` keeps the cheap entries (state, task) and renders an image only when
 someone reads it, from the simulator state of the step it belongs to: results are identical, the evaluation
 loop is unchanged, and video recording or collection (which read every frame) still render every frame.

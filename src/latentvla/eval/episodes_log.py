@@ -1,4 +1,4 @@
-"""`OUT/episodes.jsonl`: every finished evaluation episode, written the moment it finishes (issue 26).
+"""`OUT/episodes.jsonl`: every finished evaluation episode, written the moment it finishes.
 
     line 1: {"fingerprint": {...}}                 what the episodes were measured with
     then:   {"task": ..., "episode": i, "success": ..., "length": ..., "iterations": [...], "latencies_ms": [...],

@@ -1,4 +1,4 @@
-"""Thinking-token latent analysis (SPEC C18; LaRA-VLA Fig. 6): do the latent CoT components stay distinct?
+"""Thinking-token latent analysis (LaRA-VLA Fig. 6, §4.3): do the latent CoT components stay distinct?
 
 LaRA replaces each CoT component (subtask, bbox, reasoning) by one continuous thinking token. If the
 curriculum works, the final-layer states of those tokens occupy separate regions (Fig. 6 shows three clusters

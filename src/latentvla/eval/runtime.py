@@ -1,4 +1,4 @@
-"""The episode loop, openpi-client style: an `Environment`, an `Agent` and `Subscriber`s (house style §2).
+"""The episode loop, openpi-client style: an `Environment`, an `Agent` and `Subscriber`s.
 
     env.reset(); agent.reset()
     until env.is_done() or max_steps:  obs = env.observe(); out = agent.get_action(obs); env.apply_action(out)

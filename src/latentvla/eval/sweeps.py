@@ -43,7 +43,7 @@ def parse_list(text: str, kind: type = float) -> list:
     return values
 
 
-# RD-VLA Fig. 4 (LIBERO, success % at fixed test-time iterations; papers.md §2): the reference our curve is drawn
+# RD-VLA Fig. 4 (LIBERO, success % at fixed test-time iterations; Table II): the reference our curve is drawn
 # next to. Different tasks and scale, so the shape (where it saturates), not the level, is what compares.
 PAPER_FIG4 = {1: 8.4, 2: 40.5, 4: 84.1, 8: 92.6, 12: 93.0}
 

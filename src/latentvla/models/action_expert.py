@@ -1,4 +1,4 @@
-"""Flow-matching DiT action expert (LaRA-VLA Stage III, papers.md §1.5; GR00T-N1.5-style head in [LC]).
+"""Flow-matching DiT action expert (LaRA-VLA Stage III, §3.2-3.3, Eq. 4; its code's GR00T-N1.5 head).
 
     context (B,T,Dc) ──────────────────────────────┐ (K/V of the cross-attention layers)
     state (B,S) ─ MLP ─► [state token]              │
@@ -14,7 +14,7 @@ the released LaRA code passes no mask, which is equivalent when there is no padd
 The context is fixed within a call, so its cross-attention keys/values are projected ONCE per call
 (`project_context`) and reused by every Euler step in `sample` and by every noise draw in `loss` (openpi's π0
 computes the prefix KV once for all denoising steps). `repeats` = R draws R (t, noise) pairs per example per
-backbone forward (GR00T / LaRA `repeated_diffusion_steps = 4`, papers.md §1); the per-sample loss is their mean.
+backbone forward (`repeated_diffusion_steps = 4` in GR00T / LaRA-VLA code); the per-sample loss is their mean.
 `cache_context=False` keeps the re-projecting path as the reference for tests and benchmarks.
 """
 
@@ -42,10 +42,10 @@ class ActionExpertConfig:
     num_future_tokens: int = 8
     use_state_token: bool = True
     dropout: float = 0.0
-    num_steps: int = 4  # Euler steps at inference ([LC] num_inference_timesteps: 4)
+    num_steps: int = 4  # Euler steps at inference (LaRA-VLA's code: num_inference_timesteps: 4)
     time_sampling: str = "beta"  # "beta" (LaRA code) or "uniform" (LaRA paper)
     ffn_mult: int = 4
-    repeats: int = 4  # (t, noise) draws per example per backbone forward ([LC] repeated_diffusion_steps: 4)
+    repeats: int = 4  # (t, noise) draws per example per backbone forward (LaRA-VLA's repeated_diffusion_steps: 4)
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.depth < 1 or self.heads < 1:
@@ -159,7 +159,7 @@ class FlowMatchingExpert(nn.Module):
         self.cfg, self.action_dim, self.horizon, self.state_dim = cfg, action_dim, horizon, state_dim
         W = cfg.width
         self.time_mlp = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
-        # Action encoder ([LC] MultiEmbodimentActionEncoder): Linear(a) ⊕ sinusoid(t) -> swish MLP.
+        # Action encoder (LaRA-VLA's code: MultiEmbodimentActionEncoder): Linear(a) ⊕ sinusoid(t) -> swish MLP.
         self.action_in = nn.Linear(action_dim, W)
         self.action_mix = nn.Sequential(nn.Linear(2 * W, W), nn.SiLU(), nn.Linear(W, W))
         self.action_pos = nn.Parameter(torch.randn(horizon, W) * 0.02)
@@ -175,7 +175,7 @@ class FlowMatchingExpert(nn.Module):
         self.final_ada = nn.Linear(W, 2 * W)
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
-        self.final_drop = nn.Dropout(cfg.dropout)  # [LC] final_dropout: true
+        self.final_drop = nn.Dropout(cfg.dropout)  # LaRA-VLA's code: final_dropout: true
         self.decoder = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, action_dim))
 
     def _check(self, context: Tensor, context_mask: Tensor | None, state: Tensor | None) -> Tensor | None:
@@ -251,7 +251,7 @@ class FlowMatchingExpert(nn.Module):
         *,
         cache_context: bool = True,
     ) -> Tensor:
-        """Per-sample flow-matching loss (B,): ||v(x_t, t) - (a - eps)||², masked by action_is_pad ([LP] Eq. 4),
+        """Per-sample flow-matching loss (B,): ||v(x_t, t) - (a - eps)||², masked by action_is_pad (LaRA Eq. 4),
         averaged over `repeats` (t, noise) draws whose context keys/values are projected once."""
         key_mask = self._check(context, context_mask, state)
         B, R = actions.shape[0], self.cfg.repeats

@@ -74,7 +74,7 @@ class RecurrentHead(RecurrentDepthHead):
 
     def read(self, out: BackboneOutput, seq: SequenceBatch) -> dict[str, Tensor]:
         """The backbone taps: query (latent) and image tokens at the prelude's and at the core's layer. The prelude
-        reads its image tokens through the gated vision path, like the core ([RP] Eq. 1: h^(12)_{vis+lat})."""
+        reads its image tokens through the gated vision path, like the core (RD-VLA Eq. 1: h^(12)_{vis+lat})."""
         mid, last = out.layers[self.prelude_layer], out.layers[self.core_layer]
         q, im = seq.query_index, seq.image_index
         return {

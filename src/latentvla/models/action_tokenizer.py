@@ -1,4 +1,4 @@
-"""Per-dimension uniform binning of normalized action chunks <-> discrete bin indices (LaRA Stage I/II, C5).
+"""Per-dimension uniform binning of normalized action chunks <-> discrete bin indices (LaRA-VLA Stage I/II).
 
 Actions are normalized to [-1, 1] (min-max, data/stats.py), so every dimension shares the same `num_bins`
 equal-width bins over that range. A chunk (H, A) is flattened time-major: token j = step j // A, dim j % A.

@@ -1,6 +1,6 @@
 """Plain image behaviour cloning (`bc` preset): the no-reasoning reference every new method is measured against.
 
-The policy of reference/bc-baseline.md, which reached 70 % on the six-task Meta-World set in 10 CPU minutes:
+A plain image BC policy, which reached 70 % on the six-task Meta-World set in 10 CPU minutes (one seed):
 
     image (B,3,64,64) ─ conv 3→32→64→64 (stride 2 each) → 64 (stride 1) ─ flatten ─ Linear(256) + LayerNorm ─┐
     instruction ─ mean of learned token embeddings (64-d)  ───────────────────────────────────────────────────┤─ MLP
@@ -33,7 +33,7 @@ from latentvla.models.tokenizer import Tokenizer
 
 @dataclass(frozen=True)
 class BCConfig:
-    """Sizes of the BC policy (bc-baseline.md: 1.59 M parameters at 64 px, one camera, chunk 8 x 4)."""
+    """Sizes of the BC policy (as measured: 1.59 M parameters at 64 px, one camera, chunk 8 x 4)."""
 
     channels: tuple[int, ...] = (32, 64, 64, 64)  # conv widths; all but the last have stride 2
     feature_dim: int = 256  # image features after flatten -> Linear -> LayerNorm
@@ -124,7 +124,7 @@ class BCPolicyModel(nn.Module):
     def compute_loss(
         self, batch: dict, stage: StageSpec, generator: torch.Generator | None = None, *, step: int | None = None
     ):
-        """Per-sample masked L1 over the chunk (B,) and metrics (bc-baseline.md: L1)."""
+        """Per-sample masked L1 over the chunk (B,) and metrics."""
         pred = self(batch, generator)
         l1 = (pred - batch[ACTION]).abs().mean(dim=-1)  # (B, H)
         loss = stage.w_head * mean_over_valid_steps(l1, batch.get(ACTION_IS_PAD))

@@ -1,10 +1,10 @@
 """The curriculum as data: which CoT components are explicit / latent, loss weights and learning-rate multipliers
-per stage (SPEC C10). The model reads only the `StageSpec` it is handed; `train/curriculum.py` maps steps to stages.
+per stage. The model reads only the `StageSpec` it is handed; `train/curriculum.py` maps steps to stages.
 
 These types live in `models/` (not `train/`) because the model, the policy and the config all read them: imports
 point one way, data/envs -> models -> train -> eval/serve/scripts.
 
-LaRA-VLA (papers.md §1.6-1.7, Table 5) trains one model through
+LaRA-VLA (§3.3, Fig. 8, Table 5) trains one model through
     I    explicit CoT text + visual latents (w 0.1) + discrete action tokens
     II-1 Subtask  -> 1 thinking token; BBox, Reasoning still explicit;   visual w 0.2
     II-2 +BBox    -> 2 thinking tokens; Reasoning explicit
@@ -86,7 +86,7 @@ def _stage(name: str, **kw) -> StageSpec:
 
 def _schedule_table() -> dict[str, list[tuple[StageSpec, float]]]:
     """LaRA Table 4 as schedules that differ from `lara` in ONE factor each: all use the flow expert, the same
-    total steps and the same stage-III share (50 %); only `lara` has visual latents (issue 10, item 8)."""
+    total steps and the same stage-III share (50 %); only `lara` has visual latents."""
     comps = COT_COMPONENTS
     head = dict(train_head=True, w_head=1.0)
     tokens = dict(discrete_actions=True, w_act=1.0)
@@ -121,7 +121,7 @@ SCHEDULES = _schedule_table()
 class CurriculumConfig:
     """A named schedule, optionally custom stage fractions (same length as the schedule), and stage mixing.
 
-    `mix_prob` is Coconut's `uniform_prob` (papers.md: 0 in its main runs, 0.3 "to mix other stages"): with this
+    `mix_prob` is Coconut's `uniform_prob` (its code: 0 in its main runs, 0.3 "to mix other stages"): with this
     probability a training step uses an earlier stage, drawn uniformly, instead of the scheduled one, so explicit
     CoT (stage I) and discrete actions keep being rehearsed after their stage ends. Without it a `lara` model's
     explicit decoding drifts after stage III (README). Coconut mixes per sample; we mix per step (one layout per

@@ -1,7 +1,7 @@
-"""Exponential moving average of a module's weights (the EMA target image encoder of LaRA's visual latents, C4).
+"""Exponential moving average of a module's weights (EMA target image encoder of LaRA-VLA's visual latents, Eq. 3).
 
 target <- decay * target + (1 - decay) * online, in place and without autograd; buffers (e.g. BatchNorm
-running stats) are copied verbatim. Paper/code: decay 0.999, updated every 2 optimizer steps ([LC]); the
+running stats) are copied verbatim. LaRA-VLA's code: decay 0.999, updated every 2 optimizer steps; the
 update interval is the caller's business (train/loop.py).
 """
 

@@ -1,5 +1,5 @@
 """Adaptive execution horizon: how many actions of a chunk to execute, given the iterations k* the head used
-(RD-VLA §III-D, Eq. 8-9; papers.md §2.5; C9).
+(RD-VLA §III-D, Eq. 8-9).
 
 Direction. The paper reads deep recurrence as uncertainty and executes *fewer* actions then ("paper", the
 default). The released RD code's binary mode does the opposite (README: "fewer actions when convergence is

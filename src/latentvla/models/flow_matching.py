@@ -1,6 +1,6 @@
-"""Flow-matching maths for the action expert, written once as pure functions (house style §5).
+"""Flow-matching maths for the action expert, written once as pure functions.
 
-Time convention (the LaRA-VLA paper's, [LP] Eq. 4; used everywhere in this package):
+Time convention (the LaRA-VLA paper's, Eq. 4; used everywhere in this package):
 
     t = 0 is pure noise, t = 1 is data.
     x_t = (1 - t) * eps + t * a,        eps ~ N(0, I)
@@ -9,7 +9,7 @@ Time convention (the LaRA-VLA paper's, [LP] Eq. 4; used everywhere in this packa
 
 (openpi's pi0 uses the opposite direction; do not mix the two.) Training times come from either the paper's
 U(0, 1) or the released LaRA code's Beta-biased schedule t = (s - u) / s, u ~ Beta(1.5, 1), s = 0.999, which
-puts more mass near t = 0, i.e. on noisy inputs ([LC] GR00T action head; papers.md §1.5).
+puts more mass near t = 0, i.e. on noisy inputs (the GR00T action head in LaRA-VLA's code).
 """
 
 from __future__ import annotations

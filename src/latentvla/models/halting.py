@@ -1,4 +1,4 @@
-"""Halting strategies for the recurrent-depth head's adaptive compute (RD-VLA §III-C, papers.md §2.5; C9).
+"""Halting strategies for the recurrent-depth head's adaptive compute (RD-VLA §III-C, Eq. 7).
 
 Each strategy is a two-method class (Huginn's exit evaluators, without string switches):
     reset(batch_size)                 called once before the first iteration of a call

@@ -1,9 +1,9 @@
-"""Recurrent-depth schedule maths (Huginn [HP] Eq. 1-2; RD-VLA [RP] Eq. 6; papers.md §2.4, §3), pure functions.
+"""Recurrent-depth schedule maths (Huginn Eq. 1-2; RD-VLA Eq. 6, §III-B), pure functions.
 
 Training depth r is drawn once per optimizer step (whole batch, every micro-batch, every DDP rank):
     tau ~ N(ln(mean) - sigma^2 / 2, sigma^2),   r ~ Poisson(exp(tau)) + 1,   clamped to [min_depth, max_depth]
 `step_depth` seeds that draw from the step number alone, as Huginn's sampler does ("all workers draw the same
-r per step", [HP] §3 / Fig. 3): ranks whose global RNG streams differ (per-rank seeds for noise and
+r per step", Huginn §3 / Fig. 3): ranks whose global RNG streams differ (per-rank seeds for noise and
 augmentation) and the micro-batches of one accumulated step all run the same depth, and a resumed run redraws
 the same sequence.
 With mean 32 and sigma 0.5 this has mean ~33, median ~29 (Huginn Fig. 3). Truncated BPTT then runs the first
@@ -17,7 +17,7 @@ import math
 import torch
 
 MAX_POISSON_RATE = (
-    100.0  # RD code clamps lambda = exp(tau) <= 100 before the Poisson draw ([RF] sample_iterations)
+    100.0  # RD code clamps lambda = exp(tau) <= 100 before the Poisson draw (RD-VLA's code, sample_iterations)
 )
 
 

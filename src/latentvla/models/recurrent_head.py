@@ -1,4 +1,4 @@
-"""Recurrent-depth action head of RD-VLA (papers.md §2.3-2.5, [RP] §III-B Eq. 1-5, [RF] action_heads.py;
+"""Recurrent-depth action head of RD-VLA (RD-VLA §III-B Eq. 1-5 and §III-C, its code's action_heads.py;
 Huginn §3 for the prelude/core/coda recipe, init and truncated BPTT).
 
     K learned queries ─ Prelude block (x-attn: mid-layer latent keys, gated mid-layer vision keys) ─► S_pre (B,K,D)
@@ -11,12 +11,12 @@ Huginn §3 for the prelude/core/coda recipe, init and truncated BPTT).
 Block = pre-RMSNorm self-attention over the K tokens (RoPE, no mask) → pre-RMSNorm gated cross-attention
 (separate K/V projections for latent and vision keys, vision logits × tanh(g), g init 0, ONE joint softmax)
 → pre-RMSNorm SwiGLU FFN; no biases. Every block, the prelude included, reads its layer's image tokens through
-the gated vision path ([RP] Eq. 1: the prelude cross-attends h^(12)_{vis+lat}).
+the gated vision path (RD-VLA Eq. 1: the prelude cross-attends h^(12)_{vis+lat}).
 
 Context cache: the context and the (tied) weights are fixed within a call, so each block projects its context
 into keys/values ONCE per call (`RecurrentBlock.project`) and every iteration reuses them. At width 896 with 577
 context tokens that projection is ~88 % of a block-iteration's FLOPs (bench/head.py `head_flops`); the official
-head ([RF] action_heads.py) re-projects it at every iteration. Exact: the same ops on the same numbers.
+head (RD-VLA's action_heads.py) re-projects it at every iteration. Exact: the same ops on the same numbers.
 `cache_context=False` keeps the re-projecting path as the reference for tests and `latentvla bench head`.
 
 Training (grad enabled, no halting): the first r - d iterations run under torch.no_grad() (no graph at all)
@@ -179,7 +179,7 @@ class RecurrentBlock(nn.Module):
         self.kv_vision = nn.Linear(context_dim, 2 * width, bias=False)
         # g: vision logits × tanh(g). At init tanh(0) = 0 zeroes the vision LOGITS, not the vision attention:
         # every vision key then gets the same share exp(0) of the joint softmax (a uniform average of the
-        # vision values enters), and the gate learns how sharply to attend to them ([RF] action_heads.py).
+        # vision values enters), and the gate learns how sharply to attend to them (RD-VLA's action_heads.py).
         self.vision_gate = nn.Parameter(torch.zeros(()))
         self.o_cross = nn.Linear(width, width, bias=False)
         self.norm_ffn = nn.RMSNorm(width, eps=1e-6)
@@ -201,7 +201,7 @@ class RecurrentBlock(nn.Module):
         if vision_ctx is not None:
             k_vis, v_vis = self.kv_vision(vision_ctx).chunk(2, dim=-1)
             # Scaling the vision keys by tanh(g) scales exactly their logits q·k/√d, and one SDPA call over the
-            # concatenated keys is the single joint softmax of [RF] (gate on logits, not on the output).
+            # concatenated keys is the single joint softmax of RD-VLA's code (gate on logits, not on the output).
             keys.append(torch.tanh(self.vision_gate) * k_vis)
             values.append(v_vis)
         return self._heads(torch.cat(keys, 1)).contiguous(), self._heads(torch.cat(values, 1)).contiguous()
@@ -236,7 +236,7 @@ class RecurrentDepthHead(nn.Module):
         D = cfg.width
         block = lambda: RecurrentBlock(D, cfg.heads, cfg.ffn_mult, context_dim, cfg.rope_base)  # noqa: E731
         self.queries = nn.Parameter(torch.empty(cfg.chunk, D))
-        # Proprio → one key/value token in context space, appended to the latent keys ([RC] projectors.py).
+        # Proprio → one key/value token in context space, appended to the latent keys (RD-VLA's projectors.py).
         self.proprio = (
             nn.Sequential(nn.Linear(state_dim, context_dim), nn.GELU(), nn.Linear(context_dim, context_dim))
             if state_dim > 0
@@ -369,7 +369,7 @@ class RecurrentDepthHead(nn.Module):
             s = self.core_step(s, s_pre, core)
             a = self.decode(s, coda)
             latents[rows], iters[rows] = s, k
-            if actions is None:  # k = 1: nothing to compare with yet (earliest stop is k = 2, as in [RF])
+            if actions is None:  # k = 1: nothing to compare with yet (earliest stop is k = 2, as in RD-VLA's code)
                 actions, halt = a.clone(), torch.zeros(len(rows), dtype=torch.bool, device=dev)
             else:
                 deltas[rows, k - 1] = mean_squared_change(actions[rows], a)
@@ -420,7 +420,7 @@ class RecurrentDepthHead(nn.Module):
 
 
 def l1_chunk_loss(pred: Tensor, target: Tensor, is_pad: Tensor | None = None) -> Tensor:
-    """Per-sample L1 (B,) between chunks (B,H,A), averaged over non-padded steps and action dims ([RF] L1)."""
+    """Per-sample L1 (B,) between chunks (B,H,A), averaged over non-padded steps and action dims (RD-VLA code)."""
     if pred.shape != target.shape or pred.dim() != 3:
         raise ValueError(f"pred and target must both be (B,H,A); got {tuple(pred.shape)}, {tuple(target.shape)}.")
     return mean_over_valid_steps((pred - target).abs().mean(dim=-1), is_pad)  # (B, H) -> (B,)

@@ -46,7 +46,7 @@ class SampleOutput:
     cot_text: list[str] | None = None  # explicit mode only
     iterations: Tensor | None = None  # (B,) recurrent head only
     deltas: Tensor | None = None  # (B,R) per-iteration mean squared change of the decoded chunk
-    thinking_latents: Tensor | None = None  # (B,K,D) one per latent CoT component (C18)
+    thinking_latents: Tensor | None = None  # (B,K,D) one per latent CoT component
     cot_tokens: Tensor | None = None  # (B,) tokens decoded in explicit mode (stop token excluded)
 
 

@@ -7,7 +7,7 @@ One row of a batch (columns left to right):
 
 The two PAD gaps make every block that later code indexes sit in the same columns in every row:
 - image tokens occupy columns [0, n_image) (fill them with `embeds[:, :n_image] = image_tokens`);
-- the left gap aligns <sot> and the thinking tokens (Coconut's collator, papers.md §1.8 step 1), so the
+- the left gap aligns <sot> and the thinking tokens (Coconut's collator, as in LaRA-VLA's code), so the
   multi-pass forward splits every row at the same columns;
 - the right gap aligns <img_next>, action and query tokens.
 Pads are never attended and `position_ids` count only real tokens, so a gap changes nothing for the model.
@@ -21,7 +21,7 @@ text, the first <img_next> and the action tokens.
 End of CoT: every explicit CoT ends with <eos> (`tokenizer.eos_id`), supervised in every stage that has explicit text,
 and explicit decoding stops on it. LaRA does not name its end-of-CoT signal; the first <img_next> (what this
 layout used before) is only present, hence only trained, when the curriculum has visual latents, so a model
-without them never learned to stop (issue 10, item 4). `explicit_cot=None` (latent prompts) adds no <eos>.
+without them never learned to stop. `explicit_cot=None` (latent prompts) adds no <eos>.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def attention_mask(segments: Tensor, pad: Tensor | None = None) -> Tensor:
     """(B, T) segments (and optional (B, T) bool `pad`, default segments == PAD) -> (B, T, T) bool mask.
 
     Causal everywhere, plus bidirectional attention inside the IMAGE, IMG_NEXT and QUERY blocks (LaRA Fig. 3,
-    papers.md §1.3). Action tokens come after <img_next>, so causality already lets them see every img_next and
+    §3.3). Action tokens come after <img_next>, so causality already lets them see every img_next and
     only earlier actions. Nobody attends to a pad; a pad row attends only to itself so softmax never sees an
     all-masked row (which would give NaN).
     """

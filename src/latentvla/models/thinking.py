@@ -1,4 +1,4 @@
-"""Coconut multi-pass latent forward (SPEC C3, LaRA §1.8, Coconut §4) and greedy explicit-CoT decoding.
+"""Coconut multi-pass latent forward (Coconut §3; LaRA-VLA §3.3 Stage II) and greedy explicit-CoT decoding.
 
 A <thinking> token has no embedding of its own: its input is the last (final-normed) hidden state of the position
 just before it, the "continuous thought". Thought j depends on the output at column c_j - 1, so the sequence is

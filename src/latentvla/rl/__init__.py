@@ -1,4 +1,4 @@
-"""Reinforcement post-training in simulation (issue 24): a trained policy improves from its own rollouts.
+"""Reinforcement post-training in simulation: a trained policy improves from its own rollouts.
 
     latentvla rl RUN --env metaworld --tasks reach --algo ppo --updates 50 --out runs/rl_reach
 

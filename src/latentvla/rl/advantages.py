@@ -1,4 +1,4 @@
-"""Advantages over chunk-level decisions, as pure functions (house style §5).
+"""Advantages over chunk-level decisions, as pure functions.
 
 Why not torchrl's `GAE` / `ClipPPOLoss`: torchrl is not installed, it pins its own torch build and brings the
 tensordict stack; the maths below is ~30 lines and is tested against direct sums (tests/test_rl.py).

@@ -1,4 +1,4 @@
-"""Log-likelihoods of the stochastic policies RL trains, as pure functions (house style §5).
+"""Log-likelihoods of the stochastic policies RL trains, as pure functions.
 
 Gaussian chunk (the recurrent head `rdvla` and `bc`): a ~ N(mu_theta(o), diag sigma^2) around the predicted
 normalised chunk, sigma a learned per-(step, dim) std (PPO's usual state-independent log-std).

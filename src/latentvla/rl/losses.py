@@ -1,4 +1,4 @@
-"""PPO / GRPO policy losses, value loss and KL estimators, as pure functions (house style §5)."""
+"""PPO / GRPO policy losses, value loss and KL estimators, as pure functions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`docs/results/rl/summary.json` + `rl.png` from the outputs of runs/rl_metaworld.sh (issue 24, item 2).
+"""`docs/results/rl/summary.json` + `rl.png` from the outputs of runs/rl_metaworld.sh.
 
     python -m latentvla.rl.summary --root outputs/rl_mw --out docs/results/rl
 

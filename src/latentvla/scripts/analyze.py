@@ -1,4 +1,4 @@
-"""`latentvla analyze <what>`: analyses of a trained policy (SPEC C18).
+"""`latentvla analyze <what>`: analyses of a trained policy.
 
     latentvla analyze latents runs/lara --dataset data/mw4 --out runs/lara/latents.png
     latentvla analyze latents runs/lara --dataset data/mw4 --out latents_tsne.png --method tsne --max-samples 300

@@ -1,4 +1,4 @@
-"""`latentvla bench <what>`: measurements in one process, as JSON + a table (SPEC C16).
+"""`latentvla bench <what>`: measurements in one process, as JSON + a table.
 
     latentvla bench train                                  # samples/s per preset (and per LaRA stage), tiny size
     latentvla bench train --presets lara,rdvla --steps 10 --batch-size 16 --json bench_train.json

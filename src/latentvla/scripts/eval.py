@@ -1,4 +1,4 @@
-"""`latentvla eval RUN`: simulator rollouts under a named protocol, LeRobot-schema eval_info.json, sweeps (C15).
+"""`latentvla eval RUN`: simulator rollouts under a named protocol, LeRobot-schema eval_info.json, sweeps.
 
     latentvla eval runs/lara --tasks reach,push,pick-place --episodes 10 --out runs/lara/eval
     latentvla eval runs/libero --env libero --tasks libero_object --out eval/libero   # papers' protocol: 50 ep/task
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     from latentvla.models.halting import halting_spec
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():  # before anything runs (issue 26: it used to fail after the evaluation)
+    if out.exists() and not out.is_dir():  # before anything runs (it used to fail only after the evaluation)
         raise UserError(f"--out {out} is an existing file; eval writes a directory there: pick another path.")
     from latentvla.eval.evaluate import EvalInterrupted
 

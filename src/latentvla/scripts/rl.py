@@ -1,4 +1,4 @@
-"""`latentvla rl RUN`: reinforcement post-training of a trained policy on its own simulator rollouts (issue 24).
+"""`latentvla rl RUN`: reinforcement post-training of a trained policy on its own simulator rollouts.
 
     latentvla rl runs/lara --env metaworld --tasks reach --algo ppo --updates 50 --out runs/rl/lara_reach
     latentvla rl runs/rdvla --tasks reach,push,pick-place --algo grpo --num-envs 12 --group-size 4 --minutes 60 \

@@ -1,4 +1,4 @@
-"""`latentvla serve RUN`: serve a trained policy over openpi's websocket protocol (SPEC C17).
+"""`latentvla serve RUN`: serve a trained policy over openpi's websocket protocol.
 
     latentvla serve runs/lara --port 8000 --mode latent
     latentvla serve runs/rdvla --iterations 8            # fixed recurrent depth
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """What can be refused before loading the model (seconds to minutes for a VLM), one line each (issue 26)."""
+    """What can be refused before loading the model (seconds to minutes for a VLM), one line each."""
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port {args.port} is not a TCP port: use 1-65535 (0 picks a free one)")
     for flag, value in (("--iterations", args.iterations), ("--max-batch", args.max_batch)):

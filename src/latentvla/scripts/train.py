@@ -1,4 +1,4 @@
-"""`latentvla train`: train a named preset on a LeRobot dataset (SPEC C10 + C14).
+"""`latentvla train`: train a named preset on a LeRobot dataset.
 
     latentvla train --preset lara --dataset data/mw4 --out runs/lara --steps 2000
     latentvla train --preset rdvla --dataset data/mw4 --out runs/rd policy.horizon=8 lr_head=5e-4

@@ -1,6 +1,6 @@
 """Validate a client's observation dict and map it onto the policy's LeRobot keys.
 
-Two key styles are accepted (ecosystem.md §2):
+Two key styles are accepted (LeRobot's, and openpi's LIBERO example's):
 
     LeRobot                          openpi LIBERO-style
     observation.images.<cam>         observation/image (first camera), observation/wrist_image (second camera)

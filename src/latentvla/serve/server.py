@@ -1,6 +1,6 @@
 """Websocket policy server speaking openpi's protocol (openpi `serving/websocket_policy_server.py`), hardened.
 
-Wire protocol (ecosystem.md §2), unchanged so the unmodified `openpi-client` works:
+Wire protocol (openpi's `websocket_policy_server.py`), unchanged so the unmodified `openpi-client` works:
 - `GET /healthz` answers `200 OK\\n`; every other path is the websocket endpoint (no compression).
 - On connect the server sends one binary msgpack frame: the policy metadata.
 - Then lockstep: the client sends a binary msgpack observation dict; the server replies with a binary msgpack

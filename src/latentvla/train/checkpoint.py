@@ -1,4 +1,4 @@
-"""Atomic checkpoints, keep-last-N, the `last` pointer and resume state (SPEC C14).
+"""Atomic checkpoints, keep-last-N, the `last` pointer and resume state.
 
 Layout of one run:
 
@@ -248,7 +248,7 @@ def load_training_state(ckpt_dir: str | Path) -> dict:
 def training_state_problem(ckpt_dir: str | Path) -> tuple[dict | None, str | None]:
     """(the training state of `ckpt_dir`, None) if its training_state.pt loads and belongs to that checkpoint, else
     (None, what is wrong). A file copied from another checkpoint or run loads fine and would resume silently from
-    the wrong step or fail deep inside the optimizer (issue 26)."""
+    the wrong step or fail deep inside the optimizer."""
     path = Path(ckpt_dir) / TRAINING_STATE
     try:
         state = load_training_state(ckpt_dir)

@@ -1,4 +1,4 @@
-"""Which curriculum stage a training step is in (SPEC C10). The stage types live in `models/curriculum.py`."""
+"""Which curriculum stage a training step is in. The stage types live in `models/curriculum.py`."""
 
 from __future__ import annotations
 

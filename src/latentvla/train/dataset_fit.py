@@ -1,4 +1,4 @@
-"""What a training run takes from its dataset, and what it refuses (issue 26, items 1, 6 and 7).
+"""What a training run takes from its dataset, and what it refuses.
 
 `fit_policy_to_dataset` (train/loop.py) calls these before the run directory is touched:
 

@@ -1,4 +1,4 @@
-"""Training metrics: progress bar, `RUN/metrics.jsonl`, TensorBoard, optional wandb, loss-curve PNG (SPEC C14).
+"""Training metrics: progress bar, `RUN/metrics.jsonl`, TensorBoard, optional wandb, loss-curve PNG.
 
 One JSON object per logged step, e.g.
     {"step": 120, "stage": "II-1", "loss": 2.31, "loss_cot": 1.9, ..., "lr_backbone": 3e-4, "lr_head": 1e-3,

@@ -1,11 +1,11 @@
-"""Optimizer and learning-rate schedule as pure functions (SPEC C14).
+"""Optimizer and learning-rate schedule as pure functions.
 
 - `build_optimizer`: AdamW with betas (0.9, 0.95) and one group per (backbone | head) x (decay | no decay).
   Norm gains, biases and embedding tables get no weight decay (nanoGPT / nanochat convention: decaying them
   only shrinks scales the normalisation layers re-learn).
 - `lr_multiplier`: linear warm-up then cosine decay to `min_lr_frac`, **restarted at every curriculum stage
   boundary**. LaRA-VLA trains each stage as its own run starting from the previous stage's weights, each with its
-  own warm-up + cosine (papers.md §1.7, Table 5); a single run reproduces that by restarting the schedule.
+  own warm-up + cosine (LaRA-VLA Table 5 and its code); a single run reproduces that by restarting the schedule.
 - `set_lrs`: base LR x stage multiplier (`StageSpec.lr_backbone` / `lr_head`) x schedule, written into the groups.
 """
 

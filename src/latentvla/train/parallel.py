@@ -1,7 +1,7 @@
 """Data parallelism for the training loop: DDP (replicated weights) or FSDP2 (`fully_shard`: weights, gradients
 and optimizer state sharded over the ranks), selected by `TrainConfig.parallel` on the same torchrun path.
 
-FSDP2 layout (scale-facts.md §3), one `fully_shard` unit (one all-gather before its forward, one reduce-scatter
+FSDP2 layout: one `fully_shard` unit (one all-gather before its forward, one reduce-scatter
 after its backward) per:
 - transformer block of the backbone's language model;
 - vision tower (Qwen3-VL-4B: 0.42 B parameters) with its projector;

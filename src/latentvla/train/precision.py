@@ -1,9 +1,9 @@
-"""Precision rules of a training run, checked once before the first step (issue 22 "precision traps").
+"""Precision rules of a training run, checked once before the first step.
 
 - Trainable parameters must be fp32. AdamW updates a parameter in its own dtype: at lr 1e-5 (LaRA's VLM rate,
-  papers.md §1.7) an update is ~1e-5 x |w|, below bf16's relative resolution of 2^-8 ~ 4e-3, so a bf16 weight
+  Table 5) an update is ~1e-5 x |w|, below bf16's relative resolution of 2^-8 ~ 4e-3, so a bf16 weight
   never moves. Half-precision weights are fine only when frozen (RD-VLA's bf16 base under fp32 LoRA adapters,
-  papers.md §2.2); compute still runs in bf16 under CUDA autocast over fp32 weights (train/loop.py).
+  its released configs); compute still runs in bf16 under CUDA autocast over fp32 weights (train/loop.py).
 - float16 weights are refused for training: the loop's autocast is bf16 and there is no GradScaler, so fp16
   gradients would underflow silently. They remain accepted for inference (eval / serve).
 """

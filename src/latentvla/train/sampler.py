@@ -1,4 +1,4 @@
-"""A deterministic, resumable, rank-sharded batch sampler (SPEC C14: exact resume, DDP).
+"""A deterministic, resumable, rank-sharded batch sampler (exact resume, DDP).
 
 The sample order is an endless stream of epochs, epoch `e` being `randperm(n)` drawn from a
 `torch.Generator` seeded with `seed + e`. Global micro-batch `c` is the slice `[c*B, (c+1)*B)` of that stream
