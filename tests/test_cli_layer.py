@@ -33,6 +33,8 @@ def _option_line(text: str, option: str) -> str:
         (("train",), "--size", SIZES),
         (("bench", "latency"), "--preset", PRESETS),
         (("bench", "latency"), "--size", SIZES),
+        (("bench", "memory"), "--preset", PRESETS),
+        (("annotate",), "--env", SIMULATORS),
         (("collect",), "--env", SIMULATORS),
         (("eval",), "--env", SIMULATORS),
         (("rl",), "--env", SIMULATORS),

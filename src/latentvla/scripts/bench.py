@@ -313,8 +313,10 @@ def main_head(args: argparse.Namespace) -> int:
 
 
 def register_memory(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("memory", help="parameters and per-GPU training memory from configs alone (meta device)")
-    p.add_argument("--preset", required=True, help="e.g. lara-qwen3vl, rdvla-minivla, or any preset + --backbone")
+    p = sub.add_parser("memory", help="parameters and per-GPU training memory from configs alone (meta device)",
+                       formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p.add_argument("--preset", required=True,
+                   help="lara-qwen3vl, rdvla-minivla, or any preset + --backbone: {presets}")  # fmt: skip
     p.add_argument("--backbone", default=None, metavar="DIR", help="local model dir (only config.json is read)")
     p.add_argument("--vision", action="append", default=[], metavar="DIR", help="local SigLIP / DINOv2 dir")
     p.add_argument("--lora", type=int, nargs="?", const=64, default=None, metavar="RANK",
