@@ -185,3 +185,10 @@ def test_demo_retrains_a_run_left_with_only_a_partial_checkpoint(monkeypatch, tm
     with pytest.raises(Stop):
         main(["demo", "--out", str(out), "--models", "bc", "--steps", "3"])
     assert trained == ["bc"]
+
+
+@pytest.mark.parametrize("command", [[], ["bench"], ["analyze"], ["dataset"]])
+def test_a_missing_subcommand_prints_that_groups_help_and_exits_2(command, capsys):
+    assert main(command) == 2
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {' '.join(['latentvla', *command])} [-h]")

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.cli_argv = list(sys.argv[1:] if argv is None else argv)  # as typed: `train --nproc` forwards it
-    if not getattr(args, "func", None):
-        parser.print_help()
+    if not getattr(args, "func", None):  # no command, or a command group without its subcommand: its help
+        getattr(args, "help_parser", parser).print_help()
         return 2
     try:
         return int(args.func(args) or 0)

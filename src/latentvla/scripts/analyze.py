@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cot.add_argument("--json", default=None, help="also write the report to this JSON file")
     cot.set_defaults(func=main_cot)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=None, help_parser=p)  # no subcommand: cli.main prints this help
 
 
 def main_latents(args: argparse.Namespace) -> int:

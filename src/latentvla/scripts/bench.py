@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
     for register_sub in _SUBCOMMANDS:
         register_sub(sub)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=None, help_parser=p)  # no subcommand: cli.main prints this help
 
 
 def register_train(sub: argparse._SubParsersAction) -> None:

@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     layout.add_argument("--video", action="store_true", help="cameras as AV1 MP4 (LeRobot's encoding)")
     layout.add_argument("--images", action="store_true", help="cameras as PNG in parquet (lossless)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
-    parser.set_defaults(func=main, _parser=parser)
+    for command in (info, show, convert):
+        command.set_defaults(func=main)
+    parser.set_defaults(func=None, help_parser=parser)  # no subcommand: cli.main prints this help
 
 
 def _disk_mb(root: Path, sub: str) -> float:
@@ -171,9 +173,6 @@ def _frame_text(ep: dict, t: int, chars: int) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     from latentvla.data.lerobot_format import DatasetFormatError, LeRobotDatasetReader
 
-    if not args.dataset_command:
-        args._parser.print_help()
-        return 2
     if args.dataset_command == "convert":
         return _convert(args)
     try:
