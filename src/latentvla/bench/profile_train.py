@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def profile_preset(
     from latentvla.train.loop import fit_policy_to_dataset, make_loader, seed_everything, setup_distributed
     from latentvla.train.optim import build_optimizer, no_decay_param_ids
 
-    cfg = apply_overrides(get_preset(preset, "tiny"), [f"batch_size={batch_size}", *(overrides or [])])
+    cfg = apply_overrides(replace(get_preset(preset, "tiny"), batch_size=batch_size), list(overrides or []))
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
     dist_info = setup_distributed("cpu")

@@ -85,6 +85,17 @@ def gemm_peak_gflops(device: torch.device | str = "cpu", sizes: tuple[int, ...] 
     return best
 
 
+def bench_config(preset: str, batch_size: int, overrides: list[str], **fields: Any):
+    """The preset at the tiny size with the bench's batch, no augmentation and `fields` (TrainConfig fields), then
+    the user's key=value `overrides`, which win."""
+    from dataclasses import replace
+
+    from latentvla.config import apply_overrides, get_preset
+
+    cfg = replace(get_preset(preset, "tiny"), batch_size=batch_size, augment=False, **fields)
+    return apply_overrides(cfg, list(overrides))
+
+
 def bench_preset(
     preset: str,
     dataset_dir: str | Path,
@@ -95,9 +106,12 @@ def bench_preset(
     overrides: list[str],
     flops: bool = False,
     peak_gflops: float | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """samples/s of one preset at the tiny size, per stage and for its curriculum mix."""
-    cfg, device, policy, loss_module, optimizer, batches = _build_run(preset, dataset_dir, batch_size, overrides)
+    """samples/s of one preset at the tiny size, per stage and for its curriculum mix (`bench_config`)."""
+    cfg, device, policy, loss_module, optimizer, batches = _build_run(
+        preset, dataset_dir, batch_size, overrides, fields or {}
+    )
     stages = cfg.policy.curriculum.stages()
     fractions = cfg.policy.curriculum.stage_fractions()
     per_stage, gflop = {}, {}
@@ -123,10 +137,10 @@ def bench_preset(
     return out
 
 
-def _build_run(preset: str, dataset_dir: str | Path, batch_size: int, overrides: list[str]) -> tuple:
+def _build_run(preset: str, dataset_dir: str | Path, batch_size: int, overrides: list[str],
+               fields: dict[str, Any]) -> tuple:  # fmt: skip
     """(config, device, policy, loss module, optimizer, batch iterator), built exactly as `train/loop.py` builds
     them."""
-    from latentvla.config import apply_overrides, get_preset
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.policy import Policy
@@ -139,7 +153,7 @@ def _build_run(preset: str, dataset_dir: str | Path, batch_size: int, overrides:
     )
     from latentvla.train.optim import build_optimizer, no_decay_param_ids
 
-    cfg = apply_overrides(get_preset(preset, "tiny"), [f"batch_size={batch_size}", "augment=false", *overrides])
+    cfg = bench_config(preset, batch_size, overrides, **fields)
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
     dist_info = setup_distributed(cfg.device)

@@ -37,8 +37,7 @@ BASELINES = ("bc", "lara-no-cot")
 # CPU-budget overrides of the recurrent head: the paper trains with mean depth 32 (r ~ log-normal Poisson) and
 # runs 12 iterations at test time; on 2 cores a mean of 12 keeps 3x the optimizer steps in the same minutes.
 # TBPTT depth stays at the paper's 8. Recorded in each run's config.json.
-CPU_OVERRIDES = {"rdvla": ["policy.recurrent.mean_recurrence=12", "policy.iterations=12"],
-                 "lara-rd": ["policy.recurrent.mean_recurrence=12", "policy.iterations=12"]}  # fmt: skip
+CPU_RECURRENCE = {"rdvla": 12, "lara-rd": 12}  # preset -> mean training recurrence = test-time iterations
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,6 +93,23 @@ def _run_record(run: Path) -> dict:
     elapsed = load_training_state(last).get("elapsed_s") if last else None
     return {"steps": int(last.name) if last else None,
             "minutes_used": elapsed / 60 if elapsed is not None else None}  # fmt: skip
+
+
+def demo_config(preset: str, args: argparse.Namespace, steps: int, minutes: float | None, batch_size: int):
+    """One model's TrainConfig: the preset on the demo's camera(s) and image size, the CPU budget of a recurrent
+    head (CPU_RECURRENCE), then this run's length, budget, batch and seed."""
+    from dataclasses import replace
+
+    from latentvla.config import get_preset
+
+    cfg = get_preset(preset)
+    cameras = tuple(c for c in args.camera.strip().split(",") if c)  # `--camera a,b`: two cameras
+    policy = replace(cfg.policy, cameras=cameras, image_size=args.image_size)
+    if preset in CPU_RECURRENCE:
+        depth = CPU_RECURRENCE[preset]
+        policy = replace(policy, recurrent=replace(policy.recurrent, mean_recurrence=depth), iterations=depth)
+    return replace(cfg, policy=policy, num_workers=args.loader_workers, steps=steps, minutes=minutes,
+                   batch_size=batch_size, seed=args.seed, save_every=steps, log_every=25)  # fmt: skip
 
 
 def reasoning_verdict(per_model: dict[str, float]) -> str:
@@ -165,31 +181,18 @@ def _training_plan(args: argparse.Namespace, models: list[str], n_tasks: int,
 def _train_models(args: argparse.Namespace, out: Path, models: list[str], data: Path, minutes: float | None,
                   steps: int) -> dict[str, dict]:  # fmt: skip
     """Step 2: train every model into OUT/runs/<m> (a run with a checkpoint is reused); {model: run record}."""
-    from latentvla.config import apply_overrides, get_preset
+    from latentvla.config import get_preset
+    from latentvla.train.checkpoint import latest_checkpoint
     from latentvla.train.loop import train
 
-    overrides = [f"policy.cameras={args.camera}", f"policy.image_size={args.image_size}",
-                 f"num_workers={args.loader_workers}"]  # fmt: skip
     batch = {m: args.batch_size or get_preset(m).batch_size for m in models}
     results = {}
     for i, m in enumerate(models):
         run = out / "runs" / m
-        if not (run / "checkpoints").exists() or not any((run / "checkpoints").glob("0*")):
+        if latest_checkpoint(run) is None:
             _log(f"2/5 training {m} for " + (f"{minutes:.2f} min" if minutes else f"{steps} steps")
                  + f" ({i + 1}/{len(models)})")  # fmt: skip
-            cfg = apply_overrides(
-                get_preset(m),
-                [
-                    *overrides,
-                    *CPU_OVERRIDES.get(m, []),
-                    f"steps={steps}",
-                    f"minutes={minutes}",
-                    f"batch_size={batch[m]}",
-                    f"seed={args.seed}",
-                    f"save_every={steps}",
-                    "log_every=25",
-                ],
-            )
+            cfg = demo_config(m, args, steps, minutes, batch[m])
             t = time.time()
             summary = train(cfg, data, run, overwrite=True)  # no checkpoint yet: restart a killed run
             used = summary.get("train_elapsed_s", summary["seconds"])
