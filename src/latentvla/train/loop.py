@@ -1,8 +1,11 @@
 """THE training loop: one readable function for every preset (SPEC C14). Read `train` top to bottom:
 
-    setup       seed, (DDP), dataset + normalizer, Policy, AdamW groups, resume, sampler, logger
-    loop        stage = stage_at(step)  ->  LR (warm-up + cosine per stage)  ->  grad-accumulated micro-batches
-                ->  clip 1.0  ->  AdamW step  ->  EMA target update  ->  log  ->  checkpoint
+    setup       seed, (DDP), dataset + normalizer, Policy, `resume` -> ResumeState (train/resume.py), the
+                Schedule (train/schedule.py: step counter or wall-clock budget), AdamW groups, sampler, logger
+    loop        `train_step`: stage at the schedule's position  ->  Adam reset at a stage start  ->  LR (warm-up +
+                cosine per stage)  ->  grad-accumulated micro-batches  ->  clip 1.0  ->  finite check  ->  AdamW step;
+                then `schedule.after_step` (stop signal, clock)  ->  EMA target update  ->  log  ->  checkpoint
+                (train/saver.py)
     finish      final checkpoint, loss plot, summary
 
 Determinism (what makes resume exact and DDP equal to one process):
@@ -25,16 +28,10 @@ the verdict is read one step late so that a step costs no host sync, train/finit
 finish the current step, write a checkpoint and raise `TrainingInterrupted` (also when the whole process group is
 signalled: DataLoader workers leave the decision to this process, `_ignore_stop_signals_from_others`); a failed
 checkpoint write raises `CheckpointError` with the previous
-checkpoint still `last`. Resuming with a larger `steps` extends the run: steps past the original total stay in
-the last stage at the constant LR the cosine ended with (optim.set_lrs); each extension is recorded in the
-checkpoint's config.json under "extensions".
+checkpoint still `last`. Resuming with a larger `steps` extends the run (train/resume.py).
 
-Wall-clock budget (`cfg.minutes`, train/budget.py): the schedule position of each step is the share of the budget
-spent when it starts, `floor(steps * elapsed / budget)`, and feeds everything the step counter feeds in a
-step-based run (stage, Adam resets at stage starts, LR, the scheduled stage of the mixing draw); the step counter
-still seeds the per-step draws (mixing, recurrence depth) and the EMA cadence. The clock (`clock`, one reading
-per step) starts at the first step, its elapsed seconds are saved in each checkpoint and continue on resume; the
-run stops when they reach the budget or at `cfg.steps`. Under DDP every rank takes the maximum over ranks.
+Wall-clock budget (`cfg.minutes`): train/schedule.py `BudgetSchedule`; the clock's elapsed seconds are saved in each
+checkpoint and continue on resume.
 """
 
 from __future__ import annotations
@@ -429,6 +426,19 @@ def _open_dataset(cfg: TrainConfig, dataset_dir: str | Path) -> tuple[TrainConfi
     return cfg, reader
 
 
+def _training_data(cfg: TrainConfig, dataset_dir: str | Path, reader: Any) -> tuple[dict, Any, Any]:
+    """(the dataset's fingerprint, its normalizer, the training dataset)."""
+    from latentvla.data.dataset import VLADataset, make_normalizer
+    from latentvla.data.validate import dataset_fingerprint
+
+    fingerprint, normalizer = dataset_fingerprint(reader), make_normalizer(reader)
+    dataset = VLADataset(
+        dataset_dir, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer,
+        augment=cfg.augment,
+    )  # fmt: skip
+    return fingerprint, normalizer, dataset
+
+
 def _poll(stop: _StopSignals, dist_info: DistInfo, values: list[float]) -> tuple[bool, list[float]]:
     """(a stop signal arrived on any rank, `values` maximised over ranks): one reduction, every rank agrees."""
     signalled, *rest = _max_over_ranks([float(stop.signum is not None), *values], dist_info)
@@ -465,19 +475,13 @@ def train(
     checkpoint) after that many optimizer steps while keeping the schedule of the full `cfg.steps` — what a
     kill + `--resume` does. `clock` (seconds, monotone) times a `cfg.minutes` budget; tests pass a fake one.
     """
-    from latentvla.data.dataset import VLADataset, make_normalizer
-    from latentvla.data.validate import dataset_fingerprint
     from latentvla.policy import Policy
 
     # ---------------------------------------------------------------------------------------------- setup
     dist_info, run_dir = setup_distributed(cfg.device), Path(run_dir)
-    cfg, reader = _open_dataset(cfg, dataset_dir)
+    cfg, reader = _open_dataset(cfg, dataset_dir)  # validated; cfg fitted to it
     _prepare_run_dir(run_dir, resume, overwrite, dist_info)
-    fingerprint, normalizer = dataset_fingerprint(reader), make_normalizer(reader)
-    dataset = VLADataset(
-        dataset_dir, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer,
-        augment=cfg.augment,
-    )  # fmt: skip
+    fingerprint, normalizer, dataset = _training_data(cfg, dataset_dir, reader)
     seed_everything(cfg.seed)  # same on every rank: identical init (and EMA copy) everywhere
     policy = Policy.from_config(cfg.policy, normalizer).to(dist_info.device)
     model = policy.model
@@ -498,10 +502,8 @@ def train(
     loss_module = parallel.wrap(
         LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16 and on_cuda
     )
-    optimizer = build_optimizer(
-        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),
-        lr_vision=cfg.lr_vision,
-    )  # fmt: skip
+    optimizer = build_optimizer(model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay,
+                                no_decay_param_ids(model), lr_vision=cfg.lr_vision)  # fmt: skip
     resume_lib.load_optimizer(rs, loss_module, optimizer)
     batches = iter(make_loader(dataset, cfg, rs.start_step * cfg.grad_accum, dist_info))
     logger = MetricsLogger(
