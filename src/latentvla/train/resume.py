@@ -46,7 +46,13 @@ class ResumeState:
 
 
 def resume(
-    run_dir: Path, cfg: TrainConfig, model: nn.Module, fingerprint: dict, dataset_dir: Any, rank: int, world_size: int
+    run_dir: Path,
+    cfg: TrainConfig,
+    model: nn.Module,
+    fingerprint: dict,
+    dataset_dir: Any,
+    rank: int,
+    world_size: int,
 ) -> ResumeState:
     """Check the newest intact checkpoint of `run_dir` against `cfg` and the dataset, load its weights into
     `model` (unless sharded: each rank reads its own shards in `load_optimizer`) and set this rank's RNG states."""

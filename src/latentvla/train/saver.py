@@ -58,7 +58,8 @@ class Saver:
         rng_states = _gather_rng(info)  # collective: every rank takes part
         weights, optim_state, tmp = None, SHARDS, None
         in_background = self.writer is not None and not (final or stopping)
-        if self.use_shards:  # each rank writes its own shard; the final checkpoint also gets the single-file weights
+        # each rank writes its own shard; the final checkpoint also gets the single-file weights
+        if self.use_shards:
             if self.writer is not None:
                 self.writer.wait()  # the previous background checkpoint is published first
             tmp = ckpt_lib.prepare_tmp(run_dir, done) if info.is_main else None

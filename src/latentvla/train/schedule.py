@@ -31,22 +31,25 @@ class StepEnd(NamedTuple):
 
 
 class Schedule(Protocol):
+    """What the loop asks of a schedule (implementations: `StepSchedule`, `BudgetSchedule`)."""
+
     total: int  # positions the curriculum and LR are laid out over
+    boundaries: list[int]  # the first position of each stage
     end_step: int  # the last optimizer step this process may run (exclusive)
     position: int  # of the step about to run
     prev_position: int  # of the last step done; -1 before any
 
-    def start(self) -> None: ...
-    def stage(self) -> StageSpec: ...
-    def trained_stage(self, step: int, seed: int) -> StageSpec: ...
-    def stage_changed(self) -> bool: ...
-    def after_step(self, done: int, poll: Poll, advance: Callable[[int], Any]) -> StepEnd: ...
-    def ema_steps(self, done: int) -> int: ...
-    def state(self) -> dict[str, Any]: ...
-    def row(self) -> dict[str, Any]: ...
-    def summary(self) -> dict[str, Any]: ...
-    def progress(self) -> dict[str, Any]: ...
-    def of_total(self) -> str: ...
+    def start(self) -> None: ...  # the loop begins (a budget's clock starts)
+    def stage(self) -> StageSpec: ...  # the scheduled stage at `position`
+    def trained_stage(self, step: int, seed: int) -> StageSpec: ...  # Coconut mixing may pick an earlier one
+    def stage_changed(self) -> bool: ...  # a stage starts between prev_position and position
+    def after_step(self, done: int, poll: Poll, advance: Callable[[int], Any]) -> StepEnd: ...  # move on
+    def ema_steps(self, done: int) -> int: ...  # the run length the EMA horizon is a fraction of
+    def state(self) -> dict[str, Any]: ...  # kept in training_state.pt; resume continues from it
+    def row(self) -> dict[str, Any]: ...  # extra fields of a log row
+    def summary(self) -> dict[str, Any]: ...  # the run summary's schedule fields
+    def progress(self) -> dict[str, Any]: ...  # MetricsLogger's progress-bar arguments
+    def of_total(self) -> str: ...  # "N" or "N (m of M min)", for the interrupt message
 
 
 class _Positions:
