@@ -1,5 +1,5 @@
 """The training schedules (train/schedule.py): the step schedule and the wall-clock budget schedule give each
-optimizer step its position, stage, Adam reset and LR exactly as the inline loop did before issue 25 (the
+optimizer step its position, stage, Adam reset and LR exactly as the inline loop did before the schedule objects (the
 formulas are restated here), stop where they should, and `state()` round-trips through a checkpoint so that a
 resumed schedule continues exactly. End-to-end equality (weights, metrics) is in test_budget.py / test_faults.py."""
 

@@ -1,4 +1,4 @@
-"""The recurrent-depth head alone, with and without its per-call context cache (issue 16), in one process.
+"""The recurrent-depth head alone, with and without its per-call context cache, in one process.
 
     latentvla bench head --width 896 --heads 8 --context 577 --batch 1 --json head.json   # RD-VLA's head
     latentvla bench head --width 128 --heads 4 --context 81                               # the tiny preset's

@@ -87,8 +87,8 @@ REFERENCE_CONFIGS = {
                       "Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m"),
 }  # fmt: skip
 INSTRUCTION_TOKENS = 32  # the task instruction (+ BOS / special tokens), both papers
-COT_TOKENS = 96  # explicit CoT text of the longest (Stage I) LaRA prompt, papers.md §1.2
-IMAGE_SIZE = 224  # both papers' camera images (papers.md §1.2, §2.2)
+COT_TOKENS = 96  # explicit CoT text of the longest (Stage I) LaRA prompt (LaRA-VLA Fig. 8)
+IMAGE_SIZE = 224  # both papers' camera images (LaRA-VLA §3.2, RD-VLA §III-A)
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 DEVICES = ("cuda", "cpu")
 

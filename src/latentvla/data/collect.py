@@ -1,4 +1,4 @@
-"""Scripted-expert demonstration collection (C12), annotated with CoT on the fly (C13).
+"""Scripted-expert demonstration collection, annotated with CoT on the fly.
 
 Any simulator of `envs.registry` with a scripted expert (`Simulator.has_expert`: Meta-World's own experts, and
 LIBERO's pick-and-place expert of `envs.libero_expert`) works through

@@ -1,4 +1,4 @@
-"""Seeded simulator evaluation of a policy (SPEC C15): rollouts, LeRobot-schema `eval_info.json`, table, videos.
+"""Seeded simulator evaluation of a policy: rollouts, LeRobot-schema `eval_info.json`, table, videos.
 
     info = evaluate("runs/lara", ["pick-place-v3", "reach-v3"], episodes=10, out_dir="runs/lara/eval")
     info = evaluate("runs/libero", "libero_object", episodes=50, env="libero")          # the papers' protocol

@@ -1,4 +1,4 @@
-"""THE RL loop (issue 24). Read `run_rl` top to bottom:
+"""THE RL loop. Read `run_rl` top to bottom:
 
     setup    simulator + tasks; `_RLRun`: the starting checkpoint (or the run's newest intact one on --resume),
              Actor (learned log-std / Flow-Noise std, critic for PPO), AdamW, RNG streams, N environments, logger

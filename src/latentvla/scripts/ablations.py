@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from latentvla.errors import UserError
-from latentvla.scripts.demo import DEFAULT_TASKS  # the same six tasks as the demo (bc-baseline.md)
+from latentvla.scripts.demo import DEFAULT_TASKS  # the same six tasks as the demo
 
 DEFAULT_PRESETS = "lara-no-cot,lara-explicit,lara-latent-text,lara"
 PAPER_TABLE4 = {"lara-no-cot": 55.2, "lara-explicit": 58.3, "lara-latent-text": 64.6, "lara": 68.8}  # LIBERO-Long

@@ -15,7 +15,7 @@ re-run continues where it stopped):
     5. report.md, summary.json (best_pc_success in percent, per-model and per-task results, elapsed time, and
                     whether the reasoning models beat the no-reasoning ones), plots
 
-Defaults follow reference/bc-baseline.md: its six tasks (three with large visible targets, three whose goal is a
+Defaults follow a plain-BC feasibility run on this CPU: its six tasks (three with large visible targets, three whose goal is a
 1-2 px dot: reach, push, pick-place), one camera (corner4, 64 px), and the plain image BC policy (`bc`) trained
 in the same run next to `lara`, `rdvla` and the no-reasoning ablation `lara-no-cot`.
 """

@@ -1,4 +1,4 @@
-"""THE training loop: one readable function for every preset (SPEC C14). Read `train` top to bottom:
+"""THE training loop: one readable function for every preset. Read `train` top to bottom:
 
     setup       seed, (DDP), dataset + normalizer, Policy, `resume` -> ResumeState (train/resume.py), the
                 Schedule (train/schedule.py: step counter or wall-clock budget), AdamW groups, sampler, logger
@@ -119,7 +119,7 @@ class _StopSignals:
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, dist_info: DistInfo) -> None:
-    """Refuse to train into an existing run unless resuming or told to overwrite it (issue 14 item 2)."""
+    """Refuse to train into an existing run unless resuming or told to overwrite it."""
     ckpts = run_dir / ckpt_lib.CHECKPOINTS
     existing = [f for f in _RUN_FILES if (run_dir / f).exists()] + (
         [ckpt_lib.CHECKPOINTS] if ckpts.is_dir() and any(ckpts.iterdir()) else []
@@ -227,7 +227,7 @@ def _worker_init(worker_id: int, main_pid: int | None = None) -> None:
 
 
 def _ignore_stop_signals_from_others(main_pid: int) -> None:
-    """In a DataLoader worker: ignore SIGTERM / SIGINT unless the training process itself sends them (issue 26).
+    """In a DataLoader worker: ignore SIGTERM / SIGINT unless the training process itself sends them.
 
     SLURM's scancel, `kill -- -PGID` and Ctrl-C signal every process of the group; a worker dying of it made the
     main process fail with "DataLoader worker ... killed by signal" instead of saving. The main process decides
