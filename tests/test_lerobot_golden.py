@@ -1,6 +1,6 @@
 """The writer's output, pinned: digests of every meta and data file of two small synthetic datasets (PNG cameras,
-and AV1 video cameras), taken with the code before `data/lerobot_format.py` was split into `data/lerobot/`
-(issue 25, item 3). A change to the layout, the column order, a feature spec (names included), the stats or the
+and AV1 video cameras), taken with the code before `data/lerobot_format.py` was split into `data/lerobot/`.
+A change to the layout, the column order, a feature spec (names included), the stats or the
 episode metadata changes a digest.
 
 Parquet files are digested by content (schema, metadata without the writer library's version, rows with PNG

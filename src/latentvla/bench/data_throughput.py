@@ -21,6 +21,7 @@ import os
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -190,14 +191,13 @@ def _bench_train(
     from latentvla.train.loop import train
 
     out: dict[str, Any] = {"train_preset": preset}
-    extra = [f"num_workers={workers}", *overrides]
-    rate = bench_preset(preset, root, steps=3, batch_size=batch_size, warmup=1, overrides=extra)
+    rate = bench_preset(preset, root, steps=3, batch_size=batch_size, warmup=1, overrides=overrides,
+                        fields={"num_workers": workers})  # fmt: skip
     out["train_samples_per_s"] = rate["samples_per_s"]
     if steps > 0:
-        cfg = apply_overrides(
-            get_preset(preset, "tiny"),
-            [f"steps={steps}", f"batch_size={batch_size}", f"save_every={steps}", "log_every=10", *extra],
-        )
+        cfg = replace(get_preset(preset, "tiny"), steps=steps, batch_size=batch_size, save_every=steps, log_every=10,
+                      num_workers=workers)  # fmt: skip
+        cfg = apply_overrides(cfg, overrides)  # the user's key=value items win
         with tempfile.TemporaryDirectory() as run, PeakMemory() as peak:
             t0 = time.perf_counter()
             train(cfg, root, run, show_progress=False)

@@ -1,4 +1,4 @@
-"""The recurrent-depth head alone, with and without its per-call context cache (issue 16), in one process.
+"""The recurrent-depth head alone, with and without its per-call context cache, in one process.
 
     latentvla bench head --width 896 --heads 8 --context 577 --batch 1 --json head.json   # RD-VLA's head
     latentvla bench head --width 128 --heads 4 --context 81                               # the tiny preset's
@@ -21,6 +21,7 @@ allocator on a GPU). `head_flops` is the matmul FLOP model that explains the rat
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -93,12 +94,52 @@ def bench_head(
         raise ValueError("--batch, --repeats and every --iterations value must be >= 1 (--warmup >= 0)")
     n_lat, n_vis = split_context(context)
     dev = torch.device(device)
+    head = _build_head(width, heads, max(iterations), dev)
+    call = _head_call(head, width, batch, n_lat, n_vis, dev, train)
+    times, actions = _time_interleaved(call, iterations, modes, warmup, repeats, progress)
+    report: dict[str, Any] = {
+        "benchmark": "head",
+        "width": width,
+        "heads": heads,
+        "context": context,
+        "latent_tokens": n_lat,
+        "vision_tokens": n_vis,
+        "batch": batch,
+        "train": train,
+        "chunk": CHUNK,
+        "iterations": list(iterations),
+        "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
+        "device": str(dev),
+        "flops": head_flops(width, context),
+    }
+    for mode in modes:
+        ms = {r: float(np.median(v)) for r, v in times[mode].items()}
+        report[mode] = {
+            "ms": {str(r): v for r, v in ms.items()},
+            "per_iteration_ms": _slope(list(ms), list(ms.values())) if len(ms) > 1 else None,
+            "peak_mem_mb": peak_mb(lambda mode=mode: call(max(iterations), mode)),
+        }
+    if len(modes) == 2:
+        report |= _compare_paths(report, actions, iterations)
+    return report
+
+
+def _build_head(width: int, heads: int, max_depth: int, dev: torch.device) -> RecurrentDepthHead:
+    """RD-VLA's head at seed 0, its vision gates opened (tanh(0) = 0 zeroes the vision logits) so the vision
+    keys matter."""
     torch.manual_seed(0)
-    cfg = RecurrentHeadConfig(width=width, heads=heads, chunk=CHUNK, max_depth=max(iterations))
+    cfg = RecurrentHeadConfig(width=width, heads=heads, chunk=CHUNK, max_depth=max_depth)
     head = RecurrentDepthHead(cfg, context_dim=width, action_dim=ACTION_DIM, state_dim=STATE_DIM).to(dev).eval()
-    with torch.no_grad():  # open the gates (tanh(0) = 0 zeroes the vision logits) so the vision keys matter
+    with torch.no_grad():
         for blk in [head.prelude, *head.core, head.coda]:
             blk.vision_gate.fill_(0.5)
+    return head
+
+
+def _head_call(head: RecurrentDepthHead, width: int, batch: int, n_lat: int, n_vis: int, dev: torch.device,
+               train: bool) -> Callable[[int, str], torch.Tensor]:  # fmt: skip
+    """`call(r, mode)`: one inference call (or, with `train`, one TBPTT training step) at depth r on fixed random
+    contexts, the cached or uncached path; returns the actions."""
     g = torch.Generator().manual_seed(1)
     ctx = {
         k: torch.randn(batch, n, width, generator=g).to(dev)
@@ -128,47 +169,37 @@ def bench_head(
             torch.cuda.synchronize()
         return out.actions.detach()
 
+    return call
+
+
+def _time_interleaved(call: Callable[[int, str], torch.Tensor], iterations, modes, warmup: int, repeats: int,
+                      progress) -> tuple[dict[str, dict[int, list[float]]], dict[tuple[str, int], torch.Tensor]]:  # fmt: skip
+    """ms per call of every (mode, depth), the modes interleaved so both paths see the same machine state; and
+    the last actions of each."""
     times: dict[str, dict[int, list[float]]] = {m: {r: [] for r in iterations} for m in modes}
     actions: dict[tuple[str, int], torch.Tensor] = {}
     for rep in range(warmup + repeats):
         for r in iterations:
             if progress and rep == warmup:
                 progress(f"r={r}")
-            for mode in modes:  # interleaved: both paths see the same machine state
+            for mode in modes:
                 t0 = time.perf_counter()
                 actions[mode, r] = call(r, mode)
                 if rep >= warmup:
                     times[mode][r].append((time.perf_counter() - t0) * 1000.0)
-    report: dict[str, Any] = {
-        "benchmark": "head",
-        "width": width,
-        "heads": heads,
-        "context": context,
-        "latent_tokens": n_lat,
-        "vision_tokens": n_vis,
-        "batch": batch,
-        "train": train,
-        "chunk": CHUNK,
-        "iterations": list(iterations),
-        "params_m": sum(p.numel() for p in head.parameters()) / 1e6,
-        "device": str(dev),
-        "flops": head_flops(width, context),
+    return times, actions
+
+
+def _compare_paths(report: dict, actions: dict, iterations) -> dict[str, Any]:
+    """Cached vs uncached: per-iteration and per-call ratios, and the largest action difference at any depth."""
+    c, u = report["cached"]["per_iteration_ms"], report["uncached"]["per_iteration_ms"]
+    top = str(max(iterations))
+    diffs = [(actions["cached", r] - actions["uncached", r]).abs().max() for r in iterations]
+    return {
+        "per_iteration_ratio": c / u if c is not None and u else None,
+        "call_ratio_at_max_depth": report["cached"]["ms"][top] / report["uncached"]["ms"][top],
+        "max_abs_diff": float(max(diffs)),
     }
-    for mode in modes:
-        ms = {r: float(np.median(v)) for r, v in times[mode].items()}
-        report[mode] = {
-            "ms": {str(r): v for r, v in ms.items()},
-            "per_iteration_ms": _slope(list(ms), list(ms.values())) if len(ms) > 1 else None,
-            "peak_mem_mb": peak_mb(lambda mode=mode: call(max(iterations), mode)),
-        }
-    if len(modes) == 2:
-        c, u = report["cached"]["per_iteration_ms"], report["uncached"]["per_iteration_ms"]
-        report["per_iteration_ratio"] = c / u if c is not None and u else None
-        top = str(max(iterations))
-        report["call_ratio_at_max_depth"] = report["cached"]["ms"][top] / report["uncached"]["ms"][top]
-        diffs = [(actions["cached", r] - actions["uncached", r]).abs().max() for r in iterations]
-        report["max_abs_diff"] = float(max(diffs))
-    return report
 
 
 def format_table(report: dict) -> str:

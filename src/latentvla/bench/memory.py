@@ -87,8 +87,8 @@ REFERENCE_CONFIGS = {
                       "Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m"),
 }  # fmt: skip
 INSTRUCTION_TOKENS = 32  # the task instruction (+ BOS / special tokens), both papers
-COT_TOKENS = 96  # explicit CoT text of the longest (Stage I) LaRA prompt, papers.md §1.2
-IMAGE_SIZE = 224  # both papers' camera images (papers.md §1.2, §2.2)
+COT_TOKENS = 96  # explicit CoT text of the longest (Stage I) LaRA prompt (LaRA-VLA Fig. 8)
+IMAGE_SIZE = 224  # both papers' camera images (LaRA-VLA §3.2, RD-VLA §III-A)
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}
 DEVICES = ("cuda", "cpu")
 
@@ -228,6 +228,31 @@ def runtime_rss() -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+@dataclass
+class _MetaModels:
+    """The meta-device modules of one estimate: the backbone (LoRA applied), separate encoders, head, projector."""
+
+    model: nn.Module
+    encoders: list[nn.Module]
+    head: nn.Module
+    projector: nn.Module | None
+    is_vlm: bool
+    width: int
+    n_layers: int
+    vocab: int  # embedding rows after our tokens are added
+    vision_params: int  # the vision tower's (VLM) or the separate encoders' parameters
+
+
+@dataclass
+class _ParamCounts:
+    params: int
+    trainable: int
+    ema: int  # the EMA target's parameters (never sharded)
+    frozen_backbone: int
+    enc_params: int  # separate encoders (0 for a VLM, whose tower is part of the backbone)
+    vision_trainable: int
+
+
 def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] = (), *, lora: int | None = None,
              world: int = 1, fsdp: bool = False, batch_size: int | None = None, gpu_gb: float = 80.0,
              reserve_gb: float = 4.0, cameras: int | None = None, device: str = "cuda", dtype: str | None = None,
@@ -239,27 +264,63 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     cfg = get_preset(preset)
-    if backbone is not None:
-        bb_cfg, bb_proc = _read(backbone), _read_processor(backbone)
-        vis = [(_read(v), _read_processor(v)) for v in vision]
-        n_cam, name = len(cfg.policy.cameras), Path(backbone).name
-    elif preset in REFERENCE_CONFIGS:
-        bb_cfg, bb_proc, vis, n_cam, name = REFERENCE_CONFIGS[preset]
-    else:
-        raise ValueError(f"bench memory --preset {preset} needs --backbone DIR (reference configs exist for "
-                         f"{sorted(REFERENCE_CONFIGS)}).")  # fmt: skip
+    bb_cfg, bb_proc, vis, n_cam, name = _architecture(preset, cfg, backbone, vision)
     cameras = cameras or n_cam
-    pc, bbc = cfg.policy, cfg.policy.backbone
+    pc, bbc = cfg.policy, _backbone_config(cfg.policy.backbone, lora, dtype)
+    per_gpu = _per_gpu_batch(batch_size or cfg.batch_size, world)
+    load_bytes = BYTES[bbc.dtype]
+    m = _build_meta_models(bb_cfg, vis, pc, bbc, load_bytes)
+    stages = pc.curriculum.stages()
+    uses_visual = any(s.visual_latents for s in stages)
+    n = _count_params(m, bbc, uses_visual)
+    shard = world if fsdp else 1
+    weights = (n.trainable * 4 + n.frozen_backbone * load_bytes + (n.enc_params - n.vision_trainable) * 4) / shard
+    weights += n.ema * (load_bytes if m.is_vlm else 4)
+    grads, optim = n.trainable * 4 / shard, n.trainable * 8 / shard
+    tokens_per_image = _tokens_per_image(bb_cfg, bb_proc, vis, m.is_vlm, image_size)
+    seq = _sequence_length(pc, stages, cameras, tokens_per_image)
+    # CUDA: bf16 autocast; CPU: no autocast, activations in the weights' dtype
+    act_dtype = torch.float32 if device == "cpu" and load_bytes == 4 else torch.bfloat16
+    act = _stage_activations(m, pc, bbc, stages, per_gpu, seq, act_dtype, cameras * tokens_per_image)
+    if m.is_vlm and not bbc.freeze_vision and bbc.lora.rank == 0:
+        act += _vision_tower_activations(m.model, bb_cfg, per_gpu, cameras, tokens_per_image)
+    fixed = weights + grads + optim
+    runtime = runtime_rss() if device == "cpu" else 0
+    max_batch = max(0, int((gpu_gb * GB - reserve_gb * GB - fixed) // (act / per_gpu))) if per_gpu else 0
+    return MemoryReport(preset, name, world, "fsdp" if fsdp else "ddp", per_gpu, seq, n.params, n.trainable, n.ema,
+                        weights / GB, grads / GB, optim / GB, act / GB, (fixed + act + runtime) / GB, gpu_gb,
+                        max_batch, device, tokens_per_image, runtime / GB)  # fmt: skip
+
+
+def _architecture(preset: str, cfg: Any, backbone: str | None, vision: tuple[str, ...]) -> tuple:
+    """(backbone config, its processor, [(encoder config, processor)], cameras, name): read from `backbone`'s
+    directory, else the preset's reference architecture."""
+    if backbone is not None:
+        vis = [(_read(v), _read_processor(v)) for v in vision]
+        return _read(backbone), _read_processor(backbone), vis, len(cfg.policy.cameras), Path(backbone).name
+    if preset in REFERENCE_CONFIGS:
+        return REFERENCE_CONFIGS[preset]
+    raise ValueError(f"bench memory --preset {preset} needs --backbone DIR (reference configs exist for "
+                     f"{sorted(REFERENCE_CONFIGS)}).")  # fmt: skip
+
+
+def _backbone_config(bbc: Any, lora: int | None, dtype: str | None) -> Any:
+    """The preset's backbone config with the --lora rank and --dtype applied."""
     if lora is not None:
         bbc = replace(bbc, lora=replace(bbc.lora, rank=lora))
     if dtype is not None:
         bbc = replace(bbc, dtype=dtype)
-    if world < 1 or (batch_size or cfg.batch_size) % world:
-        raise ValueError(
-            f"--batch-size {batch_size or cfg.batch_size} must be a multiple of the GPU count {world}."
-        )
-    per_gpu = (batch_size or cfg.batch_size) // world
-    load_bytes = BYTES[bbc.dtype]
+    return bbc
+
+
+def _per_gpu_batch(batch: int, world: int) -> int:
+    if world < 1 or batch % world:
+        raise ValueError(f"--batch-size {batch} must be a multiple of the GPU count {world}.")
+    return batch // world
+
+
+def _build_meta_models(bb_cfg: dict, vis: list, pc: Any, bbc: Any, load_bytes: int) -> _MetaModels:
+    """Every module of the policy on the meta device: backbone (our tokens added, LoRA applied), encoders, head."""
     model = _meta_model(bb_cfg, torch.bfloat16 if load_bytes == 2 else torch.float32)
     is_vlm = vlm_model_type_from(bb_cfg["model_type"])
     text_cfg = model.config.get_text_config()
@@ -289,42 +350,50 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
         model = get_peft_model(model, LoraConfig(
             r=bbc.lora.rank, lora_alpha=bbc.lora.scale_alpha, target_modules="all-linear",
             exclude_modules=VISION_MODULES, trainable_token_indices={"embed_tokens": ids}))  # fmt: skip
-    backbone_params = sum(p.numel() for p in model.parameters())
-    backbone_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if is_vlm and bbc.freeze_vision and bbc.lora.rank == 0:
-        backbone_trainable -= vision_params
-    enc_params = 0 if is_vlm else vision_params
+    return _MetaModels(model, encoders, head, projector, is_vlm, width, n_layers, vocab, vision_params)
+
+
+def _count_params(m: _MetaModels, bbc: Any, uses_visual: bool) -> _ParamCounts:
+    """Parameters, trainable ones (LoRA / frozen vision), and the EMA target's (visual latents only)."""
+    backbone_params = sum(p.numel() for p in m.model.parameters())
+    backbone_trainable = sum(p.numel() for p in m.model.parameters() if p.requires_grad)
+    if m.is_vlm and bbc.freeze_vision and bbc.lora.rank == 0:
+        backbone_trainable -= m.vision_params
+    enc_params = 0 if m.is_vlm else m.vision_params
     vision_trainable = 0 if (bbc.freeze_vision or bbc.lora.rank > 0) else enc_params
-    small = sum(p.numel() for m in (head, projector) if m is not None for p in m.parameters())
-    params = backbone_params + enc_params + small
-    trainable = backbone_trainable + vision_trainable + small
-    stages = pc.curriculum.stages()
-    uses_visual = any(s.visual_latents for s in stages)
-    ema = vision_params if uses_visual else 0
-    frozen_backbone = backbone_params - backbone_trainable
-    shard = world if fsdp else 1
-    weights = (trainable * 4 + frozen_backbone * load_bytes + (enc_params - vision_trainable) * 4) / shard
-    weights += ema * (load_bytes if is_vlm else 4)
-    grads, optim = trainable * 4 / shard, trainable * 8 / shard
-    # sequence: image tokens per camera + text (+ explicit CoT) + thinking + <img_next> + queries + action tokens
-    tokens_per_image = _tokens_per_image(bb_cfg, bb_proc, vis, is_vlm, image_size)
+    small = sum(p.numel() for mod in (m.head, m.projector) if mod is not None for p in mod.parameters())
+    return _ParamCounts(params=backbone_params + enc_params + small,
+                        trainable=backbone_trainable + vision_trainable + small,
+                        ema=m.vision_params if uses_visual else 0, frozen_backbone=backbone_params - backbone_trainable,
+                        enc_params=enc_params, vision_trainable=vision_trainable)  # fmt: skip
+
+
+def _sequence_length(pc: Any, stages: list, cameras: int, tokens_per_image: int) -> int:
+    """Image tokens per camera + text (+ explicit CoT) + thinking + <img_next> + queries + action tokens."""
     cot = any(s.explicit_components for s in stages)
+    uses_visual = any(s.visual_latents for s in stages)
     seq = cameras * tokens_per_image + INSTRUCTION_TOKENS + COT_TOKENS * cot + 5 + pc.n_query
-    seq += pc.n_img_next * uses_visual + pc.horizon * pc.action_dim * any(s.discrete_actions for s in stages)
+    return seq + pc.n_img_next * uses_visual + pc.horizon * pc.action_dim * any(s.discrete_actions for s in stages)
+
+
+def _language_model(model: nn.Module, is_vlm: bool) -> nn.Module:
+    """The decoder stack that runs the sequence (under a peft wrapper and a VLM's vision tower)."""
     text = model.get_base_model() if hasattr(model, "get_base_model") else model
-    text = (
-        text.model.language_model
-        if is_vlm and hasattr(text.model, "language_model")
-        else getattr(text.model, "text_model", text.model)
-    )
-    # CUDA: bf16 autocast; CPU: no autocast, activations in the weights' dtype
-    act_dtype = torch.float32 if device == "cpu" and load_bytes == 4 else torch.bfloat16
+    if is_vlm and hasattr(text.model, "language_model"):
+        return text.model.language_model
+    return getattr(text.model, "text_model", text.model)
+
+
+def _stage_activations(m: _MetaModels, pc: Any, bbc: Any, stages: list, per_gpu: int, seq: int,
+                       act_dtype: torch.dtype, n_image: int) -> int:  # fmt: skip
+    """Activation bytes of the largest curriculum stage: language model, hidden-state copies, logits, head."""
     act_bytes = 4 if act_dtype == torch.float32 else 2
+    text = _language_model(m.model, m.is_vlm)
     text.to(act_dtype)  # meta: free; what autocast computes the layers in (its weight-cast copies: not modelled)
-    trunk = _lm_activations(text, per_gpu, seq, width, bbc.grad_checkpointing, act_dtype)
+    trunk = _lm_activations(text, per_gpu, seq, m.width, bbc.grad_checkpointing, act_dtype)
     # the backbone returns every layer's hidden state in fp32 (models/backbone.py): a copy unless already fp32
-    hidden_copies = 0 if act_bytes == 4 else (n_layers + 1) * per_gpu * seq * width * 4
-    head_act = _head_activations(head, pc, per_gpu, seq, width, cameras * tokens_per_image)
+    hidden_copies = 0 if act_bytes == 4 else (m.n_layers + 1) * per_gpu * seq * m.width * 4
+    head_act = _head_activations(m.head, pc, per_gpu, seq, m.width, n_image)
     per_stage = []
     for s in stages:
         # Coconut under gradient checkpointing: K thinking tokens = K prefix passes + the full one, each keeping
@@ -333,21 +402,20 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
         # token CE: logits over the whole vocabulary at every supervised position, in the compute dtype, the
         # fp32 copy (`logits.float()`) and the log-softmax cross-entropy saves (models/vla.py `_token_losses`)
         supervised = COT_TOKENS * bool(s.explicit_components) + pc.horizon * pc.action_dim * s.discrete_actions
-        logits = per_gpu * supervised * vocab * (act_bytes + 4 * (act_bytes != 4) + 4)
+        logits = per_gpu * supervised * m.vocab * (act_bytes + 4 * (act_bytes != 4) + 4)
         per_stage.append(trunk * passes + hidden_copies + logits + head_act * s.train_head)
-    act = max(per_stage)
-    if is_vlm and not bbc.freeze_vision and bbc.lora.rank == 0:
-        vc = model.config.vision_config
-        patches = (tokens_per_image - 2 * ("spatial_merge_size" in bb_cfg.get("vision_config", {}))) * getattr(
-            vc, "spatial_merge_size", 1
-        ) ** 2
-        act += 34 * per_gpu * cameras * patches * vc.hidden_size * getattr(vc, "depth", 0)
-    fixed = weights + grads + optim
-    runtime = runtime_rss() if device == "cpu" else 0
-    max_batch = max(0, int((gpu_gb * GB - reserve_gb * GB - fixed) // (act / per_gpu))) if per_gpu else 0
-    return MemoryReport(preset, name, world, "fsdp" if fsdp else "ddp", per_gpu, seq, params, trainable, ema,
-                        weights / GB, grads / GB, optim / GB, act / GB, (fixed + act + runtime) / GB, gpu_gb,
-                        max_batch, device, tokens_per_image, runtime / GB)  # fmt: skip
+    return max(per_stage)
+
+
+def _vision_tower_activations(model: nn.Module, bb_cfg: dict, per_gpu: int, cameras: int,
+                              tokens_per_image: int) -> int:  # fmt: skip
+    """A trainable VLM vision tower cannot run on meta (its grid sizes are host values): 34 bytes x tokens x width
+    per layer (Korthikanti et al. 2022, SDPA stores no scores)."""
+    vc = model.config.vision_config
+    patches = (tokens_per_image - 2 * ("spatial_merge_size" in bb_cfg.get("vision_config", {}))) * getattr(
+        vc, "spatial_merge_size", 1
+    ) ** 2
+    return 34 * per_gpu * cameras * patches * vc.hidden_size * getattr(vc, "depth", 0)
 
 
 def _is_vision(name: str) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,22 @@ def _label_method(obj: Any, method: str, name: str) -> _Restore:
     return _Restore(obj, method)
 
 
+def _label_model_parts(model: nn.Module) -> list[Any]:
+    """Label the vision encoder, EMA target, head and backbone blocks of `model`; returns the hooks to remove."""
+    hooks = []
+    for attr, name in (("ema_vision", "ema_target"), ("encoder", "vision")):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            hooks += _label(getattr(model, attr), name)
+    head = getattr(model, "head", None)
+    if head is not None:  # the flow expert's loss calls `velocity`, not forward: label the whole `loss` call
+        hooks.append(_label_method(head, "loss", "head"))
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None:
+        hooks += _label(backbone.vision, "vision")
+        hooks += [h for block in getattr(backbone, "blocks", []) for h in _label(block, "backbone")]
+    return hooks
+
+
 def _breakdown(prof: Any, wall_s: float, steps: int) -> dict[str, float]:
     """ms per step of each part from a trace (labelled regions, ATen self time, item calls)."""
     region: dict[str, float] = defaultdict(float)
@@ -134,7 +151,7 @@ def profile_preset(
     from latentvla.train.loop import fit_policy_to_dataset, make_loader, seed_everything, setup_distributed
     from latentvla.train.optim import build_optimizer, no_decay_param_ids
 
-    cfg = apply_overrides(get_preset(preset, "tiny"), [f"batch_size={batch_size}", *(overrides or [])])
+    cfg = apply_overrides(replace(get_preset(preset, "tiny"), batch_size=batch_size), list(overrides or []))
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
     dist_info = setup_distributed("cpu")
@@ -149,17 +166,7 @@ def profile_preset(
         lr_vision=cfg.lr_vision,
     )  # fmt: skip
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    hooks = []
-    for attr, name in (("ema_vision", "ema_target"), ("encoder", "vision")):
-        if isinstance(getattr(model, attr, None), nn.Module):
-            hooks += _label(getattr(model, attr), name)
-    head = getattr(model, "head", None)
-    if head is not None:  # the flow expert's loss calls `velocity`, not forward: label the whole `loss` call
-        hooks.append(_label_method(head, "loss", "head"))
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None:
-        hooks += _label(backbone.vision, "vision")
-        hooks += [h for block in getattr(backbone, "blocks", []) for h in _label(block, "backbone")]
+    hooks = _label_model_parts(model)
     batches = iter(make_loader(dataset, cfg, 0, dist_info))
 
     def step(stage: Any, i: int) -> None:
@@ -178,22 +185,29 @@ def profile_preset(
     stages: dict[str, Any] = {}
     try:
         for stage in cfg.policy.curriculum.stages():
-            for i in range(warmup):
-                step(stage, i)
-            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-                t0 = time.perf_counter()
-                for i in range(steps):
-                    step(stage, i)
-                wall = time.perf_counter() - t0
-            stages[stage.name] = _breakdown(prof, wall, steps)
-            stages[stage.name]["gemm_alone"] = gemm_alone_ms(gemm_shapes(prof)) / steps
-            if trace_dir is not None:
-                Path(trace_dir).mkdir(parents=True, exist_ok=True)
-                prof.export_chrome_trace(str(Path(trace_dir) / f"{preset}_{stage.name}.json"))
+            trace = Path(trace_dir) / f"{preset}_{stage.name}.json" if trace_dir is not None else None
+            stages[stage.name] = _profile_stage(lambda i, stage=stage: step(stage, i), steps, warmup, trace)
     finally:
         for h in hooks:
             h.remove()
     return {"preset": preset, "batch_size": cfg.batch_size, "threads": torch.get_num_threads(), "stages": stages}
+
+
+def _profile_stage(step: Any, steps: int, warmup: int, trace: Path | None) -> dict[str, float]:
+    """`warmup` untimed steps, then the breakdown of `steps` profiled ones (and their Chrome trace to `trace`)."""
+    for i in range(warmup):
+        step(i)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        wall = time.perf_counter() - t0
+    out = _breakdown(prof, wall, steps)
+    out["gemm_alone"] = gemm_alone_ms(gemm_shapes(prof)) / steps
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(trace))
+    return out
 
 
 def format_profile(results: list[dict[str, Any]]) -> str:

@@ -85,6 +85,17 @@ def gemm_peak_gflops(device: torch.device | str = "cpu", sizes: tuple[int, ...] 
     return best
 
 
+def bench_config(preset: str, batch_size: int, overrides: list[str], **fields: Any):
+    """The preset at the tiny size with the bench's batch, no augmentation and `fields` (TrainConfig fields), then
+    the user's key=value `overrides`, which win."""
+    from dataclasses import replace
+
+    from latentvla.config import apply_overrides, get_preset
+
+    cfg = replace(get_preset(preset, "tiny"), batch_size=batch_size, augment=False, **fields)
+    return apply_overrides(cfg, list(overrides))
+
+
 def bench_preset(
     preset: str,
     dataset_dir: str | Path,
@@ -95,9 +106,41 @@ def bench_preset(
     overrides: list[str],
     flops: bool = False,
     peak_gflops: float | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """samples/s of one preset at the tiny size, per stage and for its curriculum mix."""
-    from latentvla.config import apply_overrides, get_preset
+    """samples/s of one preset at the tiny size, per stage and for its curriculum mix (`bench_config`)."""
+    cfg, device, policy, loss_module, optimizer, batches = _build_run(
+        preset, dataset_dir, batch_size, overrides, fields or {}
+    )
+    stages = cfg.policy.curriculum.stages()
+    fractions = cfg.policy.curriculum.stage_fractions()
+    per_stage, gflop = {}, {}
+    for stage in stages:
+        sec = _time_stage(loss_module, optimizer, batches, stage, cfg, device, steps, warmup)
+        per_stage[stage.name] = cfg.batch_size * cfg.grad_accum / sec
+        if flops:
+            gflop[stage.name] = step_flops(loss_module, batches, stage, cfg, device) / 1e9
+    mix = 1.0 / sum(f / per_stage[s.name] for s, f in zip(stages, fractions))
+    n_params = sum(p.numel() for p in policy.model.parameters())
+    out = {
+        "preset": preset,
+        "samples_per_s": mix,
+        "stages": per_stage,
+        "batch_size": cfg.batch_size,
+        "steps": steps,
+        "params_m": n_params / 1e6,
+        "device": str(device),
+    }
+    if flops:
+        peak = peak_gflops if peak_gflops is not None else gemm_peak_gflops(device)
+        out |= _flop_report(per_stage, gflop, stages, fractions, cfg.batch_size * cfg.grad_accum, peak)
+    return out
+
+
+def _build_run(preset: str, dataset_dir: str | Path, batch_size: int, overrides: list[str],
+               fields: dict[str, Any]) -> tuple:  # fmt: skip
+    """(config, device, policy, loss module, optimizer, batch iterator), built exactly as `train/loop.py` builds
+    them."""
     from latentvla.data.dataset import VLADataset, make_normalizer
     from latentvla.data.lerobot import LeRobotDatasetReader
     from latentvla.policy import Policy
@@ -110,7 +153,7 @@ def bench_preset(
     )
     from latentvla.train.optim import build_optimizer, no_decay_param_ids
 
-    cfg = apply_overrides(get_preset(preset, "tiny"), [f"batch_size={batch_size}", "augment=false", *overrides])
+    cfg = bench_config(preset, batch_size, overrides, **fields)
     reader = LeRobotDatasetReader(dataset_dir)
     cfg = fit_policy_to_dataset(cfg, reader)
     dist_info = setup_distributed(cfg.device)
@@ -129,41 +172,25 @@ def bench_preset(
         no_decay_param_ids(policy.model),
     )
     batches = iter(make_loader(dataset, cfg, 0, dist_info))
-    stages = cfg.policy.curriculum.stages()
-    fractions = cfg.policy.curriculum.stage_fractions()
-    per_stage, gflop = {}, {}
-    for stage in stages:
-        sec = _time_stage(loss_module, optimizer, batches, stage, cfg, dist_info.device, steps, warmup)
-        per_stage[stage.name] = cfg.batch_size * cfg.grad_accum / sec
-        if flops:
-            gflop[stage.name] = step_flops(loss_module, batches, stage, cfg, dist_info.device) / 1e9
-    mix = 1.0 / sum(f / per_stage[s.name] for s, f in zip(stages, fractions))
-    n_params = sum(p.numel() for p in policy.model.parameters())
-    out = {
-        "preset": preset,
-        "samples_per_s": mix,
-        "stages": per_stage,
-        "batch_size": cfg.batch_size,
-        "steps": steps,
-        "params_m": n_params / 1e6,
-        "device": str(dist_info.device),
+    return cfg, dist_info.device, policy, loss_module, optimizer, batches
+
+
+def _flop_report(per_stage: dict[str, float], gflop: dict[str, float], stages: list, fractions: list,
+                 samples_per_step: int, peak: float) -> dict[str, Any]:  # fmt: skip
+    """Achieved GFLOP/s per stage and the curriculum mix's utilization of the GEMM peak."""
+    step_rate = {k: v / samples_per_step for k, v in per_stage.items()}  # steps/s
+    achieved = {k: gflop[k] * step_rate[k] for k in gflop}
+    # the mix: total FLOPs over total time of the curriculum's stage fractions
+    mix_achieved = sum(f * gflop[s.name] for s, f in zip(stages, fractions)) / sum(
+        f / step_rate[s.name] for s, f in zip(stages, fractions)
+    )
+    return {
+        "gemm_peak_gflops": peak,
+        "gflop_per_step": gflop,
+        "achieved_gflops": achieved,
+        "utilization": mix_achieved / peak,
+        "speedup_bound": peak / mix_achieved,
     }
-    if flops:
-        peak = peak_gflops if peak_gflops is not None else gemm_peak_gflops(dist_info.device)
-        step_rate = {k: v / (cfg.batch_size * cfg.grad_accum) for k, v in per_stage.items()}  # steps/s
-        achieved = {k: gflop[k] * step_rate[k] for k in gflop}
-        # the mix: total FLOPs over total time of the curriculum's stage fractions
-        mix_achieved = sum(f * gflop[s.name] for s, f in zip(stages, fractions)) / sum(
-            f / step_rate[s.name] for s, f in zip(stages, fractions)
-        )
-        out |= {
-            "gemm_peak_gflops": peak,
-            "gflop_per_step": gflop,
-            "achieved_gflops": achieved,
-            "utilization": mix_achieved / peak,
-            "speedup_bound": peak / mix_achieved,
-        }
-    return out
 
 
 def run_train_bench(

@@ -1,4 +1,4 @@
-"""Scripted-expert demonstration collection (C12), annotated with CoT on the fly (C13).
+"""Scripted-expert demonstration collection, annotated with CoT on the fly.
 
 Any simulator of `envs.registry` with a scripted expert (`Simulator.has_expert`: Meta-World's own experts, and
 LIBERO's pick-and-place expert of `envs.libero_expert`) works through
@@ -17,7 +17,7 @@ instruction and the privileged simulator state (constants.PRIV_*), then annotate
 after the first success (so the final frames show the finished task and the gripper moving away), or at
 `max_steps`.
 
-Episodes are rolled out by `workers` processes (spawned, each with its own envs and renderer, 1 BLAS/OMP
+Episodes are rolled out by `workers` processes (envs/workers.py: spawned, each with its own envs and renderer, 1 BLAS/OMP
 thread); the parent writes them with `DatasetWriter`, which keeps everything in `<out>.partial/` until
 `finalize`, so an interrupted run never looks complete.
 
@@ -33,12 +33,12 @@ inside the final publish is resumed too (`DatasetWriter.finalize` keeps the shar
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,19 +46,6 @@ from latentvla import constants as K
 from latentvla.data.collect_args import check_resume_args, collect_args
 
 _ENVS: dict = {}  # per worker process: (simulator, task, cameras, size, max_steps) -> SimEnv
-
-
-def _init_worker() -> None:
-    # Each worker renders on its own core; extra BLAS/OMP/llvmpipe threads only fight over the 2 cores.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS"):
-        os.environ[var] = "1"
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
 def _env(sim: str, task: str, cameras: tuple[str, ...], image_size: int, max_steps: int):
@@ -126,25 +113,11 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
             resume: bool = False, stop_after_success: int = 10, overwrite: bool = False, video: bool = False,
             progress: bool = True, env: str = "metaworld") -> dict:  # fmt: skip
     """Collect, annotate and write a LeRobot v3.0 dataset of successful expert episodes; returns a summary."""
-    from tqdm import tqdm
-
     from latentvla.data.lerobot import DatasetWriter
-    from latentvla.envs.registry import get_simulator
 
-    sim = get_simulator(env)
-    if not sim.has_expert:
-        raise ValueError(f"{env} has no scripted expert, so `collect` cannot make demonstrations for it; "
-                         "train on an existing LeRobot dataset instead")  # fmt: skip
-    sim.require()
-    names = sim.resolve_tasks(tasks)
     if episodes_per_task < 1 or workers < 1 or stop_after_success < 0:
         raise ValueError("episodes_per_task and workers must be >= 1 and stop_after_success >= 0")
-    cameras = tuple(cameras or sim.default_cameras)
-    if max_steps is None:  # the evaluation protocol's limit of the longest task group
-        max_steps = max(sim.protocol().steps_for(sim.task_group(t)) for t in names)
-    if max_steps < 1:  # 0 used to crash inside the first rollout and leave <out>.partial behind
-        raise ValueError(f"--max-steps must be >= 1 (the expert needs steps to succeed), got {max_steps}")
-    sim.validate(cameras=cameras, image_size=image_size, max_steps=max_steps)  # fail before any worker starts
+    sim, names, cameras, max_steps = _checked_setup(env, tasks, cameras, image_size, max_steps)
     out = Path(out)
     counters_path = out.with_name(out.name + ".collect.json")
     record = collect_args(env=env, tasks=names, episodes_per_task=episodes_per_task, image_size=image_size,
@@ -154,42 +127,12 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
         return _already_published(out, counters_path, record)
     writer = DatasetWriter(out, fps=sim.fps, robot_type=sim.robot_type, names=sim.feature_names, resume=resume,
                            overwrite=overwrite, video=video)  # fmt: skip
-    saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
-    if resume:  # the same content-defining arguments as the interrupted run, or nothing is mixed (issue 26)
-        check_resume_args(
-            saved.get("args"), record, counters_path, bool(writer.done_keys() or saved.get("failed"))
-        )
-    _write_json_atomic(counters_path, {"args": record, "failed": saved.get("failed", {})})
-    done = writer.done_keys()
-    # per task: episodes written (successes) and episodes whose finished attempt failed; nothing else is state
-    succeeded = {t: {e for e in range(2 * episodes_per_task) if _key(t, e) in done} for t in names}
-    failed = {t: set(saved.get("failed", {}).get(t, [])) for t in names}
+    succeeded, failed = _attempted(writer, counters_path, record, resume, names, episodes_per_task)
     kwargs = dict(seed=seed, cameras=cameras, image_size=image_size, max_steps=max_steps,
                   stop_after_success=stop_after_success, sim=env)  # fmt: skip
-    start, frames, written = time.perf_counter(), 0, 0
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=_init_worker) if workers > 1 else None
-    bar = tqdm(total=len(names) * episodes_per_task, desc="collect", unit="ep", disable=not progress)
-    bar.update(sum(len(s) for s in succeeded.values()))
-    try:
-        while jobs := _next_wave(names, succeeded, failed, episodes_per_task, kwargs):
-            results = pool.imap_unordered(_run_job, jobs) if pool else map(_run_job, jobs)
-            for task, episode, ep, meta in results:
-                if ep is not None:
-                    writer.add_episode(ep, key=_key(task, episode), meta=meta)
-                    succeeded[task].add(episode)
-                    frames, written = frames + len(ep[K.ACTION]), written + 1
-                    bar.update(1)
-                else:
-                    failed[task].add(episode)
-                    failures = {t: sorted(f) for t, f in failed.items()}
-                    _write_json_atomic(counters_path, {"args": record, "failed": failures})
-    finally:
-        bar.close()
-        if pool:
-            pool.terminate()
-        while _ENVS:  # in-process rollouts (workers=1): free the GL contexts now, not at interpreter exit
-            _ENVS.popitem()[1].close()
+    start = time.perf_counter()
+    counts = _roll_out(names, succeeded, failed, episodes_per_task, kwargs, workers, writer,
+                       lambda f: _write_json_atomic(counters_path, {"args": record, "failed": f}), progress)  # fmt: skip
     stats = {t: {"attempts": len(succeeded[t]) + len(failed[t]), "successes": len(succeeded[t])} for t in names}
     if not any(succeeded.values()):  # nothing to publish or resume: leave no .partial / record behind
         shutil.rmtree(writer.partial, ignore_errors=True)
@@ -202,7 +145,99 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     setup = {"env": env, "seed": seed, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps,
              "train_init": sim.train_init or "reset(split='train')",
              "warmup_steps": sim.protocol().warmup_steps}  # fmt: skip
-    return _finish(writer, stats, names, start, (frames, written), out, counters_path, setup, args=record)
+    return _finish(writer, stats, names, start, counts, out, counters_path, setup, args=record)
+
+
+def _checked_setup(env: str, tasks: str | Sequence[str], cameras: Sequence[str] | None, image_size: int,
+                   max_steps: int | None) -> tuple:  # fmt: skip
+    """(simulator, task names, cameras, max_steps) after every check that can fail before a worker starts."""
+    from latentvla.envs.registry import get_simulator
+
+    sim = get_simulator(env)
+    if not sim.has_expert:
+        raise ValueError(f"{env} has no scripted expert, so `collect` cannot make demonstrations for it; "
+                         "train on an existing LeRobot dataset instead")  # fmt: skip
+    sim.require()
+    names = sim.resolve_tasks(tasks)
+    cameras = tuple(cameras or sim.default_cameras)
+    if max_steps is None:  # the evaluation protocol's limit of the longest task group
+        max_steps = max(sim.protocol().steps_for(sim.task_group(t)) for t in names)
+    if max_steps < 1:  # 0 used to crash inside the first rollout and leave <out>.partial behind
+        raise ValueError(f"--max-steps must be >= 1 (the expert needs steps to succeed), got {max_steps}")
+    sim.validate(cameras=cameras, image_size=image_size, max_steps=max_steps)
+    return sim, names, cameras, max_steps
+
+
+def _attempted(writer: Any, counters_path: Path, record: dict, resume: bool, names: list[str],
+               per_task: int) -> tuple[dict[str, set], dict[str, set]]:  # fmt: skip
+    """Per task, the episodes written (successes) and those whose finished attempt failed: all the state a
+    resumed run needs. Checks that a resumed run has the same content-defining arguments (or nothing is mixed)."""
+    saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
+    if resume:
+        check_resume_args(
+            saved.get("args"), record, counters_path, bool(writer.done_keys() or saved.get("failed"))
+        )
+    _write_json_atomic(counters_path, {"args": record, "failed": saved.get("failed", {})})
+    done = writer.done_keys()
+    succeeded = {t: {e for e in range(2 * per_task) if _key(t, e) in done} for t in names}
+    failed = {t: set(saved.get("failed", {}).get(t, [])) for t in names}
+    return succeeded, failed
+
+
+class _ExpertRunner:
+    """A collection worker's runner (envs/workers.py): expert rollouts; its envs are freed on close."""
+
+    def __init__(self, ask: Any = None) -> None:  # an expert never asks the parent
+        pass
+
+    def __call__(self, job: tuple) -> tuple[str, int, dict | None, dict]:
+        return _run_job(job)
+
+    def close(self) -> None:
+        while _ENVS:  # free the GL contexts now, not at interpreter exit
+            _ENVS.popitem()[1].close()
+
+
+def _roll_out(names, succeeded, failed, per_task, kwargs, workers, writer, save_failed, progress) -> tuple[int, int]:
+    """Wave after wave (`_next_wave`) until every task has its successes or its attempts: successes go to
+    `writer`, failures to `save_failed`; in this process (workers=1) or `workers` spawned ones. Returns
+    (frames, episodes) written."""
+    from tqdm import tqdm
+
+    from latentvla.envs.workers import WorkerPool
+
+    counts = [0, 0]
+    bar = tqdm(total=len(names) * per_task, desc="collect", unit="ep", disable=not progress)
+    bar.update(sum(len(s) for s in succeeded.values()))
+
+    def on_done(result: tuple) -> None:
+        task, episode, ep, meta = result
+        if ep is not None:
+            writer.add_episode(ep, key=_key(task, episode), meta=meta)
+            succeeded[task].add(episode)
+            counts[0], counts[1] = counts[0] + len(ep[K.ACTION]), counts[1] + 1
+            bar.update(1)
+        else:
+            failed[task].add(episode)
+            save_failed({t: sorted(f) for t, f in failed.items()})
+
+    # results in the order they finish: `finalize` orders the episodes (module docstring)
+    pool = WorkerPool(workers, _ExpertRunner, lockstep=False, name="latentvla-collect") if workers > 1 else None
+    local, finished = _ExpertRunner(), False
+    try:
+        while jobs := _next_wave(names, succeeded, failed, per_task, kwargs):
+            if pool is not None:
+                pool.run(jobs, on_done)
+            else:
+                for job in jobs:
+                    on_done(local(job))
+        finished = True
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close(stop=finished)
+        local.close()  # in-process rollouts (workers=1)
+    return counts[0], counts[1]
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

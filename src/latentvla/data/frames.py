@@ -1,4 +1,4 @@
-"""Lazy, per-sample image access for a dataset's cameras, with bounded per-process caches (issue 15).
+"""Lazy, per-sample image access for a dataset's cameras, with bounded per-process caches.
 
 Opening a `FrameStore` reads only metadata: for each selected episode and camera, where its frames live (a
 parquet file plus the row of its first frame, or a video file plus the episode's `from_timestamp`). Pixels are
@@ -181,7 +181,7 @@ class FrameStore:
         return [out[t] for t in indices]
 
     def _checked_decode(self, key: str, episode: int, indices: list[int]) -> dict[int, np.ndarray]:
-        """`_decode`, with a damaged or wrong-size image as one clear `DatasetFormatError` (issue 14 item 13)."""
+        """`_decode`, with a damaged or wrong-size image as one clear `DatasetFormatError`."""
         where = f"{self.locations[key][episode].path}: camera {key!r}, episode #{episode}, frames {indices}"
         try:
             frames = self._decode(key, episode, indices)

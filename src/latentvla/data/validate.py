@@ -1,6 +1,6 @@
 """Checks run when a dataset is opened, so bad data fails in one line instead of training "successfully".
 
-Issue 14 found NaN actions training to a NaN checkpoint with exit 0, an `info.json` image shape that disagreed
+Without them, NaN actions trained to a NaN checkpoint with exit 0, an `info.json` image shape that disagreed
 with the stored PNGs (and was copied into the checkpoint), and tracebacks for a missing `stats.json`, an empty
 dataset or an `info.json` that is a list. Every check raises `DatasetFormatError` (a ValueError) whose message
 names the file, column, episode and frame at fault and says how to fix it.
@@ -98,7 +98,7 @@ def _reference_scale(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def _check_magnitude(reader: Any, key: str, values: np.ndarray) -> None:
     """Refuse finite but absurd values (a 3e38 sensor sentinel, a unit slip): more than ABSURD_FACTOR times the
     reference scale of the rest of the column away from its median. Stats recomputed on such data squash every real
-    value to ~0 after normalization, and the published checkpoint's actions overflow (issue 26, item 2)."""
+    value to ~0 after normalization, and the published checkpoint's actions overflow ."""
     median, lo, hi = _typical_range(values)
     bad = np.abs(values - median) > ABSURD_FACTOR * _reference_scale(lo, hi)
     if bad.any():

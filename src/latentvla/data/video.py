@@ -1,4 +1,4 @@
-"""MP4 video for LeRobot video datasets (ecosystem.md §1.1, scale-facts.md §4), through PyAV only.
+"""MP4 video for LeRobot video datasets, through PyAV only.
 
 Encoding follows LeRobot's `encode_video_frames`: AV1 with `libsvtav1`, `yuv420p`, GOP 2 (`g=2`, so any frame is
 at most one frame after a keyframe: cheap random access), CRF 30, preset 12; pts = i / fps. A v3.0 video file

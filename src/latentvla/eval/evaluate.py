@@ -1,4 +1,4 @@
-"""Seeded simulator evaluation of a policy (SPEC C15): rollouts, LeRobot-schema `eval_info.json`, table, videos.
+"""Seeded simulator evaluation of a policy: rollouts, LeRobot-schema `eval_info.json`, table, videos.
 
     info = evaluate("runs/lara", ["pick-place-v3", "reach-v3"], episodes=10, out_dir="runs/lara/eval")
     info = evaluate("runs/libero", "libero_object", episodes=50, env="libero")          # the papers' protocol
@@ -396,7 +396,6 @@ def evaluate(
     eval/episodes_log.py). Ctrl-C / SIGTERM raise `EvalInterrupted` (the finished episodes kept).
     """
     from latentvla.device import autocast_dtype, resolve_device
-    from latentvla.eval.episodes_log import EpisodeLog, checkpoint_identity
     from latentvla.policy import resolve_checkpoint
 
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -421,26 +420,50 @@ def evaluate(
     _check_policy_fits(ckpt, sim)
     horizon = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("horizon")
     sim.require()
-    vdir = Path(video_dir) if video_dir is not None else None
-    jobs = [(t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
-            for t in names for e in range(episodes)]  # fmt: skip
-    log = None
-    if out_dir is not None:
-        fingerprint = {"checkpoint": checkpoint_identity(ckpt), "settings": asdict(settings), "tasks": names,
-                       "episodes": episodes, "video": vdir is not None}  # fmt: skip
-        log = EpisodeLog(out_dir, fingerprint, resume=resume)
-        if log.discarded:
-            print(f"eval: {log.path} held {log.discarded} episodes of a different evaluation; starting over",
-                  file=sys.stderr)  # fmt: skip
-        if log.finished:
-            print(f"eval: resuming, {len(log.finished)} of {len(jobs)} episodes already in {log.path}",
-                  file=sys.stderr)  # fmt: skip
+    jobs, log = _plan_jobs(ckpt, settings, names, episodes, video_dir, out_dir, resume)
     kept = list(log.finished.values()) if log is not None else []
     todo = [j for j in jobs if log is None or (j[0], j[1]) not in log.finished]
     start = time.perf_counter()
+    results = _run_interruptible(settings, todo, workers, progress, max_batch, log, len(kept), len(jobs))
+    results = sorted(kept + results, key=lambda r: (r["task"], r["episode"]))
+    info = summarize(results, names, time.perf_counter() - start, settings, horizon)
+    info["episodes"] = [{k: v for k, v in r.items() if k != "actions"} for r in results]
+    info["overall"]["resumed_episodes"] = len(kept)
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), info, results, halting)
+    # In memory only (not written): the executed actions per (task, episode), for determinism checks.
+    info["actions"] = {(r["task"], r["episode"]): r["actions"] for r in results}
+    return info
+
+
+def _plan_jobs(ckpt: str | Path, settings: EvalSettings, names: list[str], episodes: int,
+               video_dir: str | Path | None, out_dir: str | Path | None, resume: bool) -> tuple[list[tuple], Any]:  # fmt: skip
+    """Every (task, episode, video stem) job, and with `out_dir` the OUT/episodes.jsonl of this evaluation
+    (eval/episodes_log.py), whose finished episodes are not run again."""
+    from latentvla.eval.episodes_log import EpisodeLog, checkpoint_identity
+
+    vdir = Path(video_dir) if video_dir is not None else None
+    jobs = [(t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
+            for t in names for e in range(episodes)]  # fmt: skip
+    if out_dir is None:
+        return jobs, None
+    fingerprint = {"checkpoint": checkpoint_identity(ckpt), "settings": asdict(settings), "tasks": names,
+                   "episodes": episodes, "video": vdir is not None}  # fmt: skip
+    log = EpisodeLog(out_dir, fingerprint, resume=resume)
+    if log.discarded:
+        print(f"eval: {log.path} held {log.discarded} episodes of a different evaluation; starting over",
+              file=sys.stderr)  # fmt: skip
+    if log.finished:
+        print(f"eval: resuming, {len(log.finished)} of {len(jobs)} episodes already in {log.path}",
+              file=sys.stderr)  # fmt: skip
+    return jobs, log
+
+
+def _run_interruptible(settings: EvalSettings, todo: list[tuple], workers: int, progress: bool,
+                       max_batch: int | None, log: Any, n_kept: int, n_jobs: int) -> list[dict]:  # fmt: skip
+    """`_run_jobs` with every finished episode in `log` at once; Ctrl-C / SIGTERM raise `EvalInterrupted`."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
-    results: list[dict] = []
     finished: list[dict] = []  # appended as each episode completes (the log too): survives an interruption
 
     def on_done(res: dict) -> None:
@@ -449,31 +472,24 @@ def evaluate(
         finished.append(res)
 
     try:
-        results = _run_jobs(settings, todo, max(1, min(workers, len(todo))), progress, on_done=on_done,
-                            max_batch=max_batch, already=len(kept))  # fmt: skip
+        return _run_jobs(settings, todo, max(1, min(workers, len(todo))), progress, on_done=on_done,
+                         max_batch=max_batch, already=n_kept)  # fmt: skip
     except (KeyboardInterrupt, _Terminated) as e:
         signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
-        n_done = len(kept) + len(finished)
-        raise EvalInterrupted(signum, n_done, len(jobs), log.path if log is not None else None) from None
+        n_done = n_kept + len(finished)
+        raise EvalInterrupted(signum, n_done, n_jobs, log.path if log is not None else None) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if log is not None:
             log.close()
-    results = sorted(kept + results, key=lambda r: (r["task"], r["episode"]))
-    info = summarize(results, names, time.perf_counter() - start, settings, horizon)
-    info["episodes"] = [{k: v for k, v in r.items() if k != "actions"} for r in results]
-    info["overall"]["resumed_episodes"] = len(kept)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_info.json").write_text(json.dumps(info, indent=2))
-        (out / "eval_table.md").write_text(markdown_table(info))
-        its = [x for r in results for x in r["iterations"]]
-        if halting is not None and its:
-            iterations_histogram(
-                its, out / "iterations_hist.png", f"{halting}: mean {np.mean(its):.2f} iterations"
-            )
-    # In memory only (not written): the executed actions per (task, episode), for determinism checks.
-    info["actions"] = {(r["task"], r["episode"]): r["actions"] for r in results}
-    return info
+
+
+def _write_outputs(out: Path, info: dict, results: list[dict], halting: str | None) -> None:
+    """eval_info.json, eval_table.md and, with adaptive halting, the histogram of iterations per call."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+    (out / "eval_table.md").write_text(markdown_table(info))
+    its = [x for r in results for x in r["iterations"]]
+    if halting is not None and its:
+        iterations_histogram(its, out / "iterations_hist.png", f"{halting}: mean {np.mean(its):.2f} iterations")

@@ -13,25 +13,23 @@ generator seeded from (seed, task, episode) and a batched call draws each row wi
 float rounding in batched matmuls (~1e-7 on CPU). `max_batch=1` answers one observation at a time: then the
 actions are bitwise those of the one-process path.
 
-Env workers ignore SIGINT / SIGTERM (a terminal's Ctrl-C and SLURM's scancel signal the whole process group):
-the parent decides, kills them at once and keeps what finished (eval/episodes_log.py).
+The env processes are `envs.workers.WorkerPool`'s (shared with data collection): they ignore SIGINT / SIGTERM
+(a terminal's Ctrl-C and SLURM's scancel signal the whole process group); the parent decides, kills them at once
+and keeps what finished (eval/episodes_log.py).
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 
 from latentvla.constants import OBS_IMAGES
+from latentvla.envs.workers import WorkerPool
 
 
 @dataclass
@@ -126,102 +124,44 @@ def run_local(policy: Any, settings: Any, jobs: list[tuple], on_done: Callable[[
 # ------------------------------------------------------------------------------------------ env workers
 
 
-def env_worker(conn: Any, settings: Any, cameras: tuple, image_size: int) -> None:
-    """A spawned env process: runs the jobs it is sent (None: stop); asks the parent for each chunk."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C / SIGTERM and kills us
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.environ.setdefault("MUJOCO_GL", "egl")
+class SimEpisodeRunner:
+    """An env worker's runner (envs/workers.py): rolls out the jobs it is sent and asks the parent for each
+    chunk."""
 
-    def fetch(obs: dict) -> Chunk:
+    def __init__(self, ask: Callable[[Any], Any], settings: Any, cameras: tuple, image_size: int) -> None:
+        self.settings, self.cameras, self.image_size = settings, cameras, image_size
         # dict(): a LIBERO observation renders its images only when read (envs/lazy.py), here, at a query step;
         # the lazy mapping itself holds the renderer and does not pickle
-        conn.send(("obs", dict(obs)))
-        return Chunk(*conn.recv())
+        self.agent, self.envs = QueueAgent(lambda obs: Chunk(*ask(dict(obs)))), {}
 
-    agent, envs = QueueAgent(fetch), {}
-    try:
-        while (job := conn.recv()) is not None:
-            conn.send(("done", run_sim_episode(settings, envs, cameras, image_size, job, agent)))
-    except (EOFError, BrokenPipeError):  # the parent is gone
-        pass
-    except Exception as e:  # noqa: BLE001 (reported to the parent, which raises it in one line)
-        conn.send(("error", f"{type(e).__name__}: {e} [{traceback.format_exc(limit=-3).strip()}]"))
-    finally:
-        for env in envs.values():
+    def __call__(self, job: tuple) -> dict:
+        return run_sim_episode(self.settings, self.envs, self.cameras, self.image_size, job, self.agent)
+
+    def close(self) -> None:
+        for env in self.envs.values():
             env.close()
-
-
-class _Slot:
-    def __init__(self, index: int, proc: Any, conn: Any, device: Any) -> None:
-        import torch
-
-        self.index, self.proc, self.conn = index, proc, conn
-        self.generator = torch.Generator(device=device)
-
-    def start(self, job: tuple, seed: int) -> None:
-        self.generator.manual_seed(seed)
-        self.conn.send(job)
-
-    def recv(self) -> tuple[str, Any]:
-        try:
-            return self.conn.recv()
-        except EOFError:
-            self.proc.join(timeout=1)
-            raise RuntimeError(
-                f"env worker {self.index} exited unexpectedly (exit code {self.proc.exitcode})"
-            ) from None
 
 
 def run_pool(policy: Any, settings: Any, jobs: list[tuple], workers: int, on_done: Callable[[dict], None],
              max_batch: int | None = None) -> None:  # fmt: skip
     """`workers` env processes, this process's policy answering their observations in lock-step batches."""
-    ctx = get_context("spawn")  # MuJoCo's EGL context and torch's thread pools do not survive fork
+    import torch
+
     c = policy.config
     max_batch = max_batch or workers
-    slots: list[_Slot] = []
-    finished = False
-    try:
-        for i in range(workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=env_worker, args=(child, settings, tuple(c.cameras), c.image_size),
-                               daemon=True, name=f"latentvla-env-{i}")  # fmt: skip
-            proc.start()
-            child.close()
-            slots.append(_Slot(i, proc, parent, policy.device))
-        queue, active = deque(jobs), []
-        for s in slots:
-            if queue:
-                job = queue.popleft()
-                s.start(job, _seed_for(settings, job))
-                active.append(s)
-            else:
-                s.conn.send(None)
-        while active:
-            requests = []
-            for s in list(active):  # one message from every busy worker, in worker order
-                kind, payload = s.recv()
-                if kind == "obs":
-                    requests.append((s, payload))
-                elif kind == "done":
-                    on_done(payload)
-                    if queue:
-                        job = queue.popleft()
-                        s.start(job, _seed_for(settings, job))
-                    else:
-                        s.conn.send(None)
-                        active.remove(s)
-                else:
-                    raise RuntimeError(f"env worker {s.index} failed: {payload}")
-            for i in range(0, len(requests), max_batch):
-                part = requests[i : i + max_batch]
-                chunks = infer_chunks(policy, settings, [o for _, o in part], [s.generator for s, _ in part])
-                for (s, _), ch in zip(part, chunks):
-                    s.conn.send((ch.actions, ch.iterations, ch.latency_ms))
-        finished = True
-    finally:  # normal end: the workers were told to stop; interrupted or failed: kill them now (they ignore TERM)
-        for s in slots:
-            s.proc.join(timeout=5 if finished else 0)
-            if s.proc.is_alive():
-                s.proc.kill()
-                s.proc.join(timeout=5)
-            s.conn.close()
+    generators = [torch.Generator(device=policy.device) for _ in range(workers)]
+
+    def on_start(worker: int, job: tuple) -> None:
+        generators[worker].manual_seed(_seed_for(settings, job))
+
+    def answer(requests: list[tuple[int, dict]]) -> list[tuple]:
+        replies = []
+        for i in range(0, len(requests), max_batch):
+            part = requests[i : i + max_batch]
+            chunks = infer_chunks(policy, settings, [o for _, o in part], [generators[w] for w, _ in part])
+            replies += [(ch.actions, ch.iterations, ch.latency_ms) for ch in chunks]
+        return replies
+
+    # normal end: the workers are told to stop; interrupted or failed: killed at once (they ignore TERM)
+    with WorkerPool(workers, SimEpisodeRunner, (settings, tuple(c.cameras), c.image_size)) as pool:
+        pool.run(jobs, on_done, answer=answer, on_start=on_start)

@@ -1,10 +1,10 @@
-"""THE RL loop (issue 24). Read `run_rl` top to bottom:
+"""THE RL loop. Read `run_rl` top to bottom:
 
-    setup    simulator + tasks, the starting checkpoint (or the run's newest intact one on --resume), Actor (learned
-             log-std / Flow-Noise std, critic for PPO), AdamW, RNG streams, N environments, logger
-    loop     held-out eval (eval split, deterministic policy)  ->  rollout (train split, one episode per env)
-             ->  advantages (GAE per trajectory | group-normalised)  ->  `epochs` x `minibatches` clipped updates
-             ->  log  ->  checkpoint
+    setup    simulator + tasks; `_RLRun`: the starting checkpoint (or the run's newest intact one on --resume),
+             Actor (learned log-std / Flow-Noise std, critic for PPO), AdamW, RNG streams, N environments, logger
+    loop     held-out eval (eval split, deterministic policy)  ->  `_RLRun.step`: rollout (train split, one episode
+             per env)  ->  advantages (GAE per trajectory | group-normalised)  ->  `update`: `epochs` x
+             `minibatches` clipped steps (`_minibatch_loss`)  ->  log  ->  checkpoint
     finish   final held-out eval, checkpoint, RUN/rl_summary.json
 
 Training and evaluation configurations are disjoint twice over: rollouts reset with split "train" and episode
@@ -28,6 +28,7 @@ import math
 import shutil
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,31 +130,8 @@ def update(actor: Actor, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor | Non
     params = [p for g in opt.param_groups for p in g["params"]]
     for epoch, perm in enumerate(perms):
         for j, m in enumerate(split(perm)):
-            dist = actor.distribution(*sub(m))
-            logp = dist.log_prob()
-            pg, ratio, clipfrac = clipped_surrogate(logp, old[m], adv[m], cfg.clip, cfg.ratio_level)
-            loss = pg
-            stats = {
-                "loss_pg": pg.item(),
-                "clipfrac": clipfrac.item(),
-                "approx_kl": approx_kl(logp, old[m]).item(),
-            }
-            if epoch == 0 and j == 0:
-                stats["ratio_dev_first"] = (ratio - 1.0).abs().max().item()
-            if ret is not None:
-                vl = value_loss(dist.value, ret[m])
-                loss = loss + cfg.vf_coef * vl
-                stats["loss_value"] = vl.item()
-            ent = (dist.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).mean()
-            if cfg.ent_coef:
-                loss = loss - cfg.ent_coef * ent
-            if ref_mean is not None:  # KL(pi || pi_start) of two Gaussians with this sigma, per element (exact)
-                var = torch.exp(2 * dist.log_std.detach())
-                kl = ((dist.mean - ref_mean[m]).pow(2) / (2 * var)).mean()
-                loss = loss + cfg.kl_coef * kl
-                stats["kl_ref"] = kl.item()
-            if not torch.isfinite(loss):
-                raise FloatingPointError("the RL loss became non-finite; lower --lr or raise min_std")
+            targets = (old[m], adv[m], None if ret is None else ret[m], None if ref_mean is None else ref_mean[m])
+            loss, stats, ent = _minibatch_loss(actor, sub(m), *targets, cfg, first=epoch == 0 and j == 0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
@@ -165,6 +143,42 @@ def update(actor: Actor, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor | Non
     out["entropy"] = float(ent.detach())
     out["log_std"] = float(actor.log_std.detach().mean())
     return out
+
+
+def _minibatch_loss(
+    actor: Actor,
+    batch: tuple[dict, dict],
+    old: torch.Tensor,
+    adv: torch.Tensor,
+    ret: torch.Tensor | None,
+    ref_mean: torch.Tensor | None,
+    cfg: RLConfig,
+    first: bool,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """(loss, its logged terms, the policy entropy) of one minibatch: clipped surrogate (+ value loss for PPO,
+    - entropy bonus, + KL to the starting policy). A non-finite loss stops the run."""
+    dist = actor.distribution(*batch)
+    logp = dist.log_prob()
+    pg, ratio, clipfrac = clipped_surrogate(logp, old, adv, cfg.clip, cfg.ratio_level)
+    loss = pg
+    stats = {"loss_pg": pg.item(), "clipfrac": clipfrac.item(), "approx_kl": approx_kl(logp, old).item()}
+    if first:
+        stats["ratio_dev_first"] = (ratio - 1.0).abs().max().item()
+    if ret is not None:
+        vl = value_loss(dist.value, ret)
+        loss = loss + cfg.vf_coef * vl
+        stats["loss_value"] = vl.item()
+    ent = (dist.log_std + 0.5 * (1.0 + math.log(2 * math.pi))).mean()
+    if cfg.ent_coef:
+        loss = loss - cfg.ent_coef * ent
+    if ref_mean is not None:  # KL(pi || pi_start) of two Gaussians with this sigma, per element (exact)
+        var = torch.exp(2 * dist.log_std.detach())
+        kl = ((dist.mean - ref_mean).pow(2) / (2 * var)).mean()
+        loss = loss + cfg.kl_coef * kl
+        stats["kl_ref"] = kl.item()
+    if not torch.isfinite(loss):
+        raise FloatingPointError("the RL loss became non-finite; lower --lr or raise min_std")
+    return loss, stats, ent
 
 
 def _episodes(cfg: RLConfig, gen: torch.Generator, pool: int) -> list[int]:
@@ -180,6 +194,129 @@ def build_optimizer(actor: Actor, cfg: RLConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=0.0)
 
 
+@dataclass
+class _Progress:
+    """What the loop advances and a checkpoint keeps: updates done, environment steps, seconds, held-out curve."""
+
+    update: int = 0
+    env_steps: int = 0
+    elapsed: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def more(self, cfg: RLConfig) -> bool:
+        """Another update fits the run (its count and its minutes)."""
+        return self.update < cfg.updates and (cfg.minutes is None or self.elapsed < cfg.minutes * 60)
+
+
+def _starting_point(run_dir: Path, cfg: RLConfig, init: Path, resume: bool) -> tuple[Policy, dict[str, Any] | None]:
+    """The policy to start from and, on --resume, the run's newest intact checkpoint's training state (its config
+    checked against `cfg`: only the budget and cadence may change)."""
+    if not resume:
+        return Policy.from_pretrained(init, device=cfg.device), None
+    last = ckpt_lib.latest_intact_checkpoint(run_dir)
+    if last is None:
+        raise FileNotFoundError(f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS}")
+    stored = config_from_dict(RLConfig, ckpt_lib.load_train_config_dict(last))
+    for f in dataclasses.fields(RLConfig):
+        if f.name not in RESUME_FREE and getattr(stored, f.name) != getattr(cfg, f.name):
+            raise ValueError(
+                f"--resume: {f.name} was {getattr(stored, f.name)!r} in {run_dir}, now {getattr(cfg, f.name)!r}; "
+                "resume with the same settings (only the budget and cadence may change)"
+            )
+    state = ckpt_lib.load_training_state(last)
+    return Policy.from_pretrained(last, device=cfg.device), state
+
+
+class _RLRun:
+    """One RL run's objects, built in a fixed order (exact resume depends on the RNG draws of each step), with the
+    three things the loop does: an update, a held-out evaluation, a checkpoint."""
+
+    def __init__(self, run_dir: Path, cfg: RLConfig, sim: Any, tasks: list[str], init: Path, resume: bool,
+                 progress: bool) -> None:  # fmt: skip
+        self.run_dir, self.cfg, self.tasks = run_dir, cfg, tasks
+        self.policy, state = _starting_point(run_dir, cfg, init, resume)
+        _check_fits(self.policy, sim)
+        execute = chunk_execution(self.policy, cfg, sim)
+        torch.manual_seed(cfg.seed)  # the critic's init
+        # eval mode throughout (rollouts and updates): dropout or bc's proprio noise would make the re-scored
+        # log-probability of a decision differ from the one it was sampled with
+        self.actor = Actor(self.policy, cfg, execute=execute).to(cfg.device).eval()
+        self.ref = None
+        if cfg.kl_coef > 0:
+            self.ref = Actor(Policy.from_pretrained(init, device=cfg.device), cfg, execute=execute, critic=False)
+            self.ref.requires_grad_(False)
+        self.opt = build_optimizer(self.actor, cfg)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # exploration noise, minibatch order
+        self.ep_gen = torch.Generator().manual_seed(cfg.seed + 1)  # training episode draws
+        self.prog = _Progress() if state is None else self._restore(state)
+        self.pool = min(cfg.train_pool, 50 - cfg.eval_episodes) if sim.name == "libero" else cfg.train_pool
+        if self.pool < 1:
+            raise ValueError("libero has 50 init states per task: keep --eval-episodes below 50")
+        self.slots = Slots.build(sim, tasks, cfg, self.policy, execute, ray_workers=cfg.ray_workers)
+        self.eval_seed = sim.protocol().seed
+        self.logger = MetricsLogger(run_dir, cfg.updates, start_step=self.prog.update, show_progress=progress)
+        self.env_tb = _env_step_writer(run_dir, purge=self.prog.env_steps if resume else None)
+
+    def _restore(self, state: dict[str, Any]) -> _Progress:
+        self.actor.log_std.data.copy_(state["log_std"].to(self.cfg.device))
+        if self.actor.value_head is not None:
+            self.actor.value_head.load_state_dict(state["value_head"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        self.ep_gen.set_state(state["episode_generator"])
+        ckpt_lib.set_rng_state(state["rng"][0])
+        return _Progress(int(state["update"]), int(state["env_steps"]), float(state["elapsed_s"]),
+                         json.loads(state["heldout"]))  # fmt: skip
+
+    def step(self) -> dict[str, float]:
+        """One update: rollout (train split) -> advantages -> clipped updates; its metrics."""
+        cfg, prog = self.cfg, self.prog
+        t0 = time.perf_counter()
+        ro = collect(self.actor, self.slots, _episodes(cfg, self.ep_gen, self.pool), self.gen, cfg.seed,
+                     cfg.dense_scale if cfg.reward == "dense" else None)  # fmt: skip
+        t1 = time.perf_counter()
+        adv, ret = advantages(ro, cfg)
+        metrics = update(self.actor, ro, adv, ret, self.opt, cfg, self.gen, self.ref)
+        t2 = time.perf_counter()
+        prog.elapsed += t2 - t0
+        prog.update += 1
+        prog.env_steps += ro.env_steps
+        metrics.update(rollout_s=t1 - t0, update_s=t2 - t1, elapsed_s=prog.elapsed, env_steps=float(prog.env_steps),
+                       rollout_success=100.0 * float(np.mean(ro.success)),
+                       return_mean=float(np.mean(ro.returns)), decisions=float(len(ro.reward)))  # fmt: skip
+        return metrics
+
+    def heldout(self) -> dict[str, Any]:
+        """Held-out evaluation (eval split, deterministic policy), appended to the curve."""
+        prog = self.prog
+        res = evaluate_heldout(self.actor, self.slots, self.tasks, self.cfg.eval_episodes, self.eval_seed)
+        row = {"update": prog.update, "env_steps": prog.env_steps, "success": res["success"],
+               "per_task": res["per_task"]}  # fmt: skip
+        prog.history.append(row)
+        if self.env_tb is not None:
+            self.env_tb.add_scalar("heldout_success_vs_env_steps", res["success"], prog.env_steps)
+        return row
+
+    def save(self) -> None:
+        cfg, prog, actor = self.cfg, self.prog, self.actor
+        ts = {"update": prog.update, "env_steps": prog.env_steps, "elapsed_s": prog.elapsed,
+              "log_std": actor.log_std.detach().cpu(), "optimizer": self.opt.state_dict(),
+              "generator": self.gen.get_state(), "episode_generator": self.ep_gen.get_state(),
+              "heldout": json.dumps(prog.history)}  # fmt: skip
+        if actor.value_head is not None:
+            ts["value_head"] = actor.value_head.state_dict()
+        extra = {"rl": {"init": cfg.init, "algo": cfg.algo, "env": cfg.env, "tasks": list(self.tasks),
+                        "update": prog.update}}  # fmt: skip
+        ckpt_lib.save_checkpoint(self.run_dir, prog.update, self.policy, cfg, ts, keep_last=cfg.keep_last,
+                                 extra_config=extra)  # fmt: skip
+
+    def close(self) -> None:
+        self.logger.close()
+        if self.env_tb is not None:
+            self.env_tb.close()
+        self.slots.close()
+
+
 def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrite: bool = False,
            progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Run (or continue) RL into `run_dir`; returns the summary written to RUN/rl_summary.json."""
@@ -191,121 +328,47 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
     cfg = dataclasses.replace(cfg, init=str(init), tasks=tuple(tasks))
     sim.require()
     _prepare(run_dir, resume, overwrite)
-    state: dict[str, Any] | None = None
-    if resume:
-        last = ckpt_lib.latest_intact_checkpoint(run_dir)
-        if last is None:
-            raise FileNotFoundError(f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS}")
-        stored = config_from_dict(RLConfig, ckpt_lib.load_train_config_dict(last))
-        for f in dataclasses.fields(RLConfig):
-            if f.name not in RESUME_FREE and getattr(stored, f.name) != getattr(cfg, f.name):
-                raise ValueError(
-                    f"--resume: {f.name} was {getattr(stored, f.name)!r} in {run_dir}, now {getattr(cfg, f.name)!r}; "
-                    "resume with the same settings (only the budget and cadence may change)"
-                )
-        state = ckpt_lib.load_training_state(last)
-        policy = Policy.from_pretrained(last, device=cfg.device)
-    else:
-        policy = Policy.from_pretrained(init, device=cfg.device)
-    _check_fits(policy, sim)
-    execute = chunk_execution(policy, cfg, sim)
-    torch.manual_seed(cfg.seed)  # the critic's init
-    # eval mode throughout (rollouts and updates): dropout or bc's proprio noise would make the re-scored
-    # log-probability of a decision differ from the one it was sampled with
-    actor = Actor(policy, cfg, execute=execute).to(cfg.device).eval()
-    ref = None
-    if cfg.kl_coef > 0:
-        ref = Actor(Policy.from_pretrained(init, device=cfg.device), cfg, execute=execute, critic=False)
-        ref.requires_grad_(False)
-    opt = build_optimizer(actor, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)  # exploration noise, minibatch order
-    ep_gen = torch.Generator().manual_seed(cfg.seed + 1)  # training episode draws
-    update_i, env_steps, elapsed, history = 0, 0, 0.0, []
-    if state is not None:
-        actor.log_std.data.copy_(state["log_std"].to(cfg.device))
-        if actor.value_head is not None:
-            actor.value_head.load_state_dict(state["value_head"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        ep_gen.set_state(state["episode_generator"])
-        ckpt_lib.set_rng_state(state["rng"][0])
-        update_i, env_steps, elapsed = int(state["update"]), int(state["env_steps"]), float(state["elapsed_s"])
-        history = json.loads(state["heldout"])
-    pool = min(cfg.train_pool, 50 - cfg.eval_episodes) if sim.name == "libero" else cfg.train_pool
-    if pool < 1:
-        raise ValueError("libero has 50 init states per task: keep --eval-episodes below 50")
-    slots = Slots.build(sim, tasks, cfg, policy, execute, ray_workers=cfg.ray_workers)
-    eval_seed = sim.protocol().seed
-    logger = MetricsLogger(run_dir, cfg.updates, start_step=update_i, show_progress=progress)
-    env_tb = _env_step_writer(run_dir, purge=env_steps if resume else None)
-
-    def heldout(step: int) -> dict[str, Any]:
-        res = evaluate_heldout(actor, slots, tasks, cfg.eval_episodes, eval_seed)
-        row = {"update": step, "env_steps": env_steps, "success": res["success"], "per_task": res["per_task"]}
-        history.append(row)
-        if env_tb is not None:
-            env_tb.add_scalar("heldout_success_vs_env_steps", res["success"], env_steps)
-        return row
-
-    def save(step: int) -> None:
-        ts = {"update": step, "env_steps": env_steps, "elapsed_s": elapsed, "log_std": actor.log_std.detach().cpu(),
-              "optimizer": opt.state_dict(), "generator": gen.get_state(), "episode_generator": ep_gen.get_state(),
-              "heldout": json.dumps(history)}  # fmt: skip
-        if actor.value_head is not None:
-            ts["value_head"] = actor.value_head.state_dict()
-        extra = {"rl": {"init": cfg.init, "algo": cfg.algo, "env": cfg.env, "tasks": list(tasks), "update": step}}
-        ckpt_lib.save_checkpoint(run_dir, step, policy, cfg, ts, keep_last=cfg.keep_last, extra_config=extra)
-
+    run = _RLRun(run_dir, cfg, sim, tasks, init, resume, progress)
+    prog = run.prog
     # SIGTERM / SIGINT (train/loop.py's handler): finish the current update, write a checkpoint, stop
     with _StopSignals() as stop:
         try:
-            if update_i == 0:
-                row = heldout(0)
-                logger.log(0, "rl", {"heldout_success": row["success"], "env_steps": 0.0}, cfg.num_envs)
-            while update_i < cfg.updates and (cfg.minutes is None or elapsed < cfg.minutes * 60):
-                t0 = time.perf_counter()
-                ro = collect(actor, slots, _episodes(cfg, ep_gen, pool), gen, cfg.seed,
-                             cfg.dense_scale if cfg.reward == "dense" else None)  # fmt: skip
-                t1 = time.perf_counter()
-                adv, ret = advantages(ro, cfg)
-                metrics = update(actor, ro, adv, ret, opt, cfg, gen, ref)
-                t2 = time.perf_counter()
-                elapsed += t2 - t0
-                update_i += 1
-                env_steps += ro.env_steps
-                metrics.update(rollout_s=t1 - t0, update_s=t2 - t1, elapsed_s=elapsed, env_steps=float(env_steps),
-                               rollout_success=100.0 * float(np.mean(ro.success)),
-                               return_mean=float(np.mean(ro.returns)), decisions=float(len(ro.reward)))  # fmt: skip
-                last = update_i >= cfg.updates or (cfg.minutes is not None and elapsed >= cfg.minutes * 60)
-                if last or (cfg.eval_every and update_i % cfg.eval_every == 0):
-                    metrics["heldout_success"] = heldout(update_i)["success"]
-                logger.log(update_i, "rl", metrics, cfg.num_envs)
-                logger.advance(1)
-                if last or update_i % cfg.save_every == 0 or stop.signum is not None:
-                    save(update_i)
+            if prog.update == 0:
+                row = run.heldout()
+                run.logger.log(0, "rl", {"heldout_success": row["success"], "env_steps": 0.0}, cfg.num_envs)
+            while prog.more(cfg):
+                metrics = run.step()
+                last = not prog.more(cfg)
+                if last or (cfg.eval_every and prog.update % cfg.eval_every == 0):
+                    metrics["heldout_success"] = run.heldout()["success"]
+                run.logger.log(prog.update, "rl", metrics, cfg.num_envs)
+                run.logger.advance(1)
+                if last or prog.update % cfg.save_every == 0 or stop.signum is not None:
+                    run.save()
                 if stop.signum is not None:
-                    name = signal.Signals(stop.signum).name
                     raise TrainingInterrupted(
-                        f"{name}: stopped after update {update_i}, wrote {ckpt_lib.checkpoint_dir(run_dir, update_i)};"
-                        " continue with --resume",
+                        f"{signal.Signals(stop.signum).name}: stopped after update {prog.update}, wrote "
+                        f"{ckpt_lib.checkpoint_dir(run_dir, prog.update)}; continue with --resume",
                         stop.signum,
                     )
-            if not history or history[-1]["update"] != update_i:  # budget ended between evaluations
-                heldout(update_i)
-                save(update_i)
+            if not prog.history or prog.history[-1]["update"] != prog.update:  # budget ended between evaluations
+                run.heldout()
+                run.save()
         finally:
-            logger.close()
-            if env_tb is not None:
-                env_tb.close()
-            slots.close()
+            run.close()
+    return _write_summary(run, cfg, tasks)
+
+
+def _write_summary(run: _RLRun, cfg: RLConfig, tasks: list[str]) -> dict[str, Any]:
+    prog, history = run.prog, run.prog.history
     summary = {
-        "model": policy.config.preset, "algorithm": cfg.algo, "env": cfg.env, "tasks": list(tasks),
-        "init": cfg.init, "updates": update_i, "env_steps": env_steps, "minutes": elapsed / 60.0,
+        "model": run.policy.config.preset, "algorithm": cfg.algo, "env": cfg.env, "tasks": list(tasks),
+        "init": cfg.init, "updates": prog.update, "env_steps": prog.env_steps, "minutes": prog.elapsed / 60.0,
         "before": history[0]["per_task"], "after": history[-1]["per_task"],
         "before_success": history[0]["success"], "after_success": history[-1]["success"],
         "heldout_episodes_per_task": cfg.eval_episodes, "curve": history, "config": config_to_dict(cfg),
     }  # fmt: skip
-    (run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    (run.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -21,8 +21,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from latentvla.errors import UserError
+from latentvla.scripts.demo import DEFAULT_TASKS  # the same six tasks as the demo
+
 DEFAULT_PRESETS = "lara-no-cot,lara-explicit,lara-latent-text,lara"
-DEFAULT_TASKS = "button-press-topdown,drawer-close,window-open,reach,push,pick-place"
 PAPER_TABLE4 = {"lara-no-cot": 55.2, "lara-explicit": 58.3, "lara-latent-text": 64.6, "lara": 68.8}  # LIBERO-Long
 
 
@@ -40,6 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="parallel rollout processes")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides for every run")
     p.set_defaults(func=main)
+
+
+def run_config(preset: str, seed: int, steps: int, overrides: list[str]):
+    """The TrainConfig of one (preset, seed) run: the user's key=value `overrides` on the preset, then the sweep's
+    own steps and seed (one checkpoint, at the end)."""
+    from dataclasses import replace
+
+    from latentvla.config import apply_overrides, get_preset
+
+    cfg = apply_overrides(get_preset(preset), list(overrides))
+    return replace(cfg, steps=steps, seed=seed, save_every=steps)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -104,8 +117,9 @@ def _plot(agg: dict, path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from latentvla.config import apply_overrides, get_preset
+    from latentvla.config import get_preset
     from latentvla.eval.evaluate import evaluate
+    from latentvla.train.checkpoint import latest_checkpoint
     from latentvla.train.loop import train
 
     out = Path(args.out)
@@ -123,16 +137,14 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
                              "`latentvla collect`")  # fmt: skip
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     per_run: dict[str, dict[int, dict[str, float]]] = {}
     for preset in presets:
         for seed in seeds:
             run, ev = out / "runs" / preset / f"seed{seed}", out / "eval" / preset / f"seed{seed}"
-            if not (run / "checkpoints").is_dir() or not any((run / "checkpoints").glob("0*")):
+            if latest_checkpoint(run) is None:
                 print(f"[ablations] training {preset} seed {seed} for {args.steps} steps", flush=True)
-                cfg = apply_overrides(get_preset(preset), [*args.overrides, f"steps={args.steps}", f"seed={seed}",
-                                                           f"save_every={args.steps}"])  # fmt: skip
+                cfg = run_config(preset, seed, args.steps, args.overrides)
                 train(cfg, args.dataset, run, show_progress=False)
             info_path = ev / "eval_info.json"
             if info_path.is_file():

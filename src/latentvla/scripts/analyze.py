@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from latentvla.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cot.add_argument("--json", default=None, help="also write the report to this JSON file")
     cot.set_defaults(func=main_cot)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=None, help_parser=p)  # no subcommand: cli.main prints this help
 
 
 def main_latents(args: argparse.Namespace) -> int:
@@ -54,8 +55,7 @@ def main_latents(args: argparse.Namespace) -> int:
         res = analyze_latents(args.run, args.dataset, args.out, max_samples=args.max_samples, method=args.method,
                               seed=args.seed, batch_size=args.batch_size)  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     print(json.dumps({k: v for k, v in res.items() if k not in ("run", "dataset")}, indent=2))
     return 0
 
@@ -69,8 +69,7 @@ def main_cot(args: argparse.Namespace) -> int:
         res = analyze_cot_run(args.run, args.dataset, episodes=args.episodes,
                               frames_per_episode=args.frames_per_episode, max_cot_tokens=args.max_cot_tokens)  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2))

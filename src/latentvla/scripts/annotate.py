@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+
+from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("annotate", help="add automatic CoT annotation (cot.* columns) to a dataset")
+    p = subparsers.add_parser("annotate", help="add automatic CoT annotation (cot.* columns) to a dataset",
+                              formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument("dir", help="LeRobot dataset directory (needs per-frame gripper and end-effector state)")
     p.add_argument("--camera", default=None, help="camera the boxes refer to (default: the first camera)")
     p.add_argument("--boxes-jsonl", default=None,
@@ -17,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--env",
         default=None,
-        help="simulator whose state layout to read ee + gripper with (default: from robot_type / state size)",
+        help="simulator whose state layout to read ee + gripper with: {simulators} (default: from robot_type / "
+        "state size)",
     )
     p.add_argument("--lara-dir", default=None,
                    help="folder with LaRA-VLA's episode_dense_captions_full.jsonl / episode_sam3_bboxes_from_dino_final"
@@ -41,7 +45,6 @@ def main(args: argparse.Namespace) -> int:
             print(f"annotate: importing LaRA-VLA annotations from {', '.join(files)}")
         summary = annotate_dataset(args.dir, box_source=source, camera=args.camera, env=args.env, lara=lara)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     print(json.dumps(summary, indent=2))
     return 0

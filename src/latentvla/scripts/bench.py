@@ -25,6 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from latentvla.errors import UserError, message
+from latentvla.scripts.choices import RegistryHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -33,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
     for register_sub in _SUBCOMMANDS:
         register_sub(sub)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=None, help_parser=p)  # no subcommand: cli.main prints this help
 
 
 def register_train(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +73,7 @@ def main_train(args: argparse.Namespace) -> int:
             overrides=list(args.overrides), flops=args.flops,
         )  # fmt: skip
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     print(format_table(results))
     if args.json:
         payload = {
@@ -113,16 +115,14 @@ def main_data(args: argparse.Namespace) -> int:
     from latentvla.data.errors import DatasetFormatError
 
     if args.workers < 0 or args.batch_size < 1 or args.batches < 1:
-        print("error: --workers must be >= 0, --batch-size and --batches >= 1", file=sys.stderr)
-        return 2
+        raise UserError("--workers must be >= 0, --batch-size and --batches >= 1")
     try:
         report = bench_data(
             args.dir, workers=args.workers, batch_size=args.batch_size, batches=args.batches, cameras=args.camera,
             train_preset=args.train_preset, train_steps=args.train_steps, train_overrides=list(args.override),
         )  # fmt: skip
     except (DatasetFormatError, ValueError, KeyError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+        raise UserError(message(e)) from e
     print(format_report(report))
     if args.json:
         payload = {"benchmark": "data", "torch": torch.__version__, "threads": torch.get_num_threads(), **report}
@@ -159,12 +159,10 @@ def main_profile(args: argparse.Namespace) -> int:
     try:
         args.dataset = str(resolve_dataset(args.dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
     except HubError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     if not Path(args.dataset, "meta", "info.json").is_file():
-        print(f"error: {args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
-              "`latentvla collect`", file=sys.stderr)  # fmt: skip
-        return 2
+        raise UserError(f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
+                        "`latentvla collect`")  # fmt: skip
     try:
         results = [
             profile_preset(
@@ -179,8 +177,7 @@ def main_profile(args: argparse.Namespace) -> int:
             for p in presets
         ]
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; ms per optimizer step (share of the step)"
     )
@@ -193,10 +190,11 @@ def main_profile(args: argparse.Namespace) -> int:
 
 
 def register_latency(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("latency", help="per-call latency: no reasoning / latent / explicit CoT / recurrent depths")
+    p = sub.add_parser("latency", help="per-call latency: no reasoning / latent / explicit CoT / recurrent depths",
+                       formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument("run", nargs="?", default=None, help="checkpoint or run dir (or use --preset)")
-    p.add_argument("--preset", default=None, help="benchmark a random-init preset instead of a checkpoint")
-    p.add_argument("--size", default="tiny", help="size of the random-init preset")
+    p.add_argument("--preset", default=None, help="benchmark a random-init preset instead of a checkpoint: {presets}")
+    p.add_argument("--size", default="tiny", help="size of the random-init preset: {sizes}")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--delta", type=float, default=1e-3, help="MSE halting threshold for the adaptive RD run")
@@ -229,8 +227,7 @@ def main_latency(args: argparse.Namespace) -> int:
     from latentvla.policy import Policy
 
     if (args.run is None) == (args.preset is None):
-        print("error: give a checkpoint/run dir or --preset NAME (not both)", file=sys.stderr)
-        return 2
+        raise UserError("give a checkpoint/run dir or --preset NAME (not both)")
     if args.threads:
         torch.set_num_threads(args.threads)
     from latentvla.device import resolve_device
@@ -239,8 +236,7 @@ def main_latency(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         policy = Policy.from_pretrained(args.run) if args.run else _random_policy(args.preset, args.size)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     policy = policy.to(device).eval()
     dtype = policy.set_precision(args.precision)  # what eval / serve run with on this device
     report = bench_latency(
@@ -306,8 +302,7 @@ def main_head(args: argparse.Namespace) -> int:
             progress=lambda name: print(f"timing {name} ...", file=sys.stderr),
         )  # fmt: skip
     except (ValueError, RuntimeError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+        raise UserError(str(e).splitlines()[0]) from e
     report.update(
         {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or ""}
     )
@@ -318,8 +313,10 @@ def main_head(args: argparse.Namespace) -> int:
 
 
 def register_memory(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("memory", help="parameters and per-GPU training memory from configs alone (meta device)")
-    p.add_argument("--preset", required=True, help="e.g. lara-qwen3vl, rdvla-minivla, or any preset + --backbone")
+    p = sub.add_parser("memory", help="parameters and per-GPU training memory from configs alone (meta device)",
+                       formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p.add_argument("--preset", required=True,
+                   help="lara-qwen3vl, rdvla-minivla, or any preset + --backbone: {presets}")  # fmt: skip
     p.add_argument("--backbone", default=None, metavar="DIR", help="local model dir (only config.json is read)")
     p.add_argument("--vision", action="append", default=[], metavar="DIR", help="local SigLIP / DINOv2 dir")
     p.add_argument("--lora", type=int, nargs="?", const=64, default=None, metavar="RANK",
@@ -349,8 +346,7 @@ def main_memory(args: argparse.Namespace) -> int:
             dtype=args.dtype,
         )  # fmt: skip
     except (ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     print(report.table())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -376,10 +372,7 @@ def main_real_size(args: argparse.Namespace) -> int:
     report_file = Path(args.out) / "real_size.json"
     if args.check_only:
         if not report_file.is_file():
-            print(
-                f"error: no {report_file}; run `latentvla bench real-size --out {args.out}` first", file=sys.stderr
-            )
-            return 2
+            raise UserError(f"no {report_file}; run `latentvla bench real-size --out {args.out}` first")
         report = json.loads(report_file.read_text())
     else:
         train_measured(args.out, batch_size=args.batch_size, steps=args.steps)

@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
+
 
 def _cameras(values: list[str] | None) -> tuple[str, ...] | None:
     """Repeated / comma-separated --camera values; None: the simulator's default cameras."""
@@ -14,8 +17,9 @@ def _cameras(values: list[str] | None) -> tuple[str, ...] | None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("collect", help="collect scripted-expert demonstrations (with CoT annotation)")
-    p.add_argument("--env", default="metaworld", help="simulator with a scripted expert (envs/registry.py)")
+    p = subparsers.add_parser("collect", help="collect scripted-expert demonstrations (with CoT annotation)",
+                              formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p.add_argument("--env", default="metaworld", help="simulator with a scripted expert: {simulators}")
     p.add_argument("--tasks", required=True,
                    help="comma list of task names and/or suites (mt10, mt50, easy, ...; libero_object, libero_spatial:0-4)")
     p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes to keep per task")
@@ -41,8 +45,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         summary = _collect(args)
     except (ValueError, FileExistsError, ImportError) as e:  # unknown task/suite/camera, existing output, no sim
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except OSError as e:  # a full disk (ENOSPC) or a vanished directory: the finished episodes stay resumable
         print(
             f"error: writing the dataset failed ({e}); the finished episodes are kept in {args.out}.partial: "

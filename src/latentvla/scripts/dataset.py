@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from latentvla.constants import COT_BBOX, COT_BBOX_VISIBLE, COT_REASONING, COT_SEGMENT, COT_SUBTASK, COT_TEXT
+from latentvla.errors import UserError, message
 
 _TILE_MIN = 256  # upscale frames to at least this many pixels wide so text and boxes are legible
 
@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     layout.add_argument("--video", action="store_true", help="cameras as AV1 MP4 (LeRobot's encoding)")
     layout.add_argument("--images", action="store_true", help="cameras as PNG in parquet (lossless)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing dataset at DST")
-    parser.set_defaults(func=main, _parser=parser)
+    for command in (info, show, convert):
+        command.set_defaults(func=main)
+    parser.set_defaults(func=None, help_parser=parser)  # no subcommand: cli.main prints this help
 
 
 def _disk_mb(root: Path, sub: str) -> float:
@@ -171,9 +173,6 @@ def _frame_text(ep: dict, t: int, chars: int) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     from latentvla.data.lerobot import DatasetFormatError, LeRobotDatasetReader
 
-    if not args.dataset_command:
-        args._parser.print_help()
-        return 2
     if args.dataset_command == "convert":
         return _convert(args)
     try:
@@ -188,8 +187,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
         return 0
     except (DatasetFormatError, ValueError, KeyError, IndexError, OSError) as e:  # bad input: exit 2 (house rule)
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+        raise UserError(message(e)) from e
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -199,7 +197,6 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         out = convert_dataset(args.src, args.dst, video=args.video, overwrite=args.overwrite)
     except (DatasetFormatError, ValueError, KeyError, FileExistsError, ImportError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+        raise UserError(message(e)) from e
     print(f"wrote {out} ({'video' if args.video else 'png-in-parquet'} cameras)")
     return 0

@@ -15,7 +15,7 @@ re-run continues where it stopped):
     5. report.md, summary.json (best_pc_success in percent, per-model and per-task results, elapsed time, and
                     whether the reasoning models beat the no-reasoning ones), plots
 
-Defaults follow reference/bc-baseline.md: its six tasks (three with large visible targets, three whose goal is a
+Defaults follow a plain-BC feasibility run on this CPU: its six tasks (three with large visible targets, three whose goal is a
 1-2 px dot: reach, push, pick-place), one camera (corner4, 64 px), and the plain image BC policy (`bc`) trained
 in the same run next to `lara`, `rdvla` and the no-reasoning ablation `lara-no-cot`.
 """
@@ -37,8 +37,7 @@ BASELINES = ("bc", "lara-no-cot")
 # CPU-budget overrides of the recurrent head: the paper trains with mean depth 32 (r ~ log-normal Poisson) and
 # runs 12 iterations at test time; on 2 cores a mean of 12 keeps 3x the optimizer steps in the same minutes.
 # TBPTT depth stays at the paper's 8. Recorded in each run's config.json.
-CPU_OVERRIDES = {"rdvla": ["policy.recurrent.mean_recurrence=12", "policy.iterations=12"],
-                 "lara-rd": ["policy.recurrent.mean_recurrence=12", "policy.iterations=12"]}  # fmt: skip
+CPU_RECURRENCE = {"rdvla": 12, "lara-rd": 12}  # preset -> mean training recurrence = test-time iterations
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,6 +95,23 @@ def _run_record(run: Path) -> dict:
             "minutes_used": elapsed / 60 if elapsed is not None else None}  # fmt: skip
 
 
+def demo_config(preset: str, args: argparse.Namespace, steps: int, minutes: float | None, batch_size: int):
+    """One model's TrainConfig: the preset on the demo's camera(s) and image size, the CPU budget of a recurrent
+    head (CPU_RECURRENCE), then this run's length, budget, batch and seed."""
+    from dataclasses import replace
+
+    from latentvla.config import get_preset
+
+    cfg = get_preset(preset)
+    cameras = tuple(c for c in args.camera.strip().split(",") if c)  # `--camera a,b`: two cameras
+    policy = replace(cfg.policy, cameras=cameras, image_size=args.image_size)
+    if preset in CPU_RECURRENCE:
+        depth = CPU_RECURRENCE[preset]
+        policy = replace(policy, recurrent=replace(policy.recurrent, mean_recurrence=depth), iterations=depth)
+    return replace(cfg, policy=policy, num_workers=args.loader_workers, steps=steps, minutes=minutes,
+                   batch_size=batch_size, seed=args.seed, save_every=steps, log_every=25)  # fmt: skip
+
+
 def reasoning_verdict(per_model: dict[str, float]) -> str:
     """One sentence: did the best reasoning model beat every no-reasoning baseline that was run?"""
     reasoning = {m: v for m, v in per_model.items() if m in REASONING}
@@ -113,22 +129,30 @@ def reasoning_verdict(per_model: dict[str, float]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
-    from latentvla.bench.latency import bench_latency, format_table
-    from latentvla.config import apply_overrides, get_preset
-    from latentvla.data.collect import collect
-    from latentvla.eval.evaluate import evaluate
-    from latentvla.policy import Policy
-    from latentvla.train.loop import train
+    from latentvla.bench.latency import format_table
+    from latentvla.config import get_preset
 
     t0, budget = time.time(), args.minutes * 60
     out = Path(args.out)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         get_preset(m)  # did-you-mean before any work
-    overrides = [f"policy.cameras={args.camera}", f"policy.image_size={args.image_size}",
-                 f"num_workers={args.loader_workers}"]  # fmt: skip
+    data = _collect_demos(args, out)
+    tasks = json.loads((data / "meta" / "info.json").read_text()).get("latentvla_collect", {}).get("tasks")
+    tasks = ",".join(tasks) if tasks else args.tasks
+    minutes, steps = _training_plan(args, models, len(tasks.split(",")), budget - (time.time() - t0))
+    results = _train_models(args, out, models, data, minutes, steps)
+    _evaluate_models(args, out, models, tasks, results)
+    latency = _bench_models(args, out, models)
+    summary = _write_report(out, args, tasks, models, results, latency, time.time() - t0, format_table)
+    print(json.dumps({k: summary[k] for k in ("best_pc_success", "best_model", "elapsed_min")}, indent=2))
+    print((out / "report.md").read_text())
+    return 0
+
+
+def _collect_demos(args: argparse.Namespace, out: Path) -> Path:
+    """Step 1: the expert demonstrations in OUT/data (reused when already published, resumed when partial)."""
+    from latentvla.data.collect import collect
 
     data = out / "data"
     if not (data / "meta" / "info.json").is_file():
@@ -137,40 +161,38 @@ def main(args: argparse.Namespace) -> int:
                 cameras=(args.camera,), resume=(out / "data.partial").exists())  # fmt: skip
     else:
         _log(f"1/5 reusing {data}")
+    return data
 
-    tasks = json.loads((data / "meta" / "info.json").read_text()).get("latentvla_collect", {}).get("tasks")
-    tasks = ",".join(tasks) if tasks else args.tasks
-    n_tasks = len(tasks.split(","))
+
+def _training_plan(args: argparse.Namespace, models: list[str], n_tasks: int,
+                   left_s: float) -> tuple[float | None, int]:  # fmt: skip
+    """(minutes, steps) per model: --steps N, or what is left of the budget after collection, minus evaluation
+    and latency benches, in equal shares over a schedule of SCHEDULE_STEPS positions."""
+    if args.steps:
+        return None, args.steps
     eval_reserve = len(models) * (
         30 + n_tasks * args.eval_episodes * args.max_steps * 0.012 / max(1, args.workers)
     )
-    batch = {m: args.batch_size or get_preset(m).batch_size for m in models}
-    if args.steps:
-        minutes, steps = None, args.steps
-    else:  # what is left after collection, minus evaluation and latency benches, in equal shares
-        minutes = minutes_per_model(budget - (time.time() - t0) - eval_reserve - 40 * len(models), len(models))
-        steps = SCHEDULE_STEPS
-        _log(f"equal wall-clock per model: {minutes:.2f} min of training each")
+    minutes = minutes_per_model(left_s - eval_reserve - 40 * len(models), len(models))
+    _log(f"equal wall-clock per model: {minutes:.2f} min of training each")
+    return minutes, SCHEDULE_STEPS
 
+
+def _train_models(args: argparse.Namespace, out: Path, models: list[str], data: Path, minutes: float | None,
+                  steps: int) -> dict[str, dict]:  # fmt: skip
+    """Step 2: train every model into OUT/runs/<m> (a run with a checkpoint is reused); {model: run record}."""
+    from latentvla.config import get_preset
+    from latentvla.train.checkpoint import latest_checkpoint
+    from latentvla.train.loop import train
+
+    batch = {m: args.batch_size or get_preset(m).batch_size for m in models}
     results = {}
     for i, m in enumerate(models):
         run = out / "runs" / m
-        if not (run / "checkpoints").exists() or not any((run / "checkpoints").glob("0*")):
+        if latest_checkpoint(run) is None:
             _log(f"2/5 training {m} for " + (f"{minutes:.2f} min" if minutes else f"{steps} steps")
                  + f" ({i + 1}/{len(models)})")  # fmt: skip
-            cfg = apply_overrides(
-                get_preset(m),
-                [
-                    *overrides,
-                    *CPU_OVERRIDES.get(m, []),
-                    f"steps={steps}",
-                    f"minutes={minutes}",
-                    f"batch_size={batch[m]}",
-                    f"seed={args.seed}",
-                    f"save_every={steps}",
-                    "log_every=25",
-                ],
-            )
+            cfg = demo_config(m, args, steps, minutes, batch[m])
             t = time.time()
             summary = train(cfg, data, run, overwrite=True)  # no checkpoint yet: restart a killed run
             used = summary.get("train_elapsed_s", summary["seconds"])
@@ -180,6 +202,12 @@ def main(args: argparse.Namespace) -> int:
         else:
             _log(f"2/5 reusing {run}")
             results[m] = {"minutes_budget": minutes, **_run_record(run)}
+    return results
+
+
+def _evaluate_models(args: argparse.Namespace, out: Path, models: list[str], tasks: str, results: dict) -> None:
+    """Step 3: held-out evaluation of every model into OUT/eval/<m>; adds results[m]["eval"]."""
+    from latentvla.eval.evaluate import evaluate
 
     for m in models:
         _log(f"3/5 evaluating {m} on {args.eval_episodes} held-out episodes/task")
@@ -187,6 +215,14 @@ def main(args: argparse.Namespace) -> int:
                         max_steps=args.max_steps, workers=args.workers, out_dir=out / "eval" / m)  # fmt: skip
         info.pop("actions", None)
         results[m]["eval"] = {"overall": info["overall"], "per_task": info["per_task"]}
+
+
+def _bench_models(args: argparse.Namespace, out: Path, models: list[str]) -> dict[str, dict]:
+    """Step 4: the latency benchmark of every model into OUT/latency/<m>.json; {model: report}."""
+    import torch
+
+    from latentvla.bench.latency import bench_latency
+    from latentvla.policy import Policy
 
     latency = {}
     torch.set_num_threads(max(1, args.workers))
@@ -196,11 +232,7 @@ def main(args: argparse.Namespace) -> int:
         latency[m] = bench_latency(policy, warmup=2, repeats=args.latency_repeats)
         (out / "latency").mkdir(parents=True, exist_ok=True)
         (out / "latency" / f"{m}.json").write_text(json.dumps(latency[m], indent=2))
-
-    summary = _write_report(out, args, tasks, models, results, latency, time.time() - t0, format_table)
-    print(json.dumps({k: summary[k] for k in ("best_pc_success", "best_model", "elapsed_min")}, indent=2))
-    print((out / "report.md").read_text())
-    return 0
+    return latency
 
 
 def _success_plot(out: Path, models: list[str], results: dict) -> Path:

@@ -24,13 +24,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
+
 HALTING_CHOICES = ("mse", "cosine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a policy in simulation", description=__doc__.splitlines()[0])
+    p = subparsers.add_parser("eval", help="evaluate a policy in simulation", description=__doc__.splitlines()[0],
+                              formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
-    p.add_argument("--env", default="metaworld", help="simulator (envs/registry.py): metaworld, libero")
+    p.add_argument("--env", default="metaworld", help="simulator: {simulators}")
     p.add_argument(
         "--tasks",
         required=True,
@@ -103,9 +107,7 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():  # before anything runs (it used to fail only after the evaluation)
-        print(f"error: --out {out} is an existing file; eval writes a directory there: pick another path.",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise UserError(f"--out {out} is an existing file; eval writes a directory there: pick another path.")
     from latentvla.eval.evaluate import EvalInterrupted
 
     common = dict(mode=args.mode, seed=args.seed, max_steps=args.max_steps, workers=args.workers,
@@ -134,8 +136,7 @@ def main(args: argparse.Namespace) -> int:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except RuntimeError as e:  # an env worker failed or died (eval/pool.py): one line, the cause included
         print(f"error: {e}", file=sys.stderr)
         return 1

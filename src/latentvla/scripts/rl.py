@@ -19,12 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("rl", help="RL post-training in simulation (PPO / GRPO)",
-                              description=__doc__.splitlines()[0])  # fmt: skip
+                              description=__doc__.splitlines()[0], formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument("run", metavar="RUN", help="starting checkpoint: a training run or checkpoint directory")
-    p.add_argument("--env", default="metaworld", help="simulator (envs/registry.py): metaworld, libero, ...")
+    p.add_argument("--env", default="metaworld", help="simulator: {simulators}")
     p.add_argument("--tasks", required=True, help="comma-separated task names and/or suites")
     p.add_argument("--algo", default="ppo", help="ppo | grpo")
     p.add_argument("--out", required=True, help="RL run directory")
@@ -73,8 +76,7 @@ def main(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError, CorruptCheckpointError,
             FloatingPointError) as e:  # fmt: skip
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + int(e.signum)

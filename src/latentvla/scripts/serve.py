@@ -14,7 +14,8 @@ import argparse
 import errno
 import logging
 import socket
-import sys
+
+from latentvla.errors import UserError
 
 HALTING_CHOICES = ("mse", "cosine")
 
@@ -98,8 +99,7 @@ def main(args: argparse.Namespace) -> int:
         halting = parse_halting(halting_spec(args.halting, args.delta))
         device = resolve_device(args.device)  # 'auto' -> cuda when available; cuda on a CPU build: one line
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     try:  # a run dir resolves to its newest intact checkpoint (damaged newer ones are skipped with a warning)
         path = resolve_checkpoint(args.run)
         print(f"loading {path}", flush=True)
@@ -108,8 +108,7 @@ def main(args: argparse.Namespace) -> int:
         dtype = policy.set_precision(args.precision)
         print(f"policy on {device}, {'bf16 autocast' if dtype is not None else 'fp32'}", flush=True)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # no checkpoint / damaged / options it can't run
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     try:
         run_server(
             policy,
@@ -122,6 +121,5 @@ def main(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
         )
     except OSError as e:  # the port was taken while the model loaded
-        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from e
     return 0

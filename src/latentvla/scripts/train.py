@@ -30,13 +30,17 @@ import signal
 import sys
 from pathlib import Path
 
+from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0])
+    p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0],
+                              formatter_class=RegistryHelpFormatter)  # fmt: skip
     p.add_argument(
         "--preset",
         required=True,
-        help="lara | lara-explicit | lara-latent-text | lara-no-cot | rdvla | lara-rd | lara-qwen3vl | rdvla-minivla | bc",
+        help="{presets}",
     )
     p.add_argument("--dataset", required=True,
                    help="LeRobot dataset directory, or a repo id (lerobot/NAME) in HF_LEROBOT_HOME")  # fmt: skip
@@ -47,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "a cap (minutes=M)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--size", default="tiny", help="backbone size: tiny | small | base")
+    p.add_argument("--size", default="tiny", help="backbone size: {sizes}")
     p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint of OUT")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT (else refused)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DDP (re-launches via torchrun)")
@@ -99,19 +103,13 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    argv = ["train", "--preset", args.preset, "--dataset", args.dataset, "--out", args.out, "--size", args.size]
-    for flag, value in (("--steps", args.steps), ("--minutes", args.minutes), ("--batch-size", args.batch_size),
-                        ("--seed", args.seed)):  # fmt: skip
-        if value is not None:
-            argv += [flag, str(value)]
-    argv += ["--backbone", args.backbone] if args.backbone else []
-    for v in args.vision:
-        argv += ["--vision", v]
-    argv += ["--resume"] * args.resume + ["--overwrite"] * args.overwrite + ["--no-progress"] * args.no_progress
-    argv += ["--fsdp"] * args.fsdp
-    argv += list(args.overrides)
-    torchrun = ["--standalone", f"--nproc_per_node={args.nproc}", "-m", "latentvla.cli", *argv]
-    print("launching: torchrun", " ".join(torchrun), flush=True)
+    # the command exactly as typed (cli.main keeps it): each rank parses what the user wrote, and under torchrun
+    # (WORLD_SIZE set) its --nproc launches nothing. It is handed to the agent after torchrun's own parsing, which
+    # would read `--nproc` as an ambiguous abbreviation of its `--nproc-per-node`.
+    argv = args.cli_argv if getattr(args, "cli_argv", None) is not None else sys.argv[1:]
+    launch = parse_args(["--standalone", f"--nproc_per_node={args.nproc}", "-m", "latentvla.cli"])
+    launch.training_script_args = list(argv)
+    print("launching: torchrun --standalone", f"--nproc_per_node={args.nproc} -m latentvla.cli", *argv, flush=True)
     noise = _SignalShutdownNoise()
     loggers = [
         logging.getLogger(f"torch.distributed.elastic.{m}.api") for m in ("agent.server", "multiprocessing")
@@ -119,7 +117,7 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
     for logger in loggers:
         logger.addFilter(noise)
     try:
-        run(parse_args(torchrun))
+        run(launch)
         return 0
     except SignalException as e:  # the ranks saved and rank 0 printed the one line
         return 128 + int(e.sigval)
@@ -141,14 +139,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         if cfg.batch_size % args.nproc:
-            print(
-                f"error: --batch-size {cfg.batch_size} is not divisible by --nproc {args.nproc}", file=sys.stderr
-            )
-            return 2
+            raise UserError(f"--batch-size {cfg.batch_size} is not divisible by --nproc {args.nproc}")
         return _relaunch_with_torchrun(args)
 
     from latentvla.train.checkpoint import CheckpointError
@@ -160,8 +154,7 @@ def main(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
         )  # fmt: skip
     except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad dataset / existing run / resume mismatch
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise UserError(str(e)) from e
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
         if int(os.environ.get("RANK", "0")) == 0:  # every rank stopped on the same step: one line says it all
             print(str(e), file=sys.stderr)

@@ -75,11 +75,8 @@ def is_complete(path: str | Path) -> bool:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if is_complete(p)), key=lambda p: int(p.name))
+    """Complete checkpoints of a run, oldest first (the one directory scan: `checkpoint_check.step_dirs`)."""
+    return [p for p in step_dirs(run_dir) if is_complete(p)]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

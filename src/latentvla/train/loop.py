@@ -1,8 +1,11 @@
-"""THE training loop: one readable function for every preset (SPEC C14). Read `train` top to bottom:
+"""THE training loop: one readable function for every preset. Read `train` top to bottom:
 
-    setup       seed, (DDP), dataset + normalizer, Policy, AdamW groups, resume, sampler, logger
-    loop        stage = stage_at(step)  ->  LR (warm-up + cosine per stage)  ->  grad-accumulated micro-batches
-                ->  clip 1.0  ->  AdamW step  ->  EMA target update  ->  log  ->  checkpoint
+    setup       seed, (DDP), dataset + normalizer, Policy, `resume` -> ResumeState (train/resume.py), the
+                Schedule (train/schedule.py: step counter or wall-clock budget), AdamW groups, sampler, logger
+    loop        `train_step`: stage at the schedule's position  ->  Adam reset at a stage start  ->  LR (warm-up +
+                cosine per stage)  ->  grad-accumulated micro-batches  ->  clip 1.0  ->  finite check  ->  AdamW step;
+                then `schedule.after_step` (stop signal, clock)  ->  EMA target update  ->  log  ->  checkpoint
+                (train/saver.py)
     finish      final checkpoint, loss plot, summary
 
 Determinism (what makes resume exact and DDP equal to one process):
@@ -25,16 +28,10 @@ the verdict is read one step late so that a step costs no host sync, train/finit
 finish the current step, write a checkpoint and raise `TrainingInterrupted` (also when the whole process group is
 signalled: DataLoader workers leave the decision to this process, `_ignore_stop_signals_from_others`); a failed
 checkpoint write raises `CheckpointError` with the previous
-checkpoint still `last`. Resuming with a larger `steps` extends the run: steps past the original total stay in
-the last stage at the constant LR the cosine ended with (optim.set_lrs); each extension is recorded in the
-checkpoint's config.json under "extensions".
+checkpoint still `last`. Resuming with a larger `steps` extends the run (train/resume.py).
 
-Wall-clock budget (`cfg.minutes`, train/budget.py): the schedule position of each step is the share of the budget
-spent when it starts, `floor(steps * elapsed / budget)`, and feeds everything the step counter feeds in a
-step-based run (stage, Adam resets at stage starts, LR, the scheduled stage of the mixing draw); the step counter
-still seeds the per-step draws (mixing, recurrence depth) and the EMA cadence. The clock (`clock`, one reading
-per step) starts at the first step, its elapsed seconds are saved in each checkpoint and continue on resume; the
-run stops when they reach the budget or at `cfg.steps`. Under DDP every rank takes the maximum over ranks.
+Wall-clock budget (`cfg.minutes`): train/schedule.py `BudgetSchedule`; the clock's elapsed seconds are saved in each
+checkpoint and continue on resume.
 """
 
 from __future__ import annotations
@@ -59,22 +56,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from latentvla.checkpoint_shards import SHARDS
-from latentvla.config import TrainConfig, config_from_dict, config_to_dict
+from latentvla.config import TrainConfig, config_to_dict
 from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE
 from latentvla.train import checkpoint as ckpt_lib
-from latentvla.train import parallel, sharded_checkpoint
-from latentvla.train.budget import projected_steps, schedule_position
-from latentvla.train.curriculum import StageSpec, stage_at, stage_boundaries, training_stage
+from latentvla.train import parallel
+from latentvla.train import resume as resume_lib
+from latentvla.train.curriculum import StageSpec
 from latentvla.train.finite_guard import FiniteGuard, host_floats, local_tensor, step_loss
 from latentvla.train.logging import LOSS_PLOT, MetricsLogger, plot_losses
 from latentvla.train.optim import build_optimizer, no_decay_param_ids, set_lrs
 from latentvla.train.precision import check_trainable_precision, check_training_dtype
 from latentvla.train.sampler import ResumableBatchSampler
+from latentvla.train.saver import Saver
+from latentvla.train.schedule import Schedule, StepEnd, build_schedule
 
-# Fields that may change between a run and its resumption without changing the maths.
-_RESUME_FREE_FIELDS = {"num_workers", "log_every", "save_every", "keep_last", "device", "wandb", "bf16"}
-_RESUME_FREE_FIELDS |= {"async_save"}  # how shards are written, not what they hold
 _RUN_FILES = ("metrics.jsonl", LOSS_PLOT)  # with checkpoints/: what makes a directory "an existing run"
 
 
@@ -124,7 +119,7 @@ class _StopSignals:
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool, dist_info: DistInfo) -> None:
-    """Refuse to train into an existing run unless resuming or told to overwrite it (issue 14 item 2)."""
+    """Refuse to train into an existing run unless resuming or told to overwrite it."""
     ckpts = run_dir / ckpt_lib.CHECKPOINTS
     existing = [f for f in _RUN_FILES if (run_dir / f).exists()] + (
         [ckpt_lib.CHECKPOINTS] if ckpts.is_dir() and any(ckpts.iterdir()) else []
@@ -232,7 +227,7 @@ def _worker_init(worker_id: int, main_pid: int | None = None) -> None:
 
 
 def _ignore_stop_signals_from_others(main_pid: int) -> None:
-    """In a DataLoader worker: ignore SIGTERM / SIGINT unless the training process itself sends them (issue 26).
+    """In a DataLoader worker: ignore SIGTERM / SIGINT unless the training process itself sends them.
 
     SLURM's scancel, `kill -- -PGID` and Ctrl-C signal every process of the group; a worker dying of it made the
     main process fail with "DataLoader worker ... killed by signal" instead of saving. The main process decides
@@ -281,17 +276,6 @@ def loader_workers(num_workers: int, device: torch.device, cores: int | None = N
     return max(0, min(4, per_rank - 1))
 
 
-def _check_resume_config(saved: dict, cfg: TrainConfig) -> None:
-    now = config_to_dict(cfg)
-    free = _RESUME_FREE_FIELDS | ({"steps"} if cfg.steps >= int(saved.get("steps", 0)) else set())  # extension
-    diff = [k for k in now if k not in free and saved.get(k) != now[k]]
-    if diff:
-        raise ValueError(
-            f"--resume: the config differs from the checkpoint's in {diff} (saved: "
-            f"{ {k: saved.get(k) for k in diff} }); resume with the same settings or start a new --out"
-        )
-
-
 def accumulate_gradients(
     loss_module: nn.Module,
     batches: Any,
@@ -326,19 +310,6 @@ def accumulate_gradients(
                 history[k].append(v)
 
 
-def _check_resume_dataset(saved: dict | None, now: dict, dataset_dir: Any) -> None:
-    from latentvla.data.validate import fingerprint_diff
-
-    if saved is None:  # checkpoints written before fingerprints existed
-        return
-    diff = fingerprint_diff(saved, now)
-    if diff:
-        raise ValueError(
-            f"--resume: dataset {dataset_dir} differs from the one this run was trained on: {'; '.join(diff)}; "
-            "resume with the original --dataset, or start a new --out"
-        )
-
-
 def _max_over_ranks(values: list[float], dist_info: DistInfo) -> list[float]:
     """Element-wise maximum over ranks (one tiny all-reduce under DDP), so every rank takes the same branch."""
     if dist_info.world_size == 1:
@@ -369,13 +340,122 @@ def _reduce_metrics(history: dict[str, list[Any]], dist_info: DistInfo) -> dict[
     return dict(zip(keys, vals.tolist()))
 
 
-def _gather_rng(dist_info: DistInfo) -> list[dict]:
-    state = ckpt_lib.get_rng_state()
-    if dist_info.world_size == 1:
-        return [state]
-    out: list[Any] = [None] * dist_info.world_size
-    dist.all_gather_object(out, state)
-    return out
+
+
+class _FiniteCheck:
+    """The non-finite verdict of the step pushed last, read one step late (so a step costs no host sync) or before
+    anything of that step is published (train/finite_guard.py)."""
+
+    def __init__(self, dist_info: DistInfo, run_dir: Path) -> None:
+        self.guard, self.dist_info, self.run_dir = FiniteGuard(), dist_info, run_dir
+
+    def check(self) -> None:
+        """Raise if the step whose verdict is pending had a non-finite loss or gradient (any rank)."""
+        verdict = self.guard.pop()
+        if verdict is None:
+            return
+        (bad,) = _all_ranks_agree([not verdict.finite], self.dist_info)
+        if bad:  # its row and checkpoint were never written: `last` stays the previous good one
+            good = ckpt_lib.latest_checkpoint(self.run_dir)
+            raise NonFiniteLossError(
+                f"step {verdict.step + 1}: the loss is {verdict.loss} and the gradient norm {verdict.grad_norm}; "
+                f"stopped without saving ({good or 'no checkpoint'} is the last good one). Check the data with "
+                "`latentvla dataset info` or train again with a lower learning rate (--overwrite or a new --out)"
+            )
+
+
+@dataclass(frozen=True)
+class Trainee:
+    """What a training step updates, fixed for the run: the model, its (DDP / FSDP2) loss module and AdamW."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    loss_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    autocast: Any
+
+    @functools.cached_property
+    def params(self) -> list[nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+
+def train_step(
+    t: Trainee, step: int, schedule: Schedule, batches: Any, history: dict[str, list[Any]], finite: _FiniteCheck
+) -> tuple[StageSpec, dict[str, float], Tensor]:
+    """Optimizer step `step` at the schedule's position: (scheduled stage, LRs, gradient norm as a device tensor).
+
+    stage -> Adam reset at a stage start -> LR (warm-up + cosine per stage) -> grad-accumulated micro-batches of
+    the trained stage -> clip -> the previous step's finite verdict -> AdamW step. No host read of device values.
+    """
+    cfg, model, optimizer = t.cfg, t.model, t.optimizer
+    stage = schedule.stage()
+    model.set_stage(stage.name)  # recorded in checkpoints: a stage-I/II checkpoint acts as that stage
+    if schedule.stage_changed():
+        # LaRA-VLA trains each stage as a fresh run from the previous weights (Table 5): restart Adam's moments
+        optimizer.state.clear()
+    lrs = set_lrs(optimizer, schedule.position, stage, cfg, schedule.boundaries, schedule.total)
+    optimizer.zero_grad(set_to_none=True)
+    # Coconut stage mixing: maybe an earlier stage's loss this step (same on every rank); LR, Adam resets and the
+    # row's stage follow the scheduled stage; "loss" is the optimized loss of every step in the row and a mixed
+    # step's other metrics are logged as "<key>@<stage>".
+    trained = schedule.trained_stage(step, cfg.seed)
+    suffix = "" if trained is stage else f"@{trained.name}"
+    accumulate_gradients(
+        t.loss_module, batches, trained, cfg.grad_accum, t.device, t.autocast, history, step=step, suffix=suffix
+    )
+    if not trained.train_head:  # DDP zero-fills unused gradients; None (as in one process) keeps AdamW's
+        for p in model.head.parameters():  # momentum from moving the head on a step that did not train it
+            p.grad = None
+    grad_norm = local_tensor(torch.nn.utils.clip_grad_norm_(t.params, cfg.grad_clip))
+    finite.check()  # the previous step's verdict: the device is past it, so reading it does not wait
+    finite.guard.push(step, step_loss(history["loss"][-cfg.grad_accum :]), grad_norm)
+    optimizer.step()
+    return stage, lrs, grad_norm
+
+
+def _open_dataset(cfg: TrainConfig, dataset_dir: str | Path) -> tuple[TrainConfig, Any]:
+    """The dataset's reader, validated, and `cfg` fitted to it (dims, cameras, image size)."""
+    from latentvla.data.lerobot import LeRobotDatasetReader
+    from latentvla.data.validate import validate_dataset
+
+    reader = LeRobotDatasetReader(dataset_dir)
+    cfg = fit_policy_to_dataset(cfg, reader)
+    validate_dataset(reader, camera_keys=[f"{OBS_IMAGES}.{c}" for c in cfg.policy.cameras])
+    check_training_dtype(cfg.policy.backbone.dtype)
+    return cfg, reader
+
+
+def _training_data(cfg: TrainConfig, dataset_dir: str | Path, reader: Any) -> tuple[dict, Any, Any]:
+    """(the dataset's fingerprint, its normalizer, the training dataset)."""
+    from latentvla.data.dataset import VLADataset, make_normalizer
+    from latentvla.data.validate import dataset_fingerprint
+
+    fingerprint, normalizer = dataset_fingerprint(reader), make_normalizer(reader)
+    dataset = VLADataset(
+        dataset_dir, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer,
+        augment=cfg.augment,
+    )  # fmt: skip
+    return fingerprint, normalizer, dataset
+
+
+def _poll(stop: _StopSignals, dist_info: DistInfo, values: list[float]) -> tuple[bool, list[float]]:
+    """(a stop signal arrived on any rank, `values` maximised over ranks): one reduction, every rank agrees."""
+    signalled, *rest = _max_over_ranks([float(stop.signum is not None), *values], dist_info)
+    return signalled > 0, rest
+
+
+def _interrupted(stop: _StopSignals, saved: Path | None, done: int, schedule: Schedule) -> TrainingInterrupted:
+    name = signal.Signals(stop.signum).name if stop.signum is not None else "a signal (another rank)"
+    return TrainingInterrupted(
+        f"interrupted by {name}: saved {saved or 'a checkpoint'} at step {done} of {schedule.of_total()}; "
+        "continue with the same command plus --resume",
+        stop.signum or signal.SIGTERM,
+    )
+
+
+def _publishes(done: int, every: int, end: StepEnd) -> bool:
+    return done % every == 0 or end.finished or end.stopping
 
 
 def train(
@@ -395,285 +475,95 @@ def train(
     checkpoint) after that many optimizer steps while keeping the schedule of the full `cfg.steps` — what a
     kill + `--resume` does. `clock` (seconds, monotone) times a `cfg.minutes` budget; tests pass a fake one.
     """
-    from latentvla.data.dataset import VLADataset, make_normalizer
-    from latentvla.data.lerobot import LeRobotDatasetReader
-    from latentvla.data.validate import dataset_fingerprint, validate_dataset
-    from latentvla.policy import Policy, load_weights
+    from latentvla.policy import Policy
 
     # ---------------------------------------------------------------------------------------------- setup
-    dist_info = setup_distributed(cfg.device)
-    run_dir = Path(run_dir)
-    reader = LeRobotDatasetReader(dataset_dir)
-    cfg = fit_policy_to_dataset(cfg, reader)
-    validate_dataset(reader, camera_keys=[f"{OBS_IMAGES}.{c}" for c in cfg.policy.cameras])
-    check_training_dtype(cfg.policy.backbone.dtype)
+    dist_info, run_dir = setup_distributed(cfg.device), Path(run_dir)
+    cfg, reader = _open_dataset(cfg, dataset_dir)  # validated; cfg fitted to it
     _prepare_run_dir(run_dir, resume, overwrite, dist_info)
-    fingerprint = dataset_fingerprint(reader)
-    normalizer = make_normalizer(reader)
-    dataset = VLADataset(
-        dataset_dir, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer,
-        augment=cfg.augment,
-    )  # fmt: skip
+    fingerprint, normalizer, dataset = _training_data(cfg, dataset_dir, reader)
     seed_everything(cfg.seed)  # same on every rank: identical init (and EMA copy) everywhere
     policy = Policy.from_config(cfg.policy, normalizer).to(dist_info.device)
     model = policy.model
     check_trainable_precision(model, cfg.policy.backbone.dtype)
     seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
-    start_step, schedule_steps, extensions, state = 0, cfg.steps, [], None
-    budget_s = None if cfg.minutes is None else 60.0 * cfg.minutes
-    elapsed = 0.0  # seconds on the training clock before this process's first step (a budgeted run's resume)
+    rs = resume_lib.ResumeState.fresh(cfg)
     if resume:
-        # the newest checkpoint that is intact and has its own training state; warns about each newer one it skips
-        last, state = ckpt_lib.resume_point(run_dir)
-        if last is None:
-            raise FileNotFoundError(
-                f"--resume: no intact checkpoint under {run_dir / ckpt_lib.CHECKPOINTS} (stopped before its first "
-                "save?); start the run again with --overwrite"
-            )
-        saved_cfg = ckpt_lib.load_train_config_dict(last)
-        _check_resume_config(saved_cfg, cfg)
-        _check_resume_dataset(state.get("dataset"), fingerprint, dataset_dir)
-        if state["optimizer"] != SHARDS:  # sharded: each rank reads its own shards after `wrap`, below
-            load_weights(model, last)  # into the model being trained: never a second copy
-        start_step = int(state["step"])
-        schedule_steps = int(state.get("schedule_steps", saved_cfg["steps"]))
-        extensions = list(state.get("extensions", []))
-        if cfg.steps > int(saved_cfg["steps"]):  # extending the run: recorded, the original part unchanged
-            extensions.append(
-                {"at_step": start_step, "from_steps": int(saved_cfg["steps"]), "to_steps": cfg.steps}
-            )
-        elapsed = float(state.get("elapsed_s", 0.0))
-        rngs = state["rng"]
-        ckpt_lib.set_rng_state(rngs[dist_info.rank] if len(rngs) == dist_info.world_size else rngs[0])
+        rs = resume_lib.resume(run_dir, cfg, model, fingerprint, dataset_dir, dist_info.rank, dist_info.world_size)
     end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    if start_step >= end_step:
-        raise ValueError(f"nothing to do: the run is already at step {start_step} (target {end_step})")
-    if budget_s is not None and elapsed >= budget_s:
-        raise ValueError(
-            f"nothing to do: the run already used its {cfg.minutes:g}-minute budget ({elapsed / 60:.2f} min)"
-        )
+    if rs.start_step >= end_step:
+        raise ValueError(f"nothing to do: the run is already at step {rs.start_step} (target {end_step})")
+    schedule = build_schedule(
+        cfg.policy.curriculum, rs.schedule_steps, rs.start_step, end_step, cfg.steps, cfg.minutes,
+        rs.training_state, clock,
+    )  # fmt: skip
     # DDP or FSDP2 (train/parallel.py); FSDP2 swaps parameters for DTensors, so the optimizer comes after it
     on_cuda = dist_info.device.type == "cuda"
     loss_module = parallel.wrap(
         LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16 and on_cuda
     )
-    sharded = parallel.is_sharded(loss_module)
-    use_shards = cfg.parallel == "fsdp"  # DCP checkpoints, whatever the world size (train/sharded_checkpoint.py)
-    optimizer = build_optimizer(
-        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),
-        lr_vision=cfg.lr_vision,
-    )  # fmt: skip
-    if state is not None:
-        if state["optimizer"] == SHARDS:
-            sharded_checkpoint.load_shards(last, loss_module, optimizer)
-        elif sharded:
-            raise ValueError(
-                f"--resume: {last} holds a full optimizer state (written before sharded FSDP checkpoints); "
-                "resume it without --fsdp or start a new --out"
-            )
-        else:
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except (ValueError, KeyError, RuntimeError) as e:  # e.g. another run's training_state.pt
-                raise ValueError(
-                    f"--resume: {last / ckpt_lib.TRAINING_STATE} does not fit this model's optimizer ({e}): it is "
-                    f"another run's; put this run's file back, delete {last} to resume from the checkpoint before "
-                    "it, or start again with --overwrite"
-                ) from None
-    loader = make_loader(dataset, cfg, start_step * cfg.grad_accum, dist_info)
-    boundaries = [s for s, _ in stage_boundaries(cfg.policy.curriculum, schedule_steps)]
-    # The schedule position of the step about to run: the step counter, or the budget's share spent so far. The
-    # previous step's position says when a stage starts (Adam reset) or ends (a log row never spans two stages).
-    position = start_step if budget_s is None else schedule_position(elapsed, budget_s, schedule_steps)
-    prev_position = start_step - 1 if budget_s is None else state.get("schedule_position", -1) if state else -1
+    optimizer = build_optimizer(model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay,
+                                no_decay_param_ids(model), lr_vision=cfg.lr_vision)  # fmt: skip
+    resume_lib.load_optimizer(rs, loss_module, optimizer)
+    batches = iter(make_loader(dataset, cfg, rs.start_step * cfg.grad_accum, dist_info))
     logger = MetricsLogger(
-        run_dir, end_step, start_step=start_step, enabled=dist_info.is_main, show_progress=show_progress,
-        use_wandb=cfg.wandb, config=config_to_dict(cfg),
-        **({} if budget_s is None else {"progress_total": schedule_steps, "progress_start": position}),
+        run_dir, end_step, start_step=rs.start_step, enabled=dist_info.is_main, show_progress=show_progress,
+        use_wandb=cfg.wandb, config=config_to_dict(cfg), **schedule.progress(),
     )  # fmt: skip
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and dist_info.device.type == "cuda")
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    batches = iter(loader)
-    stage_losses: dict[str, list[float]] = defaultdict(list)
-    history: dict[str, list[Any]] = defaultdict(list)
-    guard = FiniteGuard()
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and on_cuda)
+    trainee = Trainee(cfg, model, loss_module, optimizer, dist_info.device, autocast)
+    saver = Saver(run_dir, cfg, policy, loss_module, optimizer, dist_info, fingerprint, list(rs.extensions), schedule)
+    finite, history, stage_losses = _FiniteCheck(dist_info, run_dir), defaultdict(list), defaultdict(list)
     t0, saved = time.perf_counter(), None
     model.train()
-    writer = sharded_checkpoint.AsyncShardWriter() if use_shards and cfg.async_save else None
-    stopping = False
-
-    def check_finite() -> None:
-        """Raise if the step whose verdict is pending had a non-finite loss or gradient (any rank)."""
-        verdict = guard.pop()
-        if verdict is None:
-            return
-        (bad,) = _all_ranks_agree([not verdict.finite], dist_info)
-        if bad:  # its row and checkpoint were never written: `last` stays the previous good one
-            good = ckpt_lib.latest_checkpoint(run_dir)
-            raise NonFiniteLossError(
-                f"step {verdict.step + 1}: the loss is {verdict.loss} and the gradient norm {verdict.grad_norm}; "
-                f"stopped without saving ({good or 'no checkpoint'} is the last good one). Check the data with "
-                "`latentvla dataset info` or train again with a lower learning rate (--overwrite or a new --out)"
-            )
-
-    def save(done: int, final: bool) -> Path | None:
-        rng_states = _gather_rng(dist_info)  # collective: every rank takes part
-        weights, optim_state, tmp = None, SHARDS, None
-        in_background = writer is not None and not (final or stopping)
-        if use_shards:  # each rank writes its own shard; the final checkpoint also gets the single-file weights
-            if writer is not None:
-                writer.wait()  # the previous background checkpoint is published first
-            tmp = ckpt_lib.prepare_tmp(run_dir, done) if dist_info.is_main else None
-            if dist_info.world_size > 1:
-                dist.barrier()  # the directory exists before anyone writes into it
-            if not in_background:
-                sharded_checkpoint.save_shards(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer)
-            weights = parallel.full_weights(loss_module) if final and sharded else None  # collective
-        else:
-            optim_state = optimizer.state_dict()
-        if not dist_info.is_main:
-            if in_background:
-                writer.save(ckpt_lib.tmp_dir(run_dir, done), loss_module, optimizer, None)
-            return None
-        training_state = {
-            "optimizer": optim_state,
-            "sampler": {"micro_batches": done * cfg.grad_accum},
-            "dataset": fingerprint,
-            "schedule_steps": schedule_steps,
-            "extensions": extensions,
-        }
-        if budget_s is not None:  # the clock and the position continue on resume
-            training_state.update(elapsed_s=elapsed, schedule_position=prev_position)
-        publish = lambda: ckpt_lib.save_checkpoint(  # noqa: E731
-            run_dir, done, policy, cfg, training_state, cfg.keep_last, rng_states,
-            extra_config={"extensions": extensions} if extensions else None, weights=weights,
-            shards_in=tmp, write_weights=final or not use_shards,
-        )  # fmt: skip
-        if in_background:  # published by `writer` once every rank's shard is written
-            writer.save(tmp, loss_module, optimizer, publish)
-            return None
-        path = publish()
-        if cfg.save_merged and policy.is_lora and final:  # LoRA folded in, next to the adapter
-            Policy.from_pretrained(path).save_merged(path / "merged")
-        return path
 
     # ------------------------------------------------------------------------------------------------ loop
     with _StopSignals() as stop, contextlib.closing(logger):
-        # a budgeted run's clock starts here, after setup; a step-based run never reads it
-        elapsed_before, t_start = elapsed, (0.0 if budget_s is None else clock())
-        for step in range(start_step, end_step):
-            # past the original total (an extension) the last stage continues at a constant LR (optim.set_lrs)
-            stage = stage_at(min(position, schedule_steps - 1), cfg.policy.curriculum, schedule_steps)
-            model.set_stage(stage.name)  # recorded in checkpoints: a stage-I/II checkpoint acts as that stage
-            if any(prev_position < b <= position for b in boundaries[1:]):
-                # LaRA trains each stage as a fresh run from the previous weights (Table 5): restart Adam's moments
-                optimizer.state.clear()
-            lrs = set_lrs(optimizer, position, stage, cfg, boundaries, schedule_steps)
-            optimizer.zero_grad(set_to_none=True)
-            # Coconut stage mixing: maybe an earlier stage's loss this step (same on every rank); LR, Adam resets and
-            # the row's stage follow the scheduled stage; "loss" is the optimized loss of every step in the row and
-            # a mixed step's other metrics are logged as "<key>@<stage>".
-            trained = training_stage(
-                min(position, schedule_steps - 1),
-                cfg.policy.curriculum,
-                schedule_steps,
-                cfg.seed,
-                draw_step=None if budget_s is None else step,
-            )
-            suffix = "" if trained is stage else f"@{trained.name}"
-            accumulate_gradients(
-                loss_module,
-                batches,
-                trained,
-                cfg.grad_accum,
-                dist_info.device,
-                autocast,
-                history,
-                step=step,
-                suffix=suffix,
-            )
-            if not trained.train_head:  # DDP zero-fills unused gradients; None (as in one process) keeps AdamW's
-                for p in model.head.parameters():  # momentum from moving the head on a step that did not train it
-                    p.grad = None
-            grad_norm = local_tensor(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-            check_finite()  # the previous step's verdict: the device is past it, so reading it does not wait
-            guard.push(step, step_loss(history["loss"][-cfg.grad_accum :]), grad_norm)
-            optimizer.step()
+        schedule.start()  # a budgeted run's clock starts here, after setup
+        poll = functools.partial(_poll, stop, dist_info)
+        for step in range(rs.start_step, end_step):
+            stage, lrs, grad_norm = train_step(trainee, step, schedule, batches, history, finite)
             done = step + 1
-            if budget_s is None:
-                model.on_optimizer_step(step, schedule_steps)
-                logger.advance()
-                (stopping,) = _all_ranks_agree([stop.signum is not None], dist_info)  # a signal during this step
-                next_position, finished = done, done == end_step
-            else:  # one clock reading per step; every rank takes the slowest rank's (and any rank's signal)
-                signalled, elapsed = _max_over_ranks(
-                    [float(stop.signum is not None), elapsed_before + clock() - t_start], dist_info
-                )
-                stopping = signalled > 0
-                model.on_optimizer_step(step, projected_steps(done, elapsed, budget_s, cfg.steps))
-                next_position = schedule_position(elapsed, budget_s, schedule_steps)
-                finished = done == end_step or elapsed >= budget_s
-                logger.advance(schedule_steps - position if finished else next_position - position)
-            prev_position, position = position, next_position
-            stage_ends = any(prev_position < b <= position for b in boundaries[1:])  # one stage per row
-            if done % cfg.log_every == 0 or finished or stage_ends or stopping:
-                check_finite()  # this step's verdict before its row is written (a log step may read the host)
-                row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm)}
-                if budget_s is not None:  # the position of the row's last step, and the clock after it
-                    row.update(position=prev_position, elapsed_s=elapsed)
+            end = schedule.after_step(done, poll, logger.advance)  # the stop flag, the clock, the progress bar
+            model.on_optimizer_step(step, schedule.ema_steps(done))  # the EMA target update
+            if _publishes(done, cfg.log_every, end) or schedule.stage_changed():  # one stage per row
+                finite.check()  # this step's verdict before its row is written (a log step may read the host)
+                row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm), **schedule.row()}
                 logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
                 stage_losses[stage.name].append(row["loss"])
                 history = defaultdict(list)
-            if writer is not None:
-                saved = writer.poll() or saved  # a background checkpoint whose shards are all written
-            if done % cfg.save_every == 0 or finished or stopping:
-                check_finite()
-                saved = save(done, finished) or saved
-            if finished:
+            saved = saver.poll() or saved
+            if _publishes(done, cfg.save_every, end):
+                finite.check()
+                saved = saver.save(done, end.finished, end.stopping) or saved
+            if end.finished:
                 break
-            if stopping:
-                name = signal.Signals(stop.signum).name if stop.signum is not None else "a signal (another rank)"
-                of = (
-                    f"{cfg.steps}"
-                    if budget_s is None
-                    else f"{cfg.steps} ({elapsed / 60:.2f} of {cfg.minutes:g} min)"
-                )
-                raise TrainingInterrupted(
-                    f"interrupted by {name}: saved {saved or 'a checkpoint'} at step {done} of {of}; "
-                    "continue with the same command plus --resume",
-                    stop.signum or signal.SIGTERM,
-                )
+            if end.stopping:
+                raise _interrupted(stop, saved, done, schedule)
 
     # ---------------------------------------------------------------------------------------------- finish
+    return _finish(run_dir, saved, rs.start_step, done, schedule, t0, cfg, stage_losses, dist_info)
+
+
+def _finish(
+    run_dir: Path, saved: Path | None, start_step: int, done: int, schedule: Schedule, t0: float, cfg: TrainConfig,
+    stage_losses: dict[str, list[float]], dist_info: DistInfo,
+) -> dict:  # fmt: skip
+    """The loss plot, the process group torn down, the run's summary."""
     seconds = time.perf_counter() - t0
     if dist_info.is_main:
         plot_losses(run_dir / "metrics.jsonl", run_dir / LOSS_PLOT)
     if dist_info.initialized_here:
         dist.barrier()
         dist.destroy_process_group()
-    steps_run = done - start_step
-    budget = {} if budget_s is None else {"minutes": cfg.minutes, "train_elapsed_s": elapsed}
     return {
         "run_dir": str(run_dir),
         "checkpoint": str(saved) if saved else None,
         "start_step": start_step,
         "end_step": done,  # the real last step (a budgeted run may stop before cfg.steps)
-        "schedule_steps": schedule_steps,
-        "schedule_position": prev_position,  # of the last step done (its 0-based index without a budget)
-        **budget,
+        **schedule.summary(),  # schedule_position: of the last step done (its 0-based index without a budget)
         "seconds": seconds,
-        "samples_per_s": steps_run * cfg.batch_size * cfg.grad_accum / max(seconds, 1e-9),
+        "samples_per_s": (done - start_step) * cfg.batch_size * cfg.grad_accum / max(seconds, 1e-9),
         "stage_losses": {k: {"first": v[0], "last": v[-1], "rows": len(v)} for k, v in stage_losses.items()},
         "world_size": dist_info.world_size,
     }
-
-
-def load_train_config(ckpt_or_run: str | Path) -> TrainConfig:
-    """The TrainConfig saved with a checkpoint (or the newest checkpoint of a run)."""
-    path = Path(ckpt_or_run)
-    if not ckpt_lib.is_complete(path):
-        found = ckpt_lib.latest_intact_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{path} is neither a checkpoint nor a run with checkpoints")
-        path = found
-    return config_from_dict(TrainConfig, ckpt_lib.load_train_config_dict(path))
