@@ -9,9 +9,10 @@ import argparse
 import pytest
 
 from latentvla.cli import main
-from latentvla.config import PRESETS, SIZES, apply_overrides, get_preset
+from latentvla.config import PRESETS, apply_overrides, get_preset
 from latentvla.envs.registry import SIMULATORS
 from latentvla.errors import UserError, message, user_errors
+from latentvla.models.backbones import BACKBONE_SIZES as SIZES
 
 
 def _help(capsys, monkeypatch, *argv: str) -> str:

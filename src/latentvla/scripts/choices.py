@@ -20,7 +20,7 @@ def preset_names() -> tuple[str, ...]:
 
 def size_names() -> tuple[str, ...]:
     """Every backbone size of the size dial."""
-    from latentvla.config import SIZES
+    from latentvla.models.backbones import BACKBONE_SIZES as SIZES
 
     return tuple(SIZES)
 
