@@ -20,6 +20,6 @@ def policy_and_batches(reader, norm, preset: str, *overrides: str, size: str = "
     cfg = apply_overrides(cfg if cfg_fn is None else cfg_fn(cfg), ["policy.image_size=32", *overrides])
     pcfg = replace(cfg.policy, state_dim=norm.shape(OBS_STATE)[0], action_dim=norm.shape("action")[0])
     torch.manual_seed(0)
-    policy = Policy.from_config(pcfg, norm)
+    policy = Policy(pcfg, norm)
     ds = VLADataset(reader, chunk_size=pcfg.horizon, cameras=list(pcfg.cameras), normalizer=norm)
     return policy, [torch.utils.data.default_collate([ds[i] for i in idx]) for idx in indices]

@@ -113,6 +113,6 @@ def start_checkpoint(path, preset: str = "bc", *overrides: str, seed: int = 0):
     stats = {OBS_STATE: {"mean": one(0.2), "std": one(0.4), "min": one(-1), "max": one(1)},
              ACTION: {"mean": one(0), "std": one(1), "min": one(-1), "max": one(1)}}  # fmt: skip
     torch.manual_seed(seed)
-    policy = Policy.from_config(pcfg, Normalizer(stats))
+    policy = Policy(pcfg, Normalizer(stats))
     policy.save_pretrained(path)
     return policy

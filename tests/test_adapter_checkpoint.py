@@ -32,7 +32,7 @@ def test_adapter_checkpoint_leaves_frozen_encoders_out_and_round_trips(tmp_path)
     cfg = apply_overrides(cfg, ["policy.image_size=32", "policy.horizon=4", "policy.num_action_bins=8",
                                 "policy.backbone.freeze_vision=true", "policy.backbone.lora.rank=4"])  # fmt: skip
     torch.manual_seed(0)
-    policy = Policy.from_config(cfg.policy, norm)
+    policy = Policy(cfg.policy, norm)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
     stage = stage_boundaries(policy.config.curriculum, 10)[0][1]
     policy.model.compute_loss(batch, stage)[0].mean().backward()

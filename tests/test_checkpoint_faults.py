@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from latentvla.checkpoint_check import CheckpointSkippedWarning, CorruptCheckpointError
 from latentvla.config import apply_overrides, get_preset
 from latentvla.train import checkpoint as ckpt_lib
+from run_helpers import checkpoint_weights, same_weights, train_quiet
 
 COMMON = ["batch_size=2", "log_every=1", "num_workers=0", "policy.horizon=4", "save_every=2", "keep_last=5"]
 
@@ -23,24 +23,10 @@ def _cfg(steps: int, preset: str = "lara"):
     return apply_overrides(get_preset(preset, "micro"), [f"steps={steps}", *COMMON])
 
 
-def _train(cfg, dataset, run, **kw):
-    from latentvla.train.loop import train
-
-    return train(cfg, dataset, run, show_progress=False, **kw)
-
-
-def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(ckpt / "model.safetensors"))
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.fixture(scope="module")
 def reference(synthetic_dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ref") / "run"
-    _train(_cfg(6), synthetic_dataset, run)
+    train_quiet(_cfg(6), synthetic_dataset, run)
     return run
 
 
@@ -48,7 +34,7 @@ def reference(synthetic_dataset, tmp_path_factory) -> Path:
 def stopped(synthetic_dataset, tmp_path_factory) -> Path:
     """The same run stopped at step 4 (checkpoints 000002 and 000004): copy before changing it."""
     run = tmp_path_factory.mktemp("stopped") / "run"
-    _train(_cfg(6), synthetic_dataset, run, stop_at=4)
+    train_quiet(_cfg(6), synthetic_dataset, run, stop_at=4)
     return run
 
 
@@ -75,12 +61,12 @@ def test_full_disk_reported_by_torch_save_as_runtime_error(synthetic_dataset, re
     run = tmp_path / "run"
     monkeypatch.setattr(ckpt_lib.torch, "save", full_disk)
     with pytest.raises(ckpt_lib.CheckpointError, match="file write failed.*000002 is still the last") as e:
-        _train(_cfg(6), synthetic_dataset, run)
+        train_quiet(_cfg(6), synthetic_dataset, run)
     assert "\n" not in str(e.value)
     monkeypatch.undo()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002", "last", "last.txt"]  # no *.tmp
-    _train(_cfg(6), synthetic_dataset, run, resume=True)  # space freed
-    assert _same(_weights(run / "checkpoints/000006"), _weights(reference / "checkpoints/000006"))
+    train_quiet(_cfg(6), synthetic_dataset, run, resume=True)  # space freed
+    assert same_weights(checkpoint_weights(run / "checkpoints/000006"), checkpoint_weights(reference / "checkpoints/000006"))
 
 
 # ------------------------------------------------------------------------------------- training_state.pt
@@ -93,18 +79,18 @@ def test_training_state_of_another_step_is_skipped_with_its_name(synthetic_datas
     with pytest.warns(
         CheckpointSkippedWarning, match="000004/training_state.pt is the state of step 2, not of step 4"
     ):
-        summary = _train(_cfg(6), synthetic_dataset, run, resume=True)
+        summary = train_quiet(_cfg(6), synthetic_dataset, run, resume=True)
     assert summary["start_step"] == 2  # not the step-4 weights with the step-2 optimizer and sampler
-    assert _same(_weights(ckpts / "000006"), _weights(reference / "checkpoints/000006"))
+    assert same_weights(checkpoint_weights(ckpts / "000006"), checkpoint_weights(reference / "checkpoints/000006"))
 
 
 def test_training_state_of_another_run_is_named(synthetic_dataset, stopped, tmp_path):
     run = _copy(stopped, tmp_path)
     other = tmp_path / "bc"
-    _train(_cfg(4, "bc"), synthetic_dataset, other)  # a bc run: its step 4 state has another optimizer
+    train_quiet(_cfg(4, "bc"), synthetic_dataset, other)  # a bc run: its step 4 state has another optimizer
     shutil.copy(other / "checkpoints/000004/training_state.pt", run / "checkpoints/000004/training_state.pt")
     with pytest.raises(ValueError, match=r"000004/training_state.pt does not fit this model's optimizer") as e:
-        _train(_cfg(6), synthetic_dataset, run, resume=True)
+        train_quiet(_cfg(6), synthetic_dataset, run, resume=True)
     assert "--overwrite" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -115,7 +101,7 @@ def test_no_usable_training_state_names_the_file(synthetic_dataset, stopped, tmp
     with pytest.warns(CheckpointSkippedWarning), pytest.raises(
         CorruptCheckpointError, match=r"no usable checkpoint.*000004/training_state.pt lacks step.*--overwrite"
     ):  # fmt: skip
-        _train(_cfg(6), synthetic_dataset, run, resume=True)
+        train_quiet(_cfg(6), synthetic_dataset, run, resume=True)
 
 
 # -------------------------------------------------------------------------------- stats.json, config.json
@@ -156,8 +142,8 @@ def test_stats_that_would_normalize_wrongly_are_refused_naming_the_key(
         Policy.from_pretrained(run / "checkpoints/000004")
     with pytest.warns(CheckpointSkippedWarning, match="000004"):  # a run directory falls back to 000002
         policy = Policy.from_pretrained(run)
-    expected = _weights(run / "checkpoints/000002")
-    assert _same({k: v for k, v in policy.model.state_dict().items() if k in expected}, expected)
+    expected = checkpoint_weights(run / "checkpoints/000002")
+    assert same_weights({k: v for k, v in policy.model.state_dict().items() if k in expected}, expected)
 
 
 def test_zero_std_of_a_constant_feature_still_loads(stopped, tmp_path):

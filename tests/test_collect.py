@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from collect_helpers import fake_episode
 from latentvla import constants as K
 from latentvla.envs import metaworld as _metaworld  # noqa: F401  (sets MUJOCO_GL before mujoco is imported)
 
@@ -87,14 +88,7 @@ class _Kill(BaseException):
 def _fake_rollout(task, episode, **kwargs):
     """Deterministic tiny episodes; some attempts fail, so the failure bookkeeping is exercised too."""
     fails = episode % 3 == 1 if task.startswith("reach") else episode == 0
-    rng = np.random.default_rng([len(task), episode])
-    length = 3 + episode % 2
-    ep = {
-        K.OBS_STATE: rng.normal(size=(length, 4)).astype(np.float32),
-        K.ACTION: rng.uniform(-1, 1, size=(length, 4)).astype(np.float32),
-        f"{K.OBS_IMAGES}.corner4": rng.integers(0, 255, size=(length, 8, 8, 3), dtype=np.uint8),
-        K.TASK: f"do {task}",
-    }
+    ep = fake_episode(task, episode)
     return ep, {"success": not fails, "task_name": task, "episode": episode}
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from latentvla import constants as K
+from collect_helpers import fake_episode
 
 pytestmark = pytest.mark.sim
 
@@ -19,14 +18,7 @@ def _need_sim():
 
 
 def _fake_rollout(task, episode, *, seed, **kwargs):
-    rng = np.random.default_rng([len(task), episode, seed])
-    length = 3 + episode % 2
-    ep = {
-        K.OBS_STATE: rng.normal(size=(length, 4)).astype(np.float32),
-        K.ACTION: rng.uniform(-1, 1, size=(length, 4)).astype(np.float32),
-        f"{K.OBS_IMAGES}.corner4": rng.integers(0, 255, size=(length, 8, 8, 3), dtype=np.uint8),
-        K.TASK: f"do {task}",
-    }
+    ep = fake_episode(task, episode, seed)
     return ep, {"success": episode != 1, "task_name": task, "episode": episode}
 
 

@@ -154,7 +154,7 @@ def test_analyze_cot_cli(tmp_path):
     norm = make_normalizer(LeRobotDatasetReader(root))
     cfg = replace(get_preset("lara", "micro").policy, image_size=32, state_dim=4, action_dim=4)
     torch.manual_seed(0)
-    Policy.from_config(cfg, norm).save_pretrained(tmp_path / "ckpt")
+    Policy(cfg, norm).save_pretrained(tmp_path / "ckpt")
     args = ["analyze", "cot", str(tmp_path / "ckpt"), "--dataset", str(root), "--episodes", "2"]
     assert (
         main([*args, "--frames-per-episode", "1", "--max-cot-tokens", "3", "--json", str(tmp_path / "c.json")])

@@ -177,7 +177,7 @@ def _toy_checkpoint(path) -> str:
     stats = {"mean": 0 * one, "std": one, "min": -one, "max": one, "q01": -one, "q99": one, "count": np.array([9])}
     torch.manual_seed(0)
     cfg = apply_overrides(get_preset("rdvla"), ["policy.horizon=4", "policy.execution=fixed:1"])
-    Policy.from_config(cfg.policy, Normalizer({K.OBS_STATE: stats, K.ACTION: stats})).save_pretrained(path)
+    Policy(cfg.policy, Normalizer({K.OBS_STATE: stats, K.ACTION: stats})).save_pretrained(path)
     return str(path)
 
 

@@ -34,7 +34,7 @@ def _checkpoint(preset: str, path) -> str:
     torch.manual_seed(0)
     cfg = get_preset(preset)
     normalizer = Normalizer({"observation.state": _stats(4), "action": _stats(4)})
-    Policy.from_config(cfg.policy, normalizer).save_pretrained(path)
+    Policy(cfg.policy, normalizer).save_pretrained(path)
     return str(path)
 
 

@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from latentvla.config import apply_overrides, get_preset
 from latentvla.constants import ACTION, OBS_STATE
 from latentvla.train import checkpoint as ckpt_lib
 from latentvla.train.logging import read_metrics
+from run_helpers import checkpoint_weights, same_weights, train_quiet
 
 COMMON = ["batch_size=2", "log_every=1", "num_workers=0", "policy.horizon=4", "augment=true"]
 DATA_FILE = Path("data/chunk-000/file-000.parquet")
@@ -28,20 +28,6 @@ IMAGE = "observation.images.corner4"
 
 def _cfg(steps: int, *extra: str):
     return apply_overrides(get_preset("lara", "micro"), [f"steps={steps}", *COMMON, *extra])
-
-
-def _train(cfg, dataset, run, **kw):
-    from latentvla.train.loop import train
-
-    return train(cfg, dataset, run, show_progress=False, **kw)
-
-
-def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(ckpt / "model.safetensors"))
-
-
-def _same(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +41,7 @@ def dataset(tmp_path_factory) -> Path:
 def reference(dataset, tmp_path_factory) -> Path:
     """An uninterrupted 6-step run saving every 2 steps."""
     run = tmp_path_factory.mktemp("ref") / "run"
-    _train(_cfg(6, "save_every=2", "keep_last=5"), dataset, run)
+    train_quiet(_cfg(6, "save_every=2", "keep_last=5"), dataset, run)
     return run
 
 
@@ -216,10 +202,10 @@ def test_nonfinite_loss_stops_without_publishing(dataset, tmp_path, monkeypatch)
 
     monkeypatch.setattr(loop.LossModule, "forward", poisoned)
     with pytest.raises(loop.NonFiniteLossError, match="step 4: the loss is nan"):
-        _train(_cfg(6, "save_every=2"), dataset, tmp_path / "run")
+        train_quiet(_cfg(6, "save_every=2"), dataset, tmp_path / "run")
     last = ckpt_lib.latest_checkpoint(tmp_path / "run")
     assert last.name == "000002" and ckpt_lib.checkpoint_dir(tmp_path / "run", 4).exists() is False
-    assert all(torch.isfinite(v).all() for v in _weights(last).values())
+    assert all(torch.isfinite(v).all() for v in checkpoint_weights(last).values())
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert all(np.isfinite(r["loss"]) for r in rows)
 
@@ -232,14 +218,14 @@ def test_existing_run_is_refused_without_resume_or_overwrite(dataset, tmp_path, 
     run = tmp_path / "run"
     assert _train_cli(dataset, run) == 0
     before = (run / "metrics.jsonl").read_text()
-    weights = _weights(ckpt_lib.latest_checkpoint(run))
+    weights = checkpoint_weights(ckpt_lib.latest_checkpoint(run))
     assert _train_cli(dataset, run, "seed=1") == 2
     assert "already holds a training run" in capsys.readouterr().err
-    assert (run / "metrics.jsonl").read_text() == before and _same(
-        _weights(ckpt_lib.latest_checkpoint(run)), weights
+    assert (run / "metrics.jsonl").read_text() == before and same_weights(
+        checkpoint_weights(ckpt_lib.latest_checkpoint(run)), weights
     )
     assert _train_cli(dataset, run, "seed=1", "--overwrite") == 0
-    assert not _same(_weights(ckpt_lib.latest_checkpoint(run)), weights)
+    assert not same_weights(checkpoint_weights(ckpt_lib.latest_checkpoint(run)), weights)
     steps = [r["step"] for r in read_metrics(run / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == 4  # one fresh curve, not two runs interleaved
 
@@ -248,19 +234,19 @@ def test_resume_on_another_dataset_or_other_stats_is_refused(dataset, tmp_path):
     from latentvla.data.synthetic import write_synthetic_dataset
 
     cfg = _cfg(4)
-    _train(cfg, dataset, tmp_path / "run", stop_at=2)
+    train_quiet(cfg, dataset, tmp_path / "run", stop_at=2)
     other = write_synthetic_dataset(tmp_path / "other", num_episodes=3, length=8, image_size=32, seed=5)
     with pytest.raises(
         ValueError, match=r"differs from the one this run was trained on: total_episodes 2 \(run\) vs 3"
     ):
-        _train(cfg, other, tmp_path / "run", resume=True)
+        train_quiet(cfg, other, tmp_path / "run", resume=True)
     restats = _copy(dataset, tmp_path)
     stats = json.loads((restats / "meta" / "stats.json").read_text())
     stats[ACTION]["max"] = [2.0] * 4
     (restats / "meta" / "stats.json").write_text(json.dumps(stats))
     with pytest.raises(ValueError, match=r"stats of 'action' \(max\)"):
-        _train(cfg, restats, tmp_path / "run", resume=True)
-    assert _train(cfg, dataset, tmp_path / "run", resume=True)["end_step"] == 4  # the right one still resumes
+        train_quiet(cfg, restats, tmp_path / "run", resume=True)
+    assert train_quiet(cfg, dataset, tmp_path / "run", resume=True)["end_step"] == 4  # the right one still resumes
 
 
 # ------------------------------------------------------------- SIGTERM, damaged checkpoints, full disk (8-10)
@@ -281,14 +267,14 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(dataset, referen
     monkeypatch.setattr(loop.MetricsLogger, "advance", advance_then_signal)
     cfg = _cfg(6, "save_every=2", "keep_last=5")
     with pytest.raises(loop.TrainingInterrupted, match="interrupted by SIGTERM.*at step 3 of 6.*--resume") as e:
-        _train(cfg, dataset, tmp_path / "run")
+        train_quiet(cfg, dataset, tmp_path / "run")
     assert e.value.signum == signal.SIGTERM
     assert ckpt_lib.latest_checkpoint(tmp_path / "run").name == "000003"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     monkeypatch.undo()
-    _train(cfg, dataset, tmp_path / "run", resume=True)
-    assert _same(
-        _weights(ckpt_lib.latest_checkpoint(tmp_path / "run")), _weights(reference / "checkpoints/000006")
+    train_quiet(cfg, dataset, tmp_path / "run", resume=True)
+    assert same_weights(
+        checkpoint_weights(ckpt_lib.latest_checkpoint(tmp_path / "run")), checkpoint_weights(reference / "checkpoints/000006")
     )
 
 
@@ -311,24 +297,24 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(what, dataset, refe
 
     cfg = _cfg(6, "save_every=2", "keep_last=5")
     run = tmp_path / "run"
-    _train(cfg, dataset, run, stop_at=4)
+    train_quiet(cfg, dataset, run, stop_at=4)
     _damage(run / "checkpoints" / "000004", what)
     if what != "state":  # a policy-only load does not read training_state.pt: it keeps using 000004 then
         with pytest.warns(CheckpointSkippedWarning, match="000004"):
             policy = Policy.from_pretrained(run)
-        expected = _weights(run / "checkpoints/000002")
-        assert _same({k: v for k, v in policy.model.state_dict().items() if k in expected}, expected)
+        expected = checkpoint_weights(run / "checkpoints/000002")
+        assert same_weights({k: v for k, v in policy.model.state_dict().items() if k in expected}, expected)
         with pytest.raises(CorruptCheckpointError, match="000004 is damaged"):
             Policy.from_pretrained(run / "checkpoints" / "000004")
     with pytest.warns(CheckpointSkippedWarning, match="000004"):
-        summary = _train(cfg, dataset, run, resume=True)
+        summary = train_quiet(cfg, dataset, run, resume=True)
     assert summary["start_step"] == 2
-    assert _same(_weights(run / "checkpoints" / "000006"), _weights(reference / "checkpoints/000006"))
+    assert same_weights(checkpoint_weights(run / "checkpoints" / "000006"), checkpoint_weights(reference / "checkpoints/000006"))
 
 
 def test_serve_and_cli_name_a_damaged_checkpoint_in_one_line(dataset, tmp_path, capsys):
     run = tmp_path / "run"
-    _train(_cfg(2, "save_every=2"), dataset, run)
+    train_quiet(_cfg(2, "save_every=2"), dataset, run)
     _damage(run / "checkpoints" / "000002", "weights")
     assert _cli("serve", str(run / "checkpoints" / "000002"), "--port", "0") == 2
     err = capsys.readouterr().err
@@ -349,12 +335,12 @@ def test_disk_full_during_checkpoint_write(dataset, reference, tmp_path, monkeyp
     run = tmp_path / "run"
     monkeypatch.setattr(ckpt_lib.torch, "save", full_disk)
     with pytest.raises(ckpt_lib.CheckpointError, match="No space left on device.*000002 is still the last"):
-        _train(cfg, dataset, run)
+        train_quiet(cfg, dataset, run)
     monkeypatch.undo()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002", "last", "last.txt"]  # no *.tmp
     assert ckpt_lib.latest_checkpoint(run).name == "000002"
-    _train(cfg, dataset, run, resume=True)  # space freed
-    assert _same(_weights(run / "checkpoints" / "000006"), _weights(reference / "checkpoints/000006"))
+    train_quiet(cfg, dataset, run, resume=True)  # space freed
+    assert same_weights(checkpoint_weights(run / "checkpoints" / "000006"), checkpoint_weights(reference / "checkpoints/000006"))
 
 
 # --------------------------------------------------------------------------------- extending a run (11)
@@ -367,12 +353,12 @@ def test_extending_a_finished_run(dataset, reference, tmp_path):
     ext = _cfg(9, "save_every=2", "keep_last=5")
     for name in ("a", "b"):
         shutil.copytree(reference, tmp_path / name)
-    _train(ext, dataset, tmp_path / "a", resume=True)
-    _train(ext, dataset, tmp_path / "b", resume=True, stop_at=8)  # the extension itself resumes exactly
-    _train(ext, dataset, tmp_path / "b", resume=True)
-    a, b = (_weights(ckpt_lib.latest_checkpoint(tmp_path / n)) for n in "ab")
-    assert _same(a, b) and not _same(a, _weights(reference / "checkpoints/000006"))
-    assert _same(_weights(tmp_path / "a/checkpoints/000006"), _weights(reference / "checkpoints/000006"))
+    train_quiet(ext, dataset, tmp_path / "a", resume=True)
+    train_quiet(ext, dataset, tmp_path / "b", resume=True, stop_at=8)  # the extension itself resumes exactly
+    train_quiet(ext, dataset, tmp_path / "b", resume=True)
+    a, b = (checkpoint_weights(ckpt_lib.latest_checkpoint(tmp_path / n)) for n in "ab")
+    assert same_weights(a, b) and not same_weights(a, checkpoint_weights(reference / "checkpoints/000006"))
+    assert same_weights(checkpoint_weights(tmp_path / "a/checkpoints/000006"), checkpoint_weights(reference / "checkpoints/000006"))
     rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 10))
     base = _cfg(6)

@@ -48,7 +48,7 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
     reader = LeRobotDatasetReader(dataset)
     cfg = loop.fit_policy_to_dataset(cfg, reader)
     torch.manual_seed(0)
-    model = Policy.from_config(cfg.policy, make_normalizer(reader)).model
+    model = Policy(cfg.policy, make_normalizer(reader)).model
     loss_module = parallel.wrap(loop.LossModule(model), model, "fsdp", torch.device("cpu"), 2, bf16=True)
     bb = model.backbone
 

@@ -98,7 +98,7 @@ def rd_ckpt(tmp_path_factory):
     stats = {"mean": 0 * one, "std": one, "min": -one, "max": one, "q01": -one, "q99": one, "count": np.array([9])}
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("rdvla")
-    Policy.from_config(get_preset("rdvla").policy, Normalizer({"observation.state": stats, "action": stats})
+    Policy(get_preset("rdvla").policy, Normalizer({"observation.state": stats, "action": stats})
                        ).save_pretrained(path)  # fmt: skip
     return str(path)
 

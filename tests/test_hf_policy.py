@@ -38,7 +38,7 @@ def test_every_stage_trains_and_checkpoint_round_trips_on_smollm2(tmp_path, pres
         get_preset(preset, "micro"),
         ["policy.image_size=32", "policy.backbone.kind=hf", f"policy.backbone.hf_path={smollm2_local_dir()}"],
     )
-    policy = Policy.from_config(cfg.policy, norm)
+    policy = Policy(cfg.policy, norm)
     ds = VLADataset(reader, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=norm)
     batch = torch.utils.data.default_collate([ds[i] for i in range(2)])
     for _, stage in stage_boundaries(cfg.policy.curriculum, 100):

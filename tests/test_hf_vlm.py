@@ -48,7 +48,7 @@ def _policy(tiny, data, family, preset="lara", *overrides, vision=()):
         cfg, ["policy.image_size=32", "policy.horizon=4", "policy.num_action_bins=8", *overrides]
     )
     torch.manual_seed(0)
-    return Policy.from_config(cfg.policy, data[1])
+    return Policy(cfg.policy, data[1])
 
 
 def _backbone(tiny, family, **kw):

@@ -115,7 +115,7 @@ def test_a_policy_executing_chunks_renders_once_per_chunk_with_the_same_actions(
     cfg = get_preset("rdvla").policy
     stats = {"mean": np.zeros(4), "std": np.ones(4), "min": -np.ones(4), "max": np.ones(4), "q01": -np.ones(4),
              "q99": np.ones(4), "count": np.array([100])}  # fmt: skip
-    policy = Policy.from_config(cfg, Normalizer({K.OBS_STATE: stats, K.ACTION: stats}))
+    policy = Policy(cfg, Normalizer({K.OBS_STATE: stats, K.ACTION: stats}))
     policy.set_execution(f"fixed:{cfg.horizon}")
     keys = [f"{K.OBS_IMAGES}.{c}" for c in cfg.cameras]
 

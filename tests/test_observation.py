@@ -28,7 +28,7 @@ def policy():
     normalizer = Normalizer(stats, {OBS_STATE: "mean_std", ACTION: "min_max"})
     cfg = replace(get_preset("lara", "micro").policy, image_size=SIZE, state_dim=4, action_dim=4)
     torch.manual_seed(0)
-    return Policy.from_config(cfg, normalizer).eval()
+    return Policy(cfg, normalizer).eval()
 
 
 def _obs(image, state=None, task="push the block") -> dict:

@@ -368,7 +368,7 @@ def _sized_checkpoint(path, sim, preset, *overrides, size: int = 64):
     stats = {OBS_STATE: {"mean": z(S, 0), "std": z(S, 1), "min": z(S, -1), "max": z(S, 1)},
              ACTION: {"mean": z(A, 0), "std": z(A, 1), "min": z(A, -1), "max": z(A, 1)}}  # fmt: skip
     torch.manual_seed(0)
-    Policy.from_config(pcfg, Normalizer(stats)).save_pretrained(path)
+    Policy(pcfg, Normalizer(stats)).save_pretrained(path)
 
 
 @pytest.mark.libero

@@ -32,7 +32,7 @@ def checkpoints(tmp_path_factory, synthetic_dataset) -> dict[str, Path]:
     for preset in ("lara", "rdvla", "bc"):
         cfg = fit_policy_to_dataset(apply_overrides(get_preset(preset, "micro"), ["policy.horizon=4"]), reader)
         torch.manual_seed(0)
-        Policy.from_config(cfg.policy, make_normalizer(reader)).save_pretrained(root / preset)
+        Policy(cfg.policy, make_normalizer(reader)).save_pretrained(root / preset)
         out[preset] = root / preset
     return out
 

@@ -109,7 +109,7 @@ def test_sigterm_to_latentvla_serve_closes_clients_cleanly(tmp_path):
     stats = {k: {"mean": np.zeros(4), "std": np.ones(4), "min": -np.ones(4), "max": np.ones(4)}
              for k in (OBS_STATE, ACTION)}  # fmt: skip
     cfg = replace(get_preset("lara", "micro").policy, image_size=32, state_dim=4, action_dim=4)
-    Policy.from_config(cfg, Normalizer(stats, {OBS_STATE: "mean_std", ACTION: "min_max"})).save_pretrained(
+    Policy(cfg, Normalizer(stats, {OBS_STATE: "mean_std", ACTION: "min_max"})).save_pretrained(
         tmp_path / "ckpt"
     )
     src = str(Path(__file__).resolve().parents[1] / "src")

@@ -142,10 +142,6 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------------------------ construction
 
-    @classmethod
-    def from_config(cls, config: PolicyConfig, normalizer: Normalizer) -> Policy:
-        return cls(config, normalizer)
-
     def save_pretrained(
         self,
         directory: str | Path,

@@ -2,7 +2,7 @@
 configs alone (no weights): every module is built on the `meta` device.
 
     parameters / trainable     counted on the meta-device model (LoRA applied with peft, frozen vision, EMA copy);
-                               our 264 tokens fill Qwen's padded vocabulary rows (no growth, models/backbone.py)
+                               our 264 tokens fill Qwen's padded vocabulary rows (no growth, models/backbones/hf_lm.py)
     weights                    trainable in fp32 (AdamW master weights), frozen LM weights in the load dtype
                                (`BackboneConfig.dtype`), separate SigLIP / DINOv2 encoders in fp32 (they always load
                                so, models/backbones/lm_vision.py); FSDP2 divides by N, DDP replicates; the EMA
@@ -327,7 +327,7 @@ def _build_meta_models(bb_cfg: dict, vis: list, pc: Any, bbc: Any, load_bytes: i
     width, n_layers, rows = text_cfg.hidden_size, text_cfg.num_hidden_layers, text_cfg.vocab_size
     new_tokens = 8 + pc.num_action_bins  # our special tokens + action bins (models/tokenizer.py)
     # Our tokens go after the tokenizer's ids; a padded matrix (Qwen: 151,936 rows) already holds them, so it only
-    # grows when the tokenizer + our tokens outgrow it (models/backbone.py `grow_vocab`). Without the tokenizer
+    # grows when the tokenizer + our tokens outgrow it (models/backbones/hf_lm.py `grow_vocab`). Without the tokenizer
     # here, its length is taken as the matrix's minus the Qwen padding that the new tokens fill first.
     base_vocab = rows - min(new_tokens, rows - 151_665) if rows == 151_936 else rows
     vocab = max(rows, base_vocab + new_tokens)
@@ -391,7 +391,7 @@ def _stage_activations(m: _MetaModels, pc: Any, bbc: Any, stages: list, per_gpu:
     text = _language_model(m.model, m.is_vlm)
     text.to(act_dtype)  # meta: free; what autocast computes the layers in (its weight-cast copies: not modelled)
     trunk = _lm_activations(text, per_gpu, seq, m.width, bbc.grad_checkpointing, act_dtype)
-    # the backbone returns every layer's hidden state in fp32 (models/backbone.py): a copy unless already fp32
+    # the backbone returns every layer's hidden state in fp32 (models/backbones/hf_lm.py): a copy unless already fp32
     hidden_copies = 0 if act_bytes == 4 else (m.n_layers + 1) * per_gpu * seq * m.width * 4
     head_act = _head_activations(m.head, pc, per_gpu, seq, m.width, n_image)
     per_stage = []

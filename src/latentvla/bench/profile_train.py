@@ -107,7 +107,7 @@ def _label_model_parts(model: nn.Module) -> list[Any]:
     backbone = getattr(model, "backbone", None)
     if backbone is not None:
         hooks += _label(backbone.vision, "vision")
-        hooks += [h for block in getattr(backbone, "blocks", []) for h in _label(block, "backbone")]
+        hooks += [h for block in backbone.transformer_blocks() for h in _label(block, "backbone")]
     return hooks
 
 
@@ -159,7 +159,7 @@ def profile_preset(
     dataset = VLADataset(reader, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras),
                          normalizer=normalizer, augment=cfg.augment)  # fmt: skip
     seed_everything(cfg.seed)
-    policy = Policy.from_config(cfg.policy, normalizer)
+    policy = Policy(cfg.policy, normalizer)
     model = policy.model.train()
     optimizer = build_optimizer(
         model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),

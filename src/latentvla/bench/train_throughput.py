@@ -162,7 +162,7 @@ def _build_run(preset: str, dataset_dir: str | Path, batch_size: int, overrides:
         reader, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer
     )
     seed_everything(cfg.seed)
-    policy = Policy.from_config(cfg.policy, normalizer).to(dist_info.device)
+    policy = Policy(cfg.policy, normalizer).to(dist_info.device)
     loss_module = LossModule(policy.model).train()
     optimizer = build_optimizer(
         policy.model.param_groups(),

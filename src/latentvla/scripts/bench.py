@@ -217,7 +217,7 @@ def _random_policy(preset: str, size: str):
     for key, dim in ((OBS_STATE, cfg.state_dim), (ACTION, cfg.action_dim)):
         z, o = [0.0] * dim, [1.0] * dim
         stats[key] = {"mean": z, "std": o, "min": [-1.0] * dim, "max": o, "q01": [-1.0] * dim, "q99": o}
-    return Policy.from_config(cfg, Normalizer(stats))
+    return Policy(cfg, Normalizer(stats))
 
 
 def main_latency(args: argparse.Namespace) -> int:

@@ -483,7 +483,7 @@ def train(
     _prepare_run_dir(run_dir, resume, overwrite, dist_info)
     fingerprint, normalizer, dataset = _training_data(cfg, dataset_dir, reader)
     seed_everything(cfg.seed)  # same on every rank: identical init (and EMA copy) everywhere
-    policy = Policy.from_config(cfg.policy, normalizer).to(dist_info.device)
+    policy = Policy(cfg.policy, normalizer).to(dist_info.device)
     model = policy.model
     check_trainable_precision(model, cfg.policy.backbone.dtype)
     seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
