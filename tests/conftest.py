@@ -23,8 +23,9 @@ try:
         """A 2-episode x 12-frame synthetic LeRobot v3.0 dataset at 32 px with CoT annotation."""
         from latentvla.data.synthetic import write_synthetic_dataset
 
-        return write_synthetic_dataset(tmp_path_factory.mktemp("shared") / "ds", num_episodes=2, length=12,
-                                       image_size=32)  # fmt: skip
+        return write_synthetic_dataset(
+            tmp_path_factory.mktemp("shared") / "ds", num_episodes=2, length=12, image_size=32
+        )
 
     @pytest.fixture(scope="session")
     def micro_backbone():

@@ -12,8 +12,15 @@ from latentvla.data.dataset import VLADataset
 from latentvla.policy import Policy
 
 
-def policy_and_batches(reader, norm, preset: str, *overrides: str, size: str = "micro",
-                       indices: tuple[tuple[int, ...], ...] = ((0, 5, 13, 20),), cfg_fn=None):  # fmt: skip
+def policy_and_batches(
+    reader,
+    norm,
+    preset: str,
+    *overrides: str,
+    size: str = "micro",
+    indices: tuple[tuple[int, ...], ...] = ((0, 5, 13, 20),),
+    cfg_fn=None,
+):
     """A `preset` policy at 32 px (torch seed 0) sized to the dataset, and one collated batch per index tuple;
     `cfg_fn` edits the preset's config first (e.g. `use_backbone`)."""
     cfg = get_preset(preset, size)

@@ -110,8 +110,10 @@ def start_checkpoint(path, preset: str = "bc", *overrides: str, seed: int = 0):
     cfg = apply_overrides(get_preset(preset, "micro"), ["policy.image_size=32", *overrides])
     pcfg = replace(cfg.policy, state_dim=1, action_dim=1)
     one = lambda v: [float(v)]  # noqa: E731
-    stats = {OBS_STATE: {"mean": one(0.2), "std": one(0.4), "min": one(-1), "max": one(1)},
-             ACTION: {"mean": one(0), "std": one(1), "min": one(-1), "max": one(1)}}  # fmt: skip
+    stats = {
+        OBS_STATE: {"mean": one(0.2), "std": one(0.4), "min": one(-1), "max": one(1)},
+        ACTION: {"mean": one(0), "std": one(1), "min": one(-1), "max": one(1)},
+    }
     torch.manual_seed(seed)
     policy = Policy(pcfg, Normalizer(stats))
     policy.save_pretrained(path)

@@ -21,9 +21,23 @@ from torch.overrides import TorchFunctionMode
 
 _T = torch.Tensor
 _READS = {
-    _T.item, _T.tolist, _T.__bool__, _T.__float__, _T.__int__, _T.__index__, _T.cpu, _T.numpy, _T.nonzero,
-    torch.nonzero, _T.masked_select, torch.masked_select, _T.unique, torch.unique, torch.argwhere, _T.argwhere,
-}  # fmt: skip
+    _T.item,
+    _T.tolist,
+    _T.__bool__,
+    _T.__float__,
+    _T.__int__,
+    _T.__index__,
+    _T.cpu,
+    _T.numpy,
+    _T.nonzero,
+    torch.nonzero,
+    _T.masked_select,
+    torch.masked_select,
+    _T.unique,
+    torch.unique,
+    torch.argwhere,
+    _T.argwhere,
+}
 _INDEXING = {_T.__getitem__, _T.__setitem__, _T.index_put, _T.index_put_, torch.index_put}
 _WRAPPERS = ("torch/overrides.py", "torch/_tensor.py", "torch/utils/_device.py", "sync_counter.py")
 

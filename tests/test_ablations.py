@@ -51,17 +51,38 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
 def test_ablations_smoke_two_presets_two_seeds(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", num_episodes=2, length=8, image_size=64)
     out = tmp_path / "abl"
-    args = ["ablations", "--dataset", str(data), "--out", str(out), "--presets", "lara-no-cot,lara-explicit",
-            "--seeds", "0,1", "--steps", "2", "--tasks", "drawer-close", "--episodes", "1", "--max-steps", "4",
-            "--workers", "1", "batch_size=2", "log_every=1"]  # fmt: skip
+    args = [
+        "ablations",
+        "--dataset",
+        str(data),
+        "--out",
+        str(out),
+        "--presets",
+        "lara-no-cot,lara-explicit",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "2",
+        "--tasks",
+        "drawer-close",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "4",
+        "--workers",
+        "1",
+        "batch_size=2",
+        "log_every=1",
+    ]
     assert main(args) == 0
     res = json.loads((out / "ablations.json").read_text())
     assert set(res["per_run"]) == {"lara-no-cot", "lara-explicit"}
     for preset in res["per_run"]:
         assert set(res["per_run"][preset]) == {"0", "1"}
         for seed in (0, 1):
-            cfg = json.loads(next((out / "runs" / preset / f"seed{seed}" / "checkpoints").glob("0*/config.json"))
-                             .read_text())  # fmt: skip
+            cfg = json.loads(
+                next((out / "runs" / preset / f"seed{seed}" / "checkpoints").glob("0*/config.json")).read_text()
+            )
             assert cfg["train"]["seed"] == seed and cfg["train"]["steps"] == 2
             info = json.loads((out / "eval" / preset / f"seed{seed}" / "eval_info.json").read_text())
             assert res["per_run"][preset][str(seed)] == {
@@ -81,9 +102,19 @@ def test_rd_depth_script_smoke(tmp_path):
     data = write_synthetic_dataset(tmp_path / "data", num_episodes=2, length=8, image_size=64)
     out = tmp_path / "rd"
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "OUT": str(out), "EPISODES": "1", "MAX_STEPS": "4", "TASKS": "drawer-close",
-           "ITERS": "1,2", "DELTAS": "1e-3,1e-2", "MAX_ITERS": "4", "EXTRA": "batch_size=2 log_every=1",
-           "PATH": bindir + os.pathsep + os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "EPISODES": "1",
+        "MAX_STEPS": "4",
+        "TASKS": "drawer-close",
+        "ITERS": "1,2",
+        "DELTAS": "1e-3,1e-2",
+        "MAX_ITERS": "4",
+        "EXTRA": "batch_size=2 log_every=1",
+        "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT / "src"),
+    }
     assert shutil.which("latentvla", path=env["PATH"])
     subprocess.run(["bash", str(ROOT / "runs" / "rd_depth.sh"), str(data), "2"], env=env, check=True, timeout=900)
     cfg = json.loads(next((out / "rdvla32" / "checkpoints").glob("0*/config.json")).read_text())

@@ -29,8 +29,16 @@ def test_adapter_checkpoint_leaves_frozen_encoders_out_and_round_trips(tmp_path)
     cfg = use_backbone(
         get_preset("rdvla", "micro"), str(tiny["qwen2"]), (str(tiny["dinov2"]), str(tiny["siglip"]))
     )
-    cfg = apply_overrides(cfg, ["policy.image_size=32", "policy.horizon=4", "policy.num_action_bins=8",
-                                "policy.backbone.freeze_vision=true", "policy.backbone.lora.rank=4"])  # fmt: skip
+    cfg = apply_overrides(
+        cfg,
+        [
+            "policy.image_size=32",
+            "policy.horizon=4",
+            "policy.num_action_bins=8",
+            "policy.backbone.freeze_vision=true",
+            "policy.backbone.lora.rank=4",
+        ],
+    )
     torch.manual_seed(0)
     policy = Policy(cfg.policy, norm)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
@@ -56,8 +64,19 @@ def test_lora_resume_loads_into_the_trained_model_and_equals_uninterrupted(tmp_p
     tiny = save_tiny("qwen2", tmp_path / "qwen2")
     root = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=8, image_size=32)
     cfg = use_backbone(get_preset("rdvla", "micro"), str(tiny))
-    cfg = apply_overrides(cfg, ["steps=4", "batch_size=2", "save_every=1", "log_every=1", "num_workers=0",
-                                "policy.image_size=32", "policy.horizon=4", "policy.backbone.lora.rank=4"])  # fmt: skip
+    cfg = apply_overrides(
+        cfg,
+        [
+            "steps=4",
+            "batch_size=2",
+            "save_every=1",
+            "log_every=1",
+            "num_workers=0",
+            "policy.image_size=32",
+            "policy.horizon=4",
+            "policy.backbone.lora.rank=4",
+        ],
+    )
     train(cfg, root, tmp_path / "full", show_progress=False)
     train(cfg, root, tmp_path / "split", show_progress=False, stop_at=2)
     train(cfg, root, tmp_path / "split", resume=True, show_progress=False)

@@ -140,9 +140,12 @@ def test_annotate_episode_columns_and_stage1_format():
     centres = np.tile([0.0, 0.0, -2.0], (length, 1))
     episode |= _box_episode(centres)
     cols = A.annotate_episode(
-        episode, task_name="pick-place", instruction="pick up the puck", box_source=ProjectedGeometryBoxes(),
+        episode,
+        task_name="pick-place",
+        instruction="pick up the puck",
+        box_source=ProjectedGeometryBoxes(),
         camera="topview",
-    )  # fmt: skip
+    )
     assert all(len(cols[k]) == length for k in (K.COT_SEGMENT, K.COT_SUBTASK, K.COT_REASONING, K.COT_TEXT))
     assert cols[K.COT_BBOX].shape == (length, 4) and cols[K.COT_BBOX_VISIBLE].all()
     assert cols[K.COT_SUBTASK][0] == "move toward the puck"
@@ -171,8 +174,12 @@ def test_annotate_dataset_rewrites_atomically(tmp_path):
     root = tmp_path / "ds"
     writer = DatasetWriter(root, fps=10, robot_type="test")
     for i in range(2):
-        episode = {K.OBS_STATE: state, K.ACTION: np.zeros((length, 4), np.float32), K.TASK: "pick up the cube",
-                   f"{K.OBS_IMAGES}.corner4": image}  # fmt: skip
+        episode = {
+            K.OBS_STATE: state,
+            K.ACTION: np.zeros((length, 4), np.float32),
+            K.TASK: "pick up the cube",
+            f"{K.OBS_IMAGES}.corner4": image,
+        }
         writer.add_episode(episode, key=f"ep{i}", meta={"task_name": "custom"})
     writer.finalize()
     boxes = tmp_path / "boxes.jsonl"

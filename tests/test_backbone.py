@@ -70,8 +70,16 @@ def test_tokenizer_words_digits_and_leading_space_are_single_tokens():
 
 def test_tokenizer_special_ids_distinct_and_action_range():
     tok = Tokenizer(num_action_bins=17)
-    specials = [tok.pad_id, tok.bos_id, tok.eos_id, tok.start_thinking_id, tok.thinking_id, tok.end_thinking_id,
-                tok.img_next_id, tok.query_id]  # fmt: skip
+    specials = [
+        tok.pad_id,
+        tok.bos_id,
+        tok.eos_id,
+        tok.start_thinking_id,
+        tok.thinking_id,
+        tok.end_thinking_id,
+        tok.img_next_id,
+        tok.query_id,
+    ]
     acts = list(tok.action_token_ids)
     assert len(set(specials + acts)) == len(specials) + 17
     assert acts == list(range(acts[0], acts[0] + 17))

@@ -34,8 +34,12 @@ def _kinds(tmp_path):
 
     for kind, family in (("hf", "qwen2"), ("hf_vlm", "qwen2_5_vl")):
         path = save_tiny(family, tmp_path / family)
-        yield kind, build_backbone(BackboneConfig(kind=kind, hf_path=str(path)), image_size=32, num_cameras=2,
-                                   num_action_bins=8)  # fmt: skip
+        yield (
+            kind,
+            build_backbone(
+                BackboneConfig(kind=kind, hf_path=str(path)), image_size=32, num_cameras=2, num_action_bins=8
+            ),
+        )
 
 
 def test_every_backbone_kind_satisfies_the_protocol(tmp_path):

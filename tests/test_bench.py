@@ -107,8 +107,26 @@ def test_head_flop_model_matches_a_flop_counter():
 
 def test_cli_bench_head_writes_json_and_paths_agree(tmp_path, capsys):
     out = tmp_path / "head.json"
-    args = ["bench", "head", "--width", "32", "--heads", "2", "--context", "28", "--batch", "2",
-            "--iterations", "1,3", "--repeats", "1", "--warmup", "0", "--json", str(out)]  # fmt: skip
+    args = [
+        "bench",
+        "head",
+        "--width",
+        "32",
+        "--heads",
+        "2",
+        "--context",
+        "28",
+        "--batch",
+        "2",
+        "--iterations",
+        "1,3",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        str(out),
+    ]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["max_abs_diff"] <= 1e-6 and set(report["cached"]["ms"]) == {"1", "3"}
@@ -122,8 +140,25 @@ def test_cli_bench_head_writes_json_and_paths_agree(tmp_path, capsys):
 
 def test_cli_random_preset_writes_json(tmp_path, capsys):
     out = tmp_path / "lat.json"
-    assert main(["bench", "latency", "--preset", "rdvla", "--size", "micro", "--repeats", "1", "--warmup", "0",
-                 "--json", str(out)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "latency",
+                "--preset",
+                "rdvla",
+                "--size",
+                "micro",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["source"] == "rdvla" and "rd_peak_mem_mb" in report
     assert "median ms/call" in capsys.readouterr().out
@@ -191,8 +226,16 @@ def test_bench_data_with_training_records_rate_and_peak_rss(tmp_path):
     from latentvla.data.synthetic import write_synthetic_dataset
 
     root = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=6, image_size=16)
-    report = bench_data(root, workers=0, batch_size=2, batches=1, decode_samples=4, train_preset="lara-no-cot",
-                        train_steps=2, train_overrides=["policy.horizon=4"])  # fmt: skip
+    report = bench_data(
+        root,
+        workers=0,
+        batch_size=2,
+        batches=1,
+        decode_samples=4,
+        train_preset="lara-no-cot",
+        train_steps=2,
+        train_overrides=["policy.horizon=4"],
+    )
     assert report["train_samples_per_s"] > 0 and report["train_steps"] == 2
     assert report["train_peak_rss_mb"] >= report["train_peak_pss_mb"] > 0
     assert "the bottleneck is" in format_report(report)

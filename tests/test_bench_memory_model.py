@@ -15,9 +15,16 @@ pytest.importorskip("peft")
 
 
 @pytest.mark.parametrize(
-    "h,w,longest", [(64, 64, None), (112, 112, None), (224, 224, None), (300, 300, None), (480, 640, None),
-                    (480, 640, 200_000)]  # the last one scales down to a smaller pixel maximum
-)  # fmt: skip
+    "h,w,longest",
+    [
+        (64, 64, None),
+        (112, 112, None),
+        (224, 224, None),
+        (300, 300, None),
+        (480, 640, None),
+        (480, 640, 200_000),
+    ],  # the last one scales down to a smaller pixel maximum
+)
 def test_qwen_grid_equals_the_processor_at_qwen3vl_pixel_limits(h, w, longest):
     from latentvla.bench.memory import qwen_grid
 
@@ -97,8 +104,11 @@ def test_real_size_check_passes_within_tolerance_and_fails_outside(tmp_path, cap
     from latentvla.cli import main
     from latentvla.testing.tiny_hf import save_tiny
 
-    models = {"lm": save_tiny("qwen2", tmp_path / "lm"), "dinov2": save_tiny("dinov2", tmp_path / "d"),
-              "siglip": save_tiny("siglip", tmp_path / "s")}  # fmt: skip
+    models = {
+        "lm": save_tiny("qwen2", tmp_path / "lm"),
+        "dinov2": save_tiny("dinov2", tmp_path / "d"),
+        "siglip": save_tiny("siglip", tmp_path / "s"),
+    }
     report = {"batch_size": 2, "cameras": 2, "dtype": "float32", "models": {k: str(v) for k, v in models.items()}}
     predicted = predict(report).total_gb
     assert main(["bench", "real-size", "--out", str(tmp_path), "--check-only"]) == 2  # no run recorded yet

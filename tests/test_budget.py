@@ -184,8 +184,9 @@ def test_cli_minutes_flag(dataset, tmp_path, capsys):
 def _ddp_worker(rank: int, world: int, port: int, cfg, dataset: str, run: str) -> None:
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     _train(cfg, dataset, run, clock=FakeClock(3.0 if rank == 0 else 2.0))  # rank 1's clock runs slower
 

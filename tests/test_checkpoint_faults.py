@@ -66,7 +66,9 @@ def test_full_disk_reported_by_torch_save_as_runtime_error(synthetic_dataset, re
     monkeypatch.undo()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002", "last", "last.txt"]  # no *.tmp
     train_quiet(_cfg(6), synthetic_dataset, run, resume=True)  # space freed
-    assert same_weights(checkpoint_weights(run / "checkpoints/000006"), checkpoint_weights(reference / "checkpoints/000006"))
+    assert same_weights(
+        checkpoint_weights(run / "checkpoints/000006"), checkpoint_weights(reference / "checkpoints/000006")
+    )
 
 
 # ------------------------------------------------------------------------------------- training_state.pt
@@ -98,9 +100,12 @@ def test_no_usable_training_state_names_the_file(synthetic_dataset, stopped, tmp
     run = _copy(stopped, tmp_path)
     for step in ("000002", "000004"):
         torch.save({"x": 1}, run / "checkpoints" / step / "training_state.pt")
-    with pytest.warns(CheckpointSkippedWarning), pytest.raises(
-        CorruptCheckpointError, match=r"no usable checkpoint.*000004/training_state.pt lacks step.*--overwrite"
-    ):  # fmt: skip
+    with (
+        pytest.warns(CheckpointSkippedWarning),
+        pytest.raises(
+            CorruptCheckpointError, match=r"no usable checkpoint.*000004/training_state.pt lacks step.*--overwrite"
+        ),
+    ):
         train_quiet(_cfg(6), synthetic_dataset, run, resume=True)
 
 

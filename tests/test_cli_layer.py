@@ -61,8 +61,10 @@ def test_top_level_help_imports_no_registry(capsys):
     import subprocess
     import sys
 
-    code = "import sys; from latentvla.cli import build_parser; build_parser().format_help(); " \
-           "print('latentvla.config' in sys.modules, 'torch' in sys.modules)"  # fmt: skip
+    code = (
+        "import sys; from latentvla.cli import build_parser; build_parser().format_help(); "
+        "print('latentvla.config' in sys.modules, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "False"]
 
@@ -92,13 +94,32 @@ def test_nproc_forwards_the_command_as_typed(monkeypatch, capsys, tmp_path):
     launched = []
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(torch.distributed.run, "run", launched.append)
-    argv = ["train", "--preset=bc", "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "r"), "--no-progress",
-            "--batch-size", "4", "--steps", "3", "policy.horizon=4", "seed=3", "--nproc", "2"]  # fmt: skip
+    argv = [
+        "train",
+        "--preset=bc",
+        "--dataset",
+        str(tmp_path / "d"),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "policy.horizon=4",
+        "seed=3",
+        "--nproc",
+        "2",
+    ]
     assert main(argv) == 0
     (launch,) = launched
     assert launch.training_script_args == argv
     assert (launch.module, launch.training_script, launch.nproc_per_node, launch.standalone) == (
-        True, "latentvla.cli", "2", True)  # fmt: skip
+        True,
+        "latentvla.cli",
+        "2",
+        True,
+    )
     assert main([*argv[:-2], "--batch-size", "3", "--nproc", "2"]) == 2  # still checked before launching
     assert "--batch-size 3 is not divisible by --nproc 2" in capsys.readouterr().err
     assert len(launched) == 1
@@ -127,11 +148,21 @@ def test_demo_config_equals_the_old_override_strings(model, steps, minutes, batc
 
     args = _demo_args(**kw)
     cpu = ["policy.recurrent.mean_recurrence=12", "policy.iterations=12"] if model in ("rdvla", "lara-rd") else []
-    old = apply_overrides(get_preset(model), [
-        f"policy.cameras={args.camera}", f"policy.image_size={args.image_size}", f"num_workers={args.loader_workers}",
-        *cpu, f"steps={steps}", f"minutes={minutes}", f"batch_size={batch}", f"seed={args.seed}",
-        f"save_every={steps}", "log_every=25",
-    ])  # fmt: skip
+    old = apply_overrides(
+        get_preset(model),
+        [
+            f"policy.cameras={args.camera}",
+            f"policy.image_size={args.image_size}",
+            f"num_workers={args.loader_workers}",
+            *cpu,
+            f"steps={steps}",
+            f"minutes={minutes}",
+            f"batch_size={batch}",
+            f"seed={args.seed}",
+            f"save_every={steps}",
+            "log_every=25",
+        ],
+    )
     new = demo_config(model, args, steps, minutes, batch)
     assert new == old
     assert new != get_preset(model)  # the comparison sees the fields it sets
@@ -144,7 +175,9 @@ def test_demo_config_equals_the_old_override_strings(model, steps, minutes, batc
 def test_ablation_run_config_equals_the_old_override_strings(preset, seed, steps, overrides):
     from latentvla.scripts.ablations import run_config
 
-    old = apply_overrides(get_preset(preset), [*overrides, f"steps={steps}", f"seed={seed}", f"save_every={steps}"])
+    old = apply_overrides(
+        get_preset(preset), [*overrides, f"steps={steps}", f"seed={seed}", f"save_every={steps}"]
+    )
     assert run_config(preset, seed, steps, overrides) == old
     assert (old.steps, old.seed, old.save_every) == (steps, seed, steps)
 

@@ -67,7 +67,12 @@ def test_documentation_links_stay_inside_the_repository_and_resolve():
 def test_nothing_refers_to_files_beside_the_repository():
     pattern = re.compile(r"\.\./shared|reference/[a-z-]+\.md|papers\.md|SPEC\.md")
     hits = []
-    for path in [*SRC.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "runs").glob("*"), *_markdown_files()]:
+    for path in [
+        *SRC.rglob("*.py"),
+        *(ROOT / "tests").rglob("*.py"),
+        *(ROOT / "runs").glob("*"),
+        *_markdown_files(),
+    ]:
         if path.is_file() and path.name != "test_code_shape.py":
             for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
                 if pattern.search(line):

@@ -20,8 +20,21 @@ def test_collect_writes_annotated_dataset(tmp_path):
     from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "ds"
-    argv = ["collect", "--env", "metaworld", "--tasks", "reach", "--episodes-per-task", "2", "--image-size", "64",
-            "--out", str(out), "--camera", "corner4,gripperPOV"]  # fmt: skip
+    argv = [
+        "collect",
+        "--env",
+        "metaworld",
+        "--tasks",
+        "reach",
+        "--episodes-per-task",
+        "2",
+        "--image-size",
+        "64",
+        "--out",
+        str(out),
+        "--camera",
+        "corner4,gripperPOV",
+    ]
     assert main(argv) == 0
     reader = LeRobotDatasetReader(out)
     assert reader.num_episodes == 2
@@ -140,8 +153,14 @@ def test_collect_resume_after_kill_anywhere_equals_uninterrupted(tmp_path, monke
     total = _collect_with_kill(C, monkeypatch, tmp_path / "ref", None)
     reference = _dataset_content(tmp_path / "ref")
     keys = [k for k, _ in reference[0]]
-    assert keys == ["reach-v3/train/0000", "reach-v3/train/0002", "reach-v3/train/0003",
-                    "drawer-close-v3/train/0001", "drawer-close-v3/train/0002", "drawer-close-v3/train/0003"]  # fmt: skip
+    assert keys == [
+        "reach-v3/train/0000",
+        "reach-v3/train/0002",
+        "reach-v3/train/0003",
+        "drawer-close-v3/train/0001",
+        "drawer-close-v3/train/0002",
+        "drawer-close-v3/train/0003",
+    ]
     assert reference[2]["latentvla_collect"]["attempts"] == 8
     for kill_at in range(1, total + 1):  # every disk operation, the publish step included
         out = tmp_path / f"k{kill_at}"
@@ -166,8 +185,20 @@ def test_collect_video_writes_lerobot_av1_dataset(tmp_path):
     from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "vid"
-    argv = ["collect", "--env", "metaworld", "--tasks", "reach", "--episodes-per-task", "1", "--image-size", "64",
-            "--out", str(out), "--video"]  # fmt: skip
+    argv = [
+        "collect",
+        "--env",
+        "metaworld",
+        "--tasks",
+        "reach",
+        "--episodes-per-task",
+        "1",
+        "--image-size",
+        "64",
+        "--out",
+        str(out),
+        "--video",
+    ]
     assert main(argv) == 0
     reader = LeRobotDatasetReader(out)
     spec = reader.features[f"{K.OBS_IMAGES}.corner4"]

@@ -70,8 +70,20 @@ def test_resume_with_the_same_arguments_publishes_and_records_them(tmp_path, mon
     out = tmp_path / "ds"
     _interrupted(C, monkeypatch, out, seed=3, workers=1)
     monkeypatch.setattr(C, "rollout", _fake_rollout)
-    argv = ["collect", "--tasks", "reach,drawer-close", "--episodes-per-task", "2", "--image-size", "64",
-            "--out", str(out), "--seed", "3", "--resume"]  # fmt: skip
+    argv = [
+        "collect",
+        "--tasks",
+        "reach,drawer-close",
+        "--episodes-per-task",
+        "2",
+        "--image-size",
+        "64",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+        "--resume",
+    ]
     assert main([*argv[:-3], "--seed", "4", "--resume"]) == 2  # the CLI: one line
     err = capsys.readouterr().err
     assert err.startswith("error: --resume") and "--seed 3 (run) vs 4 (now)" in err and "Traceback" not in err
@@ -148,8 +160,10 @@ def test_collect_on_a_full_disk_is_one_line_without_stray_tmp(tmp_path, monkeypa
     from latentvla.data.lerobot import LeRobotDatasetReader
 
     assert [e["key"] for e in LeRobotDatasetReader(out).episodes] == [
-        "reach-v3/train/0000", "reach-v3/train/0002", "reach-v3/train/0003"
-    ]  # fmt: skip
+        "reach-v3/train/0000",
+        "reach-v3/train/0002",
+        "reach-v3/train/0003",
+    ]
 
 
 def test_collect_max_steps_zero_is_refused_before_anything_is_written(tmp_path, capsys):

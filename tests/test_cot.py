@@ -16,8 +16,10 @@ from latentvla.data.cot import box_iou, format_cot, parse_cot
 
 def test_format_parse_round_trip_and_components():
     text = format_cot("grasp the puck", [0.1, 0.2, 0.3, 0.4], True, "globally move down, locally stay, close")
-    assert text == "Subtask: grasp the puck. BBox: [0.1000 0.2000 0.3000 0.4000]. Reasoning: globally move down, " \
-                   "locally stay, close"  # fmt: skip
+    assert (
+        text == "Subtask: grasp the puck. BBox: [0.1000 0.2000 0.3000 0.4000]. Reasoning: globally move down, "
+        "locally stay, close"
+    )
     p = parse_cot(text)
     assert p.subtask == "grasp the puck" and p.bbox == (0.1, 0.2, 0.3, 0.4) and p.reasoning.startswith("globally")
     hidden = parse_cot(format_cot("reach", [0, 0, 0, 0], False, "stay"))

@@ -45,8 +45,14 @@ def test_ecot_is_its_own_token_action_preset():
 def test_stage_spec_is_keyword_only():
     with pytest.raises(TypeError):
         StageSpec("I", (), (), False, True, False)  # noqa
-    s = StageSpec(name="x", latent_components=(), explicit_components=(), visual_latents=False,
-                  discrete_actions=True, train_head=False)  # fmt: skip
+    s = StageSpec(
+        name="x",
+        latent_components=(),
+        explicit_components=(),
+        visual_latents=False,
+        discrete_actions=True,
+        train_head=False,
+    )
     assert dataclasses.is_dataclass(s)
 
 

@@ -167,8 +167,11 @@ def test_stats_that_do_not_cover_the_data_are_refused(tmp_path):
 
     data = _write(tmp_path / "ds", _episodes())
     _edit_stats(data, lambda s: s["action"].update(max=[v - 0.5 for v in s["action"]["max"]]))
-    with pytest.raises(DatasetFormatError, match=r"stats.json: 'action' dimension 0 spans .* in the stats but the "
-                                                 r"data holds .* at episode \d+, frame \d+"):  # fmt: skip
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"stats.json: 'action' dimension 0 spans .* in the stats but the "
+        r"data holds .* at episode \d+, frame \d+",
+    ):
         validate_dataset(LeRobotDatasetReader(data))
 
 
@@ -202,8 +205,11 @@ def test_info_shape_that_disagrees_with_the_data_names_file_and_column(tmp_path,
     info = json.loads(path.read_text())
     info["features"]["observation.state"]["shape"] = [5]  # the data has 4
     path.write_text(json.dumps(info))
-    with pytest.raises(DatasetFormatError, match=r"file-000.parquet: column 'observation.state' holds 4 values per "
-                                                 r"frame but meta/info.json declares shape \[5\]"):  # fmt: skip
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"file-000.parquet: column 'observation.state' holds 4 values per "
+        r"frame but meta/info.json declares shape \[5\]",
+    ):
         LeRobotDatasetReader(data).column("observation.state")
     assert _train(data, tmp_path / "run", "rdvla") == 2
     err = capsys.readouterr().err.strip()

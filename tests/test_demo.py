@@ -16,8 +16,14 @@ def test_defaults_are_the_six_baseline_tasks_and_four_models():
     parser = argparse.ArgumentParser()
     demo.register(parser.add_subparsers())
     args = parser.parse_args(["demo"])
-    assert args.tasks.split(",") == ["button-press-topdown", "drawer-close", "window-open", "reach", "push",
-                                     "pick-place"]  # fmt: skip
+    assert args.tasks.split(",") == [
+        "button-press-topdown",
+        "drawer-close",
+        "window-open",
+        "reach",
+        "push",
+        "pick-place",
+    ]
     assert args.models.split(",") == ["lara", "rdvla", "lara-no-cot", "bc"]
     assert (args.camera, args.image_size, args.minutes) == ("corner4", 64, 30.0)
     assert args.eval_episodes >= 10
@@ -54,8 +60,24 @@ def _planned_configs(monkeypatch, tmp_path, *extra: str) -> dict:
     monkeypatch.setattr(latentvla.train.loop, "train", fake_train)
     monkeypatch.setattr(latentvla.eval.evaluate, "evaluate", stop)
     with pytest.raises(_StopAfterTraining):
-        main(["demo", "--out", str(out), "--models", "lara,bc,rdvla", "--minutes", "30", "--eval-episodes", "10",
-              "--max-steps", "200", "--workers", "2", *extra])  # fmt: skip
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--models",
+                "lara,bc,rdvla",
+                "--minutes",
+                "30",
+                "--eval-episodes",
+                "10",
+                "--max-steps",
+                "200",
+                "--workers",
+                "2",
+                *extra,
+            ]
+        )
     return seen
 
 
@@ -89,9 +111,29 @@ def test_reasoning_verdict():
 def test_demo_writes_report_and_summary(tmp_path, capsys):
     out = tmp_path / "demo"
     models = ["lara", "rdvla", "lara-no-cot", "bc"]
-    args = ["demo", "--out", str(out), "--tasks", "drawer-close,reach", "--models", ",".join(models),
-            "--episodes-per-task", "2", "--eval-episodes", "1", "--steps", "3", "--batch-size", "4", "--max-steps",
-            "8", "--workers", "1", "--latency-repeats", "1"]  # fmt: skip
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--tasks",
+        "drawer-close,reach",
+        "--models",
+        ",".join(models),
+        "--episodes-per-task",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "8",
+        "--workers",
+        "1",
+        "--latency-repeats",
+        "1",
+    ]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["models"]) == models
@@ -101,8 +143,11 @@ def test_demo_writes_report_and_summary(tmp_path, capsys):
         assert list(row) == models
         for m in models:
             ev = summary["models"][m]["eval"]
-            expect = (ev["overall"] if task == "average" else
-                      next(t for t in ev["per_task"] if t["task"] == task)["metrics"])["pc_success"]  # fmt: skip
+            expect = (
+                ev["overall"]
+                if task == "average"
+                else next(t for t in ev["per_task"] if t["task"] == task)["metrics"]
+            )["pc_success"]
             assert row[m] == expect
     assert summary["best_pc_success"] == max(summary["per_task"]["average"].values())
     assert summary["best_model"] in models

@@ -19,8 +19,12 @@ class _AskingRunner:
         if n < 0:
             raise ValueError(f"job {name} has n = {n}")
         self.served += 1
-        return {"job": name, "replies": [self.ask((name, i)) for i in range(n)], "served": self.served,
-                "offset": self.offset}  # fmt: skip
+        return {
+            "job": name,
+            "replies": [self.ask((name, i)) for i in range(n)],
+            "served": self.served,
+            "offset": self.offset,
+        }
 
     def close(self) -> None:
         pass

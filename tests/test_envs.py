@@ -67,9 +67,19 @@ class ToySimulator(Simulator):
 
     @property
     def protocols(self) -> dict[str, EvalProtocol]:
-        return {"default": EvalProtocol("default", episodes=2, seed=5, max_steps={"near": 8, "far": 16},
-                                        init="origin", warmup_steps=2, warmup_action=(0, 0, 0, -0.5),
-                                        gripper="binarize", execute_full_chunk=True)}  # fmt: skip
+        return {
+            "default": EvalProtocol(
+                "default",
+                episodes=2,
+                seed=5,
+                max_steps={"near": 8, "far": 16},
+                init="origin",
+                warmup_steps=2,
+                warmup_action=(0, 0, 0, -0.5),
+                gripper="binarize",
+                execute_full_chunk=True,
+            )
+        }
 
     def resolve_tasks(self, spec):
         names = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
@@ -153,8 +163,9 @@ def test_registry_lists_simulators_without_importing_them():
     lib = registry.get_simulator("libero")
     papers, lerobot = lib.protocol(), lib.protocol("lerobot")
     assert (papers.name, papers.seed, papers.episodes, papers.warmup_steps) == ("papers", 7, 50, 10)
-    assert [papers.steps_for(s) for s in ("libero_spatial", "libero_object", "libero_goal", "libero_10",
-                                          "libero_90")] == [220, 280, 300, 520, 400]  # fmt: skip
+    assert [
+        papers.steps_for(s) for s in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+    ] == [220, 280, 300, 520, 400]
     assert lerobot.steps_for("libero_spatial") == 280 and lerobot.seed == 1000
     assert papers.execute_full_chunk and not lerobot.execute_full_chunk
     assert papers.warmup_action == (0, 0, 0, 0, 0, 0, -1)
@@ -208,8 +219,9 @@ def test_toy_simulator_evaluates_under_its_protocol(toy, tmp_path):
     )
     # explicit options win over the protocol
     RECEIVED.clear()
-    info = evaluate(ckpt, "goal1", 1, env="toy", workers=1, progress=False, gripper="none", execution="fixed:1",
-                    max_steps=3)  # fmt: skip
+    info = evaluate(
+        ckpt, "goal1", 1, env="toy", workers=1, progress=False, gripper="none", execution="fixed:1", max_steps=3
+    )
     assert (
         info["per_task"][0]["metrics"]["n_calls"] == 3 and info["config"]["protocol"]["gripper_applied"] == "none"
     )
@@ -236,8 +248,26 @@ def test_toy_simulator_collects_annotated_demonstrations(toy, tmp_path, capsys, 
     from latentvla.data.lerobot import LeRobotDatasetReader
 
     out = tmp_path / "toy_data"
-    assert cli(["collect", "--env", "toy", "--tasks", "goal1", "--episodes-per-task", "2", "--max-steps", "40",
-                "--stop-after-success", "2", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "collect",
+                "--env",
+                "toy",
+                "--tasks",
+                "goal1",
+                "--episodes-per-task",
+                "2",
+                "--max-steps",
+                "40",
+                "--stop-after-success",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     reader = LeRobotDatasetReader(out)
     assert reader.num_episodes == 2 and reader.info["robot_type"] == "toybot" and reader.fps == 10
     ep = reader.episode(0)

@@ -127,8 +127,28 @@ def test_eval_is_deterministic_and_writes_lerobot_schema(rd_ckpt, tmp_path):
     other = evaluate(rd_ckpt, "reach", **{**kw, "seed": 4})
     assert not np.array_equal(a["actions"][key], other["actions"][key])  # the seed reaches the rollout
 
-    assert cli(["eval", rd_ckpt, "--tasks", "reach", "--episodes", "1", "--seed", "3", "--max-steps", "12",
-                "--workers", "1", "--quiet", "--out", str(tmp_path / "c")]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                rd_ckpt,
+                "--tasks",
+                "reach",
+                "--episodes",
+                "1",
+                "--seed",
+                "3",
+                "--max-steps",
+                "12",
+                "--workers",
+                "1",
+                "--quiet",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     info = json.loads((tmp_path / "c" / "eval_info.json").read_text())
     assert info["overall"]["pc_success"] == a["overall"]["pc_success"]
     assert info["overall"]["n_episodes"] == 1 and info["overall"]["eval_s"] > 0

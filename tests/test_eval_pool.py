@@ -27,10 +27,14 @@ def rd_ckpt(tmp_path_factory):
 
 def _obs(policy, i: int) -> dict:
     c, rng = policy.config, np.random.default_rng(i)
-    o = {f"observation.images.{cam}": rng.integers(0, 255, (c.image_size, c.image_size, 3), dtype=np.uint8)
-         for cam in c.cameras}  # fmt: skip
-    return o | {"observation.state": rng.standard_normal(c.state_dim).astype(np.float32),
-                "task": ["reach the goal", "pick up the red block and place it in the bin"][i % 2]}  # fmt: skip
+    o = {
+        f"observation.images.{cam}": rng.integers(0, 255, (c.image_size, c.image_size, 3), dtype=np.uint8)
+        for cam in c.cameras
+    }
+    return o | {
+        "observation.state": rng.standard_normal(c.state_dim).astype(np.float32),
+        "task": ["reach the goal", "pick up the red block and place it in the bin"][i % 2],
+    }
 
 
 @pytest.mark.parametrize("preset", ["rdvla", "lara"])
@@ -85,8 +89,23 @@ def test_eval_and_serve_refuse_cuda_on_a_cpu_build_in_one_line(rd_ckpt, tmp_path
     from latentvla.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    argv = ["eval", rd_ckpt, "--tasks", "reach", "--episodes", "1", "--max-steps", "2", "--workers", "1",
-            "--quiet", "--device", "cuda", "--out", str(tmp_path / "e")]  # fmt: skip
+    argv = [
+        "eval",
+        rd_ckpt,
+        "--tasks",
+        "reach",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path / "e"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --device cuda:") and "\n" not in err
@@ -94,8 +113,9 @@ def test_eval_and_serve_refuse_cuda_on_a_cpu_build_in_one_line(rd_ckpt, tmp_path
     assert "--device cuda:" in capsys.readouterr().err
 
 
-def test_eval_out_onto_an_existing_file_is_refused_before_the_evaluation_runs(rd_ckpt, tmp_path, capsys,
-                                                                               monkeypatch):  # fmt: skip
+def test_eval_out_onto_an_existing_file_is_refused_before_the_evaluation_runs(
+    rd_ckpt, tmp_path, capsys, monkeypatch
+):
     """It used to run every episode, then fail creating the directory."""
     from latentvla.cli import main
     from latentvla.policy import Policy
@@ -106,8 +126,21 @@ def test_eval_out_onto_an_existing_file_is_refused_before_the_evaluation_runs(rd
     monkeypatch.setattr(Policy, "from_pretrained", classmethod(lambda cls, *a, **k: no_load()))
     out = tmp_path / "results.json"
     out.write_text("{}")
-    argv = ["eval", rd_ckpt, "--tasks", "reach", "--episodes", "1", "--max-steps", "2", "--workers", "1",
-            "--quiet", "--out", str(out)]  # fmt: skip
+    argv = [
+        "eval",
+        rd_ckpt,
+        "--tasks",
+        "reach",
+        "--episodes",
+        "1",
+        "--max-steps",
+        "2",
+        "--workers",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "is an existing file" in err and "\n" not in err and out.read_text() == "{}"
@@ -117,8 +150,16 @@ def test_episode_log_resumes_only_the_same_interrupted_evaluation(tmp_path):
     from latentvla.eval.episodes_log import EpisodeLog
 
     def ep(i: int) -> dict:
-        return {"task": "reach-v3", "episode": i, "success": i == 1, "length": 5, "iterations": [8],
-                "latencies_ms": [1.0], "video_paths": [], "actions": np.full((5, 4), 0.1 * i, np.float32)}  # fmt: skip
+        return {
+            "task": "reach-v3",
+            "episode": i,
+            "success": i == 1,
+            "length": 5,
+            "iterations": [8],
+            "latencies_ms": [1.0],
+            "video_paths": [],
+            "actions": np.full((5, 4), 0.1 * i, np.float32),
+        }
 
     fp = {"checkpoint": {"path": "x"}, "settings": {"seed": 0}, "tasks": ["reach-v3"], "episodes": 3}
     log = EpisodeLog(tmp_path, fp)
@@ -151,12 +192,14 @@ def _reference_rollouts(ckpt: str, jobs: list[tuple[str, int]], seed: int, max_s
     policy = Policy.from_pretrained(ckpt)
     sim, out = get_simulator("metaworld"), {}
     for task, e in jobs:
-        env = sim.make(task, cameras=tuple(policy.config.cameras), image_size=policy.config.image_size,
-                       max_steps=max_steps)  # fmt: skip
+        env = sim.make(
+            task, cameras=tuple(policy.config.cameras), image_size=policy.config.image_size, max_steps=max_steps
+        )
         agent = PolicyAgent(policy, settings, episode_torch_seed(seed, sim.task_id(task), e))
         rec = ActionRecorder()
-        res = run_episode(SimEpisode(env, e, seed, settings.sim_protocol, settings.gripper_mode), agent, max_steps,
-                          [rec])  # fmt: skip
+        res = run_episode(
+            SimEpisode(env, e, seed, settings.sim_protocol, settings.gripper_mode), agent, max_steps, [rec]
+        )
         env.close()
         out[(task, e)] = (res.success, res.length, np.stack(rec.actions))
     return out
@@ -212,8 +255,19 @@ def test_ctrl_c_during_eval_workers_2_exits_fast_keeps_episodes_and_resumes(rd_c
 
     out = tmp_path / "eval"
     args = ["--tasks", "reach", "--episodes", "5", "--seed", "2", "--max-steps", "32", "--max-batch", "1"]
-    cmd = [sys.executable, "-m", "latentvla.cli", "eval", rd_ckpt, *args, "--workers", "2", "--quiet",
-           "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "latentvla.cli",
+        "eval",
+        rd_ckpt,
+        *args,
+        "--workers",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     log = out / "episodes.jsonl"

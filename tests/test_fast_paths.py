@@ -92,10 +92,20 @@ def reference_paths():
     def rms(self, x):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
-    def build(tok, instructions, explicit_cot=None, n_latent=0, n_img_next=16, action_token_ids=None, n_query=0,
-              *, n_image):  # fmt: skip
-        return _reference_build_sequence(tok, instructions, explicit_cot, n_latent, n_img_next, action_token_ids,
-                                         n_query, n_image)  # fmt: skip
+    def build(
+        tok,
+        instructions,
+        explicit_cot=None,
+        n_latent=0,
+        n_img_next=16,
+        action_token_ids=None,
+        n_query=0,
+        *,
+        n_image,
+    ):
+        return _reference_build_sequence(
+            tok, instructions, explicit_cot, n_latent, n_img_next, action_token_ids, n_query, n_image
+        )
 
     def grid_tokens(self, fmap):
         fmap = F.adaptive_avg_pool2d(fmap, self.grid)
@@ -176,8 +186,10 @@ def test_fused_adamw_takes_the_same_steps_as_the_per_tensor_loop(data):
 
 def test_foreach_ema_equals_the_per_parameter_lerp():
     online, target = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
-    expected = {n: t.detach() * 0.9 + o.detach() * 0.1 for (n, t), (_, o) in
-                zip(target.named_parameters(), online.named_parameters())}  # fmt: skip
+    expected = {
+        n: t.detach() * 0.9 + o.detach() * 0.1
+        for (n, t), (_, o) in zip(target.named_parameters(), online.named_parameters())
+    }
     ema_lib.ema_update(target, online, 0.9)
     for n, p in target.named_parameters():
         torch.testing.assert_close(p.detach(), expected[n])

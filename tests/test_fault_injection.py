@@ -30,9 +30,31 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def _argv(dataset: Path, run: Path, *extra: str, steps: int = STEPS) -> list[str]:
-    return [sys.executable, "-m", "latentvla.cli", "train", "--preset", "lara", "--size", "micro",
-            "--dataset", str(dataset), "--out", str(run), "--steps", str(steps), "--batch-size", "2", "--no-progress",
-            "num_workers=0", "policy.horizon=4", "save_every=1", "keep_last=2", "log_every=1", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "latentvla.cli",
+        "train",
+        "--preset",
+        "lara",
+        "--size",
+        "micro",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(run),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "num_workers=0",
+        "policy.horizon=4",
+        "save_every=1",
+        "keep_last=2",
+        "log_every=1",
+        *extra,
+    ]
 
 
 def _env() -> dict:
@@ -78,8 +100,9 @@ def _assert_same(a: dict, b: dict) -> None:
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(dataset, reference, tmp_path):
     run, rng, kills, resume, step = tmp_path / "run", random.Random(0), 0, [], 0
     while True:
-        proc = subprocess.Popen(_argv(dataset, run, *resume), env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)  # fmt: skip
+        proc = subprocess.Popen(
+            _argv(dataset, run, *resume), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         if kills < 3 and _wait_for_checkpoint_after(run, step, proc):
             time.sleep(rng.uniform(0.0, 0.25))  # a random moment: mid-step, mid-checkpoint-write, mid-prune
             if proc.poll() is None:

@@ -67,8 +67,25 @@ def _cli(*argv: str) -> int:
 
 
 def _train_cli(dataset: Path, run: Path, *extra: str) -> int:
-    return _cli("train", "--preset", "lara", "--size", "micro", "--dataset", str(dataset), "--out", str(run),
-                "--steps", "4", "--batch-size", "2", "--no-progress", "num_workers=0", "policy.horizon=4", *extra)  # fmt: skip
+    return _cli(
+        "train",
+        "--preset",
+        "lara",
+        "--size",
+        "micro",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(run),
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "num_workers=0",
+        "policy.horizon=4",
+        *extra,
+    )
 
 
 # ------------------------------------------------------------------------------------- bad data (items 1, 6, 13)
@@ -79,8 +96,11 @@ def _train_cli(dataset: Path, run: Path, *extra: str) -> int:
 def test_nonfinite_column_is_one_line_naming_episode_and_frame(column, value, dataset, tmp_path, capsys):
     root = _copy(dataset, tmp_path)
     # global frame 11 = episode 1, frame 3 (two episodes of 8 frames)
-    _edit_column(root, column, lambda rows: [[value if (i == 11 and d == 2) else x for d, x in enumerate(r)]
-                                             for i, r in enumerate(rows)])  # fmt: skip
+    _edit_column(
+        root,
+        column,
+        lambda rows: [[value if (i == 11 and d == 2) else x for d, x in enumerate(r)] for i, r in enumerate(rows)],
+    )
     assert _train_cli(root, tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert f"column {column!r}" in err and "episode 1, frame 3" in err and "Traceback" not in err
@@ -274,7 +294,8 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_is_exact(dataset, referen
     monkeypatch.undo()
     train_quiet(cfg, dataset, tmp_path / "run", resume=True)
     assert same_weights(
-        checkpoint_weights(ckpt_lib.latest_checkpoint(tmp_path / "run")), checkpoint_weights(reference / "checkpoints/000006")
+        checkpoint_weights(ckpt_lib.latest_checkpoint(tmp_path / "run")),
+        checkpoint_weights(reference / "checkpoints/000006"),
     )
 
 
@@ -309,7 +330,9 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(what, dataset, refe
     with pytest.warns(CheckpointSkippedWarning, match="000004"):
         summary = train_quiet(cfg, dataset, run, resume=True)
     assert summary["start_step"] == 2
-    assert same_weights(checkpoint_weights(run / "checkpoints" / "000006"), checkpoint_weights(reference / "checkpoints/000006"))
+    assert same_weights(
+        checkpoint_weights(run / "checkpoints" / "000006"), checkpoint_weights(reference / "checkpoints/000006")
+    )
 
 
 def test_serve_and_cli_name_a_damaged_checkpoint_in_one_line(dataset, tmp_path, capsys):
@@ -340,7 +363,9 @@ def test_disk_full_during_checkpoint_write(dataset, reference, tmp_path, monkeyp
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002", "last", "last.txt"]  # no *.tmp
     assert ckpt_lib.latest_checkpoint(run).name == "000002"
     train_quiet(cfg, dataset, run, resume=True)  # space freed
-    assert same_weights(checkpoint_weights(run / "checkpoints" / "000006"), checkpoint_weights(reference / "checkpoints/000006"))
+    assert same_weights(
+        checkpoint_weights(run / "checkpoints" / "000006"), checkpoint_weights(reference / "checkpoints/000006")
+    )
 
 
 # --------------------------------------------------------------------------------- extending a run (11)
@@ -358,7 +383,9 @@ def test_extending_a_finished_run(dataset, reference, tmp_path):
     train_quiet(ext, dataset, tmp_path / "b", resume=True)
     a, b = (checkpoint_weights(ckpt_lib.latest_checkpoint(tmp_path / n)) for n in "ab")
     assert same_weights(a, b) and not same_weights(a, checkpoint_weights(reference / "checkpoints/000006"))
-    assert same_weights(checkpoint_weights(tmp_path / "a/checkpoints/000006"), checkpoint_weights(reference / "checkpoints/000006"))
+    assert same_weights(
+        checkpoint_weights(tmp_path / "a/checkpoints/000006"), checkpoint_weights(reference / "checkpoints/000006")
+    )
     rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
     assert [r["step"] for r in rows] == list(range(1, 10))
     base = _cfg(6)

@@ -82,8 +82,9 @@ def test_lazy_samples_equal_the_eager_path_bit_for_bit(root, augment):
 
 def test_ddp_rank_decodes_only_its_shard(root, decoded_rows):
     ds = VLADataset(root, chunk_size=2, cameras=list(CAMS[:1]), next_frame=False)
-    rank_batches = [ResumableBatchSampler(len(ds), 8, seed=0, rank=r, world_size=2).batch(c) for r in (0, 1)
-                    for c in range(2)]  # fmt: skip
+    rank_batches = [
+        ResumableBatchSampler(len(ds), 8, seed=0, rank=r, world_size=2).batch(c) for r in (0, 1) for c in range(2)
+    ]
     mine = [i for batch in rank_batches[:2] for i in batch]
     for i in mine:  # rank 0's first two micro-batches
         ds[i]

@@ -22,8 +22,18 @@ from safetensors.torch import load_file
 from latentvla.config import apply_overrides, get_preset, use_backbone
 
 # I (steps 1-2), II-1..II-3 (3-5), III (6-7): the kill comes right after the stage-I checkpoint 000002
-COMMON = ["steps=7", "batch_size=4", "log_every=1", "save_every=2", "num_workers=0", "policy.horizon=4",
-          "augment=false", "parallel=fsdp", "keep_last=10", "policy.curriculum.fractions=2,1,1,1,2"]  # fmt: skip
+COMMON = [
+    "steps=7",
+    "batch_size=4",
+    "log_every=1",
+    "save_every=2",
+    "num_workers=0",
+    "policy.horizon=4",
+    "augment=false",
+    "parallel=fsdp",
+    "keep_last=10",
+    "policy.curriculum.fractions=2,1,1,1,2",
+]
 KILL_AT = 2  # 0-based step index: the processes die at the start of the 3rd step (stage II-1)
 
 
@@ -36,8 +46,9 @@ def _free_port() -> int:
 def _worker(
     rank: int, world: int, port: int, cfg, dataset: str, run: str, resume: bool, kill_at: int | None
 ) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from latentvla.train import loop
 

@@ -85,8 +85,13 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
     to_device = loop.to_device
     loop.to_device = lambda batch, device: (at_micro_start.append(len(reduced)), to_device(batch, device))[1]
     stage = next(s for s in cfg.policy.curriculum.stages() if s.train_head)  # stage III: everything trains
-    data = VLADataset(dataset, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras),
-                      normalizer=make_normalizer(reader), augment=False)  # fmt: skip
+    data = VLADataset(
+        dataset,
+        chunk_size=cfg.policy.horizon,
+        cameras=list(cfg.policy.cameras),
+        normalizer=make_normalizer(reader),
+        augment=False,
+    )
     full = next(iter(torch.utils.data.DataLoader(data, batch_size=8, shuffle=False)))
 
     def cut(b: dict, i: int, n: int) -> dict:
@@ -98,8 +103,16 @@ def _worker(rank: int, port: int, cfg, dataset: str) -> None:  # noqa: PLR0915 -
     for batches in ([mine], [cut(mine, 0, 2), cut(mine, 2, 2)]):
         loss_module.zero_grad(set_to_none=True)
         reduced.clear(), at_micro_start.clear()
-        loop.accumulate_gradients(loss_module, iter(batches), stage, len(batches), torch.device("cpu"), autocast,
-                                  defaultdict(list), step=5)  # fmt: skip
+        loop.accumulate_gradients(
+            loss_module,
+            iter(batches),
+            stage,
+            len(batches),
+            torch.device("cpu"),
+            autocast,
+            defaultdict(list),
+            step=5,
+        )
         units.append(set(reduced))
         assert all(p.grad is not None for p in model.head.parameters())
     assert seen["block_input"] and set(seen["block_input"]) == {torch.bfloat16}  # the policy is applied ...

@@ -24,8 +24,18 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-COMMON = ["steps=6", "batch_size=2", "save_every=6", "log_every=1", "num_workers=0", "augment=false",
-          "policy.horizon=4", "policy.image_size=32", f"device={DEVICE}", "bf16=true"]  # fmt: skip
+COMMON = [
+    "steps=6",
+    "batch_size=2",
+    "save_every=6",
+    "log_every=1",
+    "num_workers=0",
+    "augment=false",
+    "policy.horizon=4",
+    "policy.image_size=32",
+    f"device={DEVICE}",
+    "bf16=true",
+]
 TINY_PRESETS = ("lara", "lara-explicit", "lara-latent-text", "lara-no-cot", "ecot", "rdvla", "lara-rd", "bc")
 
 
@@ -79,9 +89,27 @@ def test_paper_presets_train_in_bf16_on_tiny_transformers_models(preset, tiny_hf
 
 def test_fsdp2_through_torchrun_on_one_gpu(synthetic_dataset, tmp_path):
     run = tmp_path / "fsdp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
-           "latentvla.cli", "train", "--preset", "lara", "--size", "micro", "--dataset", str(synthetic_dataset),
-           "--out", str(run), "--fsdp", "--no-progress", *COMMON]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "latentvla.cli",
+        "train",
+        "--preset",
+        "lara",
+        "--size",
+        "micro",
+        "--dataset",
+        str(synthetic_dataset),
+        "--out",
+        str(run),
+        "--fsdp",
+        "--no-progress",
+        *COMMON,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     cfg = json.loads((run / "checkpoints" / "last" / "config.json").read_text())
@@ -98,8 +126,9 @@ def rd_ckpt(tmp_path_factory):
     stats = {"mean": 0 * one, "std": one, "min": -one, "max": one, "q01": -one, "q99": one, "count": np.array([9])}
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("rdvla")
-    Policy(get_preset("rdvla").policy, Normalizer({"observation.state": stats, "action": stats})
-                       ).save_pretrained(path)  # fmt: skip
+    Policy(get_preset("rdvla").policy, Normalizer({"observation.state": stats, "action": stats})).save_pretrained(
+        path
+    )
     return str(path)
 
 
@@ -107,8 +136,17 @@ def rd_ckpt(tmp_path_factory):
 def test_one_metaworld_episode_with_the_policy_on_the_gpu(rd_ckpt, tmp_path):
     from latentvla.eval.evaluate import evaluate
 
-    info = evaluate(rd_ckpt, "reach", 1, seed=0, max_steps=8, workers=1, progress=False, device=DEVICE,
-                    out_dir=tmp_path / "eval")  # fmt: skip
+    info = evaluate(
+        rd_ckpt,
+        "reach",
+        1,
+        seed=0,
+        max_steps=8,
+        workers=1,
+        progress=False,
+        device=DEVICE,
+        out_dir=tmp_path / "eval",
+    )
     (ep,) = info["episodes"]
     assert ep["length"] == 8 and len(ep["latencies_ms"]) == 2
     assert info["config"]["device"] == DEVICE and (tmp_path / "eval" / "episodes.jsonl").is_file()

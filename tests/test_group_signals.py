@@ -33,11 +33,33 @@ def _env() -> dict:
 def _signal_group_mid_run(dataset: Path, run: Path, sig: int, *extra: str) -> tuple[int, str]:
     """Start `latentvla train` (DataLoader workers on) in its own process group, signal the group once two steps
     are logged, and return (exit code, stderr) after checking that no process of the group is left."""
-    argv = [sys.executable, "-m", "latentvla.cli", "train", "--preset", "lara", "--size", "micro",
-            "--dataset", str(dataset), "--out", str(run), "--steps", str(STEPS), "--batch-size", "2",
-            "--no-progress", "num_workers=1", "policy.horizon=4", "save_every=1000", "log_every=1", *extra]  # fmt: skip
-    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "latentvla.cli",
+        "train",
+        "--preset",
+        "lara",
+        "--size",
+        "micro",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(run),
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "num_workers=1",
+        "policy.horizon=4",
+        "save_every=1000",
+        "log_every=1",
+        *extra,
+    ]
+    proc = subprocess.Popen(
+        argv, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     metrics, deadline = run / "metrics.jsonl", time.monotonic() + 300
     try:
         while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):

@@ -59,10 +59,27 @@ def test_recurrent_cached_equals_uncached_inference(r):
     runs = {}
     for cache in (True, False):
         with torch.no_grad():
-            fixed = head(pl, lc, vc, st, prelude_vision_context=pv, num_iterations=r, cache_context=cache,
-                         generator=torch.Generator().manual_seed(1))  # fmt: skip
-        halted = head(pl, lc, vc, st, prelude_vision_context=pv, num_iterations=r, cache_context=cache,
-                      halting=MSEConvergence(delta=1.2e-3), generator=torch.Generator().manual_seed(1))  # fmt: skip
+            fixed = head(
+                pl,
+                lc,
+                vc,
+                st,
+                prelude_vision_context=pv,
+                num_iterations=r,
+                cache_context=cache,
+                generator=torch.Generator().manual_seed(1),
+            )
+        halted = head(
+            pl,
+            lc,
+            vc,
+            st,
+            prelude_vision_context=pv,
+            num_iterations=r,
+            cache_context=cache,
+            halting=MSEConvergence(delta=1.2e-3),
+            generator=torch.Generator().manual_seed(1),
+        )
         runs[cache] = (fixed, halted)
     for a, b in zip(runs[True], runs[False], strict=True):
         torch.testing.assert_close(a.actions, b.actions, atol=1e-12, rtol=0)
@@ -82,8 +99,18 @@ def test_recurrent_cached_equals_uncached_gradients_through_tbptt(r):
     for cache in (True, False):
         pl, pv, lc, vc, st, act = (t.clone().requires_grad_(t.dim() == 3) for t in _ctx())
         head.zero_grad(set_to_none=True)
-        loss, out = head.loss(act, pl, lc, vc, st, None, prelude_vision_context=pv, num_iterations=r,
-                              cache_context=cache, generator=torch.Generator().manual_seed(2))  # fmt: skip
+        loss, out = head.loss(
+            act,
+            pl,
+            lc,
+            vc,
+            st,
+            None,
+            prelude_vision_context=pv,
+            num_iterations=r,
+            cache_context=cache,
+            generator=torch.Generator().manual_seed(2),
+        )
         loss.sum().backward()
         grads[cache] = {n: p.grad.clone() for n, p in head.named_parameters()}
         grads[cache].update({f"input{i}": t.grad.clone() for i, t in enumerate((pl, pv, lc, vc))})

@@ -53,7 +53,9 @@ def _policy(tiny, data, family, preset="lara", *overrides, vision=()):
 
 def _backbone(tiny, family, **kw):
     torch.manual_seed(0)
-    shape = {"image_size": 32, "num_action_bins": 8} | {k: kw.pop(k) for k in ("image_size", "num_cameras") if k in kw}
+    shape = {"image_size": 32, "num_action_bins": 8} | {
+        k: kw.pop(k) for k in ("image_size", "num_cameras") if k in kw
+    }
     cfg = BackboneConfig(kind="hf_vlm", hf_path=str(tiny[family]), **kw)
     return build_backbone(cfg, **shape).eval()
 
@@ -61,8 +63,14 @@ def _backbone(tiny, family, **kw):
 def _prefix(bb, n_latent=2, n_img_next=4, n_cam=1):
     imgs = [torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(n_cam)]
     img = bb.encode_images(imgs)
-    seq = build_sequence(bb.tokenizer, ["pick up the block", "open the drawer"], None, n_latent=n_latent,
-                         n_img_next=n_img_next, n_image=img.shape[1])  # fmt: skip
+    seq = build_sequence(
+        bb.tokenizer,
+        ["pick up the block", "open the drawer"],
+        None,
+        n_latent=n_latent,
+        n_img_next=n_img_next,
+        n_image=img.shape[1],
+    )
     embeds = torch.cat([img, bb.embed(seq.input_ids)[:, img.shape[1] :]], 1)
     return seq, embeds
 
@@ -103,8 +111,11 @@ def test_two_camera_prompt_equals_transformers_own_forward(tiny, family):
         )
         embeds = torch.cat([bb.encode_images(images), bb.embed(torch.tensor([text]))], 1)
         T = embeds.shape[1]
-        out = bb(embeds, attention_mask=torch.ones(T, T, dtype=torch.bool).tril()[None],
-                 position_ids=torch.arange(T)[None])  # fmt: skip
+        out = bb(
+            embeds,
+            attention_mask=torch.ones(T, T, dtype=torch.bool).tril()[None],
+            position_ids=torch.arange(T)[None],
+        )
     torch.testing.assert_close(out.hidden, ref.last_hidden_state, atol=1e-5, rtol=1e-4)
 
 
@@ -160,8 +171,9 @@ def test_thought_rescaling_to_token_embedding_rms(tiny):
     with torch.no_grad():  # the rescaled thought is what both forwards feed back
         a, _ = latent_forward(bb, embeds, seq.attention_mask(), seq.position_ids, seq.thinking_cols)
         b, _ = naive_latent_forward(bb, embeds, seq.attention_mask(), seq.position_ids, seq.thinking_cols)
-        c, _ = latent_forward(_backbone(tiny, "qwen2_5_vl"), embeds, seq.attention_mask(), seq.position_ids,
-                              seq.thinking_cols)  # fmt: skip
+        c, _ = latent_forward(
+            _backbone(tiny, "qwen2_5_vl"), embeds, seq.attention_mask(), seq.position_ids, seq.thinking_cols
+        )
     torch.testing.assert_close(a.hidden, b.hidden, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(a.hidden, c.hidden)  # ... and it changes the result
 
@@ -169,9 +181,14 @@ def test_thought_rescaling_to_token_embedding_rms(tiny):
 # ---- LatentVLA on the VLMs -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "family,preset",
-    [("qwen2_5_vl", "lara"), ("qwen2_5_vl", "rdvla"), ("qwen3_vl", "lara-rd"), ("smolvlm", "lara"),
-     ("paligemma", "rdvla")],
-)  # fmt: skip
+    [
+        ("qwen2_5_vl", "lara"),
+        ("qwen2_5_vl", "rdvla"),
+        ("qwen3_vl", "lara-rd"),
+        ("smolvlm", "lara"),
+        ("paligemma", "rdvla"),
+    ],
+)
 def test_every_stage_trains_and_checkpoint_round_trips(tiny, data, tmp_path, family, preset):
     policy = _policy(tiny, data, family, preset)
     batch = data[2]
@@ -208,8 +225,9 @@ def test_visual_target_at_its_own_resolution_is_the_ema_towers_4x4_grid(tiny, da
     """LaRA: the next frame at 112 px through the EMA Qwen tower + merger = 4 x 4 tokens = the 16 targets."""
     policy = _policy(tiny, data, "qwen2_5_vl", "lara", "policy.target_image_size=112")
     frames = torch.rand(2, 3, 32, 32)
-    tokens = policy.model.ema_vision(torch.nn.functional.interpolate(frames, size=(112, 112), mode="bilinear",
-                                                                     antialias=True))  # fmt: skip
+    tokens = policy.model.ema_vision(
+        torch.nn.functional.interpolate(frames, size=(112, 112), mode="bilinear", antialias=True)
+    )
     assert tokens.shape[1] == 16
     torch.testing.assert_close(policy.model._visual_targets(frames), tokens)
 
@@ -248,8 +266,9 @@ def test_lora_trains_adapters_only_and_adapter_checkpoint_round_trips(tiny, data
     policy.save_merged(tmp_path / "merged")
     merged = Policy.from_pretrained(tmp_path / "merged")
     assert merged.config.backbone.lora.rank == 0
-    torch.testing.assert_close(merged.model.sample_actions(data[2], generator=g()).actions, out.actions,
-                               atol=1e-5, rtol=1e-4)  # fmt: skip
+    torch.testing.assert_close(
+        merged.model.sample_actions(data[2], generator=g()).actions, out.actions, atol=1e-5, rtol=1e-4
+    )
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny, data):
@@ -286,8 +305,11 @@ def test_one_call_through_the_policy_server(tiny, data, tmp_path):
     server = PolicyServer(policy, "127.0.0.1", 0)
     port = server.start_in_thread()
     try:
-        obs = {f"{OBS_IMAGES}.corner4": np.zeros((32, 32, 3), np.uint8), OBS_STATE: np.zeros(4, np.float32),
-               TASK: "press the button"}  # fmt: skip
+        obs = {
+            f"{OBS_IMAGES}.corner4": np.zeros((32, 32, 3), np.uint8),
+            OBS_STATE: np.zeros(4, np.float32),
+            TASK: "press the button",
+        }
         with WebsocketPolicyClient("127.0.0.1", port, timeout=60) as client:
             reply = client.infer(obs)
     finally:
@@ -309,8 +331,23 @@ def test_cli_train_on_a_saved_qwen25vl_then_bench_latency(tiny, data, tmp_path, 
     from latentvla.cli import main
 
     run = tmp_path / "run"
-    argv = ["train", "--preset", preset, "--backbone", str(tiny["qwen2_5_vl"]), "--dataset", str(data[0]),
-            "--out", str(run), "--steps", "8", "--batch-size", "2", "--no-progress", "policy.horizon=4"]  # fmt: skip
+    argv = [
+        "train",
+        "--preset",
+        preset,
+        "--backbone",
+        str(tiny["qwen2_5_vl"]),
+        "--dataset",
+        str(data[0]),
+        "--out",
+        str(run),
+        "--steps",
+        "8",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "policy.horizon=4",
+    ]
     assert main(argv) == 0
     assert Policy.from_pretrained(run).config.backbone.kind == "hf_vlm"
     capsys.readouterr()
@@ -352,8 +389,25 @@ def test_bench_memory_from_configs_alone(tiny, tmp_path, capsys):
     vlm = transformers.AutoModelForImageTextToText.from_pretrained(tiny["qwen2_5_vl"])
     new_rows = (8 + get_preset("rdvla").policy.num_action_bins) * 64 * 2  # embeddings + untied lm_head
     assert lora.params - lora.trainable == sum(p.numel() for p in vlm.parameters()) + new_rows  # base frozen
-    assert main(["bench", "memory", "--preset", "rdvla", "--backbone", str(cfg_only), "--lora", "8", "--fsdp", "2",
-                 "--batch-size", "4"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "bench",
+                "memory",
+                "--preset",
+                "rdvla",
+                "--backbone",
+                str(cfg_only),
+                "--lora",
+                "8",
+                "--fsdp",
+                "2",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| trainable parameters |" in out and "2 x fsdp" in out
 

@@ -118,9 +118,28 @@ def test_train_rdvla_from_hub_ids_offline_then_reload_from_the_pinned_ids(tmp_pa
     cache_model("tiny-org2/dinov2", lambda d: save_tiny("dinov2", d), commit="f" * 40)
     shutil.copytree(synthetic_dataset, tmp_path / "lerobot_home" / "lerobot" / "tiny")
     run = tmp_path / "run"
-    argv = ["train", "--preset", "rdvla", "--size", "micro", "--backbone", "tiny-org/qwen2", "--vision",
-            "tiny-org2/dinov2", "--dataset", "lerobot/tiny", "--out", str(run), "--steps", "2", "--batch-size",
-            "2", "--no-progress", "policy.image_size=32", "policy.horizon=4"]  # fmt: skip
+    argv = [
+        "train",
+        "--preset",
+        "rdvla",
+        "--size",
+        "micro",
+        "--backbone",
+        "tiny-org/qwen2",
+        "--vision",
+        "tiny-org2/dinov2",
+        "--dataset",
+        "lerobot/tiny",
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "policy.image_size=32",
+        "policy.horizon=4",
+    ]
     assert main(argv) == 0
     policy = Policy.from_pretrained(run)
     bb = policy.config.backbone

@@ -25,19 +25,34 @@ CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.261302
 PROCESSORS = {
     # Qwen/Qwen3-VL-4B-Instruct: patch 16, merge 2, temporal 2, size {shortest_edge 65536, longest_edge 16777216}
     "qwen3_vl": lambda: tf.Qwen2VLImageProcessorPil(
-        patch_size=16, merge_size=2, temporal_patch_size=2, size={"shortest_edge": 65536, "longest_edge": 16777216},
-        image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        patch_size=16,
+        merge_size=2,
+        temporal_patch_size=2,
+        size={"shortest_edge": 65536, "longest_edge": 16777216},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    ),
     # Qwen/Qwen2.5-VL-3B-Instruct: patch 14, min_pixels 3136, max_pixels 12845056, CLIP mean / std
     "qwen2_5_vl": lambda: tf.Qwen2VLImageProcessorPil(
-        patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=3136, max_pixels=12845056,
-        image_mean=CLIP_MEAN, image_std=CLIP_STD),
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=3136,
+        max_pixels=12845056,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    ),
     # google/siglip-so400m-patch14-224 and google/paligemma-3b-pt-224: 224 x 224 bicubic, mean / std 0.5
     "siglip": lambda: tf.SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=3),
     # facebook/dinov2-large: BiT processor, shortest edge 256 bicubic, centre crop 224, ImageNet mean / std
     "dinov2": lambda: tf.BitImageProcessorPil(
-        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
-        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
-}  # fmt: skip
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ),
+}
 
 
 def _images(size: int, seed: int, quantised: bool) -> torch.Tensor:
@@ -105,8 +120,11 @@ def test_hf_backbone_never_calls_the_pil_processor_in_training(tmp_path):
     from latentvla.models.backbones import BackboneConfig, build_backbone
     from latentvla.testing.tiny_hf import save_tiny
 
-    bb = build_backbone(BackboneConfig(kind="hf_vlm", hf_path=str(save_tiny("qwen3_vl", tmp_path / "q"))),
-                        num_action_bins=8, image_size=32)  # fmt: skip
+    bb = build_backbone(
+        BackboneConfig(kind="hf_vlm", hf_path=str(save_tiny("qwen3_vl", tmp_path / "q"))),
+        num_action_bins=8,
+        image_size=32,
+    )
     x = _images(32, 1, False)
     ref = bb.vision.processor(images=list(x), do_rescale=False, return_tensors="pt")
 

@@ -175,7 +175,9 @@ def test_no_cycle_among_module_level_imports():
 def test_no_function_level_import_hides_a_cycle():
     edges = import_edges(SRC)
     found = [c for c in cycles(edges, lazy=True) if frozenset(c) not in KNOWN_LAZY_CYCLES]
-    assert not found, _report(found, edges, lazy=True) + "\n(a function-level import that closes a cycle only hides it)"
+    assert not found, (
+        _report(found, edges, lazy=True) + "\n(a function-level import that closes a cycle only hides it)"
+    )
 
 
 def test_the_data_layer_has_no_cycle_at_all():
@@ -196,16 +198,19 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_finds_module_level_lazy_and_relative_cycles(tmp_path):
-    src = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "from pkg import b\n",
-        "pkg/b.py": "import os\n\ndef f():\n    from pkg.a import thing\n",
-        "pkg/sub/__init__.py": "from .c import C\n",
-        "pkg/sub/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import d\nC = 1\n",
-        "pkg/sub/d.py": "from . import c\nfrom ..a import x\n",
-        "pkg/e.py": "import pkg.f\n",
-        "pkg/f.py": "import pkg.e as e\n",
-    })  # fmt: skip
+    src = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "from pkg import b\n",
+            "pkg/b.py": "import os\n\ndef f():\n    from pkg.a import thing\n",
+            "pkg/sub/__init__.py": "from .c import C\n",
+            "pkg/sub/c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.sub import d\nC = 1\n",
+            "pkg/sub/d.py": "from . import c\nfrom ..a import x\n",
+            "pkg/e.py": "import pkg.f\n",
+            "pkg/f.py": "import pkg.e as e\n",
+        },
+    )
     edges = import_edges(src)
     assert {e.target for e in edges["pkg.sub.d"]} == {"pkg.sub.c", "pkg.a"}  # relative imports resolved
     assert edges["pkg.sub.c"] == []  # TYPE_CHECKING imports are not edges

@@ -20,19 +20,33 @@ LENGTH = 12
 
 def _write_lara_files(folder, length=LENGTH):
     folder.mkdir(parents=True, exist_ok=True)
-    steps = {str(t): {"subtask": "reach the alphabet soup" if t < 6 else "put it in the basket",
-                      "reasoning": f"the robot moves down step {t}", "gripper_state": int(t < 6)}
-             for t in range(length) if t != 3}  # fmt: skip
+    steps = {
+        str(t): {
+            "subtask": "reach the alphabet soup" if t < 6 else "put it in the basket",
+            "reasoning": f"the robot moves down step {t}",
+            "gripper_state": int(t < 6),
+        }
+        for t in range(length)
+        if t != 3
+    }
     steps["4"] = {"subtask": "", "reasoning": "", "gripper_state": 1}  # empty: no annotation (LaRA's loader)
-    cot = [{"episode_index": 0, "steps": steps},
-           {"episode_index": 7, "steps": {"0": {"subtask": "not in this dataset", "reasoning": "x"}}}]  # fmt: skip
+    cot = [
+        {"episode_index": 0, "steps": steps},
+        {"episode_index": 7, "steps": {"0": {"subtask": "not in this dataset", "reasoning": "x"}}},
+    ]
     boxes = [[0.1 + 0.01 * t, 0.2, 0.35, 0.5] for t in range(length)]
     boxes[2] = None  # not detected
     scores = [0.9] * length
     scores[2] = None
-    bbox = [{"episode_index": 0, "num_steps": length, "dense_labels": {"active_bbox": boxes,
-             "active_bbox2": [None] * length}, "dense_scores": scores},
-            {"episode_index": 1, "num_steps": length, "dense_labels": {"active_bbox": [[0.0, 0.0, 1.0, 1.0]]}}]  # fmt: skip
+    bbox = [
+        {
+            "episode_index": 0,
+            "num_steps": length,
+            "dense_labels": {"active_bbox": boxes, "active_bbox2": [None] * length},
+            "dense_scores": scores,
+        },
+        {"episode_index": 1, "num_steps": length, "dense_labels": {"active_bbox": [[0.0, 0.0, 1.0, 1.0]]}},
+    ]
     (folder / COT_FILE).write_text("\n".join(json.dumps(x) for x in cot) + "\n\n")
     (folder / BBOX_FILE).write_text("\n".join(json.dumps(x) for x in bbox) + "\n")
 
@@ -71,9 +85,12 @@ def test_loader_reads_the_released_format(tmp_path):
 
 @pytest.mark.parametrize(
     ("line", "message"),
-    [("{not json", "episode_index"), ('{"steps": {}}', "episode_index"),
-     ('{"episode_index": 0, "steps": {"a": {"subtask": "x"}}}', "not a frame index")],
-)  # fmt: skip
+    [
+        ("{not json", "episode_index"),
+        ('{"steps": {}}', "episode_index"),
+        ('{"episode_index": 0, "steps": {"a": {"subtask": "x"}}}', "not a frame index"),
+    ],
+)
 def test_malformed_cot_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / COT_FILE
     path.write_text('{"episode_index": 1, "steps": {}}\n' + line + "\n")

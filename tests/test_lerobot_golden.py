@@ -65,7 +65,9 @@ def digest(root: Path) -> dict[str, str]:
 
 
 def test_png_dataset_matches_the_golden_digests(tmp_path):
-    root = write_synthetic_dataset(tmp_path / "png", num_episodes=3, length=5, image_size=8, cameras=("corner4", "top"))
+    root = write_synthetic_dataset(
+        tmp_path / "png", num_episodes=3, length=5, image_size=8, cameras=("corner4", "top")
+    )
     assert digest(root) == GOLDEN["png"]
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["features"]["observation.state"]["names"] == ["hand_x", "hand_y", "hand_z", "gripper"]

@@ -111,11 +111,50 @@ def test_synthetic_libero_dataset_annotate_train_eval(tmp_path):
     ep = LeRobotDatasetReader(data).episode(0)
     assert "carry the alphabet soup to the basket" in ep[K.COT_SUBTASK]  # object and goal from the instruction
     run = tmp_path / "run"
-    assert cli(["train", "--preset", "rdvla", "--dataset", str(data), "--out", str(run), "--steps", "2",
-                "policy.cameras=image,image2", "batch_size=2", "save_every=2", "log_every=1"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "train",
+                "--preset",
+                "rdvla",
+                "--dataset",
+                str(data),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "policy.cameras=image,image2",
+                "batch_size=2",
+                "save_every=2",
+                "log_every=1",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "eval"
-    assert cli(["eval", str(run), "--env", "libero", "--tasks", "libero_object:0", "--episodes", "1",
-                "--max-steps", "6", "--workers", "1", "--video", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                str(run),
+                "--env",
+                "libero",
+                "--tasks",
+                "libero_object:0",
+                "--episodes",
+                "1",
+                "--max-steps",
+                "6",
+                "--workers",
+                "1",
+                "--video",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     info = json.loads((out / "eval_info.json").read_text())
     (task,) = info["per_task"]
     assert task["task_group"] == "libero_object" and task["metrics"]["lengths"] == [6]
@@ -126,7 +165,27 @@ def test_synthetic_libero_dataset_annotate_train_eval(tmp_path):
     assert any(v.endswith(".gif") for v in info["video_paths"])
     # the pool: env processes send their (lazily rendered) observations to the one policy process at query steps
     pooled = tmp_path / "eval_pool"
-    assert cli(["eval", str(run), "--env", "libero", "--tasks", "libero_object:0", "--episodes", "2",
-                "--max-steps", "6", "--workers", "2", "--quiet", "--out", str(pooled)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                str(run),
+                "--env",
+                "libero",
+                "--tasks",
+                "libero_object:0",
+                "--episodes",
+                "2",
+                "--max-steps",
+                "6",
+                "--workers",
+                "2",
+                "--quiet",
+                "--out",
+                str(pooled),
+            ]
+        )
+        == 0
+    )
     (task,) = json.loads((pooled / "eval_info.json").read_text())["per_task"]
     assert task["metrics"]["lengths"] == [6, 6] and task["metrics"]["n_calls"] == 2

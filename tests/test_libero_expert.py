@@ -59,8 +59,9 @@ def test_annotation_takes_segments_from_recorded_expert_phases():
     grip = np.ones(t)  # the gripper never closes: without phases this would be an "approach"-only episode
     phase = np.repeat([0, 1, 2, 3], 3).astype(np.float32)[:, None]
     ep = {K.PRIV_EE_POS: ee, K.PRIV_GRIPPER: grip[:, None], K.PRIV_PHASE: phase, K.ACTION: np.zeros((t, 7))}
-    cols = A.annotate_episode(ep, task_name=None, instruction="pick up the ketchup and place it in the basket",
-                              box_source=None)  # fmt: skip
+    cols = A.annotate_episode(
+        ep, task_name=None, instruction="pick up the ketchup and place it in the basket", box_source=None
+    )
     assert cols[K.COT_SEGMENT] == ["approach"] * 3 + ["grasp"] * 3 + ["lift"] * 3 + ["transport"] * 3
     assert cols[K.COT_SUBTASK][6] == "lift the ketchup"
     assert cols[K.COT_TEXT][0].startswith("Subtask: move toward the ketchup. BBox: none. Reasoning: globally move")
@@ -113,8 +114,15 @@ def test_a_policy_executing_chunks_renders_once_per_chunk_with_the_same_actions(
 
     torch.manual_seed(0)
     cfg = get_preset("rdvla").policy
-    stats = {"mean": np.zeros(4), "std": np.ones(4), "min": -np.ones(4), "max": np.ones(4), "q01": -np.ones(4),
-             "q99": np.ones(4), "count": np.array([100])}  # fmt: skip
+    stats = {
+        "mean": np.zeros(4),
+        "std": np.ones(4),
+        "min": -np.ones(4),
+        "max": np.ones(4),
+        "q01": -np.ones(4),
+        "q99": np.ones(4),
+        "count": np.array([100]),
+    }
     policy = Policy(cfg, Normalizer({K.OBS_STATE: stats, K.ACTION: stats}))
     policy.set_execution(f"fixed:{cfg.horizon}")
     keys = [f"{K.OBS_IMAGES}.{c}" for c in cfg.cameras]
@@ -132,8 +140,11 @@ def test_a_policy_executing_chunks_renders_once_per_chunk_with_the_same_actions(
                 self.renders += 1
                 return np.full((cfg.image_size, cfg.image_size, 3), int(abs(state[0]) * 1e3) % 255, np.uint8)
 
-            return LazyObservation({K.OBS_STATE: state, K.TASK: self.instruction}, dict.fromkeys(keys, render),
-                                   lambda: self.frame == frame)  # fmt: skip
+            return LazyObservation(
+                {K.OBS_STATE: state, K.TASK: self.instruction},
+                dict.fromkeys(keys, render),
+                lambda: self.frame == frame,
+            )
 
         def reset(self, *, episode, split="eval", seed=0):
             self.state, self.frame = np.full(4, 0.1 * episode, np.float32), self.frame + 1
@@ -146,15 +157,17 @@ def test_a_policy_executing_chunks_renders_once_per_chunk_with_the_same_actions(
         def close(self):
             pass
 
-    protocol = EvalProtocol(name="t", episodes=1, seed=0, max_steps=20, init="-", warmup_steps=3,
-                            warmup_action=(0.0, 0.0, 0.0, -1.0))  # fmt: skip
+    protocol = EvalProtocol(
+        name="t", episodes=1, seed=0, max_steps=20, init="-", warmup_steps=3, warmup_action=(0.0, 0.0, 0.0, -1.0)
+    )
     settings = EvalSettings(run_dir=str(tmp_path))
     runs = []
     for video in (False, True):
         env = Env()
         agent = PolicyAgent(policy, settings, torch_seed=3)
-        result = run_episode(SimEpisode(env, 1, 0, protocol, "none"), agent, 20,
-                             [FrameRecorder(keys[0])] if video else [])  # fmt: skip
+        result = run_episode(
+            SimEpisode(env, 1, 0, protocol, "none"), agent, 20, [FrameRecorder(keys[0])] if video else []
+        )
         runs.append((env.renders, len(result.latencies_ms), env.state.copy()))
     (lazy_renders, calls, lazy_end), (all_renders, _, all_end) = runs
     assert calls == -(-20 // cfg.horizon) and lazy_renders == calls * len(keys)
@@ -272,8 +285,21 @@ def test_collect_libero_writes_an_annotated_dataset_from_fresh_placements(libero
 
     L = libero
     out = tmp_path / "ds"
-    argv = ["collect", "--env", "libero", "--tasks", "libero_object:0", "--episodes-per-task", "1",
-            "--image-size", "32", "--seed", "5", "--out", str(out)]  # fmt: skip
+    argv = [
+        "collect",
+        "--env",
+        "libero",
+        "--tasks",
+        "libero_object:0",
+        "--episodes-per-task",
+        "1",
+        "--image-size",
+        "32",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     reader = LeRobotDatasetReader(out)
     info = json.loads((out / "meta" / "info.json").read_text())
@@ -359,8 +385,12 @@ def test_soft_reset_rolls_out_like_a_hard_reset_whatever_ran_before(libero):
         for _ in range(15):
             env.step(close)  # leaves the gripper command at "closed"
         soft = roll(env.env, env.step, lambda: env.reset(episode=2, split="eval", seed=7))
-        hard = OffScreenRenderEnv(bddl_file_name=env.env.env.bddl_file_name, camera_heights=32, camera_widths=32,
-                                  camera_names=["agentview"])  # fmt: skip
+        hard = OffScreenRenderEnv(
+            bddl_file_name=env.env.env.bddl_file_name,
+            camera_heights=32,
+            camera_widths=32,
+            camera_names=["agentview"],
+        )
 
         def hard_reset():
             hard.seed(7)

@@ -105,9 +105,13 @@ def _segmentation_box(env, camera):
 @sim
 @pytest.mark.parametrize(
     ("task", "camera"),
-    [("pick-place", "corner4"), ("peg-insert-side", "corner2"), ("button-press-topdown", "corner4"),
-     ("button-press-topdown", "gripperPOV")],  # the last: out of view in both
-)  # fmt: skip
+    [
+        ("pick-place", "corner4"),
+        ("peg-insert-side", "corner2"),
+        ("button-press-topdown", "corner4"),
+        ("button-press-topdown", "gripperPOV"),
+    ],  # the last: out of view in both
+)
 def test_projected_box_matches_segmentation(task, camera):
     pytest.importorskip("metaworld")
     from latentvla.data.boxes import ProjectedGeometryBoxes

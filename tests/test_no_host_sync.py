@@ -24,8 +24,14 @@ from latentvla.train.logging import MetricsLogger, read_metrics
 from policy_helpers import policy_and_batches
 from sync_counter import SyncCounter
 
-COMMON = ["batch_size=2", "grad_accum=2", "num_workers=0", "save_every=1000", "policy.horizon=4",
-          "policy.image_size=32"]  # fmt: skip
+COMMON = [
+    "batch_size=2",
+    "grad_accum=2",
+    "num_workers=0",
+    "save_every=1000",
+    "policy.horizon=4",
+    "policy.image_size=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +120,13 @@ def _main_token_losses(self, hidden, seq):
 
 def _main_compose_cot(batch, components, index):
     """`compose_cot` as it was on main: the box read back from the batch tensors per sample."""
-    return format_cot(batch[COT_SUBTASK][index], batch[COT_BBOX][index].tolist(),
-                      bool(batch[COT_BBOX_VISIBLE][index]), batch[COT_REASONING][index], components)  # fmt: skip
+    return format_cot(
+        batch[COT_SUBTASK][index],
+        batch[COT_BBOX][index].tolist(),
+        bool(batch[COT_BBOX_VISIBLE][index]),
+        batch[COT_REASONING][index],
+        components,
+    )
 
 
 def _loss_and_grads(model, batch, stage):
@@ -225,8 +236,9 @@ def test_deepstack_by_index_equals_transformers_boolean_mask(data, tmp_path):
     from latentvla.testing.tiny_hf import save_tiny
 
     path = save_tiny("qwen3_vl", tmp_path / "qwen3_vl")
-    policy, (batch,) = policy_and_batches(*data, "lara", "policy.num_action_bins=8", indices=((0, 9),),
-                                          cfg_fn=lambda c: use_backbone(c, str(path)))  # fmt: skip
+    policy, (batch,) = policy_and_batches(
+        *data, "lara", "policy.num_action_bins=8", indices=((0, 9),), cfg_fn=lambda c: use_backbone(c, str(path))
+    )
     model, text = policy.model.train(), policy.model.backbone._text
     for stage in (model.final,):  # Coconut passes, visual latents, the head
         ours = _loss_and_grads(model, batch, stage)

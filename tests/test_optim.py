@@ -62,8 +62,10 @@ class _Toy(nn.Module):
 
 def test_optimizer_groups_betas_and_no_decay():
     toy = _Toy()
-    groups = {"backbone": [toy.embed.weight, toy.query_tokens, *toy.proj.parameters(), *toy.norm.parameters()],
-              "head": list(toy.head.parameters())}  # fmt: skip
+    groups = {
+        "backbone": [toy.embed.weight, toy.query_tokens, *toy.proj.parameters(), *toy.norm.parameters()],
+        "head": list(toy.head.parameters()),
+    }
     opt = build_optimizer(groups, 1e-4, 1e-3, 0.05, no_decay_param_ids(toy))
     by_name = {g["name"]: g for g in opt.param_groups}
     assert set(by_name) == {"backbone/decay", "backbone/no_decay", "head/decay", "head/no_decay"}
@@ -121,8 +123,17 @@ def test_vision_group_has_its_own_base_lr_and_follows_the_backbone_stage_multipl
     class Cfg:
         steps, warmup_frac, min_lr_frac = 10, 0.0, 0.0
 
-    stage = StageSpec(name="III", latent_components=(), explicit_components=(), visual_latents=False,
-                      discrete_actions=False, train_head=True, w_head=1.0, lr_backbone=0.5, lr_head=1.0)  # fmt: skip
+    stage = StageSpec(
+        name="III",
+        latent_components=(),
+        explicit_components=(),
+        visual_latents=False,
+        discrete_actions=False,
+        train_head=True,
+        w_head=1.0,
+        lr_backbone=0.5,
+        lr_head=1.0,
+    )
     lrs = set_lrs(opt, 0, stage, Cfg, [0])
     assert lrs["lr_vision"] == pytest.approx(1.5e-5) and lrs["lr_backbone"] == pytest.approx(5e-6)
 

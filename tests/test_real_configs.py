@@ -69,8 +69,12 @@ def _minivla_encoders(root):
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, patch_size=14)
     dino, sig = root / "dinov2", root / "siglip"
     tf.Dinov2Model(tf.Dinov2Config(image_size=518, **small)).save_pretrained(dino)
-    tf.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
-                            image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(dino)  # fmt: skip
+    tf.BitImageProcessorPil(
+        size={"shortest_edge": 256},
+        crop_size={"height": 224, "width": 224},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(dino)
     tf.SiglipVisionModel(tf.SiglipVisionConfig(image_size=224, **small)).save_pretrained(sig)
     tf.SiglipImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(sig)
     return dino, sig
@@ -85,9 +89,28 @@ def test_dinov2_518_config_fuses_with_siglip_224_and_rdvla_trains_end_to_end(tmp
     lm, _ = _padded_qwen("qwen2", tmp_path / "lm")
     data = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=8, image_size=32)
     run = tmp_path / "run"
-    argv = ["train", "--preset", "rdvla", "--backbone", str(lm), "--vision", str(dino), "--vision", str(sig),
-            "--dataset", str(data), "--out", str(run), "--steps", "2", "--batch-size", "2", "--no-progress",
-            "policy.horizon=4", "policy.backbone.freeze_vision=true"]  # fmt: skip
+    argv = [
+        "train",
+        "--preset",
+        "rdvla",
+        "--backbone",
+        str(lm),
+        "--vision",
+        str(dino),
+        "--vision",
+        str(sig),
+        "--dataset",
+        str(data),
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "policy.horizon=4",
+        "policy.backbone.freeze_vision=true",
+    ]
     assert main(argv) == 0
     vision = Policy.from_pretrained(run).model.backbone.vision
     assert vision.sizes == [224, 224] and vision.num_tokens == 16 * 16  # both at 224 px / patch 14
@@ -107,8 +130,9 @@ def test_dinov2_518_config_fuses_with_siglip_224_and_rdvla_trains_end_to_end(tmp
         (["policy.backbone.dtype=bfloat16", "policy.backbone.lora.rank=4"], 0, ""),  # frozen bf16 base: fine
     ],
 )
-def test_half_precision_training_refused_unless_the_half_weights_are_frozen(tmp_path, capsys, overrides, code,
-                                                                            message):  # fmt: skip
+def test_half_precision_training_refused_unless_the_half_weights_are_frozen(
+    tmp_path, capsys, overrides, code, message
+):
     import json
 
     from latentvla.cli import main
@@ -119,9 +143,25 @@ def test_half_precision_training_refused_unless_the_half_weights_are_frozen(tmp_
     cfg = json.loads((lm / "config.json").read_text())
     (lm / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16"}))  # what `auto` loads (Qwen: bf16)
     data = write_synthetic_dataset(tmp_path / "ds", num_episodes=2, length=8, image_size=32)
-    argv = ["train", "--preset", "rdvla", "--backbone", str(lm), "--dataset", str(data), "--out",
-            str(tmp_path / "run"), "--steps", "1", "--batch-size", "2", "--no-progress", "policy.horizon=4",
-            "policy.image_size=32", *overrides]  # fmt: skip
+    argv = [
+        "train",
+        "--preset",
+        "rdvla",
+        "--backbone",
+        str(lm),
+        "--dataset",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "policy.horizon=4",
+        "policy.image_size=32",
+        *overrides,
+    ]
     capsys.readouterr()
     assert main(argv) == code
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]

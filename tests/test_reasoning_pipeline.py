@@ -44,8 +44,10 @@ def test_checkpoint_records_its_stage_and_acts_as_it(data, tmp_path):
     from latentvla.train.loop import train
 
     root = data[0]
-    cfg = apply_overrides(get_preset("lara", "micro"), ["steps=20", "batch_size=2", "policy.image_size=32",
-                                                        "policy.horizon=4", "log_every=1", "num_workers=0"])  # fmt: skip
+    cfg = apply_overrides(
+        get_preset("lara", "micro"),
+        ["steps=20", "batch_size=2", "policy.image_size=32", "policy.horizon=4", "log_every=1", "num_workers=0"],
+    )
     train(cfg, root, tmp_path / "run", show_progress=False, stop_at=1)  # step 1 of 20: stage I
     raw = json.loads(next((tmp_path / "run" / "checkpoints").glob("0*/config.json")).read_text())
     assert raw["stage"] == "I"
@@ -152,8 +154,10 @@ def test_ema_horizon_follows_the_run_length(data):
                 p.add_(1.0)
         for step in range(total // 4):
             model.on_optimizer_step(step, total)
-        share = [((e - (o)) / (i - o)).mean().item() for e, i, o in
-                 zip(model.ema_vision.parameters(), init, model.backbone.vision.parameters())]  # fmt: skip
+        share = [
+            ((e - (o)) / (i - o)).mean().item()
+            for e, i, o in zip(model.ema_vision.parameters(), init, model.backbone.vision.parameters())
+        ]
         assert low <= float(np.mean(share)) <= high, (horizon, np.mean(share))
 
 
@@ -181,8 +185,14 @@ def test_explicit_path_encodes_images_once_and_continues_the_cache(data, preset)
     prefix = model.embed_prefix(one, Layout())
     from latentvla.models.thinking import generate
 
-    g = generate(model.backbone, prefix.embeds, prefix.mask, prefix.seq.position_ids, max_new_tokens=6,
-                 stop_ids=(tok.eos_id, tok.img_next_id))  # fmt: skip
+    g = generate(
+        model.backbone,
+        prefix.embeds,
+        prefix.mask,
+        prefix.seq.position_ids,
+        max_new_tokens=6,
+        stop_ids=(tok.eos_id, tok.img_next_id),
+    )
     gen_ids = g.tokens[0, : int(g.lengths[0])].tolist()
     assert g.text[0].strip() == out.cot_text[0]
     n_img = policy.config.n_img_next if model.stage.visual_latents else 0
@@ -194,6 +204,10 @@ def test_explicit_path_encodes_images_once_and_continues_the_cache(data, preset)
     full = model.backbone(embeds, attention_mask=seq.attention_mask(), position_ids=seq.position_ids)
     from latentvla.models.sampling import SampleOptions
 
-    ref = model.head.sample_actions(full, seq, one, SampleOptions(generator=torch.Generator().manual_seed(1),
-                                                                  iterations=policy.config.iterations))  # fmt: skip
+    ref = model.head.sample_actions(
+        full,
+        seq,
+        one,
+        SampleOptions(generator=torch.Generator().manual_seed(1), iterations=policy.config.iterations),
+    )
     torch.testing.assert_close(out.actions, ref.actions, atol=1e-4, rtol=1e-4)

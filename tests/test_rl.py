@@ -32,8 +32,9 @@ def test_flow_noise_chain_log_prob_equals_direct_gaussian_density():
     vel = lambda x, t: w * x + t[:, None, None]  # noqa: E731
     K, B, H, A = 3, 2, 2, 1
     log_std = torch.tensor([[-1.0], [-1.5], [-0.5]])
-    chain = flow_noise_sample(vel, torch.randn(B, H, A, dtype=torch.float64), log_std.double(), K,
-                              torch.Generator().manual_seed(1))  # fmt: skip
+    chain = flow_noise_sample(
+        vel, torch.randn(B, H, A, dtype=torch.float64), log_std.double(), K, torch.Generator().manual_seed(1)
+    )
     assert chain.shape == (B, K + 1, H, A)
     ours = flow_noise_log_prob(vel, chain, log_std.double()).sum(dim=(1, 2, 3)).numpy()
     c = chain.numpy()
@@ -125,8 +126,26 @@ def test_rl_raises_success_and_writes_an_ordinary_checkpoint(tmp_path, toy):
     policy = Policy.from_pretrained(out)  # strict load: no RL-only tensors in the policy weights
     assert policy.config.preset == "bc"
     ev = tmp_path / "eval"
-    assert cli(["eval", str(out), "--env", NAME, "--tasks", NAME, "--episodes", "10", "--workers", "1",
-                "--quiet", "--out", str(ev)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "eval",
+                str(out),
+                "--env",
+                NAME,
+                "--tasks",
+                NAME,
+                "--episodes",
+                "10",
+                "--workers",
+                "1",
+                "--quiet",
+                "--out",
+                str(ev),
+            ]
+        )
+        == 0
+    )
     info = json.loads((ev / "eval_info.json").read_text())
     assert info["overall"]["pc_success"] == pytest.approx(summary["after"][NAME])
 
@@ -135,8 +154,26 @@ def test_grpo_dense_reward_raises_success(tmp_path, toy):
     init = tmp_path / "init"
     start_checkpoint(init, "bc", *BC_TINY)
     out = tmp_path / "rl"
-    assert _rl(tmp_path, init, out, "--algo", "grpo", "--num-envs", "8", "--group-size", "4", "--updates", "20",
-               "--set", "lr=1e-3", "reward=dense", "eval_every=20") == 0  # fmt: skip
+    assert (
+        _rl(
+            tmp_path,
+            init,
+            out,
+            "--algo",
+            "grpo",
+            "--num-envs",
+            "8",
+            "--group-size",
+            "4",
+            "--updates",
+            "20",
+            "--set",
+            "lr=1e-3",
+            "reward=dense",
+            "eval_every=20",
+        )
+        == 0
+    )
     s = json.loads((out / "rl_summary.json").read_text())
     assert s["algorithm"] == "grpo" and s["after"][NAME] >= s["before"][NAME] + 50
 
@@ -149,8 +186,16 @@ def _actor_and_rollout(tmp_path, preset, algo="ppo", *overrides):
     from latentvla.rl.rollout import Slots, collect
 
     start_checkpoint(tmp_path / preset, preset, *overrides)
-    cfg = RLConfig(init=str(tmp_path / preset), env=NAME, tasks=(NAME,), algo=algo, num_envs=2, group_size=2,
-                   max_steps=8, minibatches=2)  # fmt: skip
+    cfg = RLConfig(
+        init=str(tmp_path / preset),
+        env=NAME,
+        tasks=(NAME,),
+        algo=algo,
+        num_envs=2,
+        group_size=2,
+        max_steps=8,
+        minibatches=2,
+    )
     policy = Policy.from_pretrained(tmp_path / preset)
     actor = Actor(policy, cfg, execute=4)
     slots = Slots.build(get_simulator(NAME), [NAME], cfg, policy, 4)
@@ -262,15 +307,38 @@ def test_every_reasoning_head_runs_both_algorithms_and_loads(tmp_path, toy, pres
     init = tmp_path / "init"
     start_checkpoint(init, preset)
     out = tmp_path / "rl"
-    assert _rl(tmp_path, init, out, "--algo", algo, "--num-envs", "2", "--group-size", "2", "--updates", "1",
-               "--eval-episodes", "1", "--set", "max_steps=8", "lr=1e-3", "reward=dense") == 0  # fmt: skip
+    assert (
+        _rl(
+            tmp_path,
+            init,
+            out,
+            "--algo",
+            algo,
+            "--num-envs",
+            "2",
+            "--group-size",
+            "2",
+            "--updates",
+            "1",
+            "--eval-episodes",
+            "1",
+            "--set",
+            "max_steps=8",
+            "lr=1e-3",
+            "reward=dense",
+        )
+        == 0
+    )
     # (dense reward: an untrained policy's binary successes are all 0, and GRPO would see no signal)
     policy = Policy.from_pretrained(out)
     before = Policy.from_pretrained(init)
     changed = [k for k, v in policy.model.state_dict().items() if not torch.equal(v, before.model.state_dict()[k])]
     assert changed  # the update moved the policy's own weights
-    obs = {"observation.images.corner4": np.zeros((32, 32, 3), np.uint8), "observation.state": np.zeros(1),
-           "task": "reach the green mark"}  # fmt: skip
+    obs = {
+        "observation.images.corner4": np.zeros((32, 32, 3), np.uint8),
+        "observation.state": np.zeros(1),
+        "task": "reach the green mark",
+    }
     assert policy.infer(obs)["actions"].shape == (policy.config.horizon, 1)
 
 
@@ -283,8 +351,26 @@ def test_summary_script_on_a_toy_run(tmp_path, toy):
     start_checkpoint(init, "bc", *BC_TINY)
     assert _rl(tmp_path, init, root / "rl" / "bc_ppo", "--updates", "6", "--set", "lr=1e-3") == 0
     for name, ckpt in (("bc_before", init), ("bc_ppo_after", root / "rl" / "bc_ppo")):
-        assert cli(["eval", str(ckpt), "--env", NAME, "--tasks", NAME, "--episodes", "10", "--workers", "1",
-                    "--quiet", "--out", str(root / "eval" / name)]) == 0  # fmt: skip
+        assert (
+            cli(
+                [
+                    "eval",
+                    str(ckpt),
+                    "--env",
+                    NAME,
+                    "--tasks",
+                    NAME,
+                    "--episodes",
+                    "10",
+                    "--workers",
+                    "1",
+                    "--quiet",
+                    "--out",
+                    str(root / "eval" / name),
+                ]
+            )
+            == 0
+        )
     out = tmp_path / "docs"
     assert summary.main(["--root", str(root), "--out", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
@@ -313,13 +399,35 @@ def test_kill_during_rl_then_resume_equals_uninterrupted(tmp_path):
         **os.environ,
         "PYTHONPATH": os.pathsep.join([os.path.dirname(toy_file), os.environ.get("PYTHONPATH", "")]),
     }
-    code = ("import sys, rl_toy_sim; from latentvla.envs import registry; "
-            "registry.SIMULATORS['reach1d'] = 'rl_toy_sim:SIMULATOR'; from latentvla.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")  # fmt: skip
+    code = (
+        "import sys, rl_toy_sim; from latentvla.envs import registry; "
+        "registry.SIMULATORS['reach1d'] = 'rl_toy_sim:SIMULATOR'; from latentvla.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
 
     def cmd(out, *extra):
-        return [sys.executable, "-c", code, "rl", str(init), "--env", NAME, "--tasks", NAME, "--out", str(out),
-                "--no-progress", "--updates", "12", "--num-envs", "4", "--set", "lr=1e-3", "save_every=1", *extra]  # fmt: skip
+        return [
+            sys.executable,
+            "-c",
+            code,
+            "rl",
+            str(init),
+            "--env",
+            NAME,
+            "--tasks",
+            NAME,
+            "--out",
+            str(out),
+            "--no-progress",
+            "--updates",
+            "12",
+            "--num-envs",
+            "4",
+            "--set",
+            "lr=1e-3",
+            "save_every=1",
+            *extra,
+        ]
 
     subprocess.run(cmd(tmp_path / "a"), env=env, check=True, capture_output=True)
     proc = subprocess.Popen(cmd(tmp_path / "b"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -347,8 +455,30 @@ def test_metaworld_smoke(tmp_path):
     init = tmp_path / "init"
     _sized_checkpoint(init, sim, "bc", *BC_TINY)
     out = tmp_path / "rl"
-    assert cli(["rl", str(init), "--env", "metaworld", "--tasks", "reach", "--out", str(out), "--no-progress",
-                "--updates", "1", "--num-envs", "2", "--eval-episodes", "1", "--set", "max_steps=8"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "rl",
+                str(init),
+                "--env",
+                "metaworld",
+                "--tasks",
+                "reach",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--updates",
+                "1",
+                "--num-envs",
+                "2",
+                "--eval-episodes",
+                "1",
+                "--set",
+                "max_steps=8",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "rl_summary.json").read_text())
     assert s["tasks"] == ["reach-v3"] and s["env_steps"] == 16
 
@@ -365,8 +495,10 @@ def _sized_checkpoint(path, sim, preset, *overrides, size: int = 64):
     pcfg = replace(cfg.policy, state_dim=sim.state_dim, action_dim=sim.action_dim, cameras=sim.default_cameras[:1])
     z = lambda n, v: [float(v)] * n  # noqa: E731
     S, A = sim.state_dim, sim.action_dim
-    stats = {OBS_STATE: {"mean": z(S, 0), "std": z(S, 1), "min": z(S, -1), "max": z(S, 1)},
-             ACTION: {"mean": z(A, 0), "std": z(A, 1), "min": z(A, -1), "max": z(A, 1)}}  # fmt: skip
+    stats = {
+        OBS_STATE: {"mean": z(S, 0), "std": z(S, 1), "min": z(S, -1), "max": z(S, 1)},
+        ACTION: {"mean": z(A, 0), "std": z(A, 1), "min": z(A, -1), "max": z(A, 1)},
+    }
     torch.manual_seed(0)
     Policy(pcfg, Normalizer(stats)).save_pretrained(path)
 
@@ -383,9 +515,34 @@ def test_libero_smoke(tmp_path, preset="lara"):
     init = tmp_path / "init"
     _sized_checkpoint(init, sim, preset, *(BC_TINY if preset == "bc" else ()))
     out = tmp_path / "rl"
-    assert cli(["rl", str(init), "--env", "libero", "--tasks", "libero_object:0", "--algo", "grpo", "--out",
-                str(out), "--no-progress", "--updates", "2", "--num-envs", "2", "--group-size", "2",
-                "--eval-episodes", "1", "--set", "max_steps=8"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "rl",
+                str(init),
+                "--env",
+                "libero",
+                "--tasks",
+                "libero_object:0",
+                "--algo",
+                "grpo",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--updates",
+                "2",
+                "--num-envs",
+                "2",
+                "--group-size",
+                "2",
+                "--eval-episodes",
+                "1",
+                "--set",
+                "max_steps=8",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "rl_summary.json").read_text())
     assert s["updates"] == 2 and s["env_steps"] == 2 * 2 * 8
 

@@ -232,8 +232,24 @@ def test_device_this_machine_cannot_run_is_one_line(monkeypatch):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
 def test_train_and_serve_with_cuda_on_a_machine_without_it(synthetic_dataset, checkpoints, tmp_path, capsys):
-    assert _cli("train", "--preset", "lara", "--size", "micro", "--dataset", str(synthetic_dataset),
-                "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress", "device=cuda") == 2  # fmt: skip
+    assert (
+        _cli(
+            "train",
+            "--preset",
+            "lara",
+            "--size",
+            "micro",
+            "--dataset",
+            str(synthetic_dataset),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "2",
+            "--no-progress",
+            "device=cuda",
+        )
+        == 2
+    )
     assert _cli("serve", str(checkpoints["lara"]), "--device", "cuda", "--port", "0") == 2
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()

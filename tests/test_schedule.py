@@ -28,8 +28,12 @@ def _run(schedule, steps: range, clock_ticks: list[float] | None = None) -> list
     """(position, stage, stage_changed at the step's start, trained stage, finished) of each step until done."""
     out = []
     for step in steps:
-        start = (schedule.position, schedule.stage().name, schedule.stage_changed(),
-                 schedule.trained_stage(step, CFG.seed).name)  # fmt: skip
+        start = (
+            schedule.position,
+            schedule.stage().name,
+            schedule.stage_changed(),
+            schedule.trained_stage(step, CFG.seed).name,
+        )
         end = schedule.after_step(step + 1, _no_stop, lambda n: None)
         out.append((*start, end.finished))
         if end.finished:
@@ -53,8 +57,16 @@ def test_step_schedule_matches_the_step_counter():
     bounds = [s for s, _ in stage_boundaries(CUR, total)]
     assert len(bounds) > 2  # several stages: the boundaries are exercised
     got = _run(StepSchedule(CUR, total, 0, total, total), range(total))
-    want = [(s, stage_at(s, CUR, total).name, s in bounds[1:], training_stage(s, CUR, total, CFG.seed).name,
-             s == total - 1) for s in range(total)]  # fmt: skip
+    want = [
+        (
+            s,
+            stage_at(s, CUR, total).name,
+            s in bounds[1:],
+            training_stage(s, CUR, total, CFG.seed).name,
+            s == total - 1,
+        )
+        for s in range(total)
+    ]
     assert got == want
 
 
@@ -78,8 +90,15 @@ def test_budget_schedule_positions_follow_the_clock():
     positions = [min(total - 1, math.floor(total * e / 10.0)) for e in elapsed]
     bounds = [b for b, _ in stage_boundaries(CUR, total)]
     prev = [-1, *positions[:-1]]
-    want = [(p, stage_at(p, CUR, total).name, any(q < b <= p for b in bounds[1:]),
-             training_stage(p, CUR, total, CFG.seed, draw_step=i).name) for i, (p, q) in enumerate(zip(positions, prev))]  # fmt: skip
+    want = [
+        (
+            p,
+            stage_at(p, CUR, total).name,
+            any(q < b <= p for b in bounds[1:]),
+            training_stage(p, CUR, total, CFG.seed, draw_step=i).name,
+        )
+        for i, (p, q) in enumerate(zip(positions, prev))
+    ]
     assert [g[:4] for g in got] == want
     assert got[-1][4] and sum(ticks[: len(got)]) >= 10.0 > sum(ticks[: len(got) - 1])  # stops at the budget
     assert s.summary()["train_elapsed_s"] == pytest.approx(sum(ticks[: len(got)]))

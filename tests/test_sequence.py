@@ -144,7 +144,9 @@ def test_token_losses_match_dense_cross_entropy():
     act_ids = TOK.action_token_ids
     for sup in (seq.supervised, None):  # the host layout's positions, and the fallback that finds them
         text, act = token_losses(lambda h: h @ proj, hidden, replace(seq, supervised=sup), act_ids)
-        dense = F.cross_entropy((hidden @ proj).transpose(1, 2), seq.targets, reduction="none", ignore_index=IGNORE)
+        dense = F.cross_entropy(
+            (hidden @ proj).transpose(1, 2), seq.targets, reduction="none", ignore_index=IGNORE
+        )
         valid = seq.targets != IGNORE
         is_act = valid & (seq.targets >= act_ids.start) & (seq.targets < act_ids.stop)
         assert is_act.any() and (valid & ~is_act).any()
@@ -155,8 +157,9 @@ def test_token_losses_match_dense_cross_entropy():
 
 
 # ---- the vectorised layout against the original row-by-row one (kept here as the reference) ------------------
-def _reference_build_sequence(tok, instructions, explicit_cot, n_latent, n_img_next, action_token_ids, n_query,
-                              n_image):  # fmt: skip
+def _reference_build_sequence(
+    tok, instructions, explicit_cot, n_latent, n_img_next, action_token_ids, n_query, n_image
+):
     from latentvla.models.sequence import SequenceBatch
 
     S, B = Segment, len(instructions)
@@ -166,11 +169,18 @@ def _reference_build_sequence(tok, instructions, explicit_cot, n_latent, n_img_n
     P, E = max(map(len, prefixes)), max(map(len, texts))
     ids_rows, seg_rows, tgt_rows = [], [], []
     for prefix, text, act in zip(prefixes, texts, acts_):
-        blocks = [([tok.pad_id] * n_image, S.IMAGE, False), ([tok.pad_id] * (P - len(prefix)), S.PAD, False),
-                  (prefix, S.TEXT, False), ([tok.thinking_id] * n_latent, S.THINKING, False),
-                  ([tok.end_thinking_id], S.TEXT, False), (text, S.TEXT, True),
-                  ([tok.pad_id] * (E - len(text)), S.PAD, False), ([tok.img_next_id] * n_img_next, S.IMG_NEXT, None),
-                  (act, S.ACTION, True), ([tok.query_id] * n_query, S.QUERY, False)]  # fmt: skip
+        blocks = [
+            ([tok.pad_id] * n_image, S.IMAGE, False),
+            ([tok.pad_id] * (P - len(prefix)), S.PAD, False),
+            (prefix, S.TEXT, False),
+            ([tok.thinking_id] * n_latent, S.THINKING, False),
+            ([tok.end_thinking_id], S.TEXT, False),
+            (text, S.TEXT, True),
+            ([tok.pad_id] * (E - len(text)), S.PAD, False),
+            ([tok.img_next_id] * n_img_next, S.IMG_NEXT, None),
+            (act, S.ACTION, True),
+            ([tok.query_id] * n_query, S.QUERY, False),
+        ]
         ids = [i for b in blocks for i in b[0]]
         segs = [int(b[1]) for b in blocks for _ in b[0]]
         sup = [b[2] if b[2] is not None else j == 0 for b in blocks for j in range(len(b[0]))]
@@ -191,9 +201,17 @@ def _reference_build_sequence(tok, instructions, explicit_cot, n_latent, n_img_n
     img0 = think0 + n_latent + 1 + E
     act0 = img0 + n_img_next
     L = len(acts_[0])
-    return SequenceBatch(input_ids, segments, ((real.cumsum(1) - 1) * real).long(), torch.tensor(tgt_rows),
-                         cols_(0, n_image), cols_(think0, n_latent), cols_(img0, n_img_next), cols_(act0, L),
-                         cols_(act0 + L, n_query))  # fmt: skip
+    return SequenceBatch(
+        input_ids,
+        segments,
+        ((real.cumsum(1) - 1) * real).long(),
+        torch.tensor(tgt_rows),
+        cols_(0, n_image),
+        cols_(think0, n_latent),
+        cols_(img0, n_img_next),
+        cols_(act0, L),
+        cols_(act0 + L, n_query),
+    )
 
 
 @pytest.mark.parametrize("n_latent", [0, 1, 3])
@@ -205,10 +223,22 @@ def test_vectorised_layout_equals_the_row_by_row_reference(n_latent, n_img_next,
     cot = [" Subtask: push BBox: [0.1 0.2 0.3 0.4]", "", " Reasoning: globally move forward", "ok ok"]
     actions = torch.tensor(TOK.action_token_ids)[torch.randint(0, 16, (4, 5), generator=g)]
     kw = {
-        "cot+acts": (cot, actions, 0), "cot": (cot, None, 0), "acts+query": (None, actions, 2), "bare": (None, None, 0)
-    }[variant]  # fmt: skip
+        "cot+acts": (cot, actions, 0),
+        "cot": (cot, None, 0),
+        "acts+query": (None, actions, 2),
+        "bare": (None, None, 0),
+    }[variant]
     args = (TOK, instr, kw[0], n_latent, n_img_next, kw[1], kw[2])
     new, ref = build_sequence(*args, n_image=N_IMAGE), _reference_build_sequence(*args, N_IMAGE)
-    for name in ("input_ids", "segments", "position_ids", "targets", "image_index", "thinking_index",
-                 "img_next_index", "action_index", "query_index"):  # fmt: skip
+    for name in (
+        "input_ids",
+        "segments",
+        "position_ids",
+        "targets",
+        "image_index",
+        "thinking_index",
+        "img_next_index",
+        "action_index",
+        "query_index",
+    ):
         assert torch.equal(getattr(new, name), getattr(ref, name)), name

@@ -89,8 +89,12 @@ def expected_actions(state: np.ndarray, image: np.ndarray) -> np.ndarray:
 def lerobot_obs(i: int = 0, side: int = SIDE, task: str = "reach the goal") -> dict:
     img = np.full((side, side, 3), (7 * i) % 256, np.uint8)
     state = np.array([0.5, -0.3, 0.1, 0.01 * i], np.float32)
-    return {"observation.images.corner4": img, "observation.images.gripper": img.copy(), "observation.state": state,
-            "task": task}  # fmt: skip
+    return {
+        "observation.images.corner4": img,
+        "observation.images.gripper": img.copy(),
+        "observation.state": state,
+        "task": task,
+    }
 
 
 def expected_for(obs: dict) -> np.ndarray:
@@ -154,8 +158,13 @@ def test_msgpack_matches_openpi_both_ways():
 def test_prepare_observation_maps_keys_converts_and_resizes():
     spec = ObservationSpec(CAMS, SIDE, S)
     chw_float = np.random.default_rng(0).random((3, 48, 64)).astype(np.float32)
-    raw = {"observation/image": np.zeros((224, 224, 3), np.uint8), "observation/wrist_image": chw_float,
-           "observation/state": [0.0, 1.0, 2.0, 3.0], "prompt": "push", "extra": 1}  # fmt: skip
+    raw = {
+        "observation/image": np.zeros((224, 224, 3), np.uint8),
+        "observation/wrist_image": chw_float,
+        "observation/state": [0.0, 1.0, 2.0, 3.0],
+        "prompt": "push",
+        "extra": 1,
+    }
     obs = prepare_observation(raw, spec)
     assert set(obs) == {"observation.images.corner4", "observation.images.gripper", "observation.state", "task"}
     for cam in CAMS:
@@ -213,8 +222,9 @@ def test_openpi_client_round_trip_libero_keys(served):
 
 def _bad_frames() -> dict[str, tuple[bytes | str, str]]:
     good = lerobot_obs()
-    bad_marker = msgpack.packb({"observation.state": {b"__ndarray__": True, b"data": b"\0" * 4, b"dtype": "<f4",
-                                                      b"shape": [100]}})  # fmt: skip
+    bad_marker = msgpack.packb(
+        {"observation.state": {b"__ndarray__": True, b"data": b"\0" * 4, b"dtype": "<f4", b"shape": [100]}}
+    )
     return {
         "not msgpack": (b"\xc1\xc1 definitely not msgpack", "Could not decode"),
         "truncated": (ours.packb(good)[:-10], "Could not decode"),
@@ -225,7 +235,7 @@ def _bad_frames() -> dict[str, tuple[bytes | str, str]]:
         "object dtype": (
             msgpack.packb({"x": {b"__ndarray__": True, b"data": b"", b"dtype": "|O", b"shape": [0]}}),
             "Unsupported dtype",
-        ),  # fmt: skip
+        ),
         "missing keys": (ours.packb({"task": "x"}), "Missing 'observation.images.corner4'"),
         "state shape": (ours.packb({**good, "observation.state": np.zeros(7, np.float32)}), "expected shape (4,)"),
         "state dtype": (ours.packb({**good, "observation.state": np.array(list("abcd"))}), "got dtype <U1"),

@@ -25,8 +25,17 @@ H, A, S, SIDE = 3, 4, 4, 16
 class GatedPolicy:
     """Blocks inside `infer` until `gate` is set; records which tasks it computed."""
 
-    metadata = {"action_dim": A, "horizon": H, "state_dim": S, "cameras": ["corner4"], "image_size": SIDE,
-                "action_low": [-1.0] * A, "action_high": [1.0] * A, "preset": "gated", "modes": ["latent"]}  # fmt: skip
+    metadata = {
+        "action_dim": A,
+        "horizon": H,
+        "state_dim": S,
+        "cameras": ["corner4"],
+        "image_size": SIDE,
+        "action_low": [-1.0] * A,
+        "action_high": [1.0] * A,
+        "preset": "gated",
+        "modes": ["latent"],
+    }
 
     def __init__(self) -> None:
         self.gate, self.entered, self.computed = threading.Event(), threading.Event(), []
@@ -39,8 +48,13 @@ class GatedPolicy:
 
 
 def _request(task: str) -> bytes:
-    return msgpack_numpy.packb({"observation.images.corner4": np.zeros((SIDE, SIDE, 3), np.uint8),
-                                "observation.state": np.zeros(S, np.float32), "task": task})  # fmt: skip
+    return msgpack_numpy.packb(
+        {
+            "observation.images.corner4": np.zeros((SIDE, SIDE, 3), np.uint8),
+            "observation.state": np.zeros(S, np.float32),
+            "task": task,
+        }
+    )
 
 
 def _client(port: int):
@@ -106,16 +120,20 @@ def test_sigterm_to_latentvla_serve_closes_clients_cleanly(tmp_path):
     from latentvla.data.stats import Normalizer
     from latentvla.policy import Policy
 
-    stats = {k: {"mean": np.zeros(4), "std": np.ones(4), "min": -np.ones(4), "max": np.ones(4)}
-             for k in (OBS_STATE, ACTION)}  # fmt: skip
+    stats = {
+        k: {"mean": np.zeros(4), "std": np.ones(4), "min": -np.ones(4), "max": np.ones(4)}
+        for k in (OBS_STATE, ACTION)
+    }
     cfg = replace(get_preset("lara", "micro").policy, image_size=32, state_dim=4, action_dim=4)
-    Policy(cfg, Normalizer(stats, {OBS_STATE: "mean_std", ACTION: "min_max"})).save_pretrained(
-        tmp_path / "ckpt"
-    )
+    Policy(cfg, Normalizer(stats, {OBS_STATE: "mean_std", ACTION: "min_max"})).save_pretrained(tmp_path / "ckpt")
     src = str(Path(__file__).resolve().parents[1] / "src")
-    proc = subprocess.Popen([sys.executable, "-m", "latentvla.cli", "serve", str(tmp_path / "ckpt"), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", src)})  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latentvla.cli", "serve", str(tmp_path / "ckpt"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", src)},
+    )
     try:
         port = None
         for line in proc.stdout:

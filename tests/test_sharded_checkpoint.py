@@ -15,8 +15,17 @@ from safetensors.torch import load_file
 from latentvla.config import apply_overrides, get_preset
 
 torch.set_num_threads(1)
-COMMON = ["steps=6", "batch_size=2", "log_every=1", "save_every=2", "keep_last=5", "num_workers=0",
-          "policy.horizon=4", "augment=false", "parallel=fsdp"]  # fmt: skip
+COMMON = [
+    "steps=6",
+    "batch_size=2",
+    "log_every=1",
+    "save_every=2",
+    "keep_last=5",
+    "num_workers=0",
+    "policy.horizon=4",
+    "augment=false",
+    "parallel=fsdp",
+]
 
 
 @pytest.fixture(scope="module")

@@ -157,8 +157,15 @@ def test_generate_after_latent_thoughts_uses_fed_back_prompt(bb):
     seq = build_sequence(tok, INSTR, None, 2, 0, n_image=4)
     embeds = bb.embed(seq.input_ids)
     mask = seq.attention_mask()
-    out = generate(bb, embeds, mask, seq.position_ids, max_new_tokens=3, stop_ids=[tok.query_id],
-                   thinking_cols=seq.thinking_cols)  # fmt: skip
+    out = generate(
+        bb,
+        embeds,
+        mask,
+        seq.position_ids,
+        max_new_tokens=3,
+        stop_ids=[tok.query_id],
+        thinking_cols=seq.thinking_cols,
+    )
     with torch.no_grad():
         prompt, _ = naive_latent_forward(bb, embeds, mask, seq.position_ids, seq.thinking_cols)
         first = bb.logits(prompt.hidden[:, -1]).argmax(-1)

@@ -78,8 +78,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg, dataset: str, run: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))  # fmt: skip
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from latentvla.train.loop import train
 
@@ -109,9 +110,26 @@ def test_cli_end_to_end(dataset, tmp_path, capsys):
     from latentvla.policy import Policy
 
     run = tmp_path / "run"
-    argv = ["train", "--preset", "lara", "--dataset", str(dataset), "--out", str(run), "--steps", "6",
-            "--batch-size", "2", "--no-progress", "log_every=4", "save_every=3", "keep_last=1", "augment=false",
-            "policy.horizon=4", "policy.curriculum.mix_prob=0"]  # fmt: skip
+    argv = [
+        "train",
+        "--preset",
+        "lara",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(run),
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "log_every=4",
+        "save_every=3",
+        "keep_last=1",
+        "augment=false",
+        "policy.horizon=4",
+        "policy.curriculum.mix_prob=0",
+    ]
     assert main(argv) == 0
     rows = read_metrics(run / "metrics.jsonl")
     assert all({"stage", "step", "loss", "lr_backbone", "lr_head"} <= r.keys() for r in rows)

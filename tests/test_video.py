@@ -75,20 +75,43 @@ def _info(version: str, codec: str) -> dict:
         "dtype": "video",
         "shape": [SIDE, SIDE, 3],
         "names": ["height", "width", "channels"],
-        "info": {"video.height": SIDE, "video.width": SIDE, "video.codec": codec, "video.pix_fmt": "yuv420p",
-                 "video.is_depth_map": False, "video.fps": FPS, "video.channels": 3, "has_audio": False},
-    }  # fmt: skip
+        "info": {
+            "video.height": SIDE,
+            "video.width": SIDE,
+            "video.codec": codec,
+            "video.pix_fmt": "yuv420p",
+            "video.is_depth_map": False,
+            "video.fps": FPS,
+            "video.channels": 3,
+            "has_audio": False,
+        },
+    }
     features = {k: video for k in KEYS}
     features |= {
         "observation.state": {"dtype": "float32", "shape": [4], "names": None},
         "action": {"dtype": "float32", "shape": [4], "names": None},
     }
-    features |= {k: {"dtype": d, "shape": [1], "names": None} for k, d in (
-        ("timestamp", "float32"), ("frame_index", "int64"), ("episode_index", "int64"), ("index", "int64"),
-        ("task_index", "int64"))}  # fmt: skip
-    info = {"codebase_version": version, "robot_type": "panda", "fps": FPS, "features": features,
-            "total_episodes": len(LENGTHS), "total_frames": sum(LENGTHS), "total_tasks": 2, "chunks_size": 1000,
-            "splits": {"train": f"0:{len(LENGTHS)}"}}  # fmt: skip
+    features |= {
+        k: {"dtype": d, "shape": [1], "names": None}
+        for k, d in (
+            ("timestamp", "float32"),
+            ("frame_index", "int64"),
+            ("episode_index", "int64"),
+            ("index", "int64"),
+            ("task_index", "int64"),
+        )
+    }
+    info = {
+        "codebase_version": version,
+        "robot_type": "panda",
+        "fps": FPS,
+        "features": features,
+        "total_episodes": len(LENGTHS),
+        "total_frames": sum(LENGTHS),
+        "total_tasks": 2,
+        "chunks_size": 1000,
+        "splits": {"train": f"0:{len(LENGTHS)}"},
+    }
     if version == "v3.0":
         return info | {
             "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
@@ -116,12 +139,24 @@ def write_lerobot_v3(root: Path, codec: str = "libsvtav1") -> Path:
         _encode(root / "videos" / key / "chunk-000" / "file-000.mp4", frames, codec)
     rows = []
     for e, n in enumerate(LENGTHS):
-        row = {"episode_index": e, "tasks": [TASKS[e % 2]], "length": n, "data/chunk_index": 0,
-               "data/file_index": 0, "dataset_from_index": int(starts[e]), "dataset_to_index": int(starts[e + 1]),
-               "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}  # fmt: skip
+        row = {
+            "episode_index": e,
+            "tasks": [TASKS[e % 2]],
+            "length": n,
+            "data/chunk_index": 0,
+            "data/file_index": 0,
+            "dataset_from_index": int(starts[e]),
+            "dataset_to_index": int(starts[e + 1]),
+            "meta/episodes/chunk_index": 0,
+            "meta/episodes/file_index": 0,
+        }
         for key in KEYS:
-            row |= {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
-                    f"videos/{key}/from_timestamp": starts[e] / FPS, f"videos/{key}/to_timestamp": starts[e + 1] / FPS}  # fmt: skip
+            row |= {
+                f"videos/{key}/chunk_index": 0,
+                f"videos/{key}/file_index": 0,
+                f"videos/{key}/from_timestamp": starts[e] / FPS,
+                f"videos/{key}/to_timestamp": starts[e + 1] / FPS,
+            }
         rows.append(row)
     pq.write_table(pa.Table.from_pylist(rows), root / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     tasks = pa.table({"task_index": pa.array([0, 1], pa.int64()), "__index_level_0__": TASKS})
@@ -233,7 +268,10 @@ def test_writer_video_mode_round_trip_and_info(tmp_path, capsys):
     info = vid.info["features"]["observation.images.corner4"]
     assert info["dtype"] == "video" and vid.info["video_path"].startswith("videos/{video_key}/chunk-")
     assert {k: info["info"][k] for k in ("video.codec", "video.pix_fmt", "video.fps")} == {
-        "video.codec": "av1", "video.pix_fmt": "yuv420p", "video.fps": 10}  # fmt: skip
+        "video.codec": "av1",
+        "video.pix_fmt": "yuv420p",
+        "video.fps": 10,
+    }
     with av.open(str(vid.video_location(0, "observation.images.corner4").path)) as c:
         assert c.streams.video[0].codec_context.name in ("libdav1d", "av1")
     src = LeRobotDatasetReader(png)
@@ -270,9 +308,24 @@ def test_convert_refuses_bad_requests(tmp_path, capsys):
 def test_train_steps_on_lerobot_video_dataset(layout, tmp_path):
     root = LAYOUTS[layout](tmp_path / "ds")
     assert cli_main(["annotate", str(root)]) == 0  # lara learns CoT: refused on a dataset without cot.*
-    argv = ["train", "--preset", "lara", "--dataset", str(root), "--out", str(tmp_path / "run"), "--steps", "5",
-            "--batch-size", "2", "--no-progress", "save_every=5", "policy.horizon=4", "policy.cameras=image,image2",
-            "num_workers=1"]  # fmt: skip
+    argv = [
+        "train",
+        "--preset",
+        "lara",
+        "--dataset",
+        str(root),
+        "--out",
+        str(tmp_path / "run"),
+        "--steps",
+        "5",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "save_every=5",
+        "policy.horizon=4",
+        "policy.cameras=image,image2",
+        "num_workers=1",
+    ]
     assert cli_main(argv) == 0
     assert (tmp_path / "run" / "checkpoints" / "000005" / "model.safetensors").is_file()
 

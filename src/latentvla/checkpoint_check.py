@@ -109,7 +109,9 @@ def _stats_problem(path: Path) -> str | None:
             zero = (std < 0) | ((std == 0) & varies)
             if zero.any():
                 dims = np.flatnonzero(zero).tolist()
-                return f"{path.name}: {key!r} std is {std[zero].tolist()[0]} in dims {dims}, which vary (min < max)"
+                return (
+                    f"{path.name}: {key!r} std is {std[zero].tolist()[0]} in dims {dims}, which vary (min < max)"
+                )
     return None
 
 

@@ -153,6 +153,7 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- presets
 
+
 def _policy(preset: str, size: str, **kw: Any) -> PolicyConfig:
     width, depth, heads = BACKBONE_SIZES[size]  # the action heads follow the backbone's size dial
     return PolicyConfig(
@@ -203,7 +204,7 @@ def _presets() -> dict[str, typing.Callable[[str], TrainConfig]]:
             batch_size=64,
             lr_backbone=1e-3,
             lr_head=1e-3,
-        ),  # fmt: skip
+        ),
     }
 
 
@@ -231,8 +232,18 @@ def _lara_qwen3vl() -> TrainConfig:
         # tokens per camera), pooled to the 4x4 = 16 targets; our device path keeps the processor's pixels.
         target_image_size=112,
     )
-    return TrainConfig("lara-qwen3vl", policy, steps=51_000, batch_size=128, lr_backbone=1e-5, lr_vision=1e-5,
-                       lr_head=1e-4, weight_decay=1e-8, warmup_frac=0.1, min_lr_frac=0.05)  # fmt: skip
+    return TrainConfig(
+        "lara-qwen3vl",
+        policy,
+        steps=51_000,
+        batch_size=128,
+        lr_backbone=1e-5,
+        lr_vision=1e-5,
+        lr_head=1e-4,
+        weight_decay=1e-8,
+        warmup_frac=0.1,
+        min_lr_frac=0.05,
+    )
 
 
 def _rdvla_minivla() -> TrainConfig:
@@ -249,8 +260,18 @@ def _rdvla_minivla() -> TrainConfig:
         curriculum=CurriculumConfig("rd"),
         horizon=8,
     )
-    return TrainConfig("rdvla-minivla", policy, steps=40_000, batch_size=16, grad_accum=2, lr_backbone=2e-4,
-                       lr_head=2e-4, warmup_frac=0.0, min_lr_frac=1.0, weight_decay=0.01)  # fmt: skip
+    return TrainConfig(
+        "rdvla-minivla",
+        policy,
+        steps=40_000,
+        batch_size=16,
+        grad_accum=2,
+        lr_backbone=2e-4,
+        lr_head=2e-4,
+        warmup_frac=0.0,
+        min_lr_frac=1.0,
+        weight_decay=0.01,
+    )
 
 
 def use_backbone(cfg: TrainConfig, backbone_dir: str | None, vision_dirs: tuple[str, ...] = ()) -> TrainConfig:
@@ -424,7 +445,9 @@ def _set_path(cfg: Any, path: list[str], value: str) -> Any:
         return replace(cfg, **{head: _set_path(current, path[1:], value)})
     if dataclasses.is_dataclass(current):
         fields = ", ".join(f.name for f in dataclasses.fields(current))
-        raise ValueError(f"{head!r} is a group of settings, not a value: set one of its fields ({head}.FIELD, "
-                         f"FIELD one of {fields})")  # fmt: skip
+        raise ValueError(
+            f"{head!r} is a group of settings, not a value: set one of its fields ({head}.FIELD, "
+            f"FIELD one of {fields})"
+        )
     hint = typing.get_type_hints(type(cfg))[head]
     return replace(cfg, **{head: _coerce(hint, value)})

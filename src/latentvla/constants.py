@@ -21,7 +21,9 @@ COT_SEGMENT = "cot.segment"  # e.g. "approach" / "grasp" / "transport" / "releas
 COT_SUBTASK = "cot.subtask"  # "move toward the puck"
 COT_BBOX = "cot.bbox"  # float32 (4,) normalized xyxy in [0, 1]
 COT_BBOX_VISIBLE = "cot.bbox_visible"  # bool: False when the target is out of view
-COT_BBOX_TEXT = "cot.bbox_text"  # the box as the CoT writes it ("BBox: [...]." / "BBox: none."), made by the loader
+COT_BBOX_TEXT = (
+    "cot.bbox_text"  # the box as the CoT writes it ("BBox: [...]." / "BBox: none."), made by the loader
+)
 COT_REASONING = "cot.reasoning"  # "globally ..., locally ..."
 COT_TEXT = "cot.text"  # full Stage-I string "Subtask: ... BBox: [x1 y1 x2 y2] Reasoning: ..."
 

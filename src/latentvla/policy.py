@@ -76,8 +76,11 @@ def _weights_mismatch(model: nn.Module, weights: Path, show: int = 3) -> str:
         aliases.setdefault(id(p), []).append(name)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tied = {n: names for names in aliases.values() for n in names}
-    shapes = [f"{k} {stored[k]} in the file vs {v} from the config" for k, v in expected.items()
-              if k in stored and stored[k] != v]  # fmt: skip
+    shapes = [
+        f"{k} {stored[k]} in the file vs {v} from the config"
+        for k, v in expected.items()
+        if k in stored and stored[k] != v
+    ]
     missing = [k for k in expected if k not in stored and not any(a in stored for a in tied.get(k, ()))]
     unexpected = [k for k in stored if k not in expected]
     parts = [f"{len(shapes)} shape(s) differ ({'; '.join(shapes[:show])})"] if shapes else []

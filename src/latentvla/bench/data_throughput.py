@@ -165,9 +165,12 @@ def bench_data(
 
         sampler = ResumableBatchSampler(len(dataset), batch_size, seed=0)
         loader = DataLoader(
-            dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             prefetch_factor=2 if workers > 0 else None,
-        )  # fmt: skip
+        )
         it = iter(loader)
         t0 = time.perf_counter()
         next(it)
@@ -191,12 +194,25 @@ def _bench_train(
     from latentvla.train.loop import train
 
     out: dict[str, Any] = {"train_preset": preset}
-    rate = bench_preset(preset, root, steps=3, batch_size=batch_size, warmup=1, overrides=overrides,
-                        fields={"num_workers": workers})  # fmt: skip
+    rate = bench_preset(
+        preset,
+        root,
+        steps=3,
+        batch_size=batch_size,
+        warmup=1,
+        overrides=overrides,
+        fields={"num_workers": workers},
+    )
     out["train_samples_per_s"] = rate["samples_per_s"]
     if steps > 0:
-        cfg = replace(get_preset(preset, "tiny"), steps=steps, batch_size=batch_size, save_every=steps, log_every=10,
-                      num_workers=workers)  # fmt: skip
+        cfg = replace(
+            get_preset(preset, "tiny"),
+            steps=steps,
+            batch_size=batch_size,
+            save_every=steps,
+            log_every=10,
+            num_workers=workers,
+        )
         cfg = apply_overrides(cfg, overrides)  # the user's key=value items win
         with tempfile.TemporaryDirectory() as run, PeakMemory() as peak:
             t0 = time.perf_counter()

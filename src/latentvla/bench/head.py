@@ -136,8 +136,9 @@ def _build_head(width: int, heads: int, max_depth: int, dev: torch.device) -> Re
     return head
 
 
-def _head_call(head: RecurrentDepthHead, width: int, batch: int, n_lat: int, n_vis: int, dev: torch.device,
-               train: bool) -> Callable[[int, str], torch.Tensor]:  # fmt: skip
+def _head_call(
+    head: RecurrentDepthHead, width: int, batch: int, n_lat: int, n_vis: int, dev: torch.device, train: bool
+) -> Callable[[int, str], torch.Tensor]:
     """`call(r, mode)`: one inference call (or, with `train`, one TBPTT training step) at depth r on fixed random
     contexts, the cached or uncached path; returns the actions."""
     g = torch.Generator().manual_seed(1)
@@ -153,17 +154,34 @@ def _head_call(head: RecurrentDepthHead, width: int, batch: int, n_lat: int, n_v
         if train:
             return train_step(r, mode)
         with torch.no_grad():
-            out = head(ctx["pl"], ctx["cl"], ctx["cv"], state, prelude_vision_context=ctx["pv"], num_iterations=r,
-                       generator=torch.Generator(device=dev).manual_seed(2), cache_context=mode == "cached")  # fmt: skip
+            out = head(
+                ctx["pl"],
+                ctx["cl"],
+                ctx["cv"],
+                state,
+                prelude_vision_context=ctx["pv"],
+                num_iterations=r,
+                generator=torch.Generator(device=dev).manual_seed(2),
+                cache_context=mode == "cached",
+            )
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return out.actions
 
     def train_step(r: int, mode: str) -> torch.Tensor:
         head.zero_grad(set_to_none=True)
-        loss, out = head.loss(target, ctx["pl"], ctx["cl"], ctx["cv"], state, None, prelude_vision_context=ctx["pv"],
-                              num_iterations=r, generator=torch.Generator(device=dev).manual_seed(2),
-                              cache_context=mode == "cached")  # fmt: skip
+        loss, out = head.loss(
+            target,
+            ctx["pl"],
+            ctx["cl"],
+            ctx["cv"],
+            state,
+            None,
+            prelude_vision_context=ctx["pv"],
+            num_iterations=r,
+            generator=torch.Generator(device=dev).manual_seed(2),
+            cache_context=mode == "cached",
+        )
         loss.mean().backward()
         if dev.type == "cuda":
             torch.cuda.synchronize()
@@ -172,8 +190,9 @@ def _head_call(head: RecurrentDepthHead, width: int, batch: int, n_lat: int, n_v
     return call
 
 
-def _time_interleaved(call: Callable[[int, str], torch.Tensor], iterations, modes, warmup: int, repeats: int,
-                      progress) -> tuple[dict[str, dict[int, list[float]]], dict[tuple[str, int], torch.Tensor]]:  # fmt: skip
+def _time_interleaved(
+    call: Callable[[int, str], torch.Tensor], iterations, modes, warmup: int, repeats: int, progress
+) -> tuple[dict[str, dict[int, list[float]]], dict[tuple[str, int], torch.Tensor]]:
     """ms per call of every (mode, depth), the modes interleaved so both paths see the same machine state; and
     the last actions of each."""
     times: dict[str, dict[int, list[float]]] = {m: {r: [] for r in iterations} for m in modes}

@@ -281,8 +281,10 @@ def format_table(report: dict) -> str:
             (f"flow expert alone, {n} Euler steps, context K/V every step", report["expert_sample_uncached_ms"])
         )
     lines = ["| path | median ms/call |", "|---|---:|", *[f"| {n} | {v:.2f} |" for n, v in rows]]
-    ratios = [(k, report[f"ratio_{k.replace(' / ', '_over_').replace('-', '_')}"]) for k in
-              ("explicit / latent", "latent / no-reasoning")]  # fmt: skip
+    ratios = [
+        (k, report[f"ratio_{k.replace(' / ', '_over_').replace('-', '_')}"])
+        for k in ("explicit / latent", "latent / no-reasoning")
+    ]
     lines += ["", "; ".join(f"{k} = {v:.2f}x" for k, v in ratios if v is not None)]
     if "rd_peak_mem_mb" in report:
         mem = report["rd_peak_mem_mb"]

@@ -52,40 +52,100 @@ from latentvla.models.backbones.lora import VISION_MODULES
 GB = 1e9
 _QWEN3VL_4B = {
     "model_type": "qwen3_vl",
-    "text_config": dict(hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32,
-                        num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-                        rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20],
-                                         "mrope_interleaved": True}),
-    "vision_config": dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, out_hidden_size=2560,
-                          patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=2304,
-                          deepstack_visual_indexes=[5, 11, 17]),
+    "text_config": dict(
+        hidden_size=2560,
+        intermediate_size=9728,
+        num_hidden_layers=36,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [24, 20, 20],
+            "mrope_interleaved": True,
+        },
+    ),
+    "vision_config": dict(
+        depth=24,
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_heads=16,
+        out_hidden_size=2560,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=2304,
+        deepstack_visual_indexes=[5, 11, 17],
+    ),
     "tie_word_embeddings": True,
-}  # fmt: skip
+}
 # Qwen/Qwen2.5-0.5B config.json (vocab 151,936 rows, padded past its 151,665-id tokenizer; tied embeddings)
-_QWEN25_05B = {"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
-               "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
-               "rope_theta": 1e6, "rms_norm_eps": 1e-6, "max_position_embeddings": 32768}  # fmt: skip
+_QWEN25_05B = {
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+    "rope_theta": 1e6,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 32768,
+}
 # facebook/dinov2-large config.json: the position table is trained at 518 px; its processor crops 224 (below)
-_DINOV2_L = {"model_type": "dinov2", "hidden_size": 1024, "mlp_ratio": 4, "num_hidden_layers": 24,
-             "num_attention_heads": 16, "image_size": 518, "patch_size": 14, "layerscale_value": 1.0}  # fmt: skip
+_DINOV2_L = {
+    "model_type": "dinov2",
+    "hidden_size": 1024,
+    "mlp_ratio": 4,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 518,
+    "patch_size": 14,
+    "layerscale_value": 1.0,
+}
 # facebook/dinov2-large preprocessor_config.json (BitImageProcessor)
-DINOV2_PROCESSOR = {"do_resize": True, "size": {"shortest_edge": 256}, "do_center_crop": True,
-                    "crop_size": {"height": 224, "width": 224}, "image_mean": [0.485, 0.456, 0.406],
-                    "image_std": [0.229, 0.224, 0.225]}  # fmt: skip
+DINOV2_PROCESSOR = {
+    "do_resize": True,
+    "size": {"shortest_edge": 256},
+    "do_center_crop": True,
+    "crop_size": {"height": 224, "width": 224},
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
 # google/siglip-so400m-patch14-224 config.json (vision_config) and preprocessor_config.json
-_SIGLIP_SO400M = {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
-                  "num_hidden_layers": 27, "num_attention_heads": 16, "image_size": 224, "patch_size": 14}  # fmt: skip
+_SIGLIP_SO400M = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 1152,
+    "intermediate_size": 4304,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+    "image_size": 224,
+    "patch_size": 14,
+}
 SIGLIP_PROCESSOR = {"size": {"height": 224, "width": 224}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 # Qwen/Qwen3-VL-4B-Instruct preprocessor_config.json: at least 65,536 pixels (256 x 256), so 112 / 224 px images
 # are upsampled to a 16 x 16 patch grid = 8 x 8 merged tokens
-QWEN3VL_PROCESSOR = {"size": {"shortest_edge": 65536, "longest_edge": 16777216}, "patch_size": 16,
-                     "merge_size": 2, "temporal_patch_size": 2}  # fmt: skip
+QWEN3VL_PROCESSOR = {
+    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+    "patch_size": 16,
+    "merge_size": 2,
+    "temporal_patch_size": 2,
+}
 # preset -> (backbone config, its image processor, [(vision encoder config, its processor)], cameras, name)
 REFERENCE_CONFIGS = {
     "lara-qwen3vl": (_QWEN3VL_4B, QWEN3VL_PROCESSOR, [], 2, "Qwen3-VL-4B"),
-    "rdvla-minivla": (_QWEN25_05B, {}, [(_DINOV2_L, DINOV2_PROCESSOR), (_SIGLIP_SO400M, SIGLIP_PROCESSOR)], 2,
-                      "Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m"),
-}  # fmt: skip
+    "rdvla-minivla": (
+        _QWEN25_05B,
+        {},
+        [(_DINOV2_L, DINOV2_PROCESSOR), (_SIGLIP_SO400M, SIGLIP_PROCESSOR)],
+        2,
+        "Qwen2.5-0.5B + DINOv2-L + SigLIP-so400m",
+    ),
+}
 INSTRUCTION_TOKENS = 32  # the task instruction (+ BOS / special tokens), both papers
 COT_TOKENS = 96  # explicit CoT text of the longest (Stage I) LaRA prompt (LaRA-VLA Fig. 8)
 IMAGE_SIZE = 224  # both papers' camera images (LaRA-VLA §3.2, RD-VLA §III-A)
@@ -117,17 +177,23 @@ class MemoryReport:
 
     def table(self) -> str:
         rows = [
-            ("preset", self.preset), ("backbone", self.backbone),
-            ("GPUs x parallel", f"{self.world} x {self.mode}"), ("batch per GPU", self.batch_per_gpu),
-            ("sequence length", self.seq_len), ("parameters", f"{self.params:,}"),
-            ("trainable parameters", f"{self.trainable:,}"), ("EMA target parameters", f"{self.ema_params:,}"),
-            ("weights / GPU", f"{self.weights_gb:.2f} GB"), ("gradients / GPU", f"{self.grads_gb:.2f} GB"),
-            ("optimizer / GPU", f"{self.optimizer_gb:.2f} GB"), ("activations / GPU", f"{self.activations_gb:.2f} GB"),
+            ("preset", self.preset),
+            ("backbone", self.backbone),
+            ("GPUs x parallel", f"{self.world} x {self.mode}"),
+            ("batch per GPU", self.batch_per_gpu),
+            ("sequence length", self.seq_len),
+            ("parameters", f"{self.params:,}"),
+            ("trainable parameters", f"{self.trainable:,}"),
+            ("EMA target parameters", f"{self.ema_params:,}"),
+            ("weights / GPU", f"{self.weights_gb:.2f} GB"),
+            ("gradients / GPU", f"{self.grads_gb:.2f} GB"),
+            ("optimizer / GPU", f"{self.optimizer_gb:.2f} GB"),
+            ("activations / GPU", f"{self.activations_gb:.2f} GB"),
             ("image tokens / camera", self.tokens_per_image),
             *([("runtime (process, CPU)", f"{self.runtime_gb:.2f} GB")] if self.device == "cpu" else []),
             ("total / GPU" if self.device == "cuda" else "total (peak RSS, CPU)", f"{self.total_gb:.2f} GB"),
             (f"largest batch / GPU in {self.gpu_gb:g} GB", self.max_batch_per_gpu),
-        ]  # fmt: skip
+        ]
         return "\n".join(["| quantity | value |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
@@ -195,8 +261,9 @@ def _saved_bytes(fn, seq: int = 0, params: nn.Module | None = None) -> int:
     return sum(saved.values())
 
 
-def _lm_activations(text: nn.Module, batch: int, seq: int, width: int, checkpointing: bool,
-                    dtype: torch.dtype) -> int:  # fmt: skip
+def _lm_activations(
+    text: nn.Module, batch: int, seq: int, width: int, checkpointing: bool, dtype: torch.dtype
+) -> int:
     x = torch.randn(batch, seq, width, device="meta", dtype=dtype, requires_grad=True)
     pos = torch.arange(seq, device="meta")[None].expand(batch, seq)
     full = _saved_bytes(lambda: text(inputs_embeds=x, position_ids=pos), seq, text)
@@ -253,10 +320,22 @@ class _ParamCounts:
     vision_trainable: int
 
 
-def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] = (), *, lora: int | None = None,
-             world: int = 1, fsdp: bool = False, batch_size: int | None = None, gpu_gb: float = 80.0,
-             reserve_gb: float = 4.0, cameras: int | None = None, device: str = "cuda", dtype: str | None = None,
-             image_size: int = IMAGE_SIZE) -> MemoryReport:  # fmt: skip
+def estimate(
+    preset: str,
+    backbone: str | None = None,
+    vision: tuple[str, ...] = (),
+    *,
+    lora: int | None = None,
+    world: int = 1,
+    fsdp: bool = False,
+    batch_size: int | None = None,
+    gpu_gb: float = 80.0,
+    reserve_gb: float = 4.0,
+    cameras: int | None = None,
+    device: str = "cuda",
+    dtype: str | None = None,
+    image_size: int = IMAGE_SIZE,
+) -> MemoryReport:
     """The memory table of `preset` (see the module docstring). `device="cpu"` predicts a CPU run's peak RSS:
     no autocast (activations in the weights' dtype) plus the process runtime."""
     from latentvla.config import get_preset
@@ -287,9 +366,27 @@ def estimate(preset: str, backbone: str | None = None, vision: tuple[str, ...] =
     fixed = weights + grads + optim
     runtime = runtime_rss() if device == "cpu" else 0
     max_batch = max(0, int((gpu_gb * GB - reserve_gb * GB - fixed) // (act / per_gpu))) if per_gpu else 0
-    return MemoryReport(preset, name, world, "fsdp" if fsdp else "ddp", per_gpu, seq, n.params, n.trainable, n.ema,
-                        weights / GB, grads / GB, optim / GB, act / GB, (fixed + act + runtime) / GB, gpu_gb,
-                        max_batch, device, tokens_per_image, runtime / GB)  # fmt: skip
+    return MemoryReport(
+        preset,
+        name,
+        world,
+        "fsdp" if fsdp else "ddp",
+        per_gpu,
+        seq,
+        n.params,
+        n.trainable,
+        n.ema,
+        weights / GB,
+        grads / GB,
+        optim / GB,
+        act / GB,
+        (fixed + act + runtime) / GB,
+        gpu_gb,
+        max_batch,
+        device,
+        tokens_per_image,
+        runtime / GB,
+    )
 
 
 def _architecture(preset: str, cfg: Any, backbone: str | None, vision: tuple[str, ...]) -> tuple:
@@ -300,8 +397,10 @@ def _architecture(preset: str, cfg: Any, backbone: str | None, vision: tuple[str
         return _read(backbone), _read_processor(backbone), vis, len(cfg.policy.cameras), Path(backbone).name
     if preset in REFERENCE_CONFIGS:
         return REFERENCE_CONFIGS[preset]
-    raise ValueError(f"bench memory --preset {preset} needs --backbone DIR (reference configs exist for "
-                     f"{sorted(REFERENCE_CONFIGS)}).")  # fmt: skip
+    raise ValueError(
+        f"bench memory --preset {preset} needs --backbone DIR (reference configs exist for "
+        f"{sorted(REFERENCE_CONFIGS)})."
+    )
 
 
 def _backbone_config(bbc: Any, lora: int | None, dtype: str | None) -> Any:
@@ -347,9 +446,16 @@ def _build_meta_models(bb_cfg: dict, vis: list, pc: Any, bbc: Any, load_bytes: i
         from peft import LoraConfig, get_peft_model
 
         ids = list(range(base_vocab, base_vocab + new_tokens))
-        model = get_peft_model(model, LoraConfig(
-            r=bbc.lora.rank, lora_alpha=bbc.lora.scale_alpha, target_modules="all-linear",
-            exclude_modules=VISION_MODULES, trainable_token_indices={"embed_tokens": ids}))  # fmt: skip
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=bbc.lora.rank,
+                lora_alpha=bbc.lora.scale_alpha,
+                target_modules="all-linear",
+                exclude_modules=VISION_MODULES,
+                trainable_token_indices={"embed_tokens": ids},
+            ),
+        )
     return _MetaModels(model, encoders, head, projector, is_vlm, width, n_layers, vocab, vision_params)
 
 
@@ -362,10 +468,14 @@ def _count_params(m: _MetaModels, bbc: Any, uses_visual: bool) -> _ParamCounts:
     enc_params = 0 if m.is_vlm else m.vision_params
     vision_trainable = 0 if (bbc.freeze_vision or bbc.lora.rank > 0) else enc_params
     small = sum(p.numel() for mod in (m.head, m.projector) if mod is not None for p in mod.parameters())
-    return _ParamCounts(params=backbone_params + enc_params + small,
-                        trainable=backbone_trainable + vision_trainable + small,
-                        ema=m.vision_params if uses_visual else 0, frozen_backbone=backbone_params - backbone_trainable,
-                        enc_params=enc_params, vision_trainable=vision_trainable)  # fmt: skip
+    return _ParamCounts(
+        params=backbone_params + enc_params + small,
+        trainable=backbone_trainable + vision_trainable + small,
+        ema=m.vision_params if uses_visual else 0,
+        frozen_backbone=backbone_params - backbone_trainable,
+        enc_params=enc_params,
+        vision_trainable=vision_trainable,
+    )
 
 
 def _sequence_length(pc: Any, stages: list, cameras: int, tokens_per_image: int) -> int:
@@ -384,8 +494,9 @@ def _language_model(model: nn.Module, is_vlm: bool) -> nn.Module:
     return getattr(text.model, "text_model", text.model)
 
 
-def _stage_activations(m: _MetaModels, pc: Any, bbc: Any, stages: list, per_gpu: int, seq: int,
-                       act_dtype: torch.dtype, n_image: int) -> int:  # fmt: skip
+def _stage_activations(
+    m: _MetaModels, pc: Any, bbc: Any, stages: list, per_gpu: int, seq: int, act_dtype: torch.dtype, n_image: int
+) -> int:
     """Activation bytes of the largest curriculum stage: language model, hidden-state copies, logits, head."""
     act_bytes = 4 if act_dtype == torch.float32 else 2
     text = _language_model(m.model, m.is_vlm)
@@ -407,8 +518,9 @@ def _stage_activations(m: _MetaModels, pc: Any, bbc: Any, stages: list, per_gpu:
     return max(per_stage)
 
 
-def _vision_tower_activations(model: nn.Module, bb_cfg: dict, per_gpu: int, cameras: int,
-                              tokens_per_image: int) -> int:  # fmt: skip
+def _vision_tower_activations(
+    model: nn.Module, bb_cfg: dict, per_gpu: int, cameras: int, tokens_per_image: int
+) -> int:
     """A trainable VLM vision tower cannot run on meta (its grid sizes are host values): 34 bytes x tokens x width
     per layer (Korthikanti et al. 2022, SDPA stores no scores)."""
     vc = model.config.vision_config
@@ -470,5 +582,16 @@ def _head_activations(head: nn.Module, pc: Any, batch: int, seq: int, width: int
     q, im = ctx[:, : pc.n_query], ctx[:, pc.n_query : pc.n_query + n_image]  # RD: queries + image tokens
     prelude = ctx[:, : pc.n_query + n_image]
     rc = pc.recurrent  # TBPTT: only the last `backprop_depth` iterations keep activations
-    return _saved_bytes(lambda: head.loss(actions, prelude, q, im, state, None, num_iterations=rc.backprop_depth,
-                                          backprop_depth=rc.backprop_depth), params=head)  # fmt: skip
+    return _saved_bytes(
+        lambda: head.loss(
+            actions,
+            prelude,
+            q,
+            im,
+            state,
+            None,
+            num_iterations=rc.backprop_depth,
+            backprop_depth=rc.backprop_depth,
+        ),
+        params=head,
+    )

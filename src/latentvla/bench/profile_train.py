@@ -156,15 +156,24 @@ def profile_preset(
     cfg = fit_policy_to_dataset(cfg, reader)
     dist_info = setup_distributed("cpu")
     normalizer = make_normalizer(reader)
-    dataset = VLADataset(reader, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras),
-                         normalizer=normalizer, augment=cfg.augment)  # fmt: skip
+    dataset = VLADataset(
+        reader,
+        chunk_size=cfg.policy.horizon,
+        cameras=list(cfg.policy.cameras),
+        normalizer=normalizer,
+        augment=cfg.augment,
+    )
     seed_everything(cfg.seed)
     policy = Policy(cfg.policy, normalizer)
     model = policy.model.train()
     optimizer = build_optimizer(
-        model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay, no_decay_param_ids(model),
+        model.param_groups(),
+        cfg.lr_backbone,
+        cfg.lr_head,
+        cfg.weight_decay,
+        no_decay_param_ids(model),
         lr_vision=cfg.lr_vision,
-    )  # fmt: skip
+    )
     params = [p for g in optimizer.param_groups for p in g["params"]]
     hooks = _label_model_parts(model)
     batches = iter(make_loader(dataset, cfg, 0, dist_info))
@@ -220,6 +229,9 @@ def format_profile(results: list[dict[str, Any]]) -> str:
     for r in results:
         for name, b in r["stages"].items():
             cells = [f"{b[c]:.0f} ({100 * b[c] / b['step']:.0f}%)" for c in cols]
-            lines.append(f"| {r['preset']} | {name} | {b['step']:.0f} | " + " | ".join(cells)
-                         + f" | {b['item_syncs_per_step']:.0f} |")  # fmt: skip
+            lines.append(
+                f"| {r['preset']} | {name} | {b['step']:.0f} | "
+                + " | ".join(cells)
+                + f" | {b['item_syncs_per_step']:.0f} |"
+            )
     return "\n".join(lines)

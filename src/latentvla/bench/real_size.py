@@ -82,11 +82,34 @@ def train_measured(out: str | Path, batch_size: int = 2, steps: int = 2) -> dict
     paths = write_reference_models(out / "models")
     data = write_synthetic_dataset(out / "data", num_episodes=2, length=12, image_size=224, cameras=CAMERAS)
     run = out / "run"
-    base = [sys.executable, "-m", "latentvla.cli", "train", "--preset", PRESET, "--backbone", str(paths["lm"]),
-            "--vision", str(paths["dinov2"]), "--vision", str(paths["siglip"]), "--dataset", str(data),
-            "--out", str(run), "--batch-size", str(batch_size), "--no-progress"]  # fmt: skip
-    overrides = [f"policy.cameras={','.join(CAMERAS)}", "policy.backbone.dtype=float32", "grad_accum=1",
-                 "save_every=1", "log_every=1"]  # fmt: skip
+    base = [
+        sys.executable,
+        "-m",
+        "latentvla.cli",
+        "train",
+        "--preset",
+        PRESET,
+        "--backbone",
+        str(paths["lm"]),
+        "--vision",
+        str(paths["dinov2"]),
+        "--vision",
+        str(paths["siglip"]),
+        "--dataset",
+        str(data),
+        "--out",
+        str(run),
+        "--batch-size",
+        str(batch_size),
+        "--no-progress",
+    ]
+    overrides = [
+        f"policy.cameras={','.join(CAMERAS)}",
+        "policy.backbone.dtype=float32",
+        "grad_accum=1",
+        "save_every=1",
+        "log_every=1",
+    ]
     # glibc's dynamic mmap threshold rises to the size of the largest freed tensor (up to 32 MB), after which freed
     # activations and checkpoint buffers stay in the heap and RSS outgrows the live tensors (measured here: 12.4 /
     # 13.3 GB peaks instead of 10.4 / 12.1). A fixed threshold hands large buffers back on free, so RSS tracks
@@ -100,12 +123,19 @@ def train_measured(out: str | Path, batch_size: int = 2, steps: int = 2) -> dict
     if code_r != 0:
         raise RuntimeError(f"resumed training exited with {code_r}")
     report = {
-        "preset": PRESET, "batch_size": batch_size, "cameras": len(CAMERAS), "dtype": "float32", "steps": steps,
-        "threads": os.environ.get("OMP_NUM_THREADS"), "models": {k: str(v) for k, v in paths.items()},
+        "preset": PRESET,
+        "batch_size": batch_size,
+        "cameras": len(CAMERAS),
+        "dtype": "float32",
+        "steps": steps,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "models": {k: str(v) for k, v in paths.items()},
         "malloc_mmap_threshold": env["MALLOC_MMAP_THRESHOLD_"],
-        "peak_rss_gb": round(peak, 3), "resume_peak_rss_gb": round(peak_r, 3), "train_wall_s": round(wall, 1),
+        "peak_rss_gb": round(peak, 3),
+        "resume_peak_rss_gb": round(peak_r, 3),
+        "train_wall_s": round(wall, 1),
         "resume_wall_s": round(wall_r, 1),
-    }  # fmt: skip
+    }
     (out / "real_size.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -115,8 +145,15 @@ def predict(report: dict[str, Any]) -> Any:
     from latentvla.bench.memory import estimate
 
     m = report["models"]
-    return estimate(PRESET, m["lm"], (m["dinov2"], m["siglip"]), batch_size=report["batch_size"],
-                    cameras=report["cameras"], device="cpu", dtype=report["dtype"])  # fmt: skip
+    return estimate(
+        PRESET,
+        m["lm"],
+        (m["dinov2"], m["siglip"]),
+        batch_size=report["batch_size"],
+        cameras=report["cameras"],
+        device="cpu",
+        dtype=report["dtype"],
+    )
 
 
 def check(report: dict[str, Any], tolerance: float = 0.10) -> tuple[bool, str]:
@@ -127,6 +164,8 @@ def check(report: dict[str, Any], tolerance: float = 0.10) -> tuple[bool, str]:
     measured, resumed = report["peak_rss_gb"], report["resume_peak_rss_gb"]
     predicted = predict(report).total_gb
     err = (predicted - measured) / measured
-    line = (f"bench memory predicts {predicted:.2f} GB, measured peak RSS {measured:.2f} GB ({err:+.1%}; tolerance "
-            f"{tolerance:.0%}); the resumed run peaked at {resumed:.2f} GB (loading the checkpoint)")  # fmt: skip
+    line = (
+        f"bench memory predicts {predicted:.2f} GB, measured peak RSS {measured:.2f} GB ({err:+.1%}; tolerance "
+        f"{tolerance:.0%}); the resumed run peaked at {resumed:.2f} GB (loading the checkpoint)"
+    )
     return abs(err) <= tolerance, line

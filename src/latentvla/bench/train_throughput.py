@@ -137,8 +137,9 @@ def bench_preset(
     return out
 
 
-def _build_run(preset: str, dataset_dir: str | Path, batch_size: int, overrides: list[str],
-               fields: dict[str, Any]) -> tuple:  # fmt: skip
+def _build_run(
+    preset: str, dataset_dir: str | Path, batch_size: int, overrides: list[str], fields: dict[str, Any]
+) -> tuple:
     """(config, device, policy, loss module, optimizer, batch iterator), built exactly as `train/loop.py` builds
     them."""
     from latentvla.data.dataset import VLADataset, make_normalizer
@@ -175,8 +176,14 @@ def _build_run(preset: str, dataset_dir: str | Path, batch_size: int, overrides:
     return cfg, dist_info.device, policy, loss_module, optimizer, batches
 
 
-def _flop_report(per_stage: dict[str, float], gflop: dict[str, float], stages: list, fractions: list,
-                 samples_per_step: int, peak: float) -> dict[str, Any]:  # fmt: skip
+def _flop_report(
+    per_stage: dict[str, float],
+    gflop: dict[str, float],
+    stages: list,
+    fractions: list,
+    samples_per_step: int,
+    peak: float,
+) -> dict[str, Any]:
     """Achieved GFLOP/s per stage and the curriculum mix's utilization of the GEMM peak."""
     step_rate = {k: v / samples_per_step for k, v in per_stage.items()}  # steps/s
     achieved = {k: gflop[k] * step_rate[k] for k in gflop}
@@ -251,7 +258,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
         if with_flops:
             gf = ", ".join(f"{k} {v:.2f}" for k, v in r["gflop_per_step"].items())
             achieved = r["utilization"] * r["gemm_peak_gflops"]
-            row += (f" {gf} | {achieved:.1f} | {r['gemm_peak_gflops']:.1f} | {r['utilization']:.0%} |"
-                    f" {r['speedup_bound']:.2f}x |")  # fmt: skip
+            row += (
+                f" {gf} | {achieved:.1f} | {r['gemm_peak_gflops']:.1f} | {r['utilization']:.0%} |"
+                f" {r['speedup_bound']:.2f}x |"
+            )
         lines.append(row)
     return "\n".join(lines)

@@ -50,8 +50,9 @@ def run_sim_episode(
     horizon = action_horizon or int(getattr(client, "metadata", {}).get("horizon", 1))
     broker = ActionChunkBroker(client, horizon)
     task = sim.resolve_tasks(task)[0]
-    sim_env = sim.make(task, cameras=tuple(cameras), image_size=image_size,
-                       max_steps=max_steps + protocol.warmup_steps)  # fmt: skip
+    sim_env = sim.make(
+        task, cameras=tuple(cameras), image_size=image_size, max_steps=max_steps + protocol.warmup_steps
+    )
     start = time.perf_counter()
     success, steps = False, 0
     try:

@@ -103,8 +103,9 @@ def _replace_columns(table: pa.Table, arrays: dict[str, pa.Array]) -> pa.Table:
     return table
 
 
-def _data_file_table(reader: LeRobotDatasetReader, path: Path, episodes: list[int], columns: list[dict],
-                     specs: dict[str, dict]) -> pa.Table:  # fmt: skip
+def _data_file_table(
+    reader: LeRobotDatasetReader, path: Path, episodes: list[int], columns: list[dict], specs: dict[str, dict]
+) -> pa.Table:
     """`path`'s table with the new columns of `episodes` placed at their rows."""
     table = read_parquet(path)
     if "episode_index" not in table.column_names:
@@ -172,8 +173,9 @@ def add_columns(reader: LeRobotDatasetReader, columns: list[dict[str, Any]]) -> 
     return [str(path.relative_to(root)) for _, path in staged]
 
 
-def _stage_episode_stats(reader: LeRobotDatasetReader, columns: list[dict], numeric: list[str],
-                         names: list[str]) -> list[tuple[Path, Path]]:  # fmt: skip
+def _stage_episode_stats(
+    reader: LeRobotDatasetReader, columns: list[dict], numeric: list[str], names: list[str]
+) -> list[tuple[Path, Path]]:
     """Per-episode stats of the numeric new columns, in the dataset's own per-episode stats files (which ones
     is the layout's business: v3.0 `meta/episodes/*.parquet`, v2.1 `meta/episodes_stats.jsonl`)."""
     if not numeric:

@@ -63,8 +63,32 @@ PUSH_SEGMENTS = ("approach", "contact", "push", "retract")
 PUSH_VERBS = ("push", "pull", "press", "turn", "rotate", "slide", "open", "close", "unplug", "sweep", "kick")
 _ARTICLES = ("the", "a", "an")
 # Words that end the target noun phrase after its article ("the black bowl *on* the plate").
-_PHRASE_END = frozenset(("and", "on", "in", "into", "onto", "to", "from", "of", "at", "with", "between", "next",
-                         "near", "under", "over", "inside", "behind", "then", "it", "that", "which", "so"))  # fmt: skip
+_PHRASE_END = frozenset(
+    (
+        "and",
+        "on",
+        "in",
+        "into",
+        "onto",
+        "to",
+        "from",
+        "of",
+        "at",
+        "with",
+        "between",
+        "next",
+        "near",
+        "under",
+        "over",
+        "inside",
+        "behind",
+        "then",
+        "it",
+        "that",
+        "which",
+        "so",
+    )
+)
 
 
 # ---------------------------------------------------------------------------------------- temporal anchors
@@ -160,9 +184,14 @@ def _clean(bounds: list[tuple[str, int]], length: int) -> list[tuple[str, int]]:
     return out
 
 
-def segment_episode(gripper: np.ndarray, *, motion: str = "grasp", contact: np.ndarray | None = None,
-                    object_pos: np.ndarray | None = None, ee: np.ndarray | None = None,
-                    ) -> tuple[list[str], list[int]]:  # fmt: skip
+def segment_episode(
+    gripper: np.ndarray,
+    *,
+    motion: str = "grasp",
+    contact: np.ndarray | None = None,
+    object_pos: np.ndarray | None = None,
+    ee: np.ndarray | None = None,
+) -> tuple[list[str], list[int]]:
     """Per-frame segment names (T,) and keyframes (segment starts + the last frame)."""
     length = len(np.asarray(gripper).reshape(-1))
     bounds = grasp_boundaries(gripper) if motion == "grasp" else None
@@ -264,19 +293,25 @@ def motion_phrase(delta: np.ndarray, deadzone: float) -> str:
 
 def reasoning_text(global_delta: np.ndarray, local_delta: np.ndarray, gripper: str) -> str:
     """ "globally move forward and down, locally move down, close the gripper"."""
-    return (f"globally {motion_phrase(global_delta, GLOBAL_DEADZONE)}, "
-            f"locally {motion_phrase(local_delta, LOCAL_DEADZONE)}, {gripper}")  # fmt: skip
+    return (
+        f"globally {motion_phrase(global_delta, GLOBAL_DEADZONE)}, "
+        f"locally {motion_phrase(local_delta, LOCAL_DEADZONE)}, {gripper}"
+    )
 
 
 # ---------------------------------------------------------------------------------------- episodes
 def _ee_and_gripper(episode: dict, layout: StateLayout | None) -> tuple[np.ndarray, np.ndarray]:
     if K.PRIV_EE_POS in episode and K.PRIV_GRIPPER in episode:
-        return (np.asarray(episode[K.PRIV_EE_POS], np.float64).reshape(-1, 3),
-                np.asarray(episode[K.PRIV_GRIPPER], np.float64).reshape(-1))  # fmt: skip
+        return (
+            np.asarray(episode[K.PRIV_EE_POS], np.float64).reshape(-1, 3),
+            np.asarray(episode[K.PRIV_GRIPPER], np.float64).reshape(-1),
+        )
     layout = layout or StateLayout()
     if K.OBS_STATE not in episode or np.asarray(episode[K.OBS_STATE]).shape[-1] < layout.min_dim:
-        raise KeyError(f"Annotation needs {K.PRIV_EE_POS} + {K.PRIV_GRIPPER}, or {K.OBS_STATE} with hand xyz + "
-                       f"gripper where {layout} says; this episode has neither.")  # fmt: skip
+        raise KeyError(
+            f"Annotation needs {K.PRIV_EE_POS} + {K.PRIV_GRIPPER}, or {K.OBS_STATE} with hand xyz + "
+            f"gripper where {layout} says; this episode has neither."
+        )
     return layout.split(episode[K.OBS_STATE])
 
 
@@ -290,8 +325,15 @@ def lookup_task_spec(task_name: str | None) -> TaskSpec | None:
     return sim.task_spec(sim.resolve_tasks(task_name)[0]) if sim is not None else None
 
 
-def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, box_source: BoxSource | None,
-                     camera: str = K.DEFAULT_CAMERA, layout: StateLayout | None = None) -> dict:  # fmt: skip
+def annotate_episode(
+    episode: dict,
+    *,
+    task_name: str | None,
+    instruction: str,
+    box_source: BoxSource | None,
+    camera: str = K.DEFAULT_CAMERA,
+    layout: StateLayout | None = None,
+) -> dict:
     """The cot.* columns (constants.COT_*) for one episode (see the module docstring for the pipeline).
 
     `layout`: where hand xyz and gripper sit in `observation.state` when there are no privileged columns
@@ -305,9 +347,12 @@ def annotate_episode(episode: dict, *, task_name: str | None, instruction: str, 
         segments, keyframes = phase_segments(episode[K.PRIV_PHASE])
     else:
         segments, keyframes = segment_episode(
-            grip, motion=spec.motion if spec else "grasp",
-            contact=episode.get(K.PRIV_CONTACT), object_pos=episode.get(K.PRIV_OBJECT_POS), ee=ee,
-        )  # fmt: skip
+            grip,
+            motion=spec.motion if spec else "grasp",
+            contact=episode.get(K.PRIV_CONTACT),
+            object_pos=episode.get(K.PRIV_OBJECT_POS),
+            ee=ee,
+        )
     if box_source is None:
         bbox, visible = np.zeros((length, 4), np.float32), np.zeros(length, bool)
     else:
@@ -359,8 +404,14 @@ def choose_state_layout(info: dict, state_dim: int | None, env: str | None = Non
     return "metaworld", get_simulator("metaworld").state_layout
 
 
-def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, camera: str | None = None,
-                     env: str | None = None, lara=None) -> dict:  # fmt: skip
+def annotate_dataset(
+    root: str | Path,
+    *,
+    box_source: BoxSource | None = None,
+    camera: str | None = None,
+    env: str | None = None,
+    lara=None,
+) -> dict:
     """Annotate every episode of the dataset at `root` in place; returns a summary.
 
     Only the cot.* columns are added to the data files (replaced when present), with their feature specs in
@@ -394,23 +445,39 @@ def annotate_dataset(root: str | Path, *, box_source: BoxSource | None = None, c
         ep["episode_index"] = int(meta.get("episode_index", i))
         if K.PRIV_EE_POS not in ep and "ee" not in warned:
             warned.add("ee")
-            print(f"annotate: no {K.PRIV_EE_POS}/{K.PRIV_GRIPPER}; reading hand xyz + gripper from {K.OBS_STATE} "
-                  f"with the {layout_name} layout {layout}")  # fmt: skip
+            print(
+                f"annotate: no {K.PRIV_EE_POS}/{K.PRIV_GRIPPER}; reading hand xyz + gripper from {K.OBS_STATE} "
+                f"with the {layout_name} layout {layout}"
+            )
         source = box_source or default_box_source(ep, camera)
         if source is None and "box" not in warned:
             warned.add("box")
-            warnings.warn(f"No box source for camera {camera!r} (no privileged corners/camera and no --boxes-jsonl):"
-                          " every cot.bbox is flagged not visible.", stacklevel=2)  # fmt: skip
-        cols = annotate_episode(ep, task_name=meta.get("task_name"), instruction=str(ep[K.TASK]),
-                                box_source=source, camera=camera, layout=layout)  # fmt: skip
+            warnings.warn(
+                f"No box source for camera {camera!r} (no privileged corners/camera and no --boxes-jsonl):"
+                " every cot.bbox is flagged not visible.",
+                stacklevel=2,
+            )
+        cols = annotate_episode(
+            ep,
+            task_name=meta.get("task_name"),
+            instruction=str(ep[K.TASK]),
+            box_source=source,
+            camera=camera,
+            layout=layout,
+        )
         if lara is not None:
             imported += lara.apply(cols, ep["episode_index"])
         columns.append(cols)
         frames += len(cols[K.COT_SEGMENT])
         boxed += int(cols[K.COT_BBOX_VISIBLE].sum())
     files = add_columns(reader, columns)
-    summary = {"episodes": reader.num_episodes, "frames": frames, "visible_box_fraction": boxed / max(frames, 1),
-               "version": reader.version, "files_rewritten": files}  # fmt: skip
+    summary = {
+        "episodes": reader.num_episodes,
+        "frames": frames,
+        "visible_box_fraction": boxed / max(frames, 1),
+        "version": reader.version,
+        "files_rewritten": files,
+    }
     if lara is not None:
         summary["lara_cot_fraction"] = imported / max(frames, 1)
     return summary

@@ -56,8 +56,10 @@ class ProjectedGeometryBoxes:
         cam_key = f"{K.PRIV_CAMERA}{camera}"
         missing = [k for k in (K.PRIV_TARGET_CORNERS, cam_key) if k not in episode]
         if missing:
-            raise KeyError(f"ProjectedGeometryBoxes needs the privileged columns {missing}; collect with "
-                           f"`latentvla collect --camera {camera}` or pass a ColumnBoxes source.")  # fmt: skip
+            raise KeyError(
+                f"ProjectedGeometryBoxes needs the privileged columns {missing}; collect with "
+                f"`latentvla collect --camera {camera}` or pass a ColumnBoxes source."
+            )
         corners = np.asarray(episode[K.PRIV_TARGET_CORNERS], dtype=np.float64).reshape(-1, 8, 3)
         params = np.asarray(episode[cam_key], dtype=np.float64).reshape(-1, 13)
         xyxy = np.zeros((len(corners), 4))
@@ -86,8 +88,10 @@ class ColumnBoxes:
                     box = [float(v) for v in row["bbox"]]
                     key = (int(row["episode_index"]), int(row["frame_index"]))
                 except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{jsonl}:{n}: expected {{episode_index, frame_index, bbox: [x1, y1, x2, "
-                                     f"y2]}}, got {line[:80]!r} ({e})") from e  # fmt: skip
+                    raise ValueError(
+                        f"{jsonl}:{n}: expected {{episode_index, frame_index, bbox: [x1, y1, x2, "
+                        f"y2]}}, got {line[:80]!r} ({e})"
+                    ) from e
                 if len(box) != 4:
                     raise ValueError(f"{jsonl}:{n}: bbox must have 4 numbers, got {len(box)}")
                 self.table[key] = box

@@ -57,8 +57,17 @@ def _env(sim: str, task: str, cameras: tuple[str, ...], image_size: int, max_ste
     return _ENVS[key]
 
 
-def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], image_size: int, max_steps: int,
-            stop_after_success: int, sim: str = "metaworld") -> tuple[dict, dict]:  # fmt: skip
+def rollout(
+    task: str,
+    episode: int,
+    *,
+    seed: int,
+    cameras: tuple[str, ...],
+    image_size: int,
+    max_steps: int,
+    stop_after_success: int,
+    sim: str = "metaworld",
+) -> tuple[dict, dict]:
     """One expert episode -> (episode dict with cot.* columns, meta). Runs in a worker process."""
     from latentvla.data.annotate import annotate_episode, default_box_source
     from latentvla.envs.registry import get_simulator
@@ -88,13 +97,24 @@ def rollout(task: str, episode: int, *, seed: int, cameras: tuple[str, ...], ima
     ep = {k: np.stack(v) for k, v in frames.items()}
     ep[K.TASK] = env.instruction
     ep["timestamp"] = (np.arange(len(ep[K.ACTION])) / env.fps).astype(np.float32)
-    ep.update(annotate_episode(ep, task_name=task, instruction=env.instruction,
-                               box_source=default_box_source(ep, cameras[0]), camera=cameras[0],
-                               layout=get_simulator(sim).state_layout))  # the simulator's right/forward/up words
-    meta = {"success": success_at is not None, "task_name": task, "episode": episode,
-            "episode_seed": int(reset_info.get("episode_seed", -1)),
-            "init_state": int(reset_info.get("init_state", -1)),  # LIBERO: -1 = not a benchmark init state
-            "success_step": -1 if success_at is None else success_at}  # fmt: skip
+    ep.update(
+        annotate_episode(
+            ep,
+            task_name=task,
+            instruction=env.instruction,
+            box_source=default_box_source(ep, cameras[0]),
+            camera=cameras[0],
+            layout=get_simulator(sim).state_layout,
+        )
+    )  # the simulator's right/forward/up words
+    meta = {
+        "success": success_at is not None,
+        "task_name": task,
+        "episode": episode,
+        "episode_seed": int(reset_info.get("episode_seed", -1)),
+        "init_state": int(reset_info.get("init_state", -1)),  # LIBERO: -1 = not a benchmark init state
+        "success_step": -1 if success_at is None else success_at,
+    }
     return ep, meta
 
 
@@ -108,10 +128,22 @@ def _key(task: str, episode: int) -> str:
     return f"{task}/train/{episode:04d}"
 
 
-def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int, out: str | Path, seed: int = 0,
-            workers: int = 1, cameras: Sequence[str] | None = None, max_steps: int | None = None,
-            resume: bool = False, stop_after_success: int = 10, overwrite: bool = False, video: bool = False,
-            progress: bool = True, env: str = "metaworld") -> dict:  # fmt: skip
+def collect(
+    tasks: str | Sequence[str],
+    episodes_per_task: int,
+    image_size: int,
+    out: str | Path,
+    seed: int = 0,
+    workers: int = 1,
+    cameras: Sequence[str] | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    stop_after_success: int = 10,
+    overwrite: bool = False,
+    video: bool = False,
+    progress: bool = True,
+    env: str = "metaworld",
+) -> dict:
     """Collect, annotate and write a LeRobot v3.0 dataset of successful expert episodes; returns a summary."""
     from latentvla.data.lerobot import DatasetWriter
 
@@ -120,19 +152,19 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
     sim, names, cameras, max_steps = _checked_setup(env, tasks, cameras, image_size, max_steps)
     out = Path(out)
     counters_path = out.with_name(out.name + ".collect.json")
-    record = collect_args(env=env, tasks=names, episodes_per_task=episodes_per_task, image_size=image_size,
-                          seed=seed, cameras=cameras, max_steps=max_steps, stop_after_success=stop_after_success,
-                          video=video)  # fmt: skip
+    rollout = dict(seed=seed, cameras=cameras, image_size=image_size, max_steps=max_steps)
+    rollout |= dict(stop_after_success=stop_after_success)
+    # the content-defining arguments, recorded in info.json and compared on --resume
+    record = collect_args(env=env, tasks=names, episodes_per_task=episodes_per_task, video=video, **rollout)
     if resume and out.is_dir() and not out.with_name(out.name + ".partial").exists():
         return _already_published(out, counters_path, record)
-    writer = DatasetWriter(out, fps=sim.fps, robot_type=sim.robot_type, names=sim.feature_names, resume=resume,
-                           overwrite=overwrite, video=video)  # fmt: skip
+    opts = dict(resume=resume, overwrite=overwrite, video=video)
+    writer = DatasetWriter(out, fps=sim.fps, robot_type=sim.robot_type, names=sim.feature_names, **opts)
     succeeded, failed = _attempted(writer, counters_path, record, resume, names, episodes_per_task)
-    kwargs = dict(seed=seed, cameras=cameras, image_size=image_size, max_steps=max_steps,
-                  stop_after_success=stop_after_success, sim=env)  # fmt: skip
     start = time.perf_counter()
-    counts = _roll_out(names, succeeded, failed, episodes_per_task, kwargs, workers, writer,
-                       lambda f: _write_json_atomic(counters_path, {"args": record, "failed": f}), progress)  # fmt: skip
+    save_failures = lambda f: _write_json_atomic(counters_path, {"args": record, "failed": f})  # noqa: E731
+    jobs = (names, succeeded, failed, episodes_per_task, {**rollout, "sim": env})
+    counts = _roll_out(*jobs, workers, writer, save_failures, progress)
     stats = {t: {"attempts": len(succeeded[t]) + len(failed[t]), "successes": len(succeeded[t])} for t in names}
     if not any(succeeded.values()):  # nothing to publish or resume: leave no .partial / record behind
         shutil.rmtree(writer.partial, ignore_errors=True)
@@ -142,21 +174,23 @@ def collect(tasks: str | Sequence[str], episodes_per_task: int, image_size: int,
             f"the expert succeeded in none of {attempts} episodes within --max-steps {max_steps}; nothing was written "
             f"to {out}: raise --max-steps or check the tasks"
         )
-    setup = {"env": env, "seed": seed, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps,
-             "train_init": sim.train_init or "reset(split='train')",
-             "warmup_steps": sim.protocol().warmup_steps}  # fmt: skip
+    setup = {"env": env, "seed": seed, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps}
+    setup |= {"train_init": sim.train_init or "reset(split='train')", "warmup_steps": sim.protocol().warmup_steps}
     return _finish(writer, stats, names, start, counts, out, counters_path, setup, args=record)
 
 
-def _checked_setup(env: str, tasks: str | Sequence[str], cameras: Sequence[str] | None, image_size: int,
-                   max_steps: int | None) -> tuple:  # fmt: skip
+def _checked_setup(
+    env: str, tasks: str | Sequence[str], cameras: Sequence[str] | None, image_size: int, max_steps: int | None
+) -> tuple:
     """(simulator, task names, cameras, max_steps) after every check that can fail before a worker starts."""
     from latentvla.envs.registry import get_simulator
 
     sim = get_simulator(env)
     if not sim.has_expert:
-        raise ValueError(f"{env} has no scripted expert, so `collect` cannot make demonstrations for it; "
-                         "train on an existing LeRobot dataset instead")  # fmt: skip
+        raise ValueError(
+            f"{env} has no scripted expert, so `collect` cannot make demonstrations for it; "
+            "train on an existing LeRobot dataset instead"
+        )
     sim.require()
     names = sim.resolve_tasks(tasks)
     cameras = tuple(cameras or sim.default_cameras)
@@ -168,8 +202,9 @@ def _checked_setup(env: str, tasks: str | Sequence[str], cameras: Sequence[str] 
     return sim, names, cameras, max_steps
 
 
-def _attempted(writer: Any, counters_path: Path, record: dict, resume: bool, names: list[str],
-               per_task: int) -> tuple[dict[str, set], dict[str, set]]:  # fmt: skip
+def _attempted(
+    writer: Any, counters_path: Path, record: dict, resume: bool, names: list[str], per_task: int
+) -> tuple[dict[str, set], dict[str, set]]:
     """Per task, the episodes written (successes) and those whose finished attempt failed: all the state a
     resumed run needs. Checks that a resumed run has the same content-defining arguments (or nothing is mixed)."""
     saved = json.loads(counters_path.read_text()) if resume and counters_path.exists() else {}
@@ -198,7 +233,9 @@ class _ExpertRunner:
             _ENVS.popitem()[1].close()
 
 
-def _roll_out(names, succeeded, failed, per_task, kwargs, workers, writer, save_failed, progress) -> tuple[int, int]:
+def _roll_out(
+    names, succeeded, failed, per_task, kwargs, workers, writer, save_failed, progress
+) -> tuple[int, int]:
     """Wave after wave (`_next_wave`) until every task has its successes or its attempts: successes go to
     `writer`, failures to `save_failed`; in this process (workers=1) or `workers` spawned ones. Returns
     (frames, episodes) written."""
@@ -280,15 +317,28 @@ def _already_published(out: Path, counters_path: Path, record: dict) -> dict:
     return summary | {"out": str(out), "seconds": 0.0, "episodes_per_s": 0.0, "already_complete": True}
 
 
-def _finish(writer, stats, names, start, counts, out, counters_path, setup: dict | None = None,
-            args: dict | None = None) -> dict:  # fmt: skip
+def _finish(
+    writer, stats, names, start, counts, out, counters_path, setup: dict | None = None, args: dict | None = None
+) -> dict:
     frames, written = counts
     attempts = sum(stats[t]["attempts"] for t in names)
     kept = sum(stats[t]["successes"] for t in names)
-    per_task = {t: {"attempts": stats[t]["attempts"], "successes": stats[t]["successes"],
-                    "success_rate": stats[t]["successes"] / max(stats[t]["attempts"], 1)} for t in names}  # fmt: skip
-    summary = {"episodes_kept": kept, "attempts": attempts, "success_rate": kept / max(attempts, 1),
-               "per_task": per_task, "args": args, **(setup or {})}  # fmt: skip
+    per_task = {
+        t: {
+            "attempts": stats[t]["attempts"],
+            "successes": stats[t]["successes"],
+            "success_rate": stats[t]["successes"] / max(stats[t]["attempts"], 1),
+        }
+        for t in names
+    }
+    summary = {
+        "episodes_kept": kept,
+        "attempts": attempts,
+        "success_rate": kept / max(attempts, 1),
+        "per_task": per_task,
+        "args": args,
+        **(setup or {}),
+    }
     if kept == 0:
         raise RuntimeError(f"The expert succeeded in none of {attempts} episodes; nothing to write to {out}.")
     order = {t: i for i, t in enumerate(names)}
@@ -300,5 +350,9 @@ def _finish(writer, stats, names, start, counts, out, counters_path, setup: dict
     writer.finalize(extra_info={"latentvla_collect": summary}, sort_key=by_task_episode)
     counters_path.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
-    return summary | {"out": str(out), "seconds": seconds, "episodes_per_s": written / seconds,
-                      "frames_written_this_run": frames}  # fmt: skip
+    return summary | {
+        "out": str(out),
+        "seconds": seconds,
+        "episodes_per_s": written / seconds,
+        "frames_written_this_run": frames,
+    }

@@ -16,8 +16,18 @@ from pathlib import Path
 from typing import Any
 
 
-def collect_args(*, env: str, tasks: Sequence[str], episodes_per_task: int, image_size: int, seed: int,
-                 cameras: Sequence[str], max_steps: int, stop_after_success: int, video: bool) -> dict[str, Any]:  # fmt: skip
+def collect_args(
+    *,
+    env: str,
+    tasks: Sequence[str],
+    episodes_per_task: int,
+    image_size: int,
+    seed: int,
+    cameras: Sequence[str],
+    max_steps: int,
+    stop_after_success: int,
+    video: bool,
+) -> dict[str, Any]:
     """The content-defining arguments as a JSON-able dict (tasks as resolved names, in collection order)."""
     return {
         "env": str(env),
@@ -32,9 +42,17 @@ def collect_args(*, env: str, tasks: Sequence[str], episodes_per_task: int, imag
     }
 
 
-_FLAGS = {"env": "--env", "tasks": "--tasks", "episodes_per_task": "--episodes-per-task", "seed": "--seed",
-          "image_size": "--image-size", "cameras": "--camera", "max_steps": "--max-steps",
-          "stop_after_success": "--stop-after-success", "video": "--video"}  # fmt: skip
+_FLAGS = {
+    "env": "--env",
+    "tasks": "--tasks",
+    "episodes_per_task": "--episodes-per-task",
+    "seed": "--seed",
+    "image_size": "--image-size",
+    "cameras": "--camera",
+    "max_steps": "--max-steps",
+    "stop_after_success": "--stop-after-success",
+    "video": "--video",
+}
 
 
 def _flag_value(key: str, value: Any) -> str:
@@ -62,8 +80,10 @@ def check_resume_args(saved: dict | None, now: dict, record: Path, started: bool
     grows = grows and now["episodes_per_task"] > saved["episodes_per_task"]
     diff = [k for k in now if saved.get(k) != now[k] and not (k == "episodes_per_task" and grows)]
     if diff:
-        parts = [f"{_FLAGS.get(k, k)} {_flag_value(k, saved.get(k))} (run) vs {_flag_value(k, now[k])} (now)"
-                 for k in diff]  # fmt: skip
+        parts = [
+            f"{_FLAGS.get(k, k)} {_flag_value(k, saved.get(k))} (run) vs {_flag_value(k, now[k])} (now)"
+            for k in diff
+        ]
         raise ValueError(
             f"--resume: the interrupted collection used other arguments: {'; '.join(parts)}; resume with the "
             "run's arguments, or start over with --overwrite"

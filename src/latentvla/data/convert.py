@@ -17,10 +17,23 @@ from latentvla.data.lerobot.columns import vector_names
 
 # info.json keys the writer sets itself (v3.0) or that only describe the source layout (v2.x)
 _LAYOUT_INFO = {
-    "codebase_version", "robot_type", "fps", "features", "total_episodes", "total_frames", "total_tasks",
-    "total_videos", "total_chunks", "chunks_size", "data_files_size_in_mb", "video_files_size_in_mb", "data_path",
-    "video_path", "splits", "image_storage",
-}  # fmt: skip
+    "codebase_version",
+    "robot_type",
+    "fps",
+    "features",
+    "total_episodes",
+    "total_frames",
+    "total_tasks",
+    "total_videos",
+    "total_chunks",
+    "chunks_size",
+    "data_files_size_in_mb",
+    "video_files_size_in_mb",
+    "data_path",
+    "video_path",
+    "splits",
+    "image_storage",
+}
 _EPISODE_LAYOUT = {"episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index", "key"}
 
 

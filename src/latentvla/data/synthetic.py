@@ -59,11 +59,15 @@ _DEAD_ZONE = 0.01
 # LIBERO sets without per-dimension names in our writer)
 FEATURE_NAMES = {OBS_STATE: ("hand_x", "hand_y", "hand_z", "gripper"), ACTION: ("dx", "dy", "dz", "gripper")}
 LIBERO_TASKS = (
-    ("pick up the alphabet soup and place it in the basket",
-     "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket"),
-    ("pick up the cream cheese and place it in the basket",
-     "libero_object/pick_up_the_cream_cheese_and_place_it_in_the_basket"),
-)  # fmt: skip
+    (
+        "pick up the alphabet soup and place it in the basket",
+        "libero_object/pick_up_the_alphabet_soup_and_place_it_in_the_basket",
+    ),
+    (
+        "pick up the cream cheese and place it in the basket",
+        "libero_object/pick_up_the_cream_cheese_and_place_it_in_the_basket",
+    ),
+)
 LIBERO_FPS = 20
 LAYOUTS = ("default", "libero")
 
@@ -226,8 +230,14 @@ def write_synthetic_dataset(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     synthetic_episodes(1, length, image_size)  # validates the arguments before touching the disk
     libero = layout == "libero"
-    writer = DatasetWriter(root, fps=LIBERO_FPS if libero else FPS, robot_type="panda" if libero else "synthetic",
-                           names=None if libero else FEATURE_NAMES, overwrite=overwrite, video=video)  # fmt: skip
+    writer = DatasetWriter(
+        root,
+        fps=LIBERO_FPS if libero else FPS,
+        robot_type="panda" if libero else "synthetic",
+        names=None if libero else FEATURE_NAMES,
+        overwrite=overwrite,
+        video=video,
+    )
     for i in range(num_episodes):
         episode, meta = synthetic_episode(i, length, image_size, seed, with_cot and not libero, cameras)
         if libero:

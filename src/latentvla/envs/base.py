@@ -236,10 +236,23 @@ class Simulator(ABC):
             raise ValueError(f"image_size must be in [32, 512], got {image_size}")
 
     @abstractmethod
-    def make(self, task: str, *, cameras: tuple[str, ...] | None = None, image_size: int = 64,
-             max_steps: int | None = None, render: bool = True) -> SimEnv:  # fmt: skip
+    def make(
+        self,
+        task: str,
+        *,
+        cameras: tuple[str, ...] | None = None,
+        image_size: int = 64,
+        max_steps: int | None = None,
+        render: bool = True,
+    ) -> SimEnv:
         """Build one environment; `max_steps` truncates episodes (None: the simulator's limit)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "robot_type": self.robot_type, "fps": self.fps, "state_dim": self.state_dim,
-                "action_dim": self.action_dim, "cameras": list(self.cameras)}  # fmt: skip
+        return {
+            "name": self.name,
+            "robot_type": self.robot_type,
+            "fps": self.fps,
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+            "cameras": list(self.cameras),
+        }

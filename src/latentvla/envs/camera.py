@@ -21,8 +21,9 @@ def camera_params(data: Any, model: Any, cam_id: int) -> np.ndarray:
     )
 
 
-def project_points(points: np.ndarray, params: np.ndarray, flipped: bool = False,
-                   bottom_up: bool = False) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def project_points(
+    points: np.ndarray, params: np.ndarray, flipped: bool = False, bottom_up: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """World points (N, 3) -> normalized image coords (N, 2) in the stored image, in_front (N,).
 
     Pinhole model of MuJoCo cameras: the camera frame has x right, y up and looks along -z; `fovy` is the

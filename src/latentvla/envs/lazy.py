@@ -20,8 +20,9 @@ from typing import Any
 class LazyObservation(Mapping):
     """Mapping of LeRobot keys; `lazy[key]()` renders the value of `key` while `is_current()` holds."""
 
-    def __init__(self, eager: dict[str, Any], lazy: dict[str, Callable[[], Any]],
-                 is_current: Callable[[], bool]) -> None:  # fmt: skip
+    def __init__(
+        self, eager: dict[str, Any], lazy: dict[str, Callable[[], Any]], is_current: Callable[[], bool]
+    ) -> None:
         self._values, self._lazy, self._is_current = dict(eager), dict(lazy), is_current
 
     def __getitem__(self, key: str) -> Any:
@@ -29,8 +30,10 @@ class LazyObservation(Mapping):
             if key not in self._lazy:
                 raise KeyError(key)
             if not self._is_current():
-                raise RuntimeError(f"{key} of an observation read after the environment stepped on; read the "
-                                   "images of an observation before the next step()")  # fmt: skip
+                raise RuntimeError(
+                    f"{key} of an observation read after the environment stepped on; read the "
+                    "images of an observation before the next step()"
+                )
             self._values[key] = self._lazy.pop(key)()
         return self._values[key]
 

@@ -63,14 +63,21 @@ INIT_STATES_PER_TASK = 50
 NOOP = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # open gripper, no motion: the settle action of every evaluator
 INSTALL = 'pip install -e ".[sim,libero]"'
 SPLIT_IDS = {"train": 0, "eval": 1}
-TRAIN_INIT = ("fresh placements drawn from each task's own placement distribution (LIBERO's samplers, seeded with "
-              "episode_seed(task, 'train', episode, seed)); never the benchmark's init states, which are the "
-              "evaluation set")  # fmt: skip
+TRAIN_INIT = (
+    "fresh placements drawn from each task's own placement distribution (LIBERO's samplers, seeded with "
+    "episode_seed(task, 'train', episode, seed)); never the benchmark's init states, which are the "
+    "evaluation set"
+)
 
 # Max policy steps per suite. Papers (openpi examples/libero/main.py, OpenVLA run_libero_eval.py, LaRA-VLA
 # examples/LIBERO/eval_libero.py): 220 / 280 / 300 / 520 / 400. LeRobot (envs/libero.py): spatial 280.
-PAPERS_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,
-                    "libero_90": 400}  # fmt: skip
+PAPERS_MAX_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
 LEROBOT_MAX_STEPS = {**PAPERS_MAX_STEPS, "libero_spatial": 280}
 
 
@@ -162,8 +169,11 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         elif "_" in part and "-" not in part and " " not in part:
             found = [f"{s}/{part}" for s in SUITES if part in _BENCH.names(s)]
             if not found:
-                raise ValueError(did_you_mean(part, [*SUITES, *(n for s in SUITES[:4] for n in _BENCH.names(s))],
-                                              "LIBERO task or suite"))  # fmt: skip
+                raise ValueError(
+                    did_you_mean(
+                        part, [*SUITES, *(n for s in SUITES[:4] for n in _BENCH.names(s))], "LIBERO task or suite"
+                    )
+                )
             names = found[:1]
         else:
             raise ValueError(did_you_mean(part, SUITES, "LIBERO task or suite"))
@@ -176,8 +186,14 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
 class LiberoEnv:
     """One LIBERO task with LeRobot observations (see the module docstring)."""
 
-    def __init__(self, task: str, cameras: tuple[str, ...] = ("image", "image2"), image_size: int = 128,
-                 max_steps: int = 520, render: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        task: str,
+        cameras: tuple[str, ...] = ("image", "image2"),
+        image_size: int = 128,
+        max_steps: int = 520,
+        render: bool = True,
+    ) -> None:
         require_libero()
         from libero.libero import get_libero_path
         from libero.libero.envs import OffScreenRenderEnv
@@ -191,9 +207,12 @@ class LiberoEnv:
         self.init_states = np.asarray(suite.get_task_init_states(index))
         bddl = os.path.join(get_libero_path("bddl_files"), spec.problem_folder, spec.bddl_file)
         self.env = OffScreenRenderEnv(
-            bddl_file_name=bddl, camera_heights=image_size, camera_widths=image_size,
-            camera_names=[CAMERA_NAMES[c] for c in self.cameras], hard_reset=False,
-        )  # fmt: skip
+            bddl_file_name=bddl,
+            camera_heights=image_size,
+            camera_widths=image_size,
+            camera_names=[CAMERA_NAMES[c] for c in self.cameras],
+            hard_reset=False,
+        )
         self._disable_camera_observables()
         self._raw: dict | None = None
         self._steps = 0
@@ -274,11 +293,14 @@ class LiberoEnv:
 
     def _observation(self) -> LazyObservation:
         raw = self._raw
-        state = np.concatenate([raw["robot0_eef_pos"], quat2axisangle(raw["robot0_eef_quat"]),
-                                raw["robot0_gripper_qpos"]]).astype(np.float32)  # fmt: skip
+        state = np.concatenate(
+            [raw["robot0_eef_pos"], quat2axisangle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+        ).astype(np.float32)
         frame = self._frame
-        lazy = {f"{K.OBS_IMAGES}.{cam}": (lambda cam=cam: self.render(cam))
-                for cam in (self.cameras if self.render_images else ())}  # fmt: skip
+        lazy = {
+            f"{K.OBS_IMAGES}.{cam}": (lambda cam=cam: self.render(cam))
+            for cam in (self.cameras if self.render_images else ())
+        }
         return LazyObservation({K.OBS_STATE: state, K.TASK: self.instruction}, lazy, lambda: self._frame == frame)
 
     # ------------------------------------------------------------------ scripted expert + ground truth
@@ -306,8 +328,10 @@ class LiberoEnv:
         a finger-object contact flag and the camera poses (keyed by LeRobot camera name)."""
         raw = self._raw
         gap = (raw["robot0_gripper_qpos"][0] - raw["robot0_gripper_qpos"][1]) / PANDA_MAX_GAP
-        out = {K.PRIV_EE_POS: np.asarray(raw["robot0_eef_pos"], np.float32),
-               K.PRIV_GRIPPER: np.array([np.clip(gap, 0.0, 1.0)], np.float32)}  # fmt: skip
+        out = {
+            K.PRIV_EE_POS: np.asarray(raw["robot0_eef_pos"], np.float32),
+            K.PRIV_GRIPPER: np.array([np.clip(gap, 0.0, 1.0)], np.float32),
+        }
         if self._expert is None:
             return out
         from latentvla.data.annotate import PHASE_SEGMENTS
@@ -353,26 +377,45 @@ class LiberoSimulator(Simulator):
     }
     # Finger joints (+q, -q): their difference is the gap in metres.
     # The robot faces +x (robosuite), so forward = +x and right = -y.
-    state_layout = StateLayout(ee=(0, 3), gripper=(6, 7), gripper_signs=(1.0, -1.0), gripper_scale=1 / PANDA_MAX_GAP,
-                               rfu=((1, -1.0), (0, 1.0), (2, 1.0)))  # fmt: skip
+    state_layout = StateLayout(
+        ee=(0, 3),
+        gripper=(6, 7),
+        gripper_signs=(1.0, -1.0),
+        gripper_scale=1 / PANDA_MAX_GAP,
+        rfu=((1, -1.0), (0, 1.0), (2, 1.0)),
+    )
 
     @property
     def protocols(self) -> dict[str, EvalProtocol]:
         init = "episode i starts from the benchmark init state i (get_task_init_states(task)[i mod 50])"
         return {
             "papers": EvalProtocol(
-                name="papers", episodes=50, seed=7, max_steps=PAPERS_MAX_STEPS, init=init,
-                warmup_steps=10, warmup_action=NOOP, gripper="none", execute_full_chunk=True,
+                name="papers",
+                episodes=50,
+                seed=7,
+                max_steps=PAPERS_MAX_STEPS,
+                init=init,
+                warmup_steps=10,
+                warmup_action=NOOP,
+                gripper="none",
+                execute_full_chunk=True,
                 source="openpi examples/libero/main.py; OpenVLA experiments/robot/libero/run_libero_eval.py; "
-                       "LaRA-VLA examples/LIBERO/eval_libero.py (50 rollouts/task, seed 7, 10 no-op steps)",
+                "LaRA-VLA examples/LIBERO/eval_libero.py (50 rollouts/task, seed 7, 10 no-op steps)",
             ),
             "lerobot": EvalProtocol(
-                name="lerobot", episodes=10, seed=1000, max_steps=LEROBOT_MAX_STEPS, init=init,
-                warmup_steps=10, warmup_action=NOOP, gripper="none", execute_full_chunk=False,
+                name="lerobot",
+                episodes=10,
+                seed=1000,
+                max_steps=LEROBOT_MAX_STEPS,
+                init=init,
+                warmup_steps=10,
+                warmup_action=NOOP,
+                gripper="none",
+                execute_full_chunk=False,
                 source="LeRobot envs/libero.py (num_steps_wait=10, spatial 280 steps), lerobot-eval seed 1000, "
-                       "docs libero.mdx (10 episodes/task); the policy's own n_action_steps",
+                "docs libero.mdx (10 episodes/task); the policy's own n_action_steps",
             ),
-        }  # fmt: skip
+        }
 
     def resolve_tasks(self, spec: str | list[str] | tuple[str, ...]) -> list[str]:
         return resolve_tasks(spec)
@@ -402,8 +445,15 @@ class LiberoSimulator(Simulator):
     def require(self) -> None:
         require_libero()
 
-    def make(self, task: str, *, cameras: tuple[str, ...] | None = None, image_size: int = 128,
-             max_steps: int | None = None, render: bool = True) -> LiberoEnv:  # fmt: skip
+    def make(
+        self,
+        task: str,
+        *,
+        cameras: tuple[str, ...] | None = None,
+        image_size: int = 128,
+        max_steps: int | None = None,
+        render: bool = True,
+    ) -> LiberoEnv:
         cams = tuple(cameras or self.default_cameras)
         self.validate(cameras=cams, image_size=image_size, max_steps=max_steps)
         limit = max_steps or PAPERS_MAX_STEPS[self.task_group(task)] + 10

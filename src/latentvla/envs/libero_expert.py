@@ -45,8 +45,17 @@ CLOSE_STEPS, OPEN_STEPS, REOPEN_STEPS = 12, 10, 8
 KP, KI, KR = 12.0, 0.15, 2.0
 MIN_RISE = 0.02
 PHASE_TIMEOUT = {"hover": 80, "descend": 60, "lift": 60, "transport": 120, "lower": 80}
-SEGMENTS = {"hover": "approach", "descend": "approach", "reopen": "approach", "close": "grasp", "lift": "lift",
-            "transport": "transport", "lower": "place", "open": "release", "retract": "retract"}  # fmt: skip
+SEGMENTS = {
+    "hover": "approach",
+    "descend": "approach",
+    "reopen": "approach",
+    "close": "grasp",
+    "lift": "lift",
+    "transport": "transport",
+    "lower": "place",
+    "open": "release",
+    "retract": "retract",
+}
 N_YAWS = 12
 
 
@@ -91,11 +100,16 @@ class Geometry:
 
         self.body = {name: int(b) for name, b in env.obj_body_id.items()}
         self.geoms = {name: subtree(b) for name, b in self.body.items()}
-        self.finger = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, n)
-                       for n in ("gripper0_leftfinger", "gripper0_rightfinger")]  # fmt: skip
+        self.finger = [
+            mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, n)
+            for n in ("gripper0_leftfinger", "gripper0_rightfinger")
+        ]
         self.eef_site = int(env.robots[0].eef_site_id)
-        hand = [b for b in range(m.nbody) if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, b) or "").startswith(
-            "gripper0_")]  # fmt: skip
+        hand = [
+            b
+            for b in range(m.nbody)
+            if (mujoco.mj_id2name(m, mujoco.mjtObj.mjOBJ_BODY, b) or "").startswith("gripper0_")
+        ]
         self.gripper_geoms = np.flatnonzero(np.isin(m.geom_bodyid, hand))
 
     def geom_corners(self, g: int) -> np.ndarray:
@@ -135,8 +149,10 @@ class PickPlaceExpert:
         self.geo = Geometry(env)
         goals = [g for g in env.parsed_problem["goal_state"] if g[0].lower() in ("in", "on") and len(g) == 3]
         if not goals:
-            raise ValueError(f"no in/on goal in {env.parsed_problem['goal_state']}: the scripted expert only "
-                             "picks and places (drawers, knobs and pushing are not scripted)")  # fmt: skip
+            raise ValueError(
+                f"no in/on goal in {env.parsed_problem['goal_state']}: the scripted expert only "
+                "picks and places (drawers, knobs and pushing are not scripted)"
+            )
         _, self.obj, self.target = (str(x) for x in goals[0])
         if self.obj not in self.geo.body:
             raise ValueError(f"goal object {self.obj!r} is not a body of this scene")

@@ -56,8 +56,20 @@ FPS = 80  # control rate: frame_skip 5 x MuJoCo timestep 2.5 ms = 12.5 ms per st
 MAX_PATH_LENGTH = 500  # Meta-World raises if stepped past this without a reset
 GOAL_BOX_HALF = 0.02  # metres: half-size of the box drawn around a goal point (reach-style tasks)
 # Bodies of the Sawyer arm and gripper: excluded when looking for the target, used for the contact flag.
-_ROBOT_PREFIXES = ("right_", "hand", "leftclaw", "rightclaw", "leftpad", "rightpad", "mocap", "base",
-                   "pedestal", "torso", "head", "screen")  # fmt: skip
+_ROBOT_PREFIXES = (
+    "right_",
+    "hand",
+    "leftclaw",
+    "rightclaw",
+    "leftpad",
+    "rightpad",
+    "mocap",
+    "base",
+    "pedestal",
+    "torso",
+    "head",
+    "screen",
+)
 _GRIPPER_BODIES = ("hand", "leftclaw", "rightclaw", "leftpad", "rightpad")
 _STATIC_BODIES = ("tablelink", "RetainingWall")
 
@@ -305,7 +317,10 @@ class MetaWorldSimulator(Simulator):
     fps = FPS
     state_dim, action_dim = 4, 4
     # hand xyz + gripper opening; action: hand displacement + gripper effort (Meta-World's 4-D spaces)
-    feature_names = {K.OBS_STATE: ("hand_x", "hand_y", "hand_z", "gripper"), K.ACTION: ("dx", "dy", "dz", "gripper")}
+    feature_names = {
+        K.OBS_STATE: ("hand_x", "hand_y", "hand_z", "gripper"),
+        K.ACTION: ("dx", "dy", "dz", "gripper"),
+    }
     cameras = CAMERAS
     flipped_cameras = FLIPPED_CAMERAS
     default_cameras = (K.DEFAULT_CAMERA,)
@@ -318,12 +333,15 @@ class MetaWorldSimulator(Simulator):
     def protocols(self) -> dict[str, EvalProtocol]:
         return {
             "default": EvalProtocol(
-                name="default", episodes=10, seed=0, max_steps=MAX_PATH_LENGTH,
+                name="default",
+                episodes=10,
+                seed=0,
+                max_steps=MAX_PATH_LENGTH,
                 init="episode i resets from SeedSequence([seed, task_id, 1 (eval split), i]): disjoint from "
-                     "the training episodes of `collect` (split 0)",
+                "the training episodes of `collect` (split 0)",
                 source="latentvla (LeRobot's Meta-World wrapper: 500-step limit, success = info['success'])",
             )
-        }  # fmt: skip
+        }
 
     def resolve_tasks(self, spec: str | list[str] | tuple[str, ...]) -> list[str]:
         return resolve_tasks(spec)
@@ -352,10 +370,22 @@ class MetaWorldSimulator(Simulator):
             max_steps=max_steps or MAX_PATH_LENGTH,
         )
 
-    def make(self, task: str, *, cameras: tuple[str, ...] | None = None, image_size: int = 64,
-             max_steps: int | None = None, render: bool = True) -> MetaWorldEnv:  # fmt: skip
-        cfg = MetaWorldConfig(task, cameras=tuple(cameras or self.default_cameras), image_size=image_size,
-                              max_steps=max_steps or MAX_PATH_LENGTH, render=render)  # fmt: skip
+    def make(
+        self,
+        task: str,
+        *,
+        cameras: tuple[str, ...] | None = None,
+        image_size: int = 64,
+        max_steps: int | None = None,
+        render: bool = True,
+    ) -> MetaWorldEnv:
+        cfg = MetaWorldConfig(
+            task,
+            cameras=tuple(cameras or self.default_cameras),
+            image_size=image_size,
+            max_steps=max_steps or MAX_PATH_LENGTH,
+            render=render,
+        )
         return MetaWorldEnv(cfg)
 
 

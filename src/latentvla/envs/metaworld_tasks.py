@@ -96,7 +96,7 @@ SUITES: dict[str, tuple[str, ...]] = {
         "peg-insert-side-v3",
         "window-open-v3",
         "window-close-v3",
-    ),  # fmt: skip
+    ),
     "mt50": tuple(TASKS),
     "easy": (
         "button-press-v3",
@@ -127,7 +127,7 @@ SUITES: dict[str, tuple[str, ...]] = {
         "window-close-v3",
         "window-open-v3",
         "peg-unplug-side-v3",
-    ),  # fmt: skip
+    ),
     "medium": (
         "basketball-v3",
         "bin-picking-v3",
@@ -140,7 +140,7 @@ SUITES: dict[str, tuple[str, ...]] = {
         "soccer-v3",
         "sweep-v3",
         "sweep-into-v3",
-    ),  # fmt: skip
+    ),
     "hard": ("assembly-v3", "hand-insert-v3", "pick-out-of-hole-v3", "pick-place-v3", "push-v3", "push-back-v3"),
     "very_hard": ("shelf-place-v3", "disassemble-v3", "stick-pull-v3", "stick-push-v3", "pick-place-wall-v3"),
 }
@@ -176,6 +176,8 @@ def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
         names = SUITES[part.lower()] if part.lower() in SUITES else (canonical_task(part),)
         out.extend(n for n in names if n not in out)
     if not out:
-        raise ValueError(f"No Meta-World task given in {spec!r}. Pass names like 'pick-place-v3' or a suite: "
-                         f"{', '.join(SUITES)}.")  # fmt: skip
+        raise ValueError(
+            f"No Meta-World task given in {spec!r}. Pass names like 'pick-place-v3' or a suite: "
+            f"{', '.join(SUITES)}."
+        )
     return out

@@ -91,8 +91,15 @@ class _Worker:
 class WorkerPool:
     """`workers` spawned processes running `make_runner(ask, *args)` (see the module docstring)."""
 
-    def __init__(self, workers: int, make_runner: Callable[..., Runner], args: tuple = (), *,
-                 lockstep: bool = True, name: str = "latentvla-env") -> None:  # fmt: skip
+    def __init__(
+        self,
+        workers: int,
+        make_runner: Callable[..., Runner],
+        args: tuple = (),
+        *,
+        lockstep: bool = True,
+        name: str = "latentvla-env",
+    ) -> None:
         ctx = get_context("spawn")
         self.lockstep, self._workers, self._stopped = lockstep, [], False
         try:
@@ -115,9 +122,13 @@ class WorkerPool:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.close(stop=exc_type is None)
 
-    def run(self, jobs: list, on_done: Callable[[Any], None],
-            answer: Callable[[list[tuple[int, Any]]], list[Any]] | None = None,
-            on_start: Callable[[int, Any], None] | None = None) -> None:  # fmt: skip
+    def run(
+        self,
+        jobs: list,
+        on_done: Callable[[Any], None],
+        answer: Callable[[list[tuple[int, Any]]], list[Any]] | None = None,
+        on_start: Callable[[int, Any], None] | None = None,
+    ) -> None:
         """Run `jobs` to the end: `on_done(result)` for each; `answer([(worker, request), ...])` gives the replies
         to one round's requests in order; `on_start(worker, job)` runs before a job is sent to a worker."""
         queue = deque(jobs)

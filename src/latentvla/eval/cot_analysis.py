@@ -40,9 +40,15 @@ def frame_indices(dataset: Any, episodes: int, frames_per_episode: int) -> list[
 
 
 def analyze_cot(
-    policy: Any, dataset: Any, *, episodes: int = 12, frames_per_episode: int = 4, max_cot_tokens: int = 96,
-    seed: int = 0, examples: int = 5,
-) -> dict:  # fmt: skip
+    policy: Any,
+    dataset: Any,
+    *,
+    episodes: int = 12,
+    frames_per_episode: int = 4,
+    max_cot_tokens: int = 96,
+    seed: int = 0,
+    examples: int = 5,
+) -> dict:
     """The metrics above for one policy on one `VLADataset` (with CoT annotation)."""
     import torch
 
@@ -67,11 +73,18 @@ def analyze_cot(
         iou = None
         if visible:
             iou = box_iou(parsed.bbox, sample[COT_BBOX].tolist()) if parsed and parsed.bbox else 0.0
-        rows.append({
-            "index": i, "text": text, "reference": sample[COT_TEXT], "tokens": n, "stopped": n < max_cot_tokens,
-            "parsed": parsed is not None, "iou": iou,
-            "subtask_match": parsed is not None and parsed.subtask == sample[COT_SUBTASK].strip().rstrip("."),
-        })  # fmt: skip
+        rows.append(
+            {
+                "index": i,
+                "text": text,
+                "reference": sample[COT_TEXT],
+                "tokens": n,
+                "stopped": n < max_cot_tokens,
+                "parsed": parsed is not None,
+                "iou": iou,
+                "subtask_match": parsed is not None and parsed.subtask == sample[COT_SUBTASK].strip().rstrip("."),
+            }
+        )
     ious = [r["iou"] for r in rows if r["iou"] is not None]
     mean = lambda xs: float(np.mean(xs)) if xs else float("nan")  # noqa: E731
     return {
@@ -95,7 +108,8 @@ def analyze_cot_run(run: str | Path, dataset_dir: str | Path, **kwargs: Any) -> 
 
     policy = Policy.from_pretrained(run)
     c = policy.config
-    ds = VLADataset(dataset_dir, chunk_size=c.horizon, cameras=list(c.cameras), normalizer=policy.normalizer,
-                    next_frame=False)  # fmt: skip
+    ds = VLADataset(
+        dataset_dir, chunk_size=c.horizon, cameras=list(c.cameras), normalizer=policy.normalizer, next_frame=False
+    )
     res = analyze_cot(policy, ds, **kwargs)
     return {"run": str(run), "dataset": str(dataset_dir), **res}

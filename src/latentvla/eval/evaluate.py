@@ -157,9 +157,12 @@ class PolicyAgent:
         before = self.policy.last_info
         s = self.settings
         action = self.policy.select_action(
-            observation, mode=s.mode, iterations=s.iterations, halting=parse_halting(s.halting),
+            observation,
+            mode=s.mode,
+            iterations=s.iterations,
+            halting=parse_halting(s.halting),
             generator=self.generator,
-        )  # fmt: skip
+        )
         info = self.policy.last_info
         chunk = info is not before  # select_action builds a fresh last_info dict exactly when it ran inference
         return {"action": action, "chunk": chunk, "iterations": info.get("iterations") if chunk else None}
@@ -173,8 +176,11 @@ class EvalInterrupted(Exception):
 
     def __init__(self, signum: int, done: int, total: int, log: Path | None) -> None:
         self.signum, self.done, self.total, self.log = signum, done, total, log
-        where = (f"{done} of {total} episodes are in {log}; run the same command again to resume"
-                 if log is not None else f"{done} of {total} episodes finished (pass --out to keep them)")  # fmt: skip
+        where = (
+            f"{done} of {total} episodes are in {log}; run the same command again to resume"
+            if log is not None
+            else f"{done} of {total} episodes finished (pass --out to keep them)"
+        )
         super().__init__(f"evaluation interrupted by {signal.Signals(signum).name}: {where}.")
 
 
@@ -206,16 +212,29 @@ def load_eval_policy(settings: EvalSettings) -> Any:
     return policy
 
 
-def _run_jobs(settings: EvalSettings, jobs: list[tuple], workers: int, progress: bool,
-              on_done: Any = None, max_batch: int | None = None, already: int = 0) -> list[dict]:  # fmt: skip
+def _run_jobs(
+    settings: EvalSettings,
+    jobs: list[tuple],
+    workers: int,
+    progress: bool,
+    on_done: Any = None,
+    max_batch: int | None = None,
+    already: int = 0,
+) -> list[dict]:
     """Run `jobs` (eval/pool.py): the policy here, the environments here (workers=1) or in `workers` processes."""
     import torch
     from tqdm import tqdm
 
     from latentvla.eval.pool import run_local, run_pool
 
-    bar = tqdm(total=len(jobs) + already, initial=already, desc="eval", unit="ep", disable=not progress,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=len(jobs) + already,
+        initial=already,
+        desc="eval",
+        unit="ep",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     results, wins = [], 0
 
     def done(res: dict) -> None:
@@ -287,29 +306,45 @@ def _metrics(rows: list[dict]) -> dict:
     }
 
 
-def summarize(results: list[dict], tasks: list[str], eval_s: float, settings: EvalSettings,
-              horizon: int | None = None) -> dict:  # fmt: skip
+def summarize(
+    results: list[dict], tasks: list[str], eval_s: float, settings: EvalSettings, horizon: int | None = None
+) -> dict:
     """LeRobot-schema eval info from per-episode results."""
     sim = get_simulator(settings.env)
     task_group = sim.task_group
     per_task = []
     for task in tasks:
         rows = [r for r in results if r["task"] == task]
-        metrics = {**_metrics(rows), "successes": [bool(r["success"]) for r in rows],
-                   "lengths": [r["length"] for r in rows],
-                   "video_paths": [p for r in rows for p in r["video_paths"]]}  # fmt: skip
+        metrics = {
+            **_metrics(rows),
+            "successes": [bool(r["success"]) for r in rows],
+            "lengths": [r["length"] for r in rows],
+            "video_paths": [p for r in rows for p in r["video_paths"]],
+        }
         metrics["max_steps"] = settings.steps_for(task)
         per_task.append({"task_group": task_group(task), "task": task, "metrics": metrics})
     groups = sorted({t["task_group"] for t in per_task})
     per_group = {g: _metrics([r for r in results if task_group(r["task"]) == g]) for g in groups}
     video_paths = [p for r in results for p in r["video_paths"]]
-    overall = {**_metrics(results), "eval_s": eval_s, "eval_ep_s": eval_s / max(1, len(results)),
-               "video_paths": video_paths}  # fmt: skip
-    protocol = {**settings.sim_protocol.to_dict(), "gripper_applied": settings.gripper_mode,
-                "execution_applied": settings.execution_spec(horizon) if horizon else settings.execution}  # fmt: skip
+    overall = {
+        **_metrics(results),
+        "eval_s": eval_s,
+        "eval_ep_s": eval_s / max(1, len(results)),
+        "video_paths": video_paths,
+    }
+    protocol = {
+        **settings.sim_protocol.to_dict(),
+        "gripper_applied": settings.gripper_mode,
+        "execution_applied": settings.execution_spec(horizon) if horizon else settings.execution,
+    }
     config = {**asdict(settings), "tasks": tasks, "protocol": protocol}
-    return {"per_task": per_task, "per_group": per_group, "overall": overall, "video_paths": video_paths,
-            "config": config}  # fmt: skip
+    return {
+        "per_task": per_task,
+        "per_group": per_group,
+        "overall": overall,
+        "video_paths": video_paths,
+        "config": config,
+    }
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -318,14 +353,18 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def markdown_table(info: dict) -> str:
     """Per-task rows plus an overall row."""
-    lines = ["| task | group | success % | episodes | avg length | avg iterations | latency ms (median / p90) |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| task | group | success % | episodes | avg length | avg iterations | latency ms (median / p90) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     rows = [(t["task"], t["task_group"], t["metrics"]) for t in info["per_task"]]
     rows.append(("**overall**", "", info["overall"]))
     for name, group, m in rows:
         lat = f"{_fmt(m['latency_ms_median'], '.1f')} / {_fmt(m['latency_ms_p90'], '.1f')}"
-        lines.append(f"| {name} | {group} | {m['pc_success']:.1f} | {m['n_episodes']} | {m['avg_length']:.1f} | "
-                     f"{_fmt(m['avg_iterations'], '.2f')} | {lat} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {group} | {m['pc_success']:.1f} | {m['n_episodes']} | {m['avg_length']:.1f} | "
+            f"{_fmt(m['avg_iterations'], '.2f')} | {lat} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -413,10 +452,8 @@ def evaluate(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     ckpt = resolve_checkpoint(run_dir)  # a clear error before any worker starts
     names = sim.resolve_tasks(tasks)
-    settings = EvalSettings(
-        str(run_dir), mode, iterations, halting, seed, max_steps, env, protocol, gripper, execution, device,
-        precision,
-    )  # fmt: skip
+    sampling = (mode, iterations, halting, seed, max_steps)
+    settings = EvalSettings(str(run_dir), *sampling, env, protocol, gripper, execution, device, precision)
     _check_policy_fits(ckpt, sim)
     horizon = json.loads((Path(ckpt) / "config.json").read_text())["policy"].get("horizon")
     sim.require()
@@ -436,31 +473,57 @@ def evaluate(
     return info
 
 
-def _plan_jobs(ckpt: str | Path, settings: EvalSettings, names: list[str], episodes: int,
-               video_dir: str | Path | None, out_dir: str | Path | None, resume: bool) -> tuple[list[tuple], Any]:  # fmt: skip
+def _plan_jobs(
+    ckpt: str | Path,
+    settings: EvalSettings,
+    names: list[str],
+    episodes: int,
+    video_dir: str | Path | None,
+    out_dir: str | Path | None,
+    resume: bool,
+) -> tuple[list[tuple], Any]:
     """Every (task, episode, video stem) job, and with `out_dir` the OUT/episodes.jsonl of this evaluation
     (eval/episodes_log.py), whose finished episodes are not run again."""
     from latentvla.eval.episodes_log import EpisodeLog, checkpoint_identity
 
     vdir = Path(video_dir) if video_dir is not None else None
-    jobs = [(t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
-            for t in names for e in range(episodes)]  # fmt: skip
+    jobs = [
+        (t, e, str(vdir / f"{t}_ep{e}") if vdir is not None and e == 0 else None)
+        for t in names
+        for e in range(episodes)
+    ]
     if out_dir is None:
         return jobs, None
-    fingerprint = {"checkpoint": checkpoint_identity(ckpt), "settings": asdict(settings), "tasks": names,
-                   "episodes": episodes, "video": vdir is not None}  # fmt: skip
+    fingerprint = {
+        "checkpoint": checkpoint_identity(ckpt),
+        "settings": asdict(settings),
+        "tasks": names,
+        "episodes": episodes,
+        "video": vdir is not None,
+    }
     log = EpisodeLog(out_dir, fingerprint, resume=resume)
     if log.discarded:
-        print(f"eval: {log.path} held {log.discarded} episodes of a different evaluation; starting over",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"eval: {log.path} held {log.discarded} episodes of a different evaluation; starting over",
+            file=sys.stderr,
+        )
     if log.finished:
-        print(f"eval: resuming, {len(log.finished)} of {len(jobs)} episodes already in {log.path}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"eval: resuming, {len(log.finished)} of {len(jobs)} episodes already in {log.path}", file=sys.stderr
+        )
     return jobs, log
 
 
-def _run_interruptible(settings: EvalSettings, todo: list[tuple], workers: int, progress: bool,
-                       max_batch: int | None, log: Any, n_kept: int, n_jobs: int) -> list[dict]:  # fmt: skip
+def _run_interruptible(
+    settings: EvalSettings,
+    todo: list[tuple],
+    workers: int,
+    progress: bool,
+    max_batch: int | None,
+    log: Any,
+    n_kept: int,
+    n_jobs: int,
+) -> list[dict]:
     """`_run_jobs` with every finished episode in `log` at once; Ctrl-C / SIGTERM raise `EvalInterrupted`."""
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
@@ -472,8 +535,15 @@ def _run_interruptible(settings: EvalSettings, todo: list[tuple], workers: int, 
         finished.append(res)
 
     try:
-        return _run_jobs(settings, todo, max(1, min(workers, len(todo))), progress, on_done=on_done,
-                         max_batch=max_batch, already=n_kept)  # fmt: skip
+        return _run_jobs(
+            settings,
+            todo,
+            max(1, min(workers, len(todo))),
+            progress,
+            on_done=on_done,
+            max_batch=max_batch,
+            already=n_kept,
+        )
     except (KeyboardInterrupt, _Terminated) as e:
         signum = signal.SIGINT if isinstance(e, KeyboardInterrupt) else signal.SIGTERM
         n_done = n_kept + len(finished)

@@ -27,8 +27,9 @@ import numpy as np
 METHODS = ("pca", "tsne")
 
 
-def collect_thinking_latents(policy: Any, dataset: Any, max_samples: int = 512, batch_size: int = 32,
-                             seed: int = 0) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+def collect_thinking_latents(
+    policy: Any, dataset: Any, max_samples: int = 512, batch_size: int = 32, seed: int = 0
+) -> tuple[np.ndarray, list[str]]:
     """(N, K, D) thinking latents for up to `max_samples` dataset frames (evenly spread) and the K names."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -137,8 +138,16 @@ def plot_latents(xy: np.ndarray, labels: np.ndarray, path: str | Path, title: st
     plt.close(fig)
 
 
-def analyze_latents(run_dir: str | Path, dataset_dir: str | Path, out: str | Path, *, max_samples: int = 512,
-                    method: str = "pca", seed: int = 0, batch_size: int = 32) -> dict:  # fmt: skip
+def analyze_latents(
+    run_dir: str | Path,
+    dataset_dir: str | Path,
+    out: str | Path,
+    *,
+    max_samples: int = 512,
+    method: str = "pca",
+    seed: int = 0,
+    batch_size: int = 32,
+) -> dict:
     """Plot thinking latents by CoT component to `out` (PNG) and write the scores to `out` with a .json suffix."""
     import torch
 
@@ -165,7 +174,15 @@ def analyze_latents(run_dir: str | Path, dataset_dir: str | Path, out: str | Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     sil = "n/a (one component)" if scores["silhouette"] is None else f"{scores['silhouette']:.3f}"
     plot_latents(xy, labels, out, f"thinking latents ({method.upper()}, {c.preset}); silhouette {sil}")
-    result = {"run": str(run_dir), "dataset": str(dataset_dir), "method": method, "n_samples": n,
-              "components": components, "dim": d, **scores, "plot": str(out)}  # fmt: skip
+    result = {
+        "run": str(run_dir),
+        "dataset": str(dataset_dir),
+        "method": method,
+        "n_samples": n,
+        "components": components,
+        "dim": d,
+        **scores,
+        "plot": str(out),
+    }
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     return result

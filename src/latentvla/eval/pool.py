@@ -47,9 +47,12 @@ def infer_chunks(policy: Any, settings: Any, observations: list[dict], generator
 
     start = time.perf_counter()
     res = policy.infer_batch(
-        observations, mode=settings.mode, iterations=settings.iterations, halting=parse_halting(settings.halting),
+        observations,
+        mode=settings.mode,
+        iterations=settings.iterations,
+        halting=parse_halting(settings.halting),
         generator=list(generators),
-    )  # fmt: skip
+    )
     ms = (time.perf_counter() - start) * 1e3  # infer_batch ends with a device -> host copy: synchronised
     return [Chunk(r["actions"][: policy.execution_length(r["iterations"])], r["iterations"], ms) for r in res]
 
@@ -69,8 +72,12 @@ class QueueAgent:
             return {"action": self.queue.popleft(), "chunk": False, "iterations": None}
         c = self.fetch(observation)
         self.queue.extend(c.actions)
-        return {"action": self.queue.popleft(), "chunk": True, "iterations": c.iterations,
-                "latency_ms": c.latency_ms}  # fmt: skip
+        return {
+            "action": self.queue.popleft(),
+            "chunk": True,
+            "iterations": c.iterations,
+            "latency_ms": c.latency_ms,
+        }
 
 
 def run_sim_episode(settings: Any, envs: dict, cameras: tuple, image_size: int, job: tuple, agent: Any) -> dict:
@@ -91,8 +98,13 @@ def run_sim_episode(settings: Any, envs: dict, cameras: tuple, image_size: int, 
     frames = FrameRecorder(f"{OBS_IMAGES}.{cameras[0]}") if video_stem else None
     result = run_episode(env, agent, max_steps, [actions] + ([frames] if frames else []))
     videos = write_video(frames.frames, video_stem) if frames else []
-    return {"task": task, "episode": episode, **asdict(result), "actions": np.stack(actions.actions),
-            "video_paths": videos}  # fmt: skip
+    return {
+        "task": task,
+        "episode": episode,
+        **asdict(result),
+        "actions": np.stack(actions.actions),
+        "video_paths": videos,
+    }
 
 
 def _seed_for(settings: Any, job: tuple) -> int:
@@ -142,8 +154,14 @@ class SimEpisodeRunner:
             env.close()
 
 
-def run_pool(policy: Any, settings: Any, jobs: list[tuple], workers: int, on_done: Callable[[dict], None],
-             max_batch: int | None = None) -> None:  # fmt: skip
+def run_pool(
+    policy: Any,
+    settings: Any,
+    jobs: list[tuple],
+    workers: int,
+    on_done: Callable[[dict], None],
+    max_batch: int | None = None,
+) -> None:
     """`workers` env processes, this process's policy answering their observations in lock-step batches."""
     import torch
 

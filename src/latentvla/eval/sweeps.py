@@ -48,8 +48,16 @@ def parse_list(text: str, kind: type = float) -> list:
 PAPER_FIG4 = {1: 8.4, 2: 40.5, 4: 84.1, 8: 92.6, 12: 93.0}
 
 
-def _plot(xs: list[float], ys: list[float], path: Path, xlabel: str, title: str, labels: list[str] | None = None,
-          logx: bool = False, reference: dict[int, float] | None = None) -> None:  # fmt: skip
+def _plot(
+    xs: list[float],
+    ys: list[float],
+    path: Path,
+    xlabel: str,
+    title: str,
+    labels: list[str] | None = None,
+    logx: bool = False,
+    reference: dict[int, float] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,9 +90,14 @@ def _point(info: dict) -> dict:
 
 
 def sweep_iterations(
-    run_dir: str | Path, tasks: str | list[str], episodes: int, depths: list[int], *, out_dir: str | Path,
+    run_dir: str | Path,
+    tasks: str | list[str],
+    episodes: int,
+    depths: list[int],
+    *,
+    out_dir: str | Path,
     **eval_kwargs: Any,
-) -> dict:  # fmt: skip
+) -> dict:
     """Success vs fixed recurrent depth (RD-VLA Fig. 4); writes sweep_iterations.{md,json,png}."""
     require_recurrent_head(run_dir)
     out = Path(out_dir)
@@ -108,21 +121,35 @@ def sweep_iterations(
 def plot_sweep_iterations(points: list[dict], path: Path) -> None:
     """Success vs fixed depth with RD-VLA's Fig. 4 beside it (also: redraw from a saved sweep_iterations.json)."""
     xs = [p["iterations"] for p in points]
-    _plot(xs, [p["pc_success"] for p in points], Path(path), "recurrent iterations (fixed)",
-          "success vs recurrence depth", logx=True, reference=PAPER_FIG4)  # fmt: skip
+    _plot(
+        xs,
+        [p["pc_success"] for p in points],
+        Path(path),
+        "recurrent iterations (fixed)",
+        "success vs recurrence depth",
+        logx=True,
+        reference=PAPER_FIG4,
+    )
 
 
 def sweep_delta(
-    run_dir: str | Path, tasks: str | list[str], episodes: int, deltas: list[float], *, out_dir: str | Path,
-    strategy: str = "mse", **eval_kwargs: Any,
-) -> dict:  # fmt: skip
+    run_dir: str | Path,
+    tasks: str | list[str],
+    episodes: int,
+    deltas: list[float],
+    *,
+    out_dir: str | Path,
+    strategy: str = "mse",
+    **eval_kwargs: Any,
+) -> dict:
     """Mean iterations and success vs the adaptive-halting threshold (RD-VLA Table II)."""
     require_recurrent_head(run_dir)
     out = Path(out_dir)
     points = []
     for d in deltas:
-        info = evaluate(run_dir, tasks, episodes, halting=f"{strategy}:{d:g}", out_dir=out / f"delta_{d:g}",
-                        **eval_kwargs)  # fmt: skip
+        info = evaluate(
+            run_dir, tasks, episodes, halting=f"{strategy}:{d:g}", out_dir=out / f"delta_{d:g}", **eval_kwargs
+        )
         points.append({"delta": float(d), **_point(info)})
     lines = [f"| {strategy} δ | mean iterations | success % | latency ms (median) |", "|---:|---:|---:|---:|"]
     for p in points:
@@ -133,6 +160,12 @@ def sweep_delta(
     (out / "sweep_delta.md").write_text(table)
     (out / "sweep_delta.json").write_text(json.dumps({"strategy": strategy, "points": points}, indent=2))
     xs = [p["avg_iterations"] or 0.0 for p in points]
-    _plot(xs, [p["pc_success"] for p in points], out / "sweep_delta.png", "mean recurrent iterations",
-          f"adaptive halting ({strategy})", labels=[f"δ={p['delta']:g}" for p in points])  # fmt: skip
+    _plot(
+        xs,
+        [p["pc_success"] for p in points],
+        out / "sweep_delta.png",
+        "mean recurrent iterations",
+        f"adaptive halting ({strategy})",
+        labels=[f"δ={p['delta']:g}" for p in points],
+    )
     return {"points": points, "table": table, "plot": str(out / "sweep_delta.png")}

@@ -81,9 +81,12 @@ class BCPolicyModel(nn.Module):
         state_dim = cfg.state_dim if cfg.use_state else 0
         inp = bc.feature_dim * len(cfg.cameras) + bc.text_dim + state_dim
         self.mlp = nn.Sequential(
-            nn.Linear(inp, bc.hidden), nn.ReLU(), nn.Linear(bc.hidden, bc.hidden), nn.ReLU(),
+            nn.Linear(inp, bc.hidden),
+            nn.ReLU(),
+            nn.Linear(bc.hidden, bc.hidden),
+            nn.ReLU(),
             nn.Linear(bc.hidden, cfg.horizon * cfg.action_dim),
-        )  # fmt: skip
+        )
         self._token_cache: dict[str, list[int]] = {}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:

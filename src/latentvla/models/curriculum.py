@@ -71,16 +71,26 @@ def _lara_stages(visual: bool) -> list[tuple[StageSpec, float]]:
     ]
     # Stage III: only the action expert's loss (paper: "DiT loss" 1.0); the backbone keeps training at its LR.
     stage_iii = StageSpec(
-        name="III", latent_components=comps, explicit_components=(), visual_latents=visual,
-        discrete_actions=False, train_head=True, w_head=1.0,
-    )  # fmt: skip
+        name="III",
+        latent_components=comps,
+        explicit_components=(),
+        visual_latents=visual,
+        discrete_actions=False,
+        train_head=True,
+        w_head=1.0,
+    )
     return [(stage_i, 0.2), *[(s, 0.1) for s in stage_ii], (stage_iii, 0.5)]
 
 
 def _stage(name: str, **kw) -> StageSpec:
     """A stage with no reasoning tokens and no action output unless `kw` says otherwise."""
-    base = dict(latent_components=(), explicit_components=(), visual_latents=False, discrete_actions=False,
-                train_head=False)  # fmt: skip
+    base = dict(
+        latent_components=(),
+        explicit_components=(),
+        visual_latents=False,
+        discrete_actions=False,
+        train_head=False,
+    )
     return StageSpec(name=name, **{**base, **kw})
 
 

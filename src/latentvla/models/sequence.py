@@ -140,8 +140,10 @@ def _check_args(
             raise ValueError(
                 f"action_token_ids must be (B, L) with B = {len(instructions)}, got {tuple(actions.shape)}."
             )
-        msg = (f"action_token_ids must be vocabulary ids in [{ok.start}, {ok.stop}) (tokenizer.action_token_ids"
-               "[bin]), not raw bins.")  # fmt: skip
+        msg = (
+            f"action_token_ids must be vocabulary ids in [{ok.start}, {ok.stop}) (tokenizer.action_token_ids"
+            "[bin]), not raw bins."
+        )
         if actions.numel():  # no host sync on an accelerator (models/device_checks.py)
             check(((actions >= ok.start) & (actions < ok.stop)).all(), msg)
 
@@ -206,10 +208,17 @@ def build_sequence(
     def cols(start: int, n: int) -> Tensor:
         return torch.arange(start, start + n).expand(B, n).contiguous()
 
-    seq = SequenceBatch(input_ids, segments, position_ids, targets, cols(0, n_image), cols(think0, n_latent),
-                        cols(img0, n_img_next), cols(act0, L), cols(act0 + L, n_query),
-                        supervised=torch.from_numpy(np.flatnonzero(targets.numpy() != IGNORE)),
-                        host_thinking_cols=tuple(range(think0, think0 + n_latent)))  # fmt: skip
+    block_cols = (cols(0, n_image), cols(think0, n_latent), cols(img0, n_img_next), cols(act0, L))
+    seq = SequenceBatch(
+        input_ids,
+        segments,
+        position_ids,
+        targets,
+        *block_cols,
+        cols(act0 + L, n_query),
+        supervised=torch.from_numpy(np.flatnonzero(targets.numpy() != IGNORE)),
+        host_thinking_cols=tuple(range(think0, think0 + n_latent)),
+    )
     if not on_device:
         return seq
     # the action token at column c is the target of the previous real column (`shifted_targets`)

@@ -100,7 +100,7 @@ def latent_forward(
                 attention_mask=attention_mask[:, start:end, : past + end],
                 position_ids=position_ids[:, start:end],
                 cache=cache,
-            )  # fmt: skip
+            )
         )
     out = concat_outputs(outputs)
     return out, _columns(out.hidden, thinking_cols)
@@ -188,8 +188,9 @@ def generate(
             break
         keys = torch.cat([keys, torch.ones(B, 1, dtype=torch.bool, device=keys.device)], dim=1)
         pos = pos + 1
-        step_out = backbone(backbone.embed(nxt[:, None]), attention_mask=keys[:, None], position_ids=pos[:, None],
-                            cache=cache)  # fmt: skip
+        step_out = backbone(
+            backbone.embed(nxt[:, None]), attention_mask=keys[:, None], position_ids=pos[:, None], cache=cache
+        )
         h = step_out.hidden[:, -1]
         if kept is not None:
             kept.append(step_out)

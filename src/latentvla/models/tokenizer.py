@@ -230,8 +230,10 @@ class HFTokenizer:
         self.vocab_size = len(self.hf)
         self.base_vocab = before  # the pretrained tokenizer's length: ids below it have trained rows
         self.new_token_ids = list(range(before, len(self.hf)))  # rows added to the embedding
-        for name, attr in zip(SPECIAL_TOKENS, ("pad", "bos", "eos", "start_thinking", "thinking", "end_thinking",
-                                               "img_next", "query")):  # fmt: skip
+        for name, attr in zip(
+            SPECIAL_TOKENS,
+            ("pad", "bos", "eos", "start_thinking", "thinking", "end_thinking", "img_next", "query"),
+        ):
             setattr(self, f"{attr}_id", self._special[name])
         self.special_ids = tuple(ids[: len(SPECIAL_TOKENS)])
 

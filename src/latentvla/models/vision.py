@@ -104,8 +104,15 @@ class CNNEncoder(nn.Module):
 
 # ---- EfficientNet-Lite0 (key names follow lukemelas/EfficientNet-PyTorch so the PyPI state dict loads strict) ----
 # Stages as (repeats, kernel, stride, expansion, out_channels); the stride applies to a stage's first block.
-_LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-                 (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))  # fmt: skip
+_LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 
 
 class Conv2dSame(nn.Conv2d):

@@ -60,9 +60,13 @@ def compose_cot(batch: dict, components: tuple[str, ...], index: int) -> str:
     hand-built batches without it fall back to formatting `COT_BBOX` / `COT_BBOX_VISIBLE` (the same string)."""
     if COT_BBOX_TEXT in batch:
         return format_cot(
-            batch[COT_SUBTASK][index], (), False, batch[COT_REASONING][index], components,
+            batch[COT_SUBTASK][index],
+            (),
+            False,
+            batch[COT_REASONING][index],
+            components,
             box_text=batch[COT_BBOX_TEXT][index],
-        )  # fmt: skip
+        )
     return format_cot(
         batch[COT_SUBTASK][index],
         batch[COT_BBOX][index].tolist(),
@@ -102,7 +106,10 @@ class LatentVLA(nn.Module):
         self.final = final_stage(cfg.curriculum)
         self.stage = self.final  # the stage the model acts as at inference (`set_stage`; Policy reads checkpoints)
         self.backbone = build_backbone(
-            cfg.backbone, image_size=cfg.image_size, num_cameras=len(cfg.cameras), num_action_bins=cfg.num_action_bins
+            cfg.backbone,
+            image_size=cfg.image_size,
+            num_cameras=len(cfg.cameras),
+            num_action_bins=cfg.num_action_bins,
         )
         width = self.backbone.width
         self.uses_visual = any(s.visual_latents for s in stages)
@@ -380,10 +387,16 @@ def _columns(seq: seq_lib.SequenceBatch, cols: slice) -> seq_lib.SequenceBatch:
     """The columns `cols` of a sequence, for running them against a cache that holds the earlier ones."""
     empty = seq.image_index[:, :0]
     return seq_lib.SequenceBatch(
-        input_ids=seq.input_ids[:, cols], segments=seq.segments[:, cols], position_ids=seq.position_ids[:, cols],
-        targets=seq.targets[:, cols], image_index=empty, thinking_index=empty, img_next_index=empty,
-        action_index=empty, query_index=empty,
-    )  # fmt: skip
+        input_ids=seq.input_ids[:, cols],
+        segments=seq.segments[:, cols],
+        position_ids=seq.position_ids[:, cols],
+        targets=seq.targets[:, cols],
+        image_index=empty,
+        thinking_index=empty,
+        img_next_index=empty,
+        action_index=empty,
+        query_index=empty,
+    )
 
 
 def _index(batch: dict, i: int) -> dict:

@@ -73,8 +73,9 @@ def _fixed_scratchpad(head: nn.Module, s0: Tensor):
 
 
 class Actor(nn.Module):
-    def __init__(self, policy: nn.Module, cfg: RLConfig, *, execute: int | None = None,
-                 critic: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, policy: nn.Module, cfg: RLConfig, *, execute: int | None = None, critic: bool | None = None
+    ) -> None:
         super().__init__()
         self.policy, self.cfg = policy, cfg
         model, pcfg = policy.model, policy.config
@@ -136,8 +137,11 @@ class Actor(nn.Module):
         """(BackboneOutput, SequenceBatch, pooled features) of the acting layout (latent mode, head queries)."""
         model: LatentVLA = self.model
         stage, latent = model.stage, "latent" in model.modes
-        layout = Layout(n_latent=stage.num_thinking if latent else 0, visual=stage.visual_latents and latent,
-                        n_query=model.head.n_query)  # fmt: skip
+        layout = Layout(
+            n_latent=stage.num_thinking if latent else 0,
+            visual=stage.visual_latents and latent,
+            n_query=model.head.n_query,
+        )
         prefix = model.embed_prefix(batch, layout)
         out, _ = model._forward(prefix)
         valid = prefix.seq.valid.to(out.hidden.dtype)[..., None]
@@ -159,8 +163,12 @@ class Actor(nn.Module):
     def _recurrent_mean(self, out, seq, batch: dict, s0: Tensor) -> Tensor:
         head = self.model.head
         with _fixed_scratchpad(head, s0):
-            res = head(**head.read(out, seq), state=self._state(batch, head),
-                       num_iterations=self.model.cfg.iterations, halting=None)  # fmt: skip
+            res = head(
+                **head.read(out, seq),
+                state=self._state(batch, head),
+                num_iterations=self.model.cfg.iterations,
+                halting=None,
+            )
         return res.actions
 
     def _velocity(self, out, seq, batch: dict):

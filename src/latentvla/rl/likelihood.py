@@ -47,8 +47,13 @@ def flow_times(num_steps: int) -> list[float]:
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x (B,H,A), t (B,)) -> v (B,H,A)
 
 
-def flow_noise_sample(velocity: VelocityFn, x0: Tensor, log_std: Tensor | None, num_steps: int,
-                      generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
+def flow_noise_sample(
+    velocity: VelocityFn,
+    x0: Tensor,
+    log_std: Tensor | None,
+    num_steps: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """The noisy Euler chain (B, K+1, H, A) from x0 (B, H, A); `log_std` (K, A) per step and dimension, or None
     for the deterministic Euler sampler (evaluation)."""
     dt, x, chain = 1.0 / num_steps, x0, [x0]

@@ -104,8 +104,16 @@ def advantages(ro: Rollout, cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor |
     return adv, ret
 
 
-def update(actor: Actor, ro: Rollout, adv: torch.Tensor, ret: torch.Tensor | None, opt: torch.optim.Optimizer,
-           cfg: RLConfig, gen: torch.Generator, ref: Actor | None = None) -> dict[str, float]:  # fmt: skip
+def update(
+    actor: Actor,
+    ro: Rollout,
+    adv: torch.Tensor,
+    ret: torch.Tensor | None,
+    opt: torch.optim.Optimizer,
+    cfg: RLConfig,
+    gen: torch.Generator,
+    ref: Actor | None = None,
+) -> dict[str, float]:
     """`epochs` passes of `minibatches` clipped-surrogate steps over one rollout; returns the mean metrics.
 
     With `recompute_logprob` the old log-probabilities are recomputed before the first step with exactly the
@@ -208,7 +216,9 @@ class _Progress:
         return self.update < cfg.updates and (cfg.minutes is None or self.elapsed < cfg.minutes * 60)
 
 
-def _starting_point(run_dir: Path, cfg: RLConfig, init: Path, resume: bool) -> tuple[Policy, dict[str, Any] | None]:
+def _starting_point(
+    run_dir: Path, cfg: RLConfig, init: Path, resume: bool
+) -> tuple[Policy, dict[str, Any] | None]:
     """The policy to start from and, on --resume, the run's newest intact checkpoint's training state (its config
     checked against `cfg`: only the budget and cadence may change)."""
     if not resume:
@@ -231,8 +241,9 @@ class _RLRun:
     """One RL run's objects, built in a fixed order (exact resume depends on the RNG draws of each step), with the
     three things the loop does: an update, a held-out evaluation, a checkpoint."""
 
-    def __init__(self, run_dir: Path, cfg: RLConfig, sim: Any, tasks: list[str], init: Path, resume: bool,
-                 progress: bool) -> None:  # fmt: skip
+    def __init__(
+        self, run_dir: Path, cfg: RLConfig, sim: Any, tasks: list[str], init: Path, resume: bool, progress: bool
+    ) -> None:
         self.run_dir, self.cfg, self.tasks = run_dir, cfg, tasks
         self.policy, state = _starting_point(run_dir, cfg, init, resume)
         _check_fits(self.policy, sim)
@@ -265,15 +276,22 @@ class _RLRun:
         self.gen.set_state(state["generator"])
         self.ep_gen.set_state(state["episode_generator"])
         ckpt_lib.set_rng_state(state["rng"][0])
-        return _Progress(int(state["update"]), int(state["env_steps"]), float(state["elapsed_s"]),
-                         json.loads(state["heldout"]))  # fmt: skip
+        return _Progress(
+            int(state["update"]), int(state["env_steps"]), float(state["elapsed_s"]), json.loads(state["heldout"])
+        )
 
     def step(self) -> dict[str, float]:
         """One update: rollout (train split) -> advantages -> clipped updates; its metrics."""
         cfg, prog = self.cfg, self.prog
         t0 = time.perf_counter()
-        ro = collect(self.actor, self.slots, _episodes(cfg, self.ep_gen, self.pool), self.gen, cfg.seed,
-                     cfg.dense_scale if cfg.reward == "dense" else None)  # fmt: skip
+        ro = collect(
+            self.actor,
+            self.slots,
+            _episodes(cfg, self.ep_gen, self.pool),
+            self.gen,
+            cfg.seed,
+            cfg.dense_scale if cfg.reward == "dense" else None,
+        )
         t1 = time.perf_counter()
         adv, ret = advantages(ro, cfg)
         metrics = update(self.actor, ro, adv, ret, self.opt, cfg, self.gen, self.ref)
@@ -281,17 +299,27 @@ class _RLRun:
         prog.elapsed += t2 - t0
         prog.update += 1
         prog.env_steps += ro.env_steps
-        metrics.update(rollout_s=t1 - t0, update_s=t2 - t1, elapsed_s=prog.elapsed, env_steps=float(prog.env_steps),
-                       rollout_success=100.0 * float(np.mean(ro.success)),
-                       return_mean=float(np.mean(ro.returns)), decisions=float(len(ro.reward)))  # fmt: skip
+        metrics.update(
+            rollout_s=t1 - t0,
+            update_s=t2 - t1,
+            elapsed_s=prog.elapsed,
+            env_steps=float(prog.env_steps),
+            rollout_success=100.0 * float(np.mean(ro.success)),
+            return_mean=float(np.mean(ro.returns)),
+            decisions=float(len(ro.reward)),
+        )
         return metrics
 
     def heldout(self) -> dict[str, Any]:
         """Held-out evaluation (eval split, deterministic policy), appended to the curve."""
         prog = self.prog
         res = evaluate_heldout(self.actor, self.slots, self.tasks, self.cfg.eval_episodes, self.eval_seed)
-        row = {"update": prog.update, "env_steps": prog.env_steps, "success": res["success"],
-               "per_task": res["per_task"]}  # fmt: skip
+        row = {
+            "update": prog.update,
+            "env_steps": prog.env_steps,
+            "success": res["success"],
+            "per_task": res["per_task"],
+        }
         prog.history.append(row)
         if self.env_tb is not None:
             self.env_tb.add_scalar("heldout_success_vs_env_steps", res["success"], prog.env_steps)
@@ -299,16 +327,30 @@ class _RLRun:
 
     def save(self) -> None:
         cfg, prog, actor = self.cfg, self.prog, self.actor
-        ts = {"update": prog.update, "env_steps": prog.env_steps, "elapsed_s": prog.elapsed,
-              "log_std": actor.log_std.detach().cpu(), "optimizer": self.opt.state_dict(),
-              "generator": self.gen.get_state(), "episode_generator": self.ep_gen.get_state(),
-              "heldout": json.dumps(prog.history)}  # fmt: skip
+        ts = {
+            "update": prog.update,
+            "env_steps": prog.env_steps,
+            "elapsed_s": prog.elapsed,
+            "log_std": actor.log_std.detach().cpu(),
+            "optimizer": self.opt.state_dict(),
+            "generator": self.gen.get_state(),
+            "episode_generator": self.ep_gen.get_state(),
+            "heldout": json.dumps(prog.history),
+        }
         if actor.value_head is not None:
             ts["value_head"] = actor.value_head.state_dict()
-        extra = {"rl": {"init": cfg.init, "algo": cfg.algo, "env": cfg.env, "tasks": list(self.tasks),
-                        "update": prog.update}}  # fmt: skip
-        ckpt_lib.save_checkpoint(self.run_dir, prog.update, self.policy, cfg, ts, keep_last=cfg.keep_last,
-                                 extra_config=extra)  # fmt: skip
+        extra = {
+            "rl": {
+                "init": cfg.init,
+                "algo": cfg.algo,
+                "env": cfg.env,
+                "tasks": list(self.tasks),
+                "update": prog.update,
+            }
+        }
+        ckpt_lib.save_checkpoint(
+            self.run_dir, prog.update, self.policy, cfg, ts, keep_last=cfg.keep_last, extra_config=extra
+        )
 
     def close(self) -> None:
         self.logger.close()
@@ -317,8 +359,9 @@ class _RLRun:
         self.slots.close()
 
 
-def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrite: bool = False,
-           progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_rl(
+    run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> dict[str, Any]:
     """Run (or continue) RL into `run_dir`; returns the summary written to RUN/rl_summary.json."""
     run_dir = Path(run_dir)
     torch.set_num_threads(cfg.threads)
@@ -362,12 +405,22 @@ def run_rl(run_dir: str | Path, cfg: RLConfig, *, resume: bool = False, overwrit
 def _write_summary(run: _RLRun, cfg: RLConfig, tasks: list[str]) -> dict[str, Any]:
     prog, history = run.prog, run.prog.history
     summary = {
-        "model": run.policy.config.preset, "algorithm": cfg.algo, "env": cfg.env, "tasks": list(tasks),
-        "init": cfg.init, "updates": prog.update, "env_steps": prog.env_steps, "minutes": prog.elapsed / 60.0,
-        "before": history[0]["per_task"], "after": history[-1]["per_task"],
-        "before_success": history[0]["success"], "after_success": history[-1]["success"],
-        "heldout_episodes_per_task": cfg.eval_episodes, "curve": history, "config": config_to_dict(cfg),
-    }  # fmt: skip
+        "model": run.policy.config.preset,
+        "algorithm": cfg.algo,
+        "env": cfg.env,
+        "tasks": list(tasks),
+        "init": cfg.init,
+        "updates": prog.update,
+        "env_steps": prog.env_steps,
+        "minutes": prog.elapsed / 60.0,
+        "before": history[0]["per_task"],
+        "after": history[-1]["per_task"],
+        "before_success": history[0]["success"],
+        "after_success": history[-1]["success"],
+        "heldout_episodes_per_task": cfg.eval_episodes,
+        "curve": history,
+        "config": config_to_dict(cfg),
+    }
     (run.run_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
     return summary
 

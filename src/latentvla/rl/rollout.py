@@ -51,15 +51,24 @@ class EnvGroup:
     `sim`: a `Simulator`, or its registry entry "module:attribute" (`envs/registry.py`), which a worker process
     imports itself."""
 
-    def __init__(self, sim: Any, specs: dict[int, tuple[str, int]], cameras: tuple[str, ...], image_size: int,
-                 warmup_steps: int, warmup_action: np.ndarray) -> None:  # fmt: skip
+    def __init__(
+        self,
+        sim: Any,
+        specs: dict[int, tuple[str, int]],
+        cameras: tuple[str, ...],
+        image_size: int,
+        warmup_steps: int,
+        warmup_action: np.ndarray,
+    ) -> None:
         if isinstance(sim, str):
             module, _, attr = sim.partition(":")
             sim = getattr(importlib.import_module(module), attr)
         self.warmup_steps, self.warmup_action = warmup_steps, warmup_action
         self.max_steps = {s: m for s, (_, m) in specs.items()}
-        self.envs = {s: sim.make(t, cameras=cameras, image_size=image_size, max_steps=m + warmup_steps)
-                     for s, (t, m) in specs.items()}  # fmt: skip
+        self.envs = {
+            s: sim.make(t, cameras=cameras, image_size=image_size, max_steps=m + warmup_steps)
+            for s, (t, m) in specs.items()
+        }
 
     def reset(self, slot: int, episode: int, split: str, seed: int) -> dict:
         """Reset, then the protocol's no-op warm-up (what `latentvla eval` does after every reset)."""
@@ -122,8 +131,12 @@ class Slots:
         slot_tasks = [tasks[(i // G) % len(tasks)] for i in range(cfg.num_envs)]
         limits = [cfg.max_steps or protocol.steps_for(sim.task_group(t)) for t in slot_tasks]
         specs = {i: (t, m) for i, (t, m) in enumerate(zip(slot_tasks, limits))}
-        env_kw = dict(cameras=tuple(pcfg.cameras), image_size=pcfg.image_size, warmup_steps=protocol.warmup_steps,
-                      warmup_action=np.asarray(protocol.warmup_action, dtype=np.float32))  # fmt: skip
+        env_kw = dict(
+            cameras=tuple(pcfg.cameras),
+            image_size=pcfg.image_size,
+            warmup_steps=protocol.warmup_steps,
+            warmup_action=np.asarray(protocol.warmup_action, dtype=np.float32),
+        )
         if ray_workers > 0:
             from latentvla.envs.registry import SIMULATORS
             from latentvla.rl.ray_workers import RayEnvs
@@ -175,8 +188,16 @@ def _to_env(policy: Any, actions: torch.Tensor, gripper: str) -> np.ndarray:
     return postprocess_gripper(acts, gripper)
 
 
-def _lockstep(actor: Any, slots: Slots, jobs: list[tuple[int, str, int, str]], generator: torch.Generator,
-              seed: int, deterministic: bool, dense: float | None, record: bool):  # fmt: skip
+def _lockstep(
+    actor: Any,
+    slots: Slots,
+    jobs: list[tuple[int, str, int, str]],
+    generator: torch.Generator,
+    seed: int,
+    deterministic: bool,
+    dense: float | None,
+    record: bool,
+):
     """Run one episode per job (slot, task, episode, split) in lockstep: one batched policy call per decision for
     every live environment, then each runs its chunk (in parallel on Ray workers). Returns per-job outcome arrays
     and, with `record`, the decisions."""
@@ -203,14 +224,22 @@ def _lockstep(actor: Any, slots: Slots, jobs: list[tuple[int, str, int, str]], g
                 terminated[j], alive[j] = res.terminated, False
         ret[live] += rewards
         if record:
-            decisions.append({"batch": batch, "aux": step.aux, "logp": step.logp, "value": step.value,
-                              "reward": torch.as_tensor(rewards, dtype=torch.float32),
-                              "job": torch.as_tensor(live, dtype=torch.long)})  # fmt: skip
+            decisions.append(
+                {
+                    "batch": batch,
+                    "aux": step.aux,
+                    "logp": step.logp,
+                    "value": step.value,
+                    "reward": torch.as_tensor(rewards, dtype=torch.float32),
+                    "job": torch.as_tensor(live, dtype=torch.long),
+                }
+            )
     return obs, success, ret, terminated, steps, decisions
 
 
-def collect(actor: Any, slots: Slots, episodes: list[int], generator: torch.Generator, seed: int,
-            dense: float | None) -> Rollout:  # fmt: skip
+def collect(
+    actor: Any, slots: Slots, episodes: list[int], generator: torch.Generator, seed: int, dense: float | None
+) -> Rollout:
     """One training episode per slot (split "train", episode `episodes[i]`), sampled with exploration noise."""
     jobs = [(i, slots.tasks[i], episodes[i], "train") for i in range(len(slots.tasks))]
     obs, success, ret, terminated, steps, dec = _lockstep(actor, slots, jobs, generator, seed, False, dense, True)
@@ -226,9 +255,13 @@ def collect(actor: Any, slots: Slots, episodes: list[int], generator: torch.Gene
         value=None if dec[0]["value"] is None else torch.cat([d["value"] for d in dec], 0),
         reward=torch.cat([d["reward"] for d in dec], 0),
         slot=torch.cat([d["job"] for d in dec], 0),
-        success=success, returns=ret, terminated=terminated, bootstrap=bootstrap, env_steps=int(steps.sum()),
+        success=success,
+        returns=ret,
+        terminated=terminated,
+        bootstrap=bootstrap,
+        env_steps=int(steps.sum()),
         episodes=[(t, e) for _, t, e, _ in jobs],
-    )  # fmt: skip
+    )
 
 
 def evaluate_heldout(actor: Any, slots: Slots, tasks: list[str], episodes: int, seed: int) -> dict[str, Any]:

@@ -54,12 +54,16 @@ def summarize(root: str | Path, primary: str = "ppo", hard: tuple[str, ...] = HA
         hard_d = [d for t, d in deltas.items() if t in hard]
         easy_d = [d for t, d in deltas.items() if t not in hard]
         entry.update(
-            algorithm=algo, minutes=round(run["minutes"], 2), env_steps=run["env_steps"], updates=run["updates"],
-            rl_tasks=[_base(t) for t in run["tasks"]], source=source,
+            algorithm=algo,
+            minutes=round(run["minutes"], 2),
+            env_steps=run["env_steps"],
+            updates=run["updates"],
+            rl_tasks=[_base(t) for t in run["tasks"]],
+            source=source,
             hard_mean_delta=sum(hard_d) / len(hard_d) if hard_d else None,
             easy_max_drop=max([-d for d in easy_d] + [0.0]) if easy_d else None,
             curve=[{"env_steps": c["env_steps"], "success": c["success"]} for c in run["curve"]],
-        )  # fmt: skip
+        )
         out[model if algo == primary else f"{model}/{algo}"] = entry
     return out
 
@@ -110,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(summary, out / "rl.png")
     for k, v in summary.items():
-        print(f"{k:16s} {v['algorithm']:5s} hard mean delta {v['hard_mean_delta']} easy max drop {v['easy_max_drop']} "
-              f"({v['minutes']} min, {v['env_steps']} env steps)")  # fmt: skip
+        print(
+            f"{k:16s} {v['algorithm']:5s} hard mean delta {v['hard_mean_delta']} easy max drop {v['easy_max_drop']} "
+            f"({v['minutes']} min, {v['env_steps']} env steps)"
+        )
     print(f"wrote {out / 'summary.json'} and {out / 'rl.png'}")
     return 0
 

@@ -29,8 +29,11 @@ PAPER_TABLE4 = {"lara-no-cot": 55.2, "lara-explicit": 58.3, "lara-latent-text": 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("ablations", help="CoT ablation presets x seeds: train, evaluate, mean ± std table",
-                              description=__doc__.splitlines()[0])  # fmt: skip
+    p = subparsers.add_parser(
+        "ablations",
+        help="CoT ablation presets x seeds: train, evaluate, mean ± std table",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--dataset", required=True, help="LeRobot dataset dir (e.g. from `latentvla collect`)")
     p.add_argument("--out", required=True)
     p.add_argument("--presets", default=DEFAULT_PRESETS)
@@ -86,8 +89,13 @@ def format_table(agg: dict[str, dict[str, tuple[float, float]]], n_seeds: int) -
         cells = [f"{agg[p][t][0]:.1f} ± {agg[p][t][1]:.1f}" for t in tasks]
         m, s = agg[p]["average"]
         paper = PAPER_TABLE4.get(p)
-        lines.append(f"| {p} | " + " | ".join(cells) + f" | **{m:.1f} ± {s:.1f}** | "
-                     + (f"{paper}" if paper is not None else "-") + " |")  # fmt: skip
+        lines.append(
+            f"| {p} | "
+            + " | ".join(cells)
+            + f" | **{m:.1f} ± {s:.1f}** | "
+            + (f"{paper}" if paper is not None else "-")
+            + " |"
+        )
     lines.append(f"\nSuccess rate (%), mean ± sample std over {n_seeds} training seed(s).")
     return "\n".join(lines)
 
@@ -134,8 +142,9 @@ def main(args: argparse.Namespace) -> int:
 
         args.dataset = str(resolve_dataset(args.dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
         if not Path(args.dataset, "meta", "info.json").is_file():
-            raise ValueError(f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
-                             "`latentvla collect`")  # fmt: skip
+            raise ValueError(
+                f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with `latentvla collect`"
+            )
     except ValueError as e:
         raise UserError(str(e)) from e
     per_run: dict[str, dict[int, dict[str, float]]] = {}
@@ -151,8 +160,15 @@ def main(args: argparse.Namespace) -> int:
                 info = json.loads(info_path.read_text())
             else:
                 print(f"[ablations] evaluating {preset} seed {seed}", flush=True)
-                info = evaluate(run, args.tasks, args.episodes, max_steps=args.max_steps, workers=args.workers,
-                                out_dir=ev, progress=False)  # fmt: skip
+                info = evaluate(
+                    run,
+                    args.tasks,
+                    args.episodes,
+                    max_steps=args.max_steps,
+                    workers=args.workers,
+                    out_dir=ev,
+                    progress=False,
+                )
             per_run.setdefault(preset, {})[seed] = {
                 t["task"]: t["metrics"]["pc_success"] for t in info["per_task"]
             }
@@ -160,10 +176,16 @@ def main(args: argparse.Namespace) -> int:
     table = format_table(agg, len(seeds))
     cmd = " ".join(["latentvla", *sys.argv[1:]]) if "ablations" in sys.argv else "latentvla ablations"
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "command": cmd, "steps": args.steps,
-               "seeds": seeds, "episodes_per_task": args.episodes, "per_run": per_run,
-               "aggregate": {p: {t: {"mean": m, "std": s} for t, (m, s) in row.items()} for p, row in agg.items()},
-               "paper_table4": PAPER_TABLE4}  # fmt: skip
+    payload = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": cmd,
+        "steps": args.steps,
+        "seeds": seeds,
+        "episodes_per_task": args.episodes,
+        "per_run": per_run,
+        "aggregate": {p: {t: {"mean": m, "std": s} for t, (m, s) in row.items()} for p, row in agg.items()},
+        "paper_table4": PAPER_TABLE4,
+    }
     (out / "ablations.json").write_text(json.dumps(payload, indent=2))
     (out / "ablations.md").write_text(f"# CoT ablations ({payload['date']})\n\nCommand: `{cmd}`\n\n{table}\n")
     _plot(agg, out / "ablations.png")

@@ -52,8 +52,15 @@ def main_latents(args: argparse.Namespace) -> int:
     from latentvla.eval.latents import analyze_latents
 
     try:
-        res = analyze_latents(args.run, args.dataset, args.out, max_samples=args.max_samples, method=args.method,
-                              seed=args.seed, batch_size=args.batch_size)  # fmt: skip
+        res = analyze_latents(
+            args.run,
+            args.dataset,
+            args.out,
+            max_samples=args.max_samples,
+            method=args.method,
+            seed=args.seed,
+            batch_size=args.batch_size,
+        )
     except (ValueError, FileNotFoundError, KeyError, ImportError) as e:
         raise UserError(str(e)) from e
     print(json.dumps({k: v for k, v in res.items() if k not in ("run", "dataset")}, indent=2))
@@ -66,8 +73,13 @@ def main_cot(args: argparse.Namespace) -> int:
     from latentvla.eval.cot_analysis import analyze_cot_run
 
     try:
-        res = analyze_cot_run(args.run, args.dataset, episodes=args.episodes,
-                              frames_per_episode=args.frames_per_episode, max_cot_tokens=args.max_cot_tokens)  # fmt: skip
+        res = analyze_cot_run(
+            args.run,
+            args.dataset,
+            episodes=args.episodes,
+            frames_per_episode=args.frames_per_episode,
+            max_cot_tokens=args.max_cot_tokens,
+        )
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UserError(str(e)) from e
     if args.json:

@@ -11,21 +11,28 @@ from latentvla.scripts.choices import RegistryHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("annotate", help="add automatic CoT annotation (cot.* columns) to a dataset",
-                              formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "annotate",
+        help="add automatic CoT annotation (cot.* columns) to a dataset",
+        formatter_class=RegistryHelpFormatter,
+    )
     p.add_argument("dir", help="LeRobot dataset directory (needs per-frame gripper and end-effector state)")
     p.add_argument("--camera", default=None, help="camera the boxes refer to (default: the first camera)")
-    p.add_argument("--boxes-jsonl", default=None,
-                   help="detector boxes, one JSON per line {episode_index, frame_index, bbox}")  # fmt: skip
+    p.add_argument(
+        "--boxes-jsonl", default=None, help="detector boxes, one JSON per line {episode_index, frame_index, bbox}"
+    )
     p.add_argument(
         "--env",
         default=None,
         help="simulator whose state layout to read ee + gripper with: {simulators} (default: from robot_type / "
         "state size)",
     )
-    p.add_argument("--lara-dir", default=None,
-                   help="folder with LaRA-VLA's episode_dense_captions_full.jsonl / episode_sam3_bboxes_from_dino_final"
-                        ".jsonl (default: DIR/annotations when present)")  # fmt: skip
+    p.add_argument(
+        "--lara-dir",
+        default=None,
+        help="folder with LaRA-VLA's episode_dense_captions_full.jsonl / episode_sam3_bboxes_from_dino_final"
+        ".jsonl (default: DIR/annotations when present)",
+    )
     p.add_argument("--no-lara", action="store_true", help="ignore LaRA-VLA annotation files next to the dataset")
     p.set_defaults(func=main)
 

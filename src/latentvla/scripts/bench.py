@@ -69,9 +69,14 @@ def main_train(args: argparse.Namespace) -> int:
 
             dataset = str(resolve_dataset(dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
         results = run_train_bench(
-            presets, dataset, steps=args.steps, batch_size=args.batch_size, warmup=args.warmup,
-            overrides=list(args.overrides), flops=args.flops,
-        )  # fmt: skip
+            presets,
+            dataset,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            warmup=args.warmup,
+            overrides=list(args.overrides),
+            flops=args.flops,
+        )
     except ValueError as e:
         raise UserError(str(e)) from e
     print(format_table(results))
@@ -118,9 +123,15 @@ def main_data(args: argparse.Namespace) -> int:
         raise UserError("--workers must be >= 0, --batch-size and --batches >= 1")
     try:
         report = bench_data(
-            args.dir, workers=args.workers, batch_size=args.batch_size, batches=args.batches, cameras=args.camera,
-            train_preset=args.train_preset, train_steps=args.train_steps, train_overrides=list(args.override),
-        )  # fmt: skip
+            args.dir,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            batches=args.batches,
+            cameras=args.camera,
+            train_preset=args.train_preset,
+            train_steps=args.train_steps,
+            train_overrides=list(args.override),
+        )
     except (DatasetFormatError, ValueError, KeyError) as e:
         raise UserError(message(e)) from e
     print(format_report(report))
@@ -161,8 +172,9 @@ def main_profile(args: argparse.Namespace) -> int:
     except HubError as e:
         raise UserError(str(e)) from e
     if not Path(args.dataset, "meta", "info.json").is_file():
-        raise UserError(f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with "
-                        "`latentvla collect`")  # fmt: skip
+        raise UserError(
+            f"{args.dataset} is not a LeRobot dataset (no meta/info.json); make one with `latentvla collect`"
+        )
     try:
         results = [
             profile_preset(
@@ -173,7 +185,7 @@ def main_profile(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 overrides=list(args.overrides),
                 trace_dir=args.trace_dir,
-            )  # fmt: skip
+            )
             for p in presets
         ]
     except ValueError as e:
@@ -190,17 +202,26 @@ def main_profile(args: argparse.Namespace) -> int:
 
 
 def register_latency(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("latency", help="per-call latency: no reasoning / latent / explicit CoT / recurrent depths",
-                       formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "latency",
+        help="per-call latency: no reasoning / latent / explicit CoT / recurrent depths",
+        formatter_class=RegistryHelpFormatter,
+    )
     p.add_argument("run", nargs="?", default=None, help="checkpoint or run dir (or use --preset)")
-    p.add_argument("--preset", default=None, help="benchmark a random-init preset instead of a checkpoint: {presets}")
+    p.add_argument(
+        "--preset", default=None, help="benchmark a random-init preset instead of a checkpoint: {presets}"
+    )
     p.add_argument("--size", default="tiny", help="size of the random-init preset: {sizes}")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--delta", type=float, default=1e-3, help="MSE halting threshold for the adaptive RD run")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="as eval / serve: bf16 autocast + TF32 on a CUDA GPU (auto), fp32 on CPU")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="as eval / serve: bf16 autocast + TF32 on a CUDA GPU (auto), fp32 on CPU",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     p.set_defaults(func=main_latency)
@@ -247,8 +268,13 @@ def main_latency(args: argparse.Namespace) -> int:
         progress=lambda name: print(f"timing {name} ...", file=sys.stderr),
     )
     report.update(
-        {"torch": torch.__version__, "threads": torch.get_num_threads(), "source": args.run or args.preset,
-         "device": device, "autocast": str(dtype).removeprefix("torch.") if dtype is not None else None}
+        {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "source": args.run or args.preset,
+            "device": device,
+            "autocast": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        }
     )
     print(format_table(report))
     if args.json:
@@ -296,11 +322,18 @@ def main_head(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         report = bench_head(
-            width=args.width, heads=args.heads, context=args.context, batch=args.batch,
-            iterations=args.iterations, repeats=args.repeats, warmup=args.warmup, device=args.device,
-            modes=("uncached",) if args.no_cache else ("cached", "uncached"), train=args.train,
+            width=args.width,
+            heads=args.heads,
+            context=args.context,
+            batch=args.batch,
+            iterations=args.iterations,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=args.device,
+            modes=("uncached",) if args.no_cache else ("cached", "uncached"),
+            train=args.train,
             progress=lambda name: print(f"timing {name} ...", file=sys.stderr),
-        )  # fmt: skip
+        )
     except (ValueError, RuntimeError) as e:
         raise UserError(str(e).splitlines()[0]) from e
     report.update(
@@ -313,21 +346,36 @@ def main_head(args: argparse.Namespace) -> int:
 
 
 def register_memory(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("memory", help="parameters and per-GPU training memory from configs alone (meta device)",
-                       formatter_class=RegistryHelpFormatter)  # fmt: skip
-    p.add_argument("--preset", required=True,
-                   help="lara-qwen3vl, rdvla-minivla, or any preset + --backbone: {presets}")  # fmt: skip
+    p = sub.add_parser(
+        "memory",
+        help="parameters and per-GPU training memory from configs alone (meta device)",
+        formatter_class=RegistryHelpFormatter,
+    )
+    p.add_argument(
+        "--preset", required=True, help="lara-qwen3vl, rdvla-minivla, or any preset + --backbone: {presets}"
+    )
     p.add_argument("--backbone", default=None, metavar="DIR", help="local model dir (only config.json is read)")
     p.add_argument("--vision", action="append", default=[], metavar="DIR", help="local SigLIP / DINOv2 dir")
-    p.add_argument("--lora", type=int, nargs="?", const=64, default=None, metavar="RANK",
-                   help="LoRA on the language model (rank, default 64); 0 = full fine-tuning")  # fmt: skip
+    p.add_argument(
+        "--lora",
+        type=int,
+        nargs="?",
+        const=64,
+        default=None,
+        metavar="RANK",
+        help="LoRA on the language model (rank, default 64); 0 = full fine-tuning",
+    )
     p.add_argument("--fsdp", type=int, default=None, metavar="N", help="FSDP2 over N GPUs (default: 1 GPU)")
     p.add_argument("--gpus", type=int, default=None, help="DDP over this many GPUs (without --fsdp)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
     p.add_argument("--gpu-gb", type=float, default=80.0, help="GPU memory for the largest-batch column")
     p.add_argument("--cameras", type=int, default=None, help="cameras per sample (default: the preset's)")
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                   help="cpu: predict a CPU run's peak RSS (no autocast, + the process runtime)")  # fmt: skip
+    p.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: predict a CPU run's peak RSS (no autocast, + the process runtime)",
+    )
     p.add_argument("--dtype", default=None, help="override policy.backbone.dtype (e.g. float32 for a CPU run)")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
     p.set_defaults(func=main_memory)
@@ -341,10 +389,18 @@ def main_memory(args: argparse.Namespace) -> int:
     world = args.fsdp or args.gpus or 1
     try:
         report = estimate(
-            args.preset, args.backbone, tuple(args.vision), lora=args.lora, world=world, fsdp=args.fsdp is not None,
-            batch_size=args.batch_size, gpu_gb=args.gpu_gb, cameras=args.cameras, device=args.device,
+            args.preset,
+            args.backbone,
+            tuple(args.vision),
+            lora=args.lora,
+            world=world,
+            fsdp=args.fsdp is not None,
+            batch_size=args.batch_size,
+            gpu_gb=args.gpu_gb,
+            cameras=args.cameras,
+            device=args.device,
             dtype=args.dtype,
-        )  # fmt: skip
+        )
     except (ValueError, KeyError) as e:
         raise UserError(str(e)) from e
     print(report.table())
@@ -356,8 +412,10 @@ def main_memory(args: argparse.Namespace) -> int:
 
 
 def register_real_size(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("real-size", help="rdvla-minivla at full size on this CPU (random weights): peak RSS vs "
-                       "`bench memory --device cpu`")  # fmt: skip
+    p = sub.add_parser(
+        "real-size",
+        help="rdvla-minivla at full size on this CPU (random weights): peak RSS vs `bench memory --device cpu`",
+    )
     p.add_argument("--out", required=True, help="work directory (models ~5 GB, dataset, run, real_size.json)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--steps", type=int, default=2, help="steps before the checkpoint + --resume (one more step)")
@@ -377,13 +435,30 @@ def main_real_size(args: argparse.Namespace) -> int:
     else:
         train_measured(args.out, batch_size=args.batch_size, steps=args.steps)
         # the prediction counts its own process's runtime: check from a fresh one, not this model-writing one
-        argv = [sys.executable, "-m", "latentvla.cli", "bench", "real-size", "--out", args.out, "--check-only",
-                "--tolerance", str(args.tolerance)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "latentvla.cli",
+            "bench",
+            "real-size",
+            "--out",
+            args.out,
+            "--check-only",
+            "--tolerance",
+            str(args.tolerance),
+        ]
         return subprocess.run(argv, check=False).returncode
     ok, line = check(report, args.tolerance)
     print(line)
     return 0 if ok else 1
 
 
-_SUBCOMMANDS = [register_train, register_profile, register_latency, register_data, register_head, register_memory,
-                register_real_size]  # fmt: skip
+_SUBCOMMANDS = [
+    register_train,
+    register_profile,
+    register_latency,
+    register_data,
+    register_head,
+    register_memory,
+    register_real_size,
+]

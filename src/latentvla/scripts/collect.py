@@ -17,21 +17,36 @@ def _cameras(values: list[str] | None) -> tuple[str, ...] | None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("collect", help="collect scripted-expert demonstrations (with CoT annotation)",
-                              formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "collect",
+        help="collect scripted-expert demonstrations (with CoT annotation)",
+        formatter_class=RegistryHelpFormatter,
+    )
     p.add_argument("--env", default="metaworld", help="simulator with a scripted expert: {simulators}")
-    p.add_argument("--tasks", required=True,
-                   help="comma list of task names and/or suites (mt10, mt50, easy, ...; libero_object, libero_spatial:0-4)")
+    p.add_argument(
+        "--tasks",
+        required=True,
+        help="comma list of task names and/or suites (mt10, mt50, easy, ...; libero_object, libero_spatial:0-4)",
+    )
     p.add_argument("--episodes-per-task", type=int, default=10, help="successful episodes to keep per task")
-    p.add_argument("--image-size", type=int, default=64, help="square image size in pixels (Meta-World 64-224, LIBERO 32-512)")
+    p.add_argument(
+        "--image-size", type=int, default=64, help="square image size in pixels (Meta-World 64-224, LIBERO 32-512)"
+    )
     p.add_argument("--out", required=True, help="output dataset directory")
     p.add_argument("--seed", type=int, default=0, help="collection seed (episode starts derive from it)")
     p.add_argument("--workers", type=int, default=1, help="rollout processes")
-    p.add_argument("--camera", action="append",
-                   help="camera name; repeat or comma-separate (default: the simulator's, Meta-World corner4, "
-                        "LIBERO image,image2 = agent view + wrist)")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="step limit per episode (default: the evaluation protocol's; Meta-World 500, LIBERO 220-520)")
+    p.add_argument(
+        "--camera",
+        action="append",
+        help="camera name; repeat or comma-separate (default: the simulator's, Meta-World corner4, "
+        "LIBERO image,image2 = agent view + wrist)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="step limit per episode (default: the evaluation protocol's; Meta-World 500, LIBERO 220-520)",
+    )
     p.add_argument("--stop-after-success", type=int, default=10, help="frames kept after the first success")
     p.add_argument("--resume", action="store_true", help="continue an interrupted collection in OUT.partial")
     p.add_argument("--overwrite", action="store_true", help="replace an existing complete dataset at OUT")
@@ -65,7 +80,17 @@ def _collect(args: argparse.Namespace) -> dict:
     from latentvla.data.collect import collect
 
     return collect(
-        args.tasks, args.episodes_per_task, args.image_size, args.out, seed=args.seed, workers=args.workers,
-        cameras=_cameras(args.camera), max_steps=args.max_steps, resume=args.resume,
-        stop_after_success=args.stop_after_success, overwrite=args.overwrite, video=args.video, env=args.env,
-    )  # fmt: skip
+        args.tasks,
+        args.episodes_per_task,
+        args.image_size,
+        args.out,
+        seed=args.seed,
+        workers=args.workers,
+        cameras=_cameras(args.camera),
+        max_steps=args.max_steps,
+        resume=args.resume,
+        stop_after_success=args.stop_after_success,
+        overwrite=args.overwrite,
+        video=args.video,
+        env=args.env,
+    )

@@ -41,8 +41,11 @@ CPU_RECURRENCE = {"rdvla": 12, "lara-rd": 12}  # preset -> mean training recurre
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="the main job: collect -> train -> eval -> bench on Meta-World (CPU)",
-                              description=__doc__.splitlines()[0])  # fmt: skip
+    p = subparsers.add_parser(
+        "demo",
+        help="the main job: collect -> train -> eval -> bench on Meta-World (CPU)",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--tasks", default=DEFAULT_TASKS, help="Meta-World task names or a suite (>= 1 grasping task)")
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated presets to train and compare")
@@ -91,8 +94,10 @@ def _run_record(run: Path) -> dict:
 
     last = latest_checkpoint(run)
     elapsed = load_training_state(last).get("elapsed_s") if last else None
-    return {"steps": int(last.name) if last else None,
-            "minutes_used": elapsed / 60 if elapsed is not None else None}  # fmt: skip
+    return {
+        "steps": int(last.name) if last else None,
+        "minutes_used": elapsed / 60 if elapsed is not None else None,
+    }
 
 
 def demo_config(preset: str, args: argparse.Namespace, steps: int, minutes: float | None, batch_size: int):
@@ -108,8 +113,17 @@ def demo_config(preset: str, args: argparse.Namespace, steps: int, minutes: floa
     if preset in CPU_RECURRENCE:
         depth = CPU_RECURRENCE[preset]
         policy = replace(policy, recurrent=replace(policy.recurrent, mean_recurrence=depth), iterations=depth)
-    return replace(cfg, policy=policy, num_workers=args.loader_workers, steps=steps, minutes=minutes,
-                   batch_size=batch_size, seed=args.seed, save_every=steps, log_every=25)  # fmt: skip
+    return replace(
+        cfg,
+        policy=policy,
+        num_workers=args.loader_workers,
+        steps=steps,
+        minutes=minutes,
+        batch_size=batch_size,
+        seed=args.seed,
+        save_every=steps,
+        log_every=25,
+    )
 
 
 def reasoning_verdict(per_model: dict[str, float]) -> str:
@@ -124,8 +138,10 @@ def reasoning_verdict(per_model: dict[str, float]) -> str:
     against = ", ".join(f"{m} {v:.1f} %" for m, v in sorted(baselines.items()))
     if diff > 0:
         return f"Reasoning paid: {best} ({reasoning[best]:.1f} %) beat every no-reasoning model ({against})."
-    return (f"Reasoning did not pay in this run: the best reasoning model, {best} ({reasoning[best]:.1f} %), "
-            f"{'tied' if diff == 0 else 'lost to'} {base} ({against}).")  # fmt: skip
+    return (
+        f"Reasoning did not pay in this run: the best reasoning model, {best} ({reasoning[best]:.1f} %), "
+        f"{'tied' if diff == 0 else 'lost to'} {base} ({against})."
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -157,15 +173,24 @@ def _collect_demos(args: argparse.Namespace, out: Path) -> Path:
     data = out / "data"
     if not (data / "meta" / "info.json").is_file():
         _log(f"1/5 collecting {args.episodes_per_task} demos/task of {args.tasks}")
-        collect(args.tasks, args.episodes_per_task, args.image_size, data, seed=args.seed, workers=args.workers,
-                cameras=(args.camera,), resume=(out / "data.partial").exists())  # fmt: skip
+        collect(
+            args.tasks,
+            args.episodes_per_task,
+            args.image_size,
+            data,
+            seed=args.seed,
+            workers=args.workers,
+            cameras=(args.camera,),
+            resume=(out / "data.partial").exists(),
+        )
     else:
         _log(f"1/5 reusing {data}")
     return data
 
 
-def _training_plan(args: argparse.Namespace, models: list[str], n_tasks: int,
-                   left_s: float) -> tuple[float | None, int]:  # fmt: skip
+def _training_plan(
+    args: argparse.Namespace, models: list[str], n_tasks: int, left_s: float
+) -> tuple[float | None, int]:
     """(minutes, steps) per model: --steps N, or what is left of the budget after collection, minus evaluation
     and latency benches, in equal shares over a schedule of SCHEDULE_STEPS positions."""
     if args.steps:
@@ -178,8 +203,9 @@ def _training_plan(args: argparse.Namespace, models: list[str], n_tasks: int,
     return minutes, SCHEDULE_STEPS
 
 
-def _train_models(args: argparse.Namespace, out: Path, models: list[str], data: Path, minutes: float | None,
-                  steps: int) -> dict[str, dict]:  # fmt: skip
+def _train_models(
+    args: argparse.Namespace, out: Path, models: list[str], data: Path, minutes: float | None, steps: int
+) -> dict[str, dict]:
     """Step 2: train every model into OUT/runs/<m> (a run with a checkpoint is reused); {model: run record}."""
     from latentvla.config import get_preset
     from latentvla.train.checkpoint import latest_checkpoint
@@ -190,15 +216,23 @@ def _train_models(args: argparse.Namespace, out: Path, models: list[str], data: 
     for i, m in enumerate(models):
         run = out / "runs" / m
         if latest_checkpoint(run) is None:
-            _log(f"2/5 training {m} for " + (f"{minutes:.2f} min" if minutes else f"{steps} steps")
-                 + f" ({i + 1}/{len(models)})")  # fmt: skip
+            _log(
+                f"2/5 training {m} for "
+                + (f"{minutes:.2f} min" if minutes else f"{steps} steps")
+                + f" ({i + 1}/{len(models)})"
+            )
             cfg = demo_config(m, args, steps, minutes, batch[m])
             t = time.time()
             summary = train(cfg, data, run, overwrite=True)  # no checkpoint yet: restart a killed run
             used = summary.get("train_elapsed_s", summary["seconds"])
-            results[m] = {"train_s": time.time() - t, "steps": summary["end_step"], "minutes_budget": minutes,
-                          "minutes_used": used / 60, "samples_per_s": summary["samples_per_s"],
-                          "train_summary": summary}  # fmt: skip
+            results[m] = {
+                "train_s": time.time() - t,
+                "steps": summary["end_step"],
+                "minutes_budget": minutes,
+                "minutes_used": used / 60,
+                "samples_per_s": summary["samples_per_s"],
+                "train_summary": summary,
+            }
         else:
             _log(f"2/5 reusing {run}")
             results[m] = {"minutes_budget": minutes, **_run_record(run)}
@@ -211,8 +245,16 @@ def _evaluate_models(args: argparse.Namespace, out: Path, models: list[str], tas
 
     for m in models:
         _log(f"3/5 evaluating {m} on {args.eval_episodes} held-out episodes/task")
-        info = evaluate(out / "runs" / m, tasks, args.eval_episodes, mode=None, seed=args.seed,
-                        max_steps=args.max_steps, workers=args.workers, out_dir=out / "eval" / m)  # fmt: skip
+        info = evaluate(
+            out / "runs" / m,
+            tasks,
+            args.eval_episodes,
+            mode=None,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            workers=args.workers,
+            out_dir=out / "eval" / m,
+        )
         info.pop("actions", None)
         results[m]["eval"] = {"overall": info["overall"], "per_task": info["per_task"]}
 
@@ -289,17 +331,32 @@ def _write_report(out, args, tasks, models, results, latency, elapsed, format_ta
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     plot = _success_plot(out, models, results)
-    lines = [f"# latentvla demo — {summary['date']}", "", f"Command: `{summary['command']}`  ",
-             f"Elapsed: {summary['elapsed_min']} min. Held-out episodes per task: {args.eval_episodes} "
-             "(split `eval`, disjoint from training).", "", f"**{verdict}**", "",
-             "## Success rate (%), per task, models side by side", "",
-             "| task | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]  # fmt: skip
+    lines = [
+        f"# latentvla demo — {summary['date']}",
+        "",
+        f"Command: `{summary['command']}`  ",
+        f"Elapsed: {summary['elapsed_min']} min. Held-out episodes per task: {args.eval_episodes} "
+        "(split `eval`, disjoint from training).",
+        "",
+        f"**{verdict}**",
+        "",
+        "## Success rate (%), per task, models side by side",
+        "",
+        "| task | " + " | ".join(models) + " |",
+        "|---|" + "---:|" * len(models),
+    ]
     for task, row in table.items():
         name = f"**{task}**" if task == "average" else task.replace("-v3", "")
-        lines.append(f"| {name} | " + " | ".join(f"{row[m]:.0f}" if task != "average" else f"**{row[m]:.1f}**"
-                                                 for m in models) + " |")  # fmt: skip
-    lines += ["", "| model | steps | minutes budgeted | minutes used | samples/s | mean iterations |",
-              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row[m]:.0f}" if task != "average" else f"**{row[m]:.1f}**" for m in models)
+            + " |"
+        )
+    lines += [
+        "",
+        "| model | steps | minutes budgeted | minutes used | samples/s | mean iterations |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for m in models:
         r = results[m]
@@ -310,7 +367,7 @@ def _write_report(out, args, tasks, models, results, latency, elapsed, format_ta
             fmt(r.get("samples_per_s"), ".0f"),
             fmt(r["eval"]["overall"].get("avg_iterations") or None, ".1f"),
         ]
-        lines.append(f"| {m} | " + " | ".join(str(c) for c in cells) + " |")  # fmt: skip
+        lines.append(f"| {m} | " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"![success]({plot.name})", "", "## Latency per call (CPU, batch 1)", ""]
     for m in models:
         lines += [f"### {m}", "", format_table(latency[m]), ""]

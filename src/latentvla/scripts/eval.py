@@ -31,8 +31,12 @@ HALTING_CHOICES = ("mse", "cosine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a policy in simulation", description=__doc__.splitlines()[0],
-                              formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a policy in simulation",
+        description=__doc__.splitlines()[0],
+        formatter_class=RegistryHelpFormatter,
+    )
     p.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
     p.add_argument("--env", default="metaworld", help="simulator: {simulators}")
     p.add_argument(
@@ -63,8 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="reasoning at inference (default: what the model was trained for: explicit CoT text if its last stage writes it, else latent)",
     )
-    p.add_argument("--iterations", type=int, default=None,
-                   help="fixed recurrent depth K (with --halting: the maximum depth)")  # fmt: skip
+    p.add_argument(
+        "--iterations", type=int, default=None, help="fixed recurrent depth K (with --halting: the maximum depth)"
+    )
     p.add_argument("--halting", choices=HALTING_CHOICES, default=None, help="adaptive-depth halting rule")
     p.add_argument("--delta", type=float, default=None, help="halting threshold (mse δ, or cosine similarity)")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the protocol's)")
@@ -74,11 +79,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="policy steps per episode (default: the protocol's; Meta-World max 500)",
     )
-    p.add_argument("--workers", type=int, default=2,
-                   help="simulator processes; one policy here batches their observations")  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=2, help="simulator processes; one policy here batches their observations"
+    )
     p.add_argument("--device", default="cpu", help="where the policy runs: cpu (default), cuda, cuda:N, auto")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU",
+    )
     p.add_argument(
         "--max-batch",
         type=int,
@@ -110,10 +120,21 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--out {out} is an existing file; eval writes a directory there: pick another path.")
     from latentvla.eval.evaluate import EvalInterrupted
 
-    common = dict(mode=args.mode, seed=args.seed, max_steps=args.max_steps, workers=args.workers,
-                  progress=not args.quiet, env=args.env, protocol=args.protocol, gripper=args.gripper,
-                  execution=args.execution, device=args.device, precision=args.precision,
-                  max_batch=args.max_batch, resume=not args.no_resume)  # fmt: skip
+    common = dict(
+        mode=args.mode,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        workers=args.workers,
+        progress=not args.quiet,
+        env=args.env,
+        protocol=args.protocol,
+        gripper=args.gripper,
+        execution=args.execution,
+        device=args.device,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        resume=not args.no_resume,
+    )
     try:
         if args.sweep_iterations and args.sweep_delta:
             raise ValueError("run --sweep-iterations and --sweep-delta separately (different output tables)")
@@ -126,12 +147,28 @@ def main(args: argparse.Namespace) -> int:
             return 0
         if args.sweep_delta:
             deltas = parse_list(args.sweep_delta, float)
-            res = sweep_delta(args.run, args.tasks, args.episodes, deltas, out_dir=out, strategy=args.halting or "mse",
-                              iterations=args.iterations, **common)  # fmt: skip
+            res = sweep_delta(
+                args.run,
+                args.tasks,
+                args.episodes,
+                deltas,
+                out_dir=out,
+                strategy=args.halting or "mse",
+                iterations=args.iterations,
+                **common,
+            )
             print(res["table"] + f"\nplot: {res['plot']}")
             return 0
-        info = evaluate(args.run, args.tasks, args.episodes, iterations=args.iterations, halting=halting_spec(args.halting, args.delta),
-                        video_dir=out / "videos" if args.video else None, out_dir=out, **common)  # fmt: skip
+        info = evaluate(
+            args.run,
+            args.tasks,
+            args.episodes,
+            iterations=args.iterations,
+            halting=halting_spec(args.halting, args.delta),
+            video_dir=out / "videos" if args.video else None,
+            out_dir=out,
+            **common,
+        )
     except EvalInterrupted as e:  # the finished episodes are on disk; the same command resumes
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
@@ -142,6 +179,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(markdown_table(info))
     o = info["overall"]
-    print(f"{o['pc_success']:.1f}% success over {o['n_episodes']} episodes in {o['eval_s']:.0f}s; "
-          f"wrote {out / 'eval_info.json'} and {out / 'eval_table.md'}")  # fmt: skip
+    print(
+        f"{o['pc_success']:.1f}% success over {o['n_episodes']} episodes in {o['eval_s']:.0f}s; "
+        f"wrote {out / 'eval_info.json'} and {out / 'eval_table.md'}"
+    )
     return 0

@@ -24,8 +24,12 @@ from latentvla.scripts.choices import RegistryHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("rl", help="RL post-training in simulation (PPO / GRPO)",
-                              description=__doc__.splitlines()[0], formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "rl",
+        help="RL post-training in simulation (PPO / GRPO)",
+        description=__doc__.splitlines()[0],
+        formatter_class=RegistryHelpFormatter,
+    )
     p.add_argument("run", metavar="RUN", help="starting checkpoint: a training run or checkpoint directory")
     p.add_argument("--env", default="metaworld", help="simulator: {simulators}")
     p.add_argument("--tasks", required=True, help="comma-separated task names and/or suites")
@@ -37,14 +41,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size", type=int, default=None, help="GRPO: rollouts per initial configuration")
     p.add_argument("--eval-episodes", type=int, default=None, help="held-out episodes per task for the curve")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--ray-workers", type=int, default=None,
-                   help="run the environments on N Ray actors (pip install -e '.[ray]'; RAY_ADDRESS joins a cluster)")  # fmt: skip
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        help="run the environments on N Ray actors (pip install -e '.[ray]'; RAY_ADDRESS joins a cluster)",
+    )
     p.add_argument("--device", default=None, help="cpu (default) or cuda: where the policy runs")
     p.add_argument("--resume", action="store_true", help="continue OUT from its newest intact checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="RLConfig fields (rl/config.py), e.g. --set clip=0.1 kl_coef=0.05")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="RLConfig fields (rl/config.py), e.g. --set clip=0.1 kl_coef=0.05",
+    )
     p.set_defaults(func=main)
 
 
@@ -52,14 +67,22 @@ def build_config(args: argparse.Namespace):
     from latentvla.config import apply_overrides
     from latentvla.rl.config import RLConfig
 
-    fields = {"updates": args.updates, "minutes": args.minutes, "num_envs": args.num_envs,
-              "group_size": args.group_size, "eval_episodes": args.eval_episodes, "seed": args.seed, "device": args.device,
-              "ray_workers": args.ray_workers}  # fmt: skip
+    fields = {
+        "updates": args.updates,
+        "minutes": args.minutes,
+        "num_envs": args.num_envs,
+        "group_size": args.group_size,
+        "eval_episodes": args.eval_episodes,
+        "seed": args.seed,
+        "device": args.device,
+        "ray_workers": args.ray_workers,
+    }
     kw = {k: v for k, v in fields.items() if v is not None}
     if args.minutes is not None and args.updates is None:
         kw["updates"] = 1_000_000  # the clock decides
-    base = RLConfig(init=args.run, env=args.env, tasks=tuple(t for t in args.tasks.split(",") if t), algo=args.algo,
-                    **kw)  # fmt: skip
+    base = RLConfig(
+        init=args.run, env=args.env, tasks=tuple(t for t in args.tasks.split(",") if t), algo=args.algo, **kw
+    )
     return apply_overrides(base, list(args.overrides))
 
 
@@ -74,13 +97,21 @@ def main(args: argparse.Namespace) -> int:
         summary = run_rl(
             args.out, cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
         )
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, CorruptCheckpointError,
-            FloatingPointError) as e:  # fmt: skip
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        ImportError,
+        CorruptCheckpointError,
+        FloatingPointError,
+    ) as e:
         raise UserError(str(e)) from e
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports
         print(f"interrupted: {e}", file=sys.stderr)
         return 128 + int(e.signum)
-    print(f"{summary['model']} {summary['algorithm']}: held-out success {summary['before_success']:.1f}% -> "
-          f"{summary['after_success']:.1f}% after {summary['updates']} updates, {summary['env_steps']} env steps, "
-          f"{summary['minutes']:.1f} min; wrote {args.out}")  # fmt: skip
+    print(
+        f"{summary['model']} {summary['algorithm']}: held-out success {summary['before_success']:.1f}% -> "
+        f"{summary['after_success']:.1f}% after {summary['updates']} updates, {summary['env_steps']} env steps, "
+        f"{summary['minutes']:.1f} min; wrote {args.out}"
+    )
     return 0

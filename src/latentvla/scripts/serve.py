@@ -38,8 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     depth.add_argument("--halting", choices=HALTING_CHOICES, default=None, help="adaptive-depth halting rule")
     p.add_argument("--delta", type=float, default=None, help="mse: threshold δ; cosine: similarity threshold")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, or auto (cuda when available)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast + TF32 on a CUDA GPU that supports them, fp32 on CPU",
+    )
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger requests (error frame)")
     p.add_argument("--max-batch", type=int, default=8, help="max requests batched across clients")
     p.add_argument("--log-level", default="INFO")

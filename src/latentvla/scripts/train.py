@@ -35,20 +35,31 @@ from latentvla.scripts.choices import RegistryHelpFormatter
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a policy preset", description=__doc__.splitlines()[0],
-                              formatter_class=RegistryHelpFormatter)  # fmt: skip
+    p = subparsers.add_parser(
+        "train",
+        help="train a policy preset",
+        description=__doc__.splitlines()[0],
+        formatter_class=RegistryHelpFormatter,
+    )
     p.add_argument(
         "--preset",
         required=True,
         help="{presets}",
     )
-    p.add_argument("--dataset", required=True,
-                   help="LeRobot dataset directory, or a repo id (lerobot/NAME) in HF_LEROBOT_HOME")  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="LeRobot dataset directory, or a repo id (lerobot/NAME) in HF_LEROBOT_HOME",
+    )
     p.add_argument("--out", required=True, help="run directory (metrics, checkpoints, plots)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps over the whole curriculum")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock training budget: the schedule follows elapsed time, --steps is its length and "
-                   "a cap (minutes=M)")  # fmt: skip
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="wall-clock training budget: the schedule follows elapsed time, --steps is its length and "
+        "a cap (minutes=M)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--size", default="tiny", help="backbone size: {sizes}")
@@ -56,10 +67,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run at OUT (else refused)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DDP (re-launches via torchrun)")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP (parallel=fsdp)")
-    p.add_argument("--backbone", default=None, metavar="DIR|ID",
-                   help="transformers VLM or causal LM: a directory or a hub id ORG/NAME[@REV] (HF cache)")  # fmt: skip
-    p.add_argument("--vision", action="append", default=[], metavar="DIR|ID",
-                   help="SigLIP / DINOv2 dir or hub id for an LM backbone (repeat to fuse several)")  # fmt: skip
+    p.add_argument(
+        "--backbone",
+        default=None,
+        metavar="DIR|ID",
+        help="transformers VLM or causal LM: a directory or a hub id ORG/NAME[@REV] (HF cache)",
+    )
+    p.add_argument(
+        "--vision",
+        action="append",
+        default=[],
+        metavar="DIR|ID",
+        help="SigLIP / DINOv2 dir or hub id for an LM backbone (repeat to fuse several)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. policy.horizon=8")
     p.set_defaults(func=main)
@@ -77,7 +97,7 @@ def build_config(args: argparse.Namespace):
             ("minutes", args.minutes),
             ("batch_size", args.batch_size),
             ("seed", args.seed),
-        )  # fmt: skip
+        )
         if v is not None
     ]
     flags += ["parallel=fsdp"] * args.fsdp
@@ -126,8 +146,10 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
         if codes <= {128 + signal.SIGTERM, 128 + signal.SIGINT}:  # the ranks alone were signalled: same story
             return codes.pop()
         if (Path(args.out) / "checkpoints").is_dir():
-            print("a rank failed (its error is above); continue the run with the same command plus --resume",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "a rank failed (its error is above); continue the run with the same command plus --resume",
+                file=sys.stderr,
+            )
         code = e.get_first_failure()[1].exitcode  # the root cause; the agent may have stopped the others
         return code if code > 0 else 1  # the rank's own code (2: bad input), as one process gives; a kill: 1
     finally:
@@ -150,9 +172,13 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         summary = train(
-            cfg, args.dataset, args.out, resume=args.resume, overwrite=args.overwrite,
+            cfg,
+            args.dataset,
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
             show_progress=not args.no_progress,
-        )  # fmt: skip
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as e:  # bad dataset / existing run / resume mismatch
         raise UserError(str(e)) from e
     except TrainingInterrupted as e:  # SIGTERM / SIGINT: checkpoint written; 128 + signal like a shell reports

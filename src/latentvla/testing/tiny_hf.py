@@ -40,8 +40,21 @@ def tiny_tokenizer(specials: list[str], vocab_size: int = 400):
 
 
 def _text(vocab: int, **kw):
-    return dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, vocab_size=vocab, **kw)  # fmt: skip
+    return dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab,
+        **kw,
+    )
+
+
+# the small ViT shared by the SigLIP, DINOv2, SmolVLM and PaliGemma stand-ins (32 px images, 8 px patches)
+_SMALL_VIT = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+)
 
 
 def build_tiny(family: str):
@@ -53,64 +66,77 @@ def build_tiny(family: str):
         raise ValueError(f"unknown tiny family {family!r}; one of {TINY_FAMILIES}")
     torch.manual_seed(0)
     if family in ("qwen2_5_vl", "qwen3_vl"):
-        names = ["<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-        tok = tiny_tokenizer(names)
-        ids = dict(zip(["vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"],
-                       tok.convert_tokens_to_ids(names[1:])))  # fmt: skip
-        rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2
-        if family == "qwen2_5_vl":
-            cfg = tf.Qwen2_5_VLConfig(
-                text_config=_text(len(tok), rope_parameters=rope),
-                vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-                                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                                   fullatt_block_indexes=[1]),
-                **ids,
-            )  # fmt: skip
-            model = tf.Qwen2_5_VLForConditionalGeneration(cfg)
-        else:
-            cfg = tf.Qwen3VLConfig(
-                text_config=_text(len(tok), rope_parameters={**rope, "mrope_interleaved": True}, head_dim=16),
-                vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=64,
-                                   patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
-                                   num_position_embeddings=64, deepstack_visual_indexes=[0]),
-                **ids,
-            )  # fmt: skip
-            model = tf.Qwen3VLForConditionalGeneration(cfg)
-        proc = tf.Qwen2VLImageProcessorPil(patch_size=cfg.vision_config.patch_size, merge_size=2,
-                                           min_pixels=32 * 32, max_pixels=256 * 256)  # fmt: skip
-        return model, tok, proc
+        return _qwen_vl(tf, family)
     if family == "smolvlm":
-        tok = tiny_tokenizer(["<|endoftext|>", "<image>", "<fake_token_around_image>", "<global-img>"])
-        cfg = tf.SmolVLMConfig(
-            text_config=dict(_text(len(tok)), model_type="llama"),
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=32, patch_size=8),
-            scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"),
-        )  # fmt: skip
-        proc = tf.SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": 32},
-                                           max_image_size={"longest_edge": 32})  # fmt: skip
-        return tf.SmolVLMForConditionalGeneration(cfg), tok, proc
+        return _smolvlm(tf)
     if family == "paligemma":
-        tok = tiny_tokenizer(["<eos>", "<image>", "<bos>"])
-        cfg = tf.PaliGemmaConfig(
-            text_config=dict(_text(len(tok)), model_type="gemma", head_dim=16),
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               image_size=32, patch_size=8, projection_dim=64),
-            image_token_id=tok.convert_tokens_to_ids("<image>"), projection_dim=64,
-        )  # fmt: skip
-        cfg.text_config.num_image_tokens = 16
-        proc = tf.SiglipImageProcessorPil(size={"height": 32, "width": 32})
-        return tf.PaliGemmaForConditionalGeneration(cfg), tok, proc
+        return _paligemma(tf)
     if family == "qwen2":
         tok = tiny_tokenizer(["<|endoftext|>"])
         return tf.Qwen2ForCausalLM(tf.Qwen2Config(**_text(len(tok)), tie_word_embeddings=True)), tok, None
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=32, patch_size=8)  # fmt: skip
     if family == "siglip":
-        return (tf.SiglipVisionModel(tf.SiglipVisionConfig(**vision)), None,
-                tf.SiglipImageProcessorPil(size={"height": 32, "width": 32}))  # fmt: skip
-    return (tf.Dinov2Model(tf.Dinov2Config(**vision)), None,
-            tf.BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}))  # fmt: skip
+        proc = tf.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+        return tf.SiglipVisionModel(tf.SiglipVisionConfig(**_SMALL_VIT)), None, proc
+    proc = tf.BitImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return tf.Dinov2Model(tf.Dinov2Config(**_SMALL_VIT)), None, proc
+
+
+def _qwen_vl(tf, family: str):
+    """Qwen2.5-VL or Qwen3-VL: M-RoPE text model, windowed (2.5) or DeepStack (3) vision tower."""
+    names = ["<|endoftext|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = tiny_tokenizer(names)
+    keys = ["vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"]
+    ids = dict(zip(keys, tok.convert_tokens_to_ids(names[1:])))
+    rope = {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2
+    vit = dict(
+        depth=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=4,
+        out_hidden_size=64,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    if family == "qwen2_5_vl":
+        vision = dict(vit, patch_size=14, window_size=56, fullatt_block_indexes=[1])
+        cfg = tf.Qwen2_5_VLConfig(text_config=_text(len(tok), rope_parameters=rope), vision_config=vision, **ids)
+        model = tf.Qwen2_5_VLForConditionalGeneration(cfg)
+    else:
+        vision = dict(vit, patch_size=16, num_position_embeddings=64, deepstack_visual_indexes=[0])
+        text = _text(len(tok), rope_parameters={**rope, "mrope_interleaved": True}, head_dim=16)
+        cfg = tf.Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+        model = tf.Qwen3VLForConditionalGeneration(cfg)
+    proc = tf.Qwen2VLImageProcessorPil(
+        patch_size=cfg.vision_config.patch_size, merge_size=2, min_pixels=32 * 32, max_pixels=256 * 256
+    )
+    return model, tok, proc
+
+
+def _smolvlm(tf):
+    tok = tiny_tokenizer(["<|endoftext|>", "<image>", "<fake_token_around_image>", "<global-img>"])
+    cfg = tf.SmolVLMConfig(
+        text_config=dict(_text(len(tok)), model_type="llama"),
+        vision_config=dict(_SMALL_VIT),
+        scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+    )
+    proc = tf.SmolVLMImageProcessorPil(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32}
+    )
+    return tf.SmolVLMForConditionalGeneration(cfg), tok, proc
+
+
+def _paligemma(tf):
+    tok = tiny_tokenizer(["<eos>", "<image>", "<bos>"])
+    cfg = tf.PaliGemmaConfig(
+        text_config=dict(_text(len(tok)), model_type="gemma", head_dim=16),
+        vision_config=dict(_SMALL_VIT, projection_dim=64),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        projection_dim=64,
+    )
+    cfg.text_config.num_image_tokens = 16
+    proc = tf.SiglipImageProcessorPil(size={"height": 32, "width": 32})
+    return tf.PaliGemmaForConditionalGeneration(cfg), tok, proc
 
 
 def save_tiny(family: str, out: str | Path) -> Path:

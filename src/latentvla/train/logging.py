@@ -17,8 +17,18 @@ from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
-_NOT_LOSS = {"step", "stage", "time", "steps_per_s", "samples_per_s", "epoch", "grad_norm", "iterations", "position",
-             "elapsed_s"}  # fmt: skip
+_NOT_LOSS = {
+    "step",
+    "stage",
+    "time",
+    "steps_per_s",
+    "samples_per_s",
+    "epoch",
+    "grad_norm",
+    "iterations",
+    "position",
+    "elapsed_s",
+}
 
 
 class MetricsLogger:

@@ -252,16 +252,24 @@ def _ignore_stop_signals_from_others(main_pid: int) -> None:
 
 def make_loader(dataset: Any, cfg: TrainConfig, start_micro: int, dist_info: DistInfo) -> DataLoader:
     sampler = ResumableBatchSampler(
-        len(dataset), cfg.batch_size, seed=cfg.seed, start=start_micro, rank=dist_info.rank,
+        len(dataset),
+        cfg.batch_size,
+        seed=cfg.seed,
+        start=start_micro,
+        rank=dist_info.rank,
         world_size=dist_info.world_size,
-    )  # fmt: skip
+    )
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start_micro * 97 + dist_info.rank)
     workers = loader_workers(cfg.num_workers, dist_info.device)
     return DataLoader(
-        dataset, batch_sampler=sampler, num_workers=workers, generator=gen,
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        generator=gen,
         worker_init_fn=functools.partial(_worker_init, main_pid=os.getpid()),
-        pin_memory=dist_info.device.type == "cuda", persistent_workers=workers > 0,
-    )  # fmt: skip
+        pin_memory=dist_info.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
 
 def loader_workers(num_workers: int, device: torch.device, cores: int | None = None) -> int:
@@ -338,8 +346,6 @@ def _reduce_metrics(history: dict[str, list[Any]], dist_info: DistInfo) -> dict[
         dist.all_reduce(vals)
         vals = vals.cpu() / dist_info.world_size
     return dict(zip(keys, vals.tolist()))
-
-
 
 
 class _FiniteCheck:
@@ -433,9 +439,12 @@ def _training_data(cfg: TrainConfig, dataset_dir: str | Path, reader: Any) -> tu
 
     fingerprint, normalizer = dataset_fingerprint(reader), make_normalizer(reader)
     dataset = VLADataset(
-        dataset_dir, chunk_size=cfg.policy.horizon, cameras=list(cfg.policy.cameras), normalizer=normalizer,
+        dataset_dir,
+        chunk_size=cfg.policy.horizon,
+        cameras=list(cfg.policy.cameras),
+        normalizer=normalizer,
         augment=cfg.augment,
-    )  # fmt: skip
+    )
     return fingerprint, normalizer, dataset
 
 
@@ -456,6 +465,54 @@ def _interrupted(stop: _StopSignals, saved: Path | None, done: int, schedule: Sc
 
 def _publishes(done: int, every: int, end: StepEnd) -> bool:
     return done % every == 0 or end.finished or end.stopping
+
+
+def _schedule(cfg: TrainConfig, rs: resume_lib.ResumeState, end_step: int, clock: Any) -> Schedule:
+    """The step schedule, or the wall-clock budget schedule when `cfg.minutes` is set (train/schedule.py)."""
+    return build_schedule(
+        cfg.policy.curriculum,
+        rs.schedule_steps,
+        rs.start_step,
+        end_step,
+        cfg.steps,
+        cfg.minutes,
+        rs.training_state,
+        clock,
+    )
+
+
+def _logger(
+    run_dir: Path,
+    cfg: TrainConfig,
+    rs: resume_lib.ResumeState,
+    end_step: int,
+    dist_info: DistInfo,
+    show_progress: bool,
+    schedule: Schedule,
+) -> MetricsLogger:
+    """metrics.jsonl (+ TensorBoard / wandb) and the progress bar, on the main rank only."""
+    return MetricsLogger(
+        run_dir,
+        end_step,
+        start_step=rs.start_step,
+        enabled=dist_info.is_main,
+        show_progress=show_progress,
+        use_wandb=cfg.wandb,
+        config=config_to_dict(cfg),
+        **schedule.progress(),
+    )
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over the model's parameter groups (backbone / vision / head learning rates, no decay on norms)."""
+    return build_optimizer(
+        model.param_groups(),
+        cfg.lr_backbone,
+        cfg.lr_head,
+        cfg.weight_decay,
+        no_decay_param_ids(model),
+        lr_vision=cfg.lr_vision,
+    )
 
 
 def train(
@@ -493,26 +550,21 @@ def train(
     end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     if rs.start_step >= end_step:
         raise ValueError(f"nothing to do: the run is already at step {rs.start_step} (target {end_step})")
-    schedule = build_schedule(
-        cfg.policy.curriculum, rs.schedule_steps, rs.start_step, end_step, cfg.steps, cfg.minutes,
-        rs.training_state, clock,
-    )  # fmt: skip
+    schedule = _schedule(cfg, rs, end_step, clock)
     # DDP or FSDP2 (train/parallel.py); FSDP2 swaps parameters for DTensors, so the optimizer comes after it
     on_cuda = dist_info.device.type == "cuda"
     loss_module = parallel.wrap(
         LossModule(model), model, cfg.parallel, dist_info.device, dist_info.world_size, cfg.bf16 and on_cuda
     )
-    optimizer = build_optimizer(model.param_groups(), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay,
-                                no_decay_param_ids(model), lr_vision=cfg.lr_vision)  # fmt: skip
+    optimizer = _optimizer(cfg, model)
     resume_lib.load_optimizer(rs, loss_module, optimizer)
     batches = iter(make_loader(dataset, cfg, rs.start_step * cfg.grad_accum, dist_info))
-    logger = MetricsLogger(
-        run_dir, end_step, start_step=rs.start_step, enabled=dist_info.is_main, show_progress=show_progress,
-        use_wandb=cfg.wandb, config=config_to_dict(cfg), **schedule.progress(),
-    )  # fmt: skip
+    logger = _logger(run_dir, cfg, rs, end_step, dist_info, show_progress, schedule)
     autocast = torch.autocast("cuda", torch.bfloat16, enabled=cfg.bf16 and on_cuda)
     trainee = Trainee(cfg, model, loss_module, optimizer, dist_info.device, autocast)
-    saver = Saver(run_dir, cfg, policy, loss_module, optimizer, dist_info, fingerprint, list(rs.extensions), schedule)
+    saver = Saver(
+        run_dir, cfg, policy, loss_module, optimizer, dist_info, fingerprint, list(rs.extensions), schedule
+    )
     finite, history, stage_losses = _FiniteCheck(dist_info, run_dir), defaultdict(list), defaultdict(list)
     t0, saved = time.perf_counter(), None
     model.train()
@@ -528,7 +580,12 @@ def train(
             model.on_optimizer_step(step, schedule.ema_steps(done))  # the EMA target update
             if _publishes(done, cfg.log_every, end) or schedule.stage_changed():  # one stage per row
                 finite.check()  # this step's verdict before its row is written (a log step may read the host)
-                row = {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm), **schedule.row()}
+                row = {
+                    **_reduce_metrics(history, dist_info),
+                    **lrs,
+                    "grad_norm": float(grad_norm),
+                    **schedule.row(),
+                }
                 logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
                 stage_losses[stage.name].append(row["loss"])
                 history = defaultdict(list)
@@ -546,9 +603,16 @@ def train(
 
 
 def _finish(
-    run_dir: Path, saved: Path | None, start_step: int, done: int, schedule: Schedule, t0: float, cfg: TrainConfig,
-    stage_losses: dict[str, list[float]], dist_info: DistInfo,
-) -> dict:  # fmt: skip
+    run_dir: Path,
+    saved: Path | None,
+    start_step: int,
+    done: int,
+    schedule: Schedule,
+    t0: float,
+    cfg: TrainConfig,
+    stage_losses: dict[str, list[float]],
+    dist_info: DistInfo,
+) -> dict:
     """The loss plot, the process group torn down, the run's summary."""
     seconds = time.perf_counter() - t0
     if dist_info.is_main:

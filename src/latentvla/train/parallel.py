@@ -65,8 +65,9 @@ def embedding_units(backbone: Backbone) -> list[nn.Module]:
     return backbone.embedding_modules()
 
 
-def wrap(loss_module: nn.Module, model: nn.Module, mode: str, device: torch.device, world_size: int,
-         bf16: bool) -> nn.Module:  # fmt: skip
+def wrap(
+    loss_module: nn.Module, model: nn.Module, mode: str, device: torch.device, world_size: int, bf16: bool
+) -> nn.Module:
     """`loss_module` made data-parallel over `world_size` ranks (unchanged for one process). `bf16`: FSDP2 keeps
     bf16 parameter copies for compute (pass it only where autocast runs as well, see `mixed_precision`)."""
     if world_size <= 1:

@@ -82,10 +82,18 @@ class Saver:
             "extensions": self.extensions,
         }
         publish = lambda: ckpt_lib.save_checkpoint(  # noqa: E731
-            run_dir, done, self.policy, cfg, training_state, cfg.keep_last, rng_states,
-            extra_config={"extensions": self.extensions} if self.extensions else None, weights=weights,
-            shards_in=tmp, write_weights=final or not self.use_shards,
-        )  # fmt: skip
+            run_dir,
+            done,
+            self.policy,
+            cfg,
+            training_state,
+            cfg.keep_last,
+            rng_states,
+            extra_config={"extensions": self.extensions} if self.extensions else None,
+            weights=weights,
+            shards_in=tmp,
+            write_weights=final or not self.use_shards,
+        )
         if in_background:  # published by `writer` once every rank's shard is written
             self.writer.save(tmp, self.loss_module, self.optimizer, publish)
             return None

@@ -197,6 +197,12 @@ def build_schedule(
         return StepSchedule(curriculum, total, start_step, end_step, steps)
     saved = saved or {}
     return BudgetSchedule(
-        curriculum, total, end_step, steps, minutes, float(saved.get("elapsed_s", 0.0)),
-        int(saved.get("schedule_position", -1)), clock,
-    )  # fmt: skip
+        curriculum,
+        total,
+        end_step,
+        steps,
+        minutes,
+        float(saved.get("elapsed_s", 0.0)),
+        int(saved.get("schedule_position", -1)),
+        clock,
+    )

@@ -101,8 +101,13 @@ class AsyncShardWriter:
         self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self._pending: tuple[Any, Callable[[], Any] | None] | None = None
 
-    def save(self, ckpt_dir: str | Path, loss_module: nn.Module, optimizer: torch.optim.Optimizer,
-             publish: Callable[[], Any] | None) -> None:  # fmt: skip
+    def save(
+        self,
+        ckpt_dir: str | Path,
+        loss_module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        publish: Callable[[], Any] | None,
+    ) -> None:
         """Start writing this rank's shards; `publish` (rank 0: the rest of the checkpoint) runs once all are
         written."""
         import torch.distributed.checkpoint as dcp

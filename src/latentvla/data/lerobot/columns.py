@@ -168,14 +168,10 @@ def episode_columns(episode: dict, key: str, meta: dict, fps: int) -> dict[str, 
             raise ValueError(f"Episode {key!r}: {k!r} contains NaN or inf; refusing to write it.")
     for k, v in meta.items():
         if not isinstance(v, (bool, int, float, str, np.generic)) and v is not None:
-            raise TypeError(
-                f"Episode {key!r}: meta {k!r} must be a scalar (bool/int/float/str), got {type(v)}."
-            )
+            raise TypeError(f"Episode {key!r}: meta {k!r} must be a scalar (bool/int/float/str), got {type(v)}.")
     bad_meta = set(meta) & RESERVED_META
     if bad_meta or any(k.startswith(("stats/", "data/", "meta/")) for k in meta):
-        raise ValueError(
-            f"Episode meta keys {sorted(bad_meta)} clash with LeRobot episode columns; rename them."
-        )
+        raise ValueError(f"Episode meta keys {sorted(bad_meta)} clash with LeRobot episode columns; rename them.")
     return columns
 
 

@@ -91,13 +91,15 @@ class Layout(ABC):
         """The row of frame 0 of episode `i` in its data file; `read()` gives the file's `DataFile`."""
 
     @abstractmethod
-    def video_location(self, root: Path, template: str, info: dict, episode: dict, key: str,
-                       i: int) -> VideoLocation:  # fmt: skip
+    def video_location(
+        self, root: Path, template: str, info: dict, episode: dict, key: str, i: int
+    ) -> VideoLocation:
         """The video file holding camera `key` of episode `i` (path `template`) and its first timestamp in it."""
 
     @abstractmethod
-    def episode_stats_files(self, root: Path, by_index: dict[int, int], stats: list[dict[str, dict]]
-                            ) -> list[tuple[Path, pa.Table | str]]:  # fmt: skip
+    def episode_stats_files(
+        self, root: Path, by_index: dict[int, int], stats: list[dict[str, dict]]
+    ) -> list[tuple[Path, pa.Table | str]]:
         """New contents of the per-episode stats files with `stats[i][feature]` (i: reader episode position;
         every episode has the same features and stat names) added; `by_index` maps episode_index -> position.
         Used to add columns in place (data/add_columns.py)."""
@@ -175,8 +177,9 @@ class V30(Layout):
     def first_row(self, read: Callable[[], DataFile], episode: dict, i: int, path: Path) -> int:
         return self.rows(read(), episode, i, path)[0]
 
-    def video_location(self, root: Path, template: str, info: dict, episode: dict, key: str,
-                       i: int) -> VideoLocation:  # fmt: skip
+    def video_location(
+        self, root: Path, template: str, info: dict, episode: dict, key: str, i: int
+    ) -> VideoLocation:
         cols = [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
         if any(episode.get(c) is None for c in cols):
             raise DatasetFormatError(
@@ -185,8 +188,9 @@ class V30(Layout):
         rel = template.format(video_key=key, chunk_index=int(episode[cols[0]]), file_index=int(episode[cols[1]]))
         return VideoLocation(root / rel, float(episode[cols[2]]))
 
-    def episode_stats_files(self, root: Path, by_index: dict[int, int], stats: list[dict[str, dict]]
-                            ) -> list[tuple[Path, pa.Table | str]]:  # fmt: skip
+    def episode_stats_files(
+        self, root: Path, by_index: dict[int, int], stats: list[dict[str, dict]]
+    ) -> list[tuple[Path, pa.Table | str]]:
         out = []
         for path in sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
             table = read_parquet(path)
@@ -239,13 +243,15 @@ class V21(Layout):
     def first_row(self, read: Callable[[], DataFile], episode: dict, i: int, path: Path) -> int:
         return 0
 
-    def video_location(self, root: Path, template: str, info: dict, episode: dict, key: str,
-                       i: int) -> VideoLocation:  # fmt: skip
+    def video_location(
+        self, root: Path, template: str, info: dict, episode: dict, key: str, i: int
+    ) -> VideoLocation:
         chunk, index = self._chunk(info, episode)
         return VideoLocation(root / template.format(episode_chunk=chunk, video_key=key, episode_index=index), 0.0)
 
-    def episode_stats_files(self, root: Path, by_index: dict[int, int], stats: list[dict[str, dict]]
-                            ) -> list[tuple[Path, pa.Table | str]]:  # fmt: skip
+    def episode_stats_files(
+        self, root: Path, by_index: dict[int, int], stats: list[dict[str, dict]]
+    ) -> list[tuple[Path, pa.Table | str]]:
         path = root / "meta" / "episodes_stats.jsonl"
         if not path.exists():
             return []

@@ -98,8 +98,17 @@ class DatasetWriter:
     info.json `names` where the sizes match.
     """
 
-    def __init__(self, root: str | Path, *, fps: int, robot_type: str, names: FeatureNames | None = None,
-                 resume: bool = False, overwrite: bool = False, video: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        fps: int,
+        robot_type: str,
+        names: FeatureNames | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+        video: bool = False,
+    ) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}.")
         self.root = Path(root)
@@ -289,8 +298,9 @@ class DatasetWriter:
                     start += duration
         return [rows[n] for n in numbers]
 
-    def _write_episodes(self, locations: list[tuple[int, int]], records: list[dict],
-                        videos: list[dict[str, Any]]) -> None:  # fmt: skip
+    def _write_episodes(
+        self, locations: list[tuple[int, int]], records: list[dict], videos: list[dict[str, Any]]
+    ) -> None:
         rows, start = [], 0
         meta_keys = list(dict.fromkeys(k for d in records for k in d["meta"]))
         for number, (record, (chunk, file)) in enumerate(zip(records, locations)):

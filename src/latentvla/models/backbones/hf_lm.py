@@ -111,8 +111,9 @@ def text_forward(text: nn.Module, num_layers: int, embeds: Tensor, **kwargs: Any
         lambda _m, _i, o: last.append(o[0] if isinstance(o, tuple) else o)
     )
     try:
-        out = text(inputs_embeds=embeds, use_cache=kwargs.get("cache") is not None, output_hidden_states=True,
-                   **kwargs)  # fmt: skip
+        out = text(
+            inputs_embeds=embeds, use_cache=kwargs.get("cache") is not None, output_hidden_states=True, **kwargs
+        )
     finally:
         hook.remove()
     layers = tuple(h.float() for h in (*out.hidden_states[:num_layers], last[-1]))
@@ -172,8 +173,9 @@ class HFBackbone(CameraVision, Backbone):
         check_forward_args(embeds, attention_mask, position_ids, cache_length(cache))
         embeds = embeds.to(self.lm.dtype)  # bf16 weights: fed-back fp32 thoughts enter in the weights' dtype
         mask = additive_mask(attention_mask, embeds)
-        return text_forward(self._text, self.num_layers, embeds, attention_mask=mask, position_ids=position_ids,
-                            cache=cache)  # fmt: skip
+        return text_forward(
+            self._text, self.num_layers, embeds, attention_mask=mask, position_ids=position_ids, cache=cache
+        )
 
     def logits(self, hidden: Tensor) -> Tensor:
         head = self.lm.get_output_embeddings()

@@ -315,9 +315,15 @@ class HFVLMBackbone(nn.Module, Backbone):
             if self.qwen
             else position_ids
         )
-        return text_forward(self._text, self.num_layers, embeds, attention_mask=additive_mask(attention_mask, embeds),
-                            position_ids=pos, cache=cache,
-                            **self._deepstack_inputs(embeds, cache_length(cache)))  # fmt: skip
+        return text_forward(
+            self._text,
+            self.num_layers,
+            embeds,
+            attention_mask=additive_mask(attention_mask, embeds),
+            position_ids=pos,
+            cache=cache,
+            **self._deepstack_inputs(embeds, cache_length(cache)),
+        )
 
     def _deepstack_inputs(self, embeds: Tensor, past: int) -> dict:
         """Qwen3-VL DeepStack kwargs for a pass that holds the image columns [0, n_image) (else none)."""

@@ -65,8 +65,9 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if self.kind in DEPRECATED_KINDS:
             new = DEPRECATED_KINDS[self.kind]
-            warnings.warn(f"backbone kind {self.kind!r} is now called {new!r}; read as {new!r}.", FutureWarning,
-                          stacklevel=3)  # fmt: skip
+            warnings.warn(
+                f"backbone kind {self.kind!r} is now called {new!r}; read as {new!r}.", FutureWarning, stacklevel=3
+            )
             object.__setattr__(self, "kind", new)
         if self.kind not in BACKBONE_KINDS:
             raise ValueError(did_you_mean(self.kind, BACKBONE_KINDS, "backbone kind"))
