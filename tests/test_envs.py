@@ -235,7 +235,8 @@ def test_toy_simulator_evaluates_under_its_protocol(toy, tmp_path):
 
 
 def test_eval_workers_keep_few_envs_alive(toy, tmp_path):
-    from latentvla.eval.evaluate import MAX_ENVS_PER_WORKER, evaluate
+    from latentvla.eval.episode import MAX_ENVS_PER_WORKER
+    from latentvla.eval.evaluate import evaluate
 
     ckpt = _toy_checkpoint(tmp_path / "ckpt")
     evaluate(ckpt, "goal1,goal2,goal3", 2, env="toy", workers=1, progress=False, max_steps=2)

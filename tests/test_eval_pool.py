@@ -184,7 +184,8 @@ def test_episode_log_resumes_only_the_same_interrupted_evaluation(tmp_path):
 def _reference_rollouts(ckpt: str, jobs: list[tuple[str, int]], seed: int, max_steps: int) -> dict:
     """The one-policy-per-process path evaluation used before (a `PolicyAgent` over `Policy.select_action`)."""
     from latentvla.envs.registry import get_simulator
-    from latentvla.eval.evaluate import EvalSettings, PolicyAgent, SimEpisode, episode_torch_seed
+    from latentvla.eval.episode import SimEpisode, episode_torch_seed
+    from latentvla.eval.evaluate import EvalSettings, PolicyAgent
     from latentvla.eval.runtime import ActionRecorder, run_episode
     from latentvla.policy import Policy
 

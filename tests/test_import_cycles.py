@@ -4,8 +4,7 @@ eval/serve/scripts).
 Every `import` / `from ... import` in every module is read with `ast` (nothing is imported). Module-level imports
 are the edges of the import graph, which must have no cycle (Tarjan's strongly connected components). An import
 inside a function is lazy: it does not fail at import time, but one that closes a cycle only hides it (the two
-modules still depend on each other), so the graph with the lazy imports added must have no cycle either, except
-the few listed in `KNOWN_LAZY_CYCLES` outside the data layer, each waiting for its own change.
+modules still depend on each other), so the graph with the lazy imports added must have no cycle either.
 
 `import a.b.c` is an edge to `a.b.c`; `from a.b import c` to the module `a.b.c` if it exists, else to `a.b`.
 Imports under `if TYPE_CHECKING:` are not executed and are not edges.
@@ -23,14 +22,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Cycles closed only by a function-level import, outside the data layer, each with the change that removes it.
 # A new cycle, or one of these that grows, fails the test.
-KNOWN_LAZY_CYCLES = {
-    # pool.py imports evaluate's episode helpers, evaluate imports run_pool: move the shared helpers down
-    frozenset({"latentvla.eval.evaluate", "latentvla.eval.pool"}),
-    # rollout.py creates RayEnvs, ray_workers.py imports rollout's EnvGroup / ChunkResult
-    frozenset({"latentvla.rl.ray_workers", "latentvla.rl.rollout"}),
-}
-
-
 @dataclass(frozen=True)
 class Edge:
     target: str
@@ -174,7 +165,7 @@ def test_no_cycle_among_module_level_imports():
 
 def test_no_function_level_import_hides_a_cycle():
     edges = import_edges(SRC)
-    found = [c for c in cycles(edges, lazy=True) if frozenset(c) not in KNOWN_LAZY_CYCLES]
+    found = cycles(edges, lazy=True)
     assert not found, (
         _report(found, edges, lazy=True) + "\n(a function-level import that closes a cycle only hides it)"
     )

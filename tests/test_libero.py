@@ -59,7 +59,7 @@ def test_tasks_by_suite_index_range_and_name():
 @pytest.mark.slow
 def test_rollout_init_states_flip_warmup_and_truncation():
     pytest.importorskip("libero")
-    from latentvla.eval.evaluate import SimEpisode
+    from latentvla.eval.episode import SimEpisode
 
     sim = L.SIMULATOR
     env = sim.make(L.resolve_tasks("libero_object:0")[0], image_size=64, max_steps=14)

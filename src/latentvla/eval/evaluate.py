@@ -40,12 +40,9 @@ from typing import Any
 import numpy as np
 
 from latentvla.constants import OBS_IMAGES, OBS_STATE, TASK
-from latentvla.envs.base import GRIPPER_MODES, postprocess_gripper
+from latentvla.envs.base import GRIPPER_MODES
 from latentvla.envs.registry import get_simulator
 from latentvla.models.halting import parse_halting
-
-VIDEO_FPS = 20
-MAX_ENVS_PER_WORKER = 1  # jobs arrive task by task; a LIBERO env holds ~1 GB
 
 
 @dataclass(frozen=True)
@@ -99,42 +96,6 @@ class EvalSettings:
         if self.execution is not None:
             return self.execution
         return f"fixed:{horizon}" if self.sim_protocol.execute_full_chunk else None
-
-
-def episode_torch_seed(seed: int, task_id: int, episode: int) -> int:
-    """The torch seed of one episode: independent of worker and order (see module docstring)."""
-    return int(np.random.SeedSequence([seed, task_id, episode, 0x5EED]).generate_state(1)[0])
-
-
-class SimEpisode:
-    """`runtime.Environment` over a `SimEnv`: one fixed evaluation episode under a protocol.
-
-    After `reset`, the protocol's `warmup_steps` no-op actions run (LIBERO: 10 x [0,0,0,0,0,0,-1], so objects
-    settle before the policy acts; not counted in the policy's steps). Every policy action passes through the
-    gripper post-processing before it reaches the simulator.
-    """
-
-    def __init__(self, env: Any, episode: int, seed: int, protocol: Any, gripper: str) -> None:
-        self.env, self.episode, self.seed, self.protocol, self.gripper = env, episode, seed, protocol, gripper
-        self.success, self._done, self._obs = False, False, None
-
-    def reset(self) -> None:
-        self._obs, _ = self.env.reset(episode=self.episode, split="eval", seed=self.seed)
-        self.success, self._done = False, False
-        for _ in range(self.protocol.warmup_steps):
-            self._obs, _, _, _, _ = self.env.step(np.asarray(self.protocol.warmup_action, dtype=np.float32))
-
-    def observe(self) -> dict:
-        return self._obs
-
-    def apply_action(self, action: dict) -> None:
-        act = postprocess_gripper(action["action"], self.gripper)
-        self._obs, _, terminated, truncated, info = self.env.step(act)
-        self.success = self.success or bool(info["success"])
-        self._done = bool(terminated or truncated)
-
-    def is_done(self) -> bool:
-        return self._done
 
 
 class PolicyAgent:
@@ -262,34 +223,6 @@ def _run_jobs(
         torch.set_num_threads(threads)
         bar.close()
     return results
-
-
-def write_video(frames: list[np.ndarray], stem: str | Path, fps: int = VIDEO_FPS) -> list[str]:
-    """GIF via Pillow (always) and MP4 via PyAV when `av` is importable; returns the written paths."""
-    from PIL import Image
-
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
-    gif = stem.with_suffix(".gif")
-    images[0].save(gif, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    paths = [str(gif)]
-    try:
-        import av
-    except ImportError:
-        return paths
-    mp4 = stem.with_suffix(".mp4")
-    with av.open(str(mp4), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for f in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
-        container.mux(stream.encode())
-    return paths + [str(mp4)]
-
-
-# --------------------------------------------------------------------------------------------- reporting
 
 
 def _metrics(rows: list[dict]) -> dict:

@@ -83,7 +83,7 @@ class QueueAgent:
 def run_sim_episode(settings: Any, envs: dict, cameras: tuple, image_size: int, job: tuple, agent: Any) -> dict:
     """Roll out one (task, episode, video_stem) job; envs are built lazily, one per task (LIBERO's hold ~1 GB)."""
     from latentvla.envs.registry import get_simulator
-    from latentvla.eval.evaluate import MAX_ENVS_PER_WORKER, SimEpisode, write_video
+    from latentvla.eval.episode import MAX_ENVS_PER_WORKER, SimEpisode, write_video
     from latentvla.eval.runtime import ActionRecorder, FrameRecorder, run_episode
 
     task, episode, video_stem = job
@@ -109,7 +109,7 @@ def run_sim_episode(settings: Any, envs: dict, cameras: tuple, image_size: int, 
 
 def _seed_for(settings: Any, job: tuple) -> int:
     from latentvla.envs.registry import get_simulator
-    from latentvla.eval.evaluate import episode_torch_seed
+    from latentvla.eval.episode import episode_torch_seed
 
     return episode_torch_seed(settings.seed, get_simulator(settings.env).task_id(job[0]), job[1])
 

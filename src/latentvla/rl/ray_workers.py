@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from latentvla.rl.rollout import ChunkResult, EnvGroup
+from latentvla.rl.env_group import ChunkResult, EnvGroup
 
 INSTALL = 'Ray is not installed: pip install -e ".[ray]" (or drop --ray-workers)'
 
