@@ -20,6 +20,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
+
 # Cycles closed only by a function-level import, outside the data layer, each with the change that removes it.
 # A new cycle, or one of these that grows, fails the test.
 @dataclass(frozen=True)

@@ -638,3 +638,20 @@ def test_sigterm_finishes_the_update_and_writes_a_checkpoint(tmp_path, toy, monk
     assert _rl(tmp_path, init, tmp_path / "b", *common, "--resume") == 0
     (wa, _), (wb, _) = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_rl_progress_bar_shows_rl_metrics_not_a_missing_loss(tmp_path):
+    """RL rows have no `loss` or LR: the bar used to read `loss=nan, lr=0.00e+00`; it shows the RL metrics."""
+    from latentvla.rl.loop import RL_POSTFIX
+    from latentvla.train.logging import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, 3, show_progress=True, desc="rl", postfix_keys=RL_POSTFIX)
+    logger.log(0, "rl", {"heldout_success": 60.0, "env_steps": 0.0}, 6)
+    assert logger._bar.postfix == "heldout_success=60"
+    logger.log(1, "rl", {"approx_kl": 1.5e-4, "rollout_success": 50.0, "loss_pg": -2e-4}, 6)
+    assert "nan" not in logger._bar.postfix and "approx_kl=0.00015" in logger._bar.postfix
+    logger.close()
+    train_logger = MetricsLogger(tmp_path / "t", 3, show_progress=True)  # a training run's bar is unchanged
+    train_logger.log(1, "III", {"loss": 0.5, "lr_backbone": 1e-3}, 8)
+    assert "loss=0.5000" in train_logger._bar.postfix and "lr=1.00e-03" in train_logger._bar.postfix
+    train_logger.close()

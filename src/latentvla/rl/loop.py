@@ -47,6 +47,9 @@ from latentvla.train import checkpoint as ckpt_lib
 from latentvla.train.logging import METRICS_FILE, MetricsLogger
 from latentvla.train.loop import TrainingInterrupted, _StopSignals
 
+# what the progress bar shows during RL (a training run's loss / LR do not exist here)
+RL_POSTFIX = ("heldout_success", "rollout_success", "approx_kl", "log_std")
+
 SUMMARY = "rl_summary.json"
 # May change between a run and its resumption (budget, cadence, threads): none changes the maths of an update.
 RESUME_FREE = {"updates", "minutes", "eval_every", "save_every", "keep_last", "threads", "device", "ray_workers"}
@@ -265,7 +268,14 @@ class _RLRun:
             raise ValueError("libero has 50 init states per task: keep --eval-episodes below 50")
         self.slots = Slots.build(sim, tasks, cfg, self.policy, execute, ray_workers=cfg.ray_workers)
         self.eval_seed = sim.protocol().seed
-        self.logger = MetricsLogger(run_dir, cfg.updates, start_step=self.prog.update, show_progress=progress)
+        self.logger = MetricsLogger(
+            run_dir,
+            cfg.updates,
+            start_step=self.prog.update,
+            show_progress=progress,
+            desc="rl",
+            postfix_keys=RL_POSTFIX,
+        )
         self.env_tb = _env_step_writer(run_dir, purge=self.prog.env_steps if resume else None)
 
     def _restore(self, state: dict[str, Any]) -> _Progress:

@@ -46,9 +46,13 @@ class MetricsLogger:
         config: dict | None = None,
         progress_total: int | None = None,
         progress_start: int | None = None,
+        desc: str = "train",
+        postfix_keys: tuple[str, ...] | None = None,
     ) -> None:
         """`progress_total` / `progress_start` (default: `total_steps` / `start_step`) set what the bar counts: a
-        wall-clock-budgeted run counts schedule positions (train/budget.py), moved by `advance`."""
+        wall-clock-budgeted run counts schedule positions (train/budget.py), moved by `advance`. `postfix_keys`:
+        the metrics the bar shows (default: a training run's stage, loss and backbone LR)."""
+        self.postfix_keys = postfix_keys
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_FILE
@@ -65,7 +69,7 @@ class MetricsLogger:
             self._bar = tqdm(
                 total=total_steps if progress_total is None else progress_total,
                 initial=start_step if progress_start is None else progress_start,
-                desc="train",
+                desc=desc,
                 dynamic_ncols=True,
             )
         try:  # TensorBoard is a core dependency, but keep training when a broken install cannot import
@@ -76,6 +80,15 @@ class MetricsLogger:
             self._tb = None
         if use_wandb:
             self._wandb = _init_wandb(self.run_dir, config)
+
+    def _postfix(self, stage: str, metrics: dict[str, float], rate: float) -> dict[str, str]:
+        if self.postfix_keys is None:
+            lr = metrics.get("lr_backbone", 0.0)
+            return dict(
+                stage=stage, loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}", it_s=f"{rate:.1f}"
+            )
+        # only what this row has: an RL row has no loss or LR, and a held-out row only the success
+        return {k: f"{float(metrics[k]):.4g}" for k in self.postfix_keys if k in metrics}
 
     def advance(self, n: int = 1) -> None:
         """Move the progress bar by `n` optimizer steps (schedule positions in a budgeted run)."""
@@ -95,10 +108,7 @@ class MetricsLogger:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._bar is not None:
-            lr = metrics.get("lr_backbone", 0.0)
-            self._bar.set_postfix(
-                stage=stage, loss=f"{metrics.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}", it_s=f"{rate:.1f}"
-            )
+            self._bar.set_postfix(self._postfix(stage, metrics, rate))
         if self._tb is not None:
             for k, v in row.items():
                 if k not in ("step", "stage") and isinstance(v, float) and math.isfinite(v):
