@@ -108,7 +108,8 @@ def test_a_policy_executing_chunks_renders_once_per_chunk_with_the_same_actions(
     from latentvla.data.stats import Normalizer
     from latentvla.envs.base import EvalProtocol
     from latentvla.envs.lazy import LazyObservation
-    from latentvla.eval.evaluate import EvalSettings, PolicyAgent, SimEpisode
+    from latentvla.eval.episode import SimEpisode
+    from latentvla.eval.evaluate import EvalSettings, PolicyAgent
     from latentvla.eval.runtime import FrameRecorder, run_episode
     from latentvla.policy import Policy
 
@@ -231,7 +232,7 @@ def test_train_placements_are_fresh_and_the_expert_solves_them(libero):
 def test_lazy_rendering_skips_frames_between_chunks_with_the_same_rollout(libero):
     """An agent that reads images once per chunk of 8 renders once per chunk, and the rollout (actions, states,
     the images it read) equals one where every frame is rendered (as for a video)."""
-    from latentvla.eval.evaluate import SimEpisode
+    from latentvla.eval.episode import SimEpisode
     from latentvla.eval.runtime import FrameRecorder, run_episode
 
     L = libero
