@@ -120,3 +120,57 @@ def test_rd_depth_script_smoke(tmp_path):
     cfg = json.loads(next((out / "rdvla32" / "checkpoints").glob("0*/config.json")).read_text())
     assert cfg["policy"]["recurrent"]["mean_recurrence"] == 32
     assert any((out / "sweep_iterations").glob("*.png")) and any((out / "sweep_delta").glob("*.png"))
+
+
+def _toy_dataset(path: Path) -> Path:
+    """Four episodes of the toy 1-D reach (tests/rl_toy_sim.py) driven straight at the goal, in the LeRobot layout."""
+    import numpy as np
+
+    from latentvla.constants import ACTION, OBS_IMAGES, OBS_STATE, TASK
+    from latentvla.data.lerobot import DatasetWriter
+    from rl_toy_sim import SIMULATOR
+
+    writer = DatasetWriter(path, fps=SIMULATOR.fps, robot_type=SIMULATOR.robot_type)
+    for i in range(4):
+        env = SIMULATOR.make("reach1d", image_size=32, max_steps=30)
+        obs, _ = env.reset(episode=i, split="train")
+        frames = []
+        for _ in range(12):
+            a = np.array([np.clip((env.goal - env.x) / 0.1, -1, 1)], np.float32)
+            frames.append((obs, a))
+            obs, *_ = env.step(a)
+        writer.add_episode(
+            {
+                f"{OBS_IMAGES}.corner4": np.stack([o[f"{OBS_IMAGES}.corner4"] for o, _ in frames]),
+                OBS_STATE: np.stack([o[OBS_STATE] for o, _ in frames]),
+                ACTION: np.stack([a for _, a in frames]),
+                TASK: obs[TASK],
+            },
+            key=f"reach1d/{i}",
+        )
+    writer.finalize()
+    return path
+
+
+def test_ablations_on_another_simulator_with_a_wall_clock_budget(tmp_path, monkeypatch):
+    """`--env` evaluates under that simulator's protocol (its own step cap when --max-steps is not given),
+    `--minutes` gives every run the same wall clock, and both are recorded; --tasks is required off Meta-World."""
+    from rl_toy_sim import register
+
+    register(monkeypatch)
+    data = _toy_dataset(tmp_path / "data")
+    out = tmp_path / "abl"
+    base = ["ablations", "--dataset", str(data), "--out", str(out), "--env", "reach1d", "--seeds", "0"]
+    assert main([*base, "--presets", "bc"]) == 2  # no --tasks off Meta-World: one line, exit 2
+    args = [*base, "--tasks", "reach1d", "--presets", "bc,rdvla", "--steps", "50", "--minutes", "0.02"]
+    assert main([*args, "--episodes", "2", "--workers", "1", "batch_size=4", "policy.image_size=32"]) == 0
+    res = json.loads((out / "ablations.json").read_text())
+    assert (res["env"], res["minutes"], set(res["per_run"])) == ("reach1d", 0.02, {"bc", "rdvla"})
+    for preset in ("bc", "rdvla"):
+        cfg = json.loads(
+            next((out / "runs" / preset / "seed0" / "checkpoints").glob("0*/config.json")).read_text()
+        )
+        assert cfg["train"]["minutes"] == 0.02 and cfg["train"]["steps"] == 50
+        info = json.loads((out / "eval" / preset / "seed0" / "eval_info.json").read_text())
+        assert info["config"]["env"] == "reach1d" and info["config"]["protocol"]["max_steps"] == 30
+        assert [t["task"] for t in info["per_task"]] == ["reach1d"]

@@ -2,12 +2,18 @@
 
     latentvla ablations --dataset data/mw6 --out docs/results/ablations --steps 3000          # 4 presets x 3 seeds
     latentvla ablations --dataset data/mw6 --out /tmp/abl --steps 5 --seeds 0 --episodes 1    # smoke
+    latentvla ablations --env libero --tasks libero_object --dataset data/lo20 --out abl_lo \
+        --presets lara,lara-no-cot,rdvla,bc --steps 2000 --episodes 5     # LIBERO: the papers' protocol, init states 0-4
+    latentvla ablations ... --minutes 10                                   # equal wall clock instead of equal steps
 
 The four presets differ in one factor each (LaRA Table 4: 55.2 < 58.3 < 64.6 < 68.8 on LIBERO-Long):
 no CoT (`lara-no-cot`) / explicit text CoT (`lara-explicit`) / latent text (`lara-latent-text`) / latent text +
 visual latents (`lara`). Every (preset, seed) trains for the same number of steps with `seed=k` and is evaluated
-on the same held-out episodes (split `eval`, evaluation seed fixed, so only the training seed varies). Each step
-is skipped when its output exists, so an interrupted sweep re-run continues. Writes to --out:
+on the same held-out episodes (split `eval`, evaluation seed fixed, so only the training seed varies) of any
+registered simulator under its evaluation protocol (`--env`, `--protocol`; LIBERO's default is the papers':
+episode i starts from the benchmark's init state i). `--minutes M` trains every run for M minutes of wall clock
+instead (`--steps` is then the schedule's length and a cap). Each step is skipped when its output exists, so an
+interrupted sweep re-run continues. Writes to --out:
 
     runs/<preset>/seed<k>/   eval/<preset>/seed<k>/   ablations.json   ablations.md (mean ± std)   ablations.png
 """
@@ -22,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from latentvla.errors import UserError
+from latentvla.scripts.choices import RegistryHelpFormatter
 from latentvla.scripts.demo import DEFAULT_TASKS  # the same six tasks as the demo
 
 DEFAULT_PRESETS = "lara-no-cot,lara-explicit,lara-latent-text,lara"
@@ -33,29 +40,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ablations",
         help="CoT ablation presets x seeds: train, evaluate, mean ± std table",
         description=__doc__.splitlines()[0],
+        formatter_class=RegistryHelpFormatter,
     )
     p.add_argument("--dataset", required=True, help="LeRobot dataset dir (e.g. from `latentvla collect`)")
     p.add_argument("--out", required=True)
     p.add_argument("--presets", default=DEFAULT_PRESETS)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=3000, help="training steps, the same for every preset")
-    p.add_argument("--tasks", default=DEFAULT_TASKS)
+    p.add_argument("--minutes", type=float, default=None, help="train every run for this wall clock instead")
+    p.add_argument("--env", default="metaworld", help="simulator: {simulators}")
+    p.add_argument("--protocol", default=None, help="the simulator's evaluation protocol (default: its first)")
+    p.add_argument("--tasks", default=None, help=f"tasks or suites (Meta-World default: {DEFAULT_TASKS})")
     p.add_argument("--episodes", type=int, default=10, help="held-out evaluation episodes per task")
-    p.add_argument("--max-steps", type=int, default=200, help="episode cap during evaluation")
+    p.add_argument("--max-steps", type=int, default=None, help="episode cap (default: the protocol's per task)")
     p.add_argument("--workers", type=int, default=2, help="parallel rollout processes")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="TrainConfig overrides for every run")
     p.set_defaults(func=main)
 
 
-def run_config(preset: str, seed: int, steps: int, overrides: list[str]):
+def run_config(preset: str, seed: int, steps: int, overrides: list[str], minutes: float | None = None):
     """The TrainConfig of one (preset, seed) run: the user's key=value `overrides` on the preset, then the sweep's
-    own steps and seed (one checkpoint, at the end)."""
+    own steps (or wall-clock minutes) and seed (one checkpoint, at the end)."""
     from dataclasses import replace
 
     from latentvla.config import apply_overrides, get_preset
 
     cfg = apply_overrides(get_preset(preset), list(overrides))
-    return replace(cfg, steps=steps, seed=seed, save_every=steps)
+    return replace(cfg, steps=steps, minutes=minutes, seed=seed, save_every=steps)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -124,22 +135,27 @@ def _plot(agg: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(args: argparse.Namespace) -> int:
+def _checked_args(args: argparse.Namespace) -> tuple[list[str], list[int], str]:
+    """(presets, seeds, tasks), every name checked (did-you-mean) before any work; `args.dataset` resolved."""
     from latentvla.config import get_preset
-    from latentvla.eval.evaluate import evaluate
-    from latentvla.train.checkpoint import latest_checkpoint
-    from latentvla.train.loop import train
+    from latentvla.envs.registry import get_simulator
+    from latentvla.hub import resolve_dataset
 
-    out = Path(args.out)
     try:
         presets = [p.strip() for p in args.presets.split(",") if p.strip()]
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         for p in presets:
-            get_preset(p)  # did-you-mean before any work
+            get_preset(p)
         if not seeds or args.steps < 1 or args.episodes < 1:
             raise ValueError("need at least one seed, --steps >= 1 and --episodes >= 1")
-        from latentvla.hub import resolve_dataset
-
+        if args.minutes is not None and not args.minutes > 0:
+            raise ValueError(f"--minutes is a training budget > 0, got {args.minutes}")
+        if args.tasks is None and args.env != "metaworld":
+            raise ValueError(f"--tasks is required with --env {args.env} (e.g. a suite such as libero_object)")
+        tasks = args.tasks or DEFAULT_TASKS
+        sim = get_simulator(args.env)
+        sim.resolve_tasks(tasks)
+        sim.protocol(args.protocol)
         args.dataset = str(resolve_dataset(args.dataset))  # a LeRobot repo id: its HF_LEROBOT_HOME copy
         if not Path(args.dataset, "meta", "info.json").is_file():
             raise ValueError(
@@ -147,13 +163,24 @@ def main(args: argparse.Namespace) -> int:
             )
     except ValueError as e:
         raise UserError(str(e)) from e
+    return presets, seeds, tasks
+
+
+def main(args: argparse.Namespace) -> int:
+    from latentvla.eval.evaluate import evaluate
+    from latentvla.train.checkpoint import latest_checkpoint
+    from latentvla.train.loop import train
+
+    out = Path(args.out)
+    presets, seeds, tasks = _checked_args(args)
     per_run: dict[str, dict[int, dict[str, float]]] = {}
     for preset in presets:
         for seed in seeds:
             run, ev = out / "runs" / preset / f"seed{seed}", out / "eval" / preset / f"seed{seed}"
             if latest_checkpoint(run) is None:
-                print(f"[ablations] training {preset} seed {seed} for {args.steps} steps", flush=True)
-                cfg = run_config(preset, seed, args.steps, args.overrides)
+                budget = f"{args.minutes} min" if args.minutes else f"{args.steps} steps"
+                print(f"[ablations] training {preset} seed {seed} for {budget}", flush=True)
+                cfg = run_config(preset, seed, args.steps, args.overrides, args.minutes)
                 train(cfg, args.dataset, run, show_progress=False)
             info_path = ev / "eval_info.json"
             if info_path.is_file():
@@ -162,12 +189,14 @@ def main(args: argparse.Namespace) -> int:
                 print(f"[ablations] evaluating {preset} seed {seed}", flush=True)
                 info = evaluate(
                     run,
-                    args.tasks,
+                    tasks,
                     args.episodes,
                     max_steps=args.max_steps,
                     workers=args.workers,
                     out_dir=ev,
                     progress=False,
+                    env=args.env,
+                    protocol=args.protocol,
                 )
             per_run.setdefault(preset, {})[seed] = {
                 t["task"]: t["metrics"]["pc_success"] for t in info["per_task"]
@@ -180,6 +209,10 @@ def main(args: argparse.Namespace) -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": cmd,
         "steps": args.steps,
+        "minutes": args.minutes,
+        "env": args.env,
+        "protocol": args.protocol,
+        "tasks": tasks,
         "seeds": seeds,
         "episodes_per_task": args.episodes,
         "per_run": per_run,
