@@ -152,6 +152,7 @@ def _toy_dataset(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # trains and evaluates two policies
 def test_ablations_on_another_simulator_with_a_wall_clock_budget(tmp_path, monkeypatch):
     """`--env` evaluates under that simulator's protocol (its own step cap when --max-steps is not given),
     `--minutes` gives every run the same wall clock, and both are recorded; --tasks is required off Meta-World."""

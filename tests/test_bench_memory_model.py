@@ -82,6 +82,7 @@ def test_saved_bytes_do_not_count_weights_twice():
     assert memory._saved_bytes(lambda: lin(x), params=lin) == 2 * 1000 * 4  # the input only, not the 4 MB weight
 
 
+@pytest.mark.slow  # measures the runtime RSS of a fresh process
 def test_cpu_mode_runs_in_fp32_and_adds_the_process_runtime():
     gpu = estimate("rdvla-minivla", batch_size=2, dtype="float32")
     cpu = estimate("rdvla-minivla", batch_size=2, dtype="float32", device="cpu")

@@ -41,6 +41,7 @@ def _run(pool: WorkerPool, jobs: list[tuple]) -> tuple[list[dict], list[list], l
     return done, rounds, starts
 
 
+@pytest.mark.slow  # spawns worker processes (~10 s of start-up on 2 cores)
 def test_lockstep_rounds_route_replies_and_are_a_function_of_the_jobs():
     jobs = [("a", 2), ("b", 3), ("c", 0), ("d", 1)]
     with WorkerPool(2, _AskingRunner, (7,)) as pool:
@@ -58,6 +59,7 @@ def test_lockstep_rounds_route_replies_and_are_a_function_of_the_jobs():
     assert sum(r["served"] for r in second[0]) > sum(r["served"] for r in done)  # processes were reused
 
 
+@pytest.mark.slow
 def test_as_ready_pool_runs_every_job_and_a_failing_job_is_one_line():
     jobs = [(str(i), i % 3) for i in range(6)]
     with WorkerPool(2, _AskingRunner, (0,), lockstep=False) as pool:
