@@ -503,6 +503,31 @@ def _logger(
     )
 
 
+def _span(
+    cfg: TrainConfig,
+    run_dir: Path,
+    model: nn.Module,
+    fingerprint: Any,
+    dataset_dir: str | Path,
+    dist_info: DistInfo,
+    resume: bool,
+    stop_at: int | None,
+) -> tuple[resume_lib.ResumeState, int]:
+    """Where this run starts (a fresh state, or the resumed checkpoint's, weights loaded) and the step it ends at."""
+    rs = resume_lib.ResumeState.fresh(cfg)
+    if resume:
+        rs = resume_lib.resume(run_dir, cfg, model, fingerprint, dataset_dir, dist_info.rank, dist_info.world_size)
+    end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    if rs.start_step >= end_step:
+        raise ValueError(f"nothing to do: the run is already at step {rs.start_step} (target {end_step})")
+    return rs, end_step
+
+
+def _row(history: dict, dist_info: DistInfo, lrs: dict, grad_norm: Tensor, schedule: Schedule) -> dict:
+    """One metrics row: the losses averaged since the last row (over ranks), LRs, grad norm, schedule position."""
+    return {**_reduce_metrics(history, dist_info), **lrs, "grad_norm": float(grad_norm), **schedule.row()}
+
+
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW over the model's parameter groups (backbone / vision / head learning rates, no decay on norms)."""
     return build_optimizer(
@@ -544,12 +569,7 @@ def train(
     model = policy.model
     check_trainable_precision(model, cfg.policy.backbone.dtype)
     seed_everything(cfg.seed + dist_info.rank)  # per-rank noise / augmentation streams
-    rs = resume_lib.ResumeState.fresh(cfg)
-    if resume:
-        rs = resume_lib.resume(run_dir, cfg, model, fingerprint, dataset_dir, dist_info.rank, dist_info.world_size)
-    end_step = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    if rs.start_step >= end_step:
-        raise ValueError(f"nothing to do: the run is already at step {rs.start_step} (target {end_step})")
+    rs, end_step = _span(cfg, run_dir, model, fingerprint, dataset_dir, dist_info, resume, stop_at)
     schedule = _schedule(cfg, rs, end_step, clock)
     # DDP or FSDP2 (train/parallel.py); FSDP2 swaps parameters for DTensors, so the optimizer comes after it
     on_cuda = dist_info.device.type == "cuda"
@@ -580,12 +600,7 @@ def train(
             model.on_optimizer_step(step, schedule.ema_steps(done))  # the EMA target update
             if _publishes(done, cfg.log_every, end) or schedule.stage_changed():  # one stage per row
                 finite.check()  # this step's verdict before its row is written (a log step may read the host)
-                row = {
-                    **_reduce_metrics(history, dist_info),
-                    **lrs,
-                    "grad_norm": float(grad_norm),
-                    **schedule.row(),
-                }
+                row = _row(history, dist_info, lrs, grad_norm, schedule)
                 logger.log(done, stage.name, row, cfg.batch_size * cfg.grad_accum)
                 stage_losses[stage.name].append(row["loss"])
                 history = defaultdict(list)
