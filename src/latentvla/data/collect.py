@@ -152,8 +152,13 @@ def collect(
     sim, names, cameras, max_steps = _checked_setup(env, tasks, cameras, image_size, max_steps)
     out = Path(out)
     counters_path = out.with_name(out.name + ".collect.json")
-    rollout = dict(seed=seed, cameras=cameras, image_size=image_size, max_steps=max_steps)
-    rollout |= dict(stop_after_success=stop_after_success)
+    rollout = dict(
+        seed=seed,
+        cameras=cameras,
+        image_size=image_size,
+        max_steps=max_steps,
+        stop_after_success=stop_after_success,
+    )
     # the content-defining arguments, recorded in info.json and compared on --resume
     record = collect_args(env=env, tasks=names, episodes_per_task=episodes_per_task, video=video, **rollout)
     if resume and out.is_dir() and not out.with_name(out.name + ".partial").exists():
@@ -174,8 +179,15 @@ def collect(
             f"the expert succeeded in none of {attempts} episodes within --max-steps {max_steps}; nothing was written "
             f"to {out}: raise --max-steps or check the tasks"
         )
-    setup = {"env": env, "seed": seed, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps}
-    setup |= {"train_init": sim.train_init or "reset(split='train')", "warmup_steps": sim.protocol().warmup_steps}
+    setup = {
+        "env": env,
+        "seed": seed,
+        "cameras": list(cameras),
+        "image_size": image_size,
+        "max_steps": max_steps,
+        "train_init": sim.train_init or "reset(split='train')",
+        "warmup_steps": sim.protocol().warmup_steps,
+    }
     return _finish(writer, stats, names, start, counts, out, counters_path, setup, args=record)
 
 
