@@ -37,7 +37,7 @@ from latentvla.constants import (
     TASK,
 )
 from latentvla.data.cot import format_box
-from latentvla.data.frames import DECODED_CACHE_MB, FrameStore, ParquetLocation
+from latentvla.data.frames import DECODED_CACHE_MB, ENCODED_CACHE_MB, FrameStore, ParquetLocation
 from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.stats import DEFAULT_MODES, Normalizer
 from latentvla.data.validate import validate_dataset
@@ -96,6 +96,7 @@ class VLADataset(Dataset):
         augment: bool = False,
         episodes: list[int] | None = None,
         decoded_cache_mb: float = DECODED_CACHE_MB,
+        encoded_cache_mb: float = ENCODED_CACHE_MB,
     ) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
@@ -127,9 +128,9 @@ class VLADataset(Dataset):
             if not 0 <= i < reader.num_episodes:
                 raise IndexError(f"Episode {i} out of range: {reader.root} has {reader.num_episodes} episodes.")
         self._load()
-        self.frames = self._open_frames(decoded_cache_mb)
+        self.frames = self._open_frames(decoded_cache_mb, encoded_cache_mb)
 
-    def _open_frames(self, decoded_cache_mb: float) -> FrameStore:
+    def _open_frames(self, decoded_cache_mb: float, encoded_cache_mb: float) -> FrameStore:
         """Where each selected episode's frames live, per camera (metadata only: nothing is decoded)."""
         reader, kinds, locations = self.reader, {}, {}
         first_rows = None
@@ -142,7 +143,12 @@ class VLADataset(Dataset):
                 locations[key] = [reader.video_location(i, key) for i in self.episode_indices]
         shape = {k: tuple(reader.features[k]["shape"]) for k in self.camera_keys}
         return FrameStore(
-            kinds, locations, shape, video_timestamps=self._timestamps, decoded_cache_mb=decoded_cache_mb
+            kinds,
+            locations,
+            shape,
+            video_timestamps=self._timestamps,
+            decoded_cache_mb=decoded_cache_mb,
+            encoded_cache_mb=encoded_cache_mb,
         )
 
     def _load(self) -> None:

@@ -35,7 +35,12 @@ from latentvla.data.errors import DatasetFormatError
 from latentvla.data.video import VideoReader
 
 DECODED_CACHE_MB = 256  # per process: decoded uint8 frames (the demo's 64 px cameras fit whole)
-ENCODED_CACHE_MB = 64  # per process: encoded PNG row groups read from parquet
+# Per process: encoded PNG row groups read from parquet. A random-access sample needs one frame per camera but
+# Arrow reads the frame's whole row group (~140 rows, ~3 MB per camera in LeRobot's layout), so a budget far below
+# the dataset's encoded size re-reads ~3 MB per frame: libero_object_20 (200 episodes x 2 cameras at 128 px, 1.2 GB)
+# loaded 51 samples/s at 64 MB and 124+ once the cache filled at 2 GB (2026-12-07). 1 GB holds that dataset's
+# most-used half and bounds a worker's memory on larger ones; PNG decoding itself runs ~1,700 frames/s.
+ENCODED_CACHE_MB = 1024
 
 
 class LRUCache:
@@ -100,6 +105,7 @@ class _ParquetImages:
             self._pid = os.getpid()
             self._files: dict[Path, tuple[pq.ParquetFile, np.ndarray]] = {}
             self._groups = LRUCache(int(self.encoded_cache_mb * 2**20))
+            self.group_reads = 0  # row groups read from parquet in this process (tests, benchmarks)
 
     def _file(self, path: Path) -> tuple[pq.ParquetFile, np.ndarray]:
         if path not in self._files:
@@ -118,6 +124,7 @@ class _ParquetImages:
         group = int(np.searchsorted(starts, row, side="right")) - 1
         cached = self._groups.get((path, key, group))
         if cached is None:
+            self.group_reads += 1
             try:
                 column = (
                     handle.read_row_group(group, columns=[key], use_threads=False).column(key).combine_chunks()
