@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The LIBERO-Object comparison of the reasoning policies against plain BC, on demonstrations from the scripted
-# expert (envs/libero_expert.py). NOT RUN yet at this size: each evaluation episode renders ~35 times (a chunk of 8
-# per query) over ~290 steps, ~8 s of CPU, so one policy x 10 tasks x 5 init states is ~7 CPU-minutes plus ~40 s of
-# env creation per task; the three parts below are several CPU-hours on 2 cores.
+# expert (envs/libero_expert.py). What has run (2026-12-07, docs/results/libero/): part 1 at 1,500 steps, seed 0 for
+# the four models and more seeds for lara / lara-no-cot, split over two single-thread lanes
+# (docs/results/libero/lanes/); parts 2 and 3 have not run. Costs measured on 2 cores: ~0.8-1.2 optimizer steps/s per
+# single-thread lane (22-28 min per 1,500-step run), an evaluation episode ~5-10 s (a render per chunk of 8),
+# 5-8 min per 50-episode evaluation.
 #
 #   bash runs/libero_compare.sh                  # writes $OUT/{steps,minutes,ladder}/ablations.{json,md,png}
 #   SEEDS=0 EPISODES=2 STEPS=200 bash runs/libero_compare.sh      # a quick slice
@@ -14,7 +16,7 @@
 set -euo pipefail
 export MUJOCO_GL=${MUJOCO_GL:-egl} OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${OUT:-outputs/libero_compare}; DATA=${DATA:-data/libero_object_20}; SUITE=${SUITE:-libero_object}
-SEEDS=${SEEDS:-0,1,2}; EPISODES=${EPISODES:-5}; STEPS=${STEPS:-2000}; MINUTES=${MINUTES:-20}; WORKERS=${WORKERS:-2}
+SEEDS=${SEEDS:-0,1,2}; EPISODES=${EPISODES:-5}; STEPS=${STEPS:-1500}; MINUTES=${MINUTES:-20}; WORKERS=${WORKERS:-2}
 
 [ -f "$DATA/meta/info.json" ] || latentvla collect --env libero --tasks "$SUITE" --episodes-per-task 20 \
   --image-size 128 --workers "$WORKERS" --seed 0 --out "$DATA"

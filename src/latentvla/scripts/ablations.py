@@ -111,7 +111,7 @@ def format_table(agg: dict[str, dict[str, tuple[float, float]]], n_seeds: int) -
     return "\n".join(lines)
 
 
-def _plot(agg: dict, path: Path) -> None:
+def plot_ablations(agg: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,6 +221,6 @@ def main(args: argparse.Namespace) -> int:
     }
     (out / "ablations.json").write_text(json.dumps(payload, indent=2))
     (out / "ablations.md").write_text(f"# CoT ablations ({payload['date']})\n\nCommand: `{cmd}`\n\n{table}\n")
-    _plot(agg, out / "ablations.png")
+    plot_ablations(agg, out / "ablations.png")
     print(table)
     return 0

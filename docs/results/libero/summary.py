@@ -1,0 +1,98 @@
+"""summary.json, a per-task table and a plot from `latentvla ablations --out` directories.
+
+    python docs/results/libero/summary.py OUT/steps [OUT/minutes ...] --suite libero_object --out docs/results/libero
+
+Reads every evaluated run under each directory (eval/<model>/seed<s>/eval_info.json, whichever lane or call made
+it) rather than one call's ablations.json, so seeds run in parallel lanes aggregate together. For each model: the
+success rate averaged over the suite's tasks per training seed, then mean and sample std over seeds; the optimizer
+steps and training wall clock of each run (the last row of its metrics.jsonl); per-task means. Equal-wall-clock
+directories (runs trained with `--minutes`) land under "<model>@<M>min".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from latentvla.scripts.ablations import aggregate, mean_std, plot_ablations
+
+
+def _last_row(run: Path) -> dict:
+    return json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def _short(task: str) -> str:
+    return re.sub(r"^.*/(pick_up_the_)?|_and_place_it_in_the_basket$", "", task)
+
+
+def collect(out_dir: Path) -> tuple[dict, dict]:
+    """({label: {seed: {task: pc_success}}}, {label: {"seeds": [...], "steps": [...], "minutes": [...]}})."""
+    per_run, runs = {}, {}
+    for info_path in sorted(out_dir.glob("eval/*/seed*/eval_info.json")):
+        model, seed = info_path.parent.parent.name, int(info_path.parent.name[4:])
+        run = out_dir / "runs" / model / f"seed{seed}"
+        minutes = json.loads((run / "checkpoints" / "last" / "config.json").read_text())["train"]["minutes"]
+        label = model if minutes is None else f"{model}@{minutes:g}min"
+        info, last = json.loads(info_path.read_text()), _last_row(run)
+        per_run.setdefault(label, {})[seed] = {t["task"]: t["metrics"]["pc_success"] for t in info["per_task"]}
+        r = runs.setdefault(label, {"seeds": [], "steps": [], "minutes": [], "episodes_per_task": set()})
+        r["seeds"].append(seed)
+        r["steps"].append(int(last["step"]))
+        r["minutes"].append(round(last["time"] / 60, 1))
+        r["episodes_per_task"].add(info["per_task"][0]["metrics"]["n_episodes"])
+    return per_run, runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dirs", nargs="+", type=Path, help="`latentvla ablations --out` directories")
+    p.add_argument("--suite", required=True)
+    p.add_argument(
+        "--out", type=Path, required=True, help="writes summary.json (other suites kept), <suite>.md/.png"
+    )
+    args = p.parse_args()
+    per_run, runs = {}, {}
+    for d in args.dirs:
+        pr, r = collect(d)
+        per_run.update(pr)
+        runs.update(r)
+    agg = aggregate(per_run)
+    suite = {}
+    for label, row in agg.items():
+        seeds = sorted(per_run[label])
+        averages = [sum(per_run[label][s].values()) / len(per_run[label][s]) for s in seeds]
+        suite[label] = {
+            "mean": round(row["average"][0], 2),
+            "std": round(mean_std(averages)[1], 2) if len(seeds) > 1 else None,
+            "seeds": [round(a, 2) for a in averages],
+            "seed_ids": seeds,
+            "steps": runs[label]["steps"],
+            "minutes": runs[label]["minutes"],
+            "episodes_per_task": sorted(runs[label]["episodes_per_task"]),
+            "per_task": {_short(t): round(v[0], 2) for t, v in row.items() if t != "average"},
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary[args.suite] = suite
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    tasks = list(next(iter(suite.values()))["per_task"])
+    lines = [
+        "| model | seeds | " + " | ".join(tasks) + " | **average** |",
+        "|---|---:|" + "---:|" * (len(tasks) + 1),
+    ]
+    for label, s in suite.items():
+        cells = [f"{agg[label][t][0]:.0f}" for t in agg[label] if t != "average"]
+        spread = f" ± {s['std']:.1f}" if s["std"] is not None else ""
+        lines.append(
+            f"| `{label}` | {len(s['seeds'])} | " + " | ".join(cells) + f" | **{s['mean']:.1f}{spread}** |"
+        )
+    (args.out / f"{args.suite}.md").write_text("\n".join(lines) + "\n")
+    plot_ablations(agg, args.out / f"{args.suite}.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
