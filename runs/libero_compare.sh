@@ -3,8 +3,8 @@
 # expert (envs/libero_expert.py). What has run (2026-12-07, docs/results/libero/): part 1 at 1,500 steps, seed 0 for
 # the four models and more seeds for lara / lara-no-cot, split over two single-thread lanes
 # (docs/results/libero/lanes/); parts 2 and 3 have not run. Costs measured on 2 cores: ~0.8-1.2 optimizer steps/s per
-# single-thread lane (22-28 min per 1,500-step run), an evaluation episode ~5-10 s (a render per chunk of 8),
-# 5-8 min per 50-episode evaluation.
+# single-thread lane (22-30 min per 1,500-step run), an evaluation episode ~5-10 s (a render per chunk of 8),
+# 4.5-8.5 min per 50-episode evaluation.
 #
 #   bash runs/libero_compare.sh                  # writes $OUT/{steps,minutes,ladder}/ablations.{json,md,png}
 #   SEEDS=0 EPISODES=2 STEPS=200 bash runs/libero_compare.sh      # a quick slice

@@ -16,7 +16,7 @@ import json
 import re
 from pathlib import Path
 
-from latentvla.scripts.ablations import aggregate, mean_std, plot_ablations
+from latentvla.scripts.ablations import aggregate, plot_ablations
 
 
 def _last_row(run: Path) -> dict:
@@ -62,11 +62,11 @@ def main() -> None:
     suite = {}
     for label, row in agg.items():
         seeds = sorted(per_run[label])
-        averages = [sum(per_run[label][s].values()) / len(per_run[label][s]) for s in seeds]
+        mean, std = row["average"]  # over the seeds' task averages (ablations.aggregate)
         suite[label] = {
-            "mean": round(row["average"][0], 2),
-            "std": round(mean_std(averages)[1], 2) if len(seeds) > 1 else None,
-            "seeds": [round(a, 2) for a in averages],
+            "mean": round(mean, 2),
+            "std": round(std, 2) if len(seeds) > 1 else None,
+            "seeds": [round(sum(per_run[label][s].values()) / len(per_run[label][s]), 2) for s in seeds],
             "seed_ids": seeds,
             "steps": runs[label]["steps"],
             "minutes": runs[label]["minutes"],

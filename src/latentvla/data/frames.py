@@ -37,9 +37,10 @@ from latentvla.data.video import VideoReader
 DECODED_CACHE_MB = 256  # per process: decoded uint8 frames (the demo's 64 px cameras fit whole)
 # Per process: encoded PNG row groups read from parquet. A random-access sample needs one frame per camera but
 # Arrow reads the frame's whole row group (~140 rows, ~3 MB per camera in LeRobot's layout), so a budget far below
-# the dataset's encoded size re-reads ~3 MB per frame: libero_object_20 (200 episodes x 2 cameras at 128 px, 1.2 GB)
-# loaded 51 samples/s at 64 MB and 124+ once the cache filled at 2 GB (2026-12-07). 1 GB holds that dataset's
-# most-used half and bounds a worker's memory on larger ones; PNG decoding itself runs ~1,700 frames/s.
+# the dataset's encoded size re-reads ~3 MB per frame. libero_object_20 (200 episodes x 2 cameras at 128 px, 1.2 GB
+# encoded), random batches of 32, 1 thread: flat at 51 samples/s with 64 MB; with 1 GB 140 samples/s cumulative
+# after 80 batches and still rising as the cache filled (2026-12-07). 1 GB holds most of such a dataset and bounds
+# a worker's memory on larger ones; PNG decoding itself runs ~1,700 frames/s.
 ENCODED_CACHE_MB = 1024
 
 
