@@ -330,6 +330,37 @@ def test_train_steps_on_lerobot_video_dataset(layout, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "000005" / "model.safetensors").is_file()
 
 
+def _decode_in_child(path: Path, queue) -> None:
+    from latentvla.data.video import VideoReader
+
+    queue.put(VideoReader().decode(path, [0.2])[0])
+
+
+def test_decoding_in_a_forked_worker_after_the_parent_converted_frames(tmp_path):
+    """A DataLoader worker forks from a process that may already have turned frames to RGB with PyAV's own
+    `to_ndarray` (our reader before the fix, LeRobot's, a user's). PyAV >= 17 caches one multithreaded swscale
+    context per thread; the fork copies it without its threads, and a worker using it waited forever (the CI hang
+    of av 18.1.1). The reader converts with its own single-thread reformatter."""
+    import multiprocessing
+
+    path = tmp_path / "v.mp4"
+    frames = _frames(0, 6, 0)
+    _encode(path, frames, "libsvtav1")
+    with av.open(str(path)) as container:  # the parent converts through PyAV's cached (threaded) reformatter
+        first = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_decode_in_child, args=(path, queue))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("decoding a video frame in a forked process hung")
+    assert child.exitcode == 0
+    got = queue.get(timeout=5)
+    assert got.shape == first.shape and _err(got, frames[2]) < 12
+
+
 def test_annotate_keeps_a_video_dataset_video(tmp_path):
     from latentvla.data.annotate import annotate_dataset
     from latentvla.data.convert import convert_dataset

@@ -133,6 +133,11 @@ class VideoReader:
     def __init__(self, max_open: int = _OPEN_CONTAINERS) -> None:
         self.max_open = max_open
         self._open: OrderedDict[Path, Any] = OrderedDict()
+        # Our own single-thread swscale context, not PyAV's: `frame.to_ndarray(format=...)` goes through one cached
+        # reformatter per thread with a slice-thread pool (PyAV >= 17). A DataLoader worker forked from a process
+        # that had used it inherits the context without its threads and waits forever on the first frame (seen
+        # with av 18.1.1). Parallelism comes from the workers, as for the decoder.
+        self._rgb = _av().video.reformatter.VideoReformatter()
 
     def _container(self, path: Path) -> Any:
         if path in self._open:
@@ -174,7 +179,7 @@ class VideoReader:
                 t = float(frame.pts * stream.time_base)
                 if t >= first - tolerance_s:
                     times.append(t)
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    frames.append(self._rgb.reformat(frame, format="rgb24", threads=1).to_ndarray())
                 if t >= last - tolerance_s:
                     break
         except av.error.FFmpegError as e:
