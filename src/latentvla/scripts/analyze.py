@@ -5,8 +5,12 @@
 
     latentvla analyze cot runs/lara --dataset data/mw6 --episodes 12 --json cot.json
 
+    latentvla analyze actions runs/lara --dataset data/mw6 --episodes 12 --json actions.json
+
 `cot` decodes explicit CoT on dataset frames and reports parse_rate, stop_rate, bbox_iou, subtask_match and
 mean_tokens against the annotation (eval/cot_analysis.py).
+`actions` compares the policy's sampled chunks with the demonstrated ones on dataset frames, in raw action units:
+per-dimension L1 of the first action and of the chunk, and gripper sign agreement (eval/action_error.py).
 `latents` plots the thinking-token latents coloured by CoT component (LaRA-VLA Fig. 6) and writes the
 separation scores (silhouette, nearest-centroid accuracy) to the plot's path with a .json suffix.
 """
@@ -45,6 +49,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     cot.add_argument("--json", default=None, help="also write the report to this JSON file")
     cot.set_defaults(func=main_cot)
+    act = sub.add_parser(
+        "actions", help="sampled vs demonstrated action chunks on dataset frames (per-dim L1, gripper sign)"
+    )
+    act.add_argument("run", metavar="RUN", help="checkpoint directory or training run directory")
+    act.add_argument("--dataset", required=True, help="LeRobot dataset directory (training or held-out demos)")
+    act.add_argument("--episodes", type=int, default=12, help="episodes, evenly spread over the dataset")
+    act.add_argument("--frames-per-episode", type=int, default=8, help="evenly spaced frames per episode")
+    act.add_argument("--seed", type=int, default=0, help="sampling seed (flow expert noise)")
+    act.add_argument("--json", default=None, help="also write the report to this JSON file")
+    act.set_defaults(func=main_actions)
     p.set_defaults(func=None, help_parser=p)  # no subcommand: cli.main prints this help
 
 
@@ -86,4 +100,26 @@ def main_cot(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2))
     print(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
+    return 0
+
+
+def main_actions(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from latentvla.eval.action_error import analyze_actions_run
+
+    try:
+        res = analyze_actions_run(
+            args.run,
+            args.dataset,
+            episodes=args.episodes,
+            frames_per_episode=args.frames_per_episode,
+            seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        raise UserError(str(e)) from e
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
     return 0
