@@ -103,6 +103,13 @@ def analyze_cot(
 
 def analyze_cot_run(run: str | Path, dataset_dir: str | Path, **kwargs: Any) -> dict:
     """`analyze_cot` for a checkpoint or run directory and a LeRobot dataset directory."""
+    policy, ds = load_run_and_dataset(run, dataset_dir)
+    return {"run": str(run), "dataset": str(dataset_dir), **analyze_cot(policy, ds, **kwargs)}
+
+
+def load_run_and_dataset(run: str | Path, dataset_dir: str | Path) -> tuple[Any, Any]:
+    """A trained policy and a `VLADataset` over `dataset_dir` as it sees it (its cameras, horizon and
+    normalizer), without augmentation or next frames: what the offline analyses read."""
     from latentvla.data.dataset import VLADataset
     from latentvla.policy import Policy
 
@@ -111,5 +118,4 @@ def analyze_cot_run(run: str | Path, dataset_dir: str | Path, **kwargs: Any) -> 
     ds = VLADataset(
         dataset_dir, chunk_size=c.horizon, cameras=list(c.cameras), normalizer=policy.normalizer, next_frame=False
     )
-    res = analyze_cot(policy, ds, **kwargs)
-    return {"run": str(run), "dataset": str(dataset_dir), **res}
+    return policy, ds

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from latentvla.errors import UserError
 
@@ -82,8 +83,6 @@ def main_latents(args: argparse.Namespace) -> int:
 
 
 def main_cot(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from latentvla.eval.cot_analysis import analyze_cot_run
 
     try:
@@ -96,16 +95,10 @@ def main_cot(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UserError(str(e)) from e
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    print(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=2))
-    return 0
+    return _report(res, args.json, hide=("examples",))
 
 
 def main_actions(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from latentvla.eval.action_error import analyze_actions_run
 
     try:
@@ -118,8 +111,13 @@ def main_actions(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise UserError(str(e)) from e
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    return _report(res, args.json)
+
+
+def _report(res: dict, json_path: str | None, hide: tuple[str, ...] = ()) -> int:
+    """The whole report to `json_path` (if given); stdout gets it without the `hide` keys."""
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(res, indent=2))
+    print(json.dumps({k: v for k, v in res.items() if k not in hide}, indent=2))
     return 0
