@@ -53,7 +53,7 @@ HOST_SITES = {
     ("latentvla/models/device_checks.py", "check"): "CPU branch only; on an accelerator it is _assert_async",
     ("latentvla/train/finite_guard.py", "pop"): "reads the pinned host copy of the previous step's verdict",
     ("latentvla/models/recurrence.py", "sample_depth"): "a CPU generator's draw (the step-seeded depth)",
-    ("latentvla/models/recurrent_head.py", "_trunc_normal"): "CPU branch only (torch's rejection sampler); on "
+    ("latentvla/models/recurrent_ops.py", "trunc_normal"): "CPU branch only (torch's rejection sampler); on "
     "an accelerator the inverse-CDF draw has no host loop",
 }
 

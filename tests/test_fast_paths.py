@@ -17,6 +17,7 @@ from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import action_expert as expert_lib
 from latentvla.models import ema as ema_lib
 from latentvla.models import recurrent_head as head_lib
+from latentvla.models import recurrent_ops as ops
 from latentvla.models import sequence as seq_lib
 from latentvla.models import vision as vision_lib
 from latentvla.models.backbones import scratch as backbone_lib
@@ -66,7 +67,7 @@ def _reference_velocity(self, x_t, t, context_kv, key_mask, state, repeats=1):
 
 
 def _patch_session_references(mp) -> None:
-    mp.setattr(head_lib, "_rope", _reference_head_rope)
+    mp.setattr(head_lib, "rope", _reference_head_rope)
     mp.setattr(expert_lib, "_modulate", _reference_modulate)
     mp.setattr(expert_lib.DiTBlock, "_attend", _reference_dit_attend)
     mp.setattr(expert_lib.DiTBlock, "forward", _reference_dit_forward)
@@ -208,10 +209,10 @@ def test_grid_tokens_skip_identity_pooling_exactly():
 def test_head_rope_tables_are_exact_and_usable_in_training_after_inference():
     x = torch.randn(3, 4, 8, 16)
     with torch.inference_mode():  # the tables' first use is a sampling call: they must not be inference tensors
-        torch.testing.assert_close(head_lib._rope(x, 10000.0), _reference_head_rope(x, 10000.0), rtol=0, atol=0)
+        torch.testing.assert_close(ops.rope(x, 10000.0), _reference_head_rope(x, 10000.0), rtol=0, atol=0)
     y = x.clone().requires_grad_(True)
-    head_lib._rope(y, 10000.0).square().sum().backward()  # raises if a table were an inference tensor
+    ops.rope(y, 10000.0).square().sum().backward()  # raises if a table were an inference tensor
     z = x.clone().requires_grad_(True)
     _reference_head_rope(z, 10000.0).square().sum().backward()
     torch.testing.assert_close(y.grad, z.grad, rtol=0, atol=0)
-    assert head_lib._rope(x.double(), 10000.0).dtype == torch.float64  # one table per dtype
+    assert ops.rope(x.double(), 10000.0).dtype == torch.float64  # one table per dtype

@@ -18,7 +18,7 @@ from latentvla.data.lerobot import LeRobotDatasetReader
 from latentvla.data.synthetic import write_synthetic_dataset
 from latentvla.models import sequence as seq_lib
 from latentvla.models import vla as vla_lib
-from latentvla.models.recurrent_head import trunc_normal_icdf_
+from latentvla.models.recurrent_ops import trunc_normal_icdf_
 from latentvla.train import loop
 from latentvla.train.logging import MetricsLogger, read_metrics
 from policy_helpers import policy_and_batches

@@ -30,7 +30,6 @@ B x the deepest. Only (B,) / (B,R) scalars are kept across iterations, so memory
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 from latentvla.models.halting import HaltingStrategy, mean_squared_change
 from latentvla.models.masking import mean_over_valid_steps
 from latentvla.models.recurrence import sample_depth, split_depth
-from latentvla.models.row_rng import draw_per_row
+from latentvla.models.recurrent_ops import rope, trunc_normal_rows
 
 
 @dataclass(frozen=True)
@@ -95,50 +94,6 @@ class RecurrentOutput:
         Tensor  # (B, R): mean squared change of the decoded chunk at iteration k (index k-1); nan if not computed
     )
     latents: Tensor  # (B, K, D): final scratchpad
-
-
-def _trunc_normal(shape: tuple[int, ...], std: float, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    device = generator.device if generator is not None else like.device
-    x = torch.empty(shape, device=device)
-    if device.type == "cpu":  # torch's sampler: a rejection loop whose `mask.any()` is free on the host
-        nn.init.trunc_normal_(x, 0.0, std, -3 * std, 3 * std, generator=generator)
-    else:  # off the CPU that loop reads the device every round: the inverse CDF instead (same distribution)
-        trunc_normal_icdf_(x, std, generator)
-    return x.to(device=like.device, dtype=like.dtype)
-
-
-def _trunc_normal_rows(shape: tuple[int, ...], std: float, generator, like: Tensor) -> Tensor:
-    """`_trunc_normal`, or with a list of generators one per row (models/row_rng.py)."""
-    return draw_per_row(shape, generator, lambda shape, g: _trunc_normal(shape, std, g, like))
-
-
-def trunc_normal_icdf_(x: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
-    """x <- TruncNormal(0, std, ±3 std) in place by the inverse CDF (no rejection loop, so no host read):
-    u ~ U(2 Phi(-3) - 1, 1 - 2 Phi(-3)), x = std sqrt(2) erfinv(u)."""
-    lo = (1.0 + math.erf(-3.0 / math.sqrt(2.0))) / 2.0  # Phi(-3)
-    x.uniform_(2 * lo - 1, 1 - 2 * lo, generator=generator).erfinv_()
-    return x.mul_(std * math.sqrt(2.0)).clamp_(-3 * std, 3 * std)
-
-
-@functools.lru_cache(maxsize=32)
-def _rope_tables(K: int, d: int, base: float, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and signed sin (K, d) of the rotate-half RoPE, built once per shape instead of at every block call
-    (26 calls per step at depth 12: ~10 small ops each). The sin table carries the rotate-half sign, so
-    x * cos + [x2, x1] * sin_signed equals x * cos + [-x2, x1] * sin bit for bit (a sign flip is exact).
-    Built outside inference mode: an inference tensor could not be saved for a later training backward."""
-    with torch.inference_mode(False), torch.no_grad():
-        inv = 1.0 / base ** (torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
-        ang = torch.arange(K, device=device, dtype=torch.float32)[:, None] * inv[None]  # (K, d/2)
-        cos, sin = torch.cat([ang, ang], -1).cos().to(dtype), torch.cat([ang, ang], -1).sin().to(dtype)
-        sin[:, : d // 2].neg_()
-        return cos, sin
-
-
-def _rope(x: Tensor, base: float) -> Tensor:
-    """Rotary embedding over the token axis of x (B, heads, K, d) (rotate-half convention)."""
-    K, d = x.shape[-2], x.shape[-1]
-    cos, sin = _rope_tables(K, d, float(base), x.device, x.dtype)
-    return x * cos + torch.cat([x[..., d // 2 :], x[..., : d // 2]], dim=-1) * sin
 
 
 @dataclass(frozen=True)
@@ -214,7 +169,7 @@ class RecurrentBlock(nn.Module):
 
     def forward(self, x: Tensor, ctx: CrossContext) -> Tensor:
         q, k, v = self.qkv_self(self.norm_self(x)).chunk(3, dim=-1)
-        q, k = _rope(self._heads(q), self.rope_base), _rope(self._heads(k), self.rope_base)
+        q, k = rope(self._heads(q), self.rope_base), rope(self._heads(k), self.rope_base)
         x = x + self.o_self(self._merge(F.scaled_dot_product_attention(q, k, self._heads(v))))
         keys, values = ctx.kv if ctx.kv is not None else self.project(ctx.latent, ctx.vision)
         q = self._heads(self.q_cross(self.norm_cross(x)))
@@ -269,7 +224,7 @@ class RecurrentDepthHead(nn.Module):
 
     def init_state(self, batch: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
         """Fresh scratchpad S_0 ~ TruncNormal(0, init_std, ±3σ), (B, K, D)."""
-        return _trunc_normal_rows((batch, self.cfg.chunk, self.cfg.width), self.cfg.init_std, generator, like)
+        return trunc_normal_rows((batch, self.cfg.chunk, self.cfg.width), self.cfg.init_std, generator, like)
 
     def core_step(self, s: Tensor, s_pre: Tensor, core: list[CrossContext]) -> Tensor:
         """One recurrence: input injection, the weight-tied core blocks (each with its context), exit norm."""
