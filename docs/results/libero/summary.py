@@ -54,10 +54,21 @@ def main() -> None:
     )
     args = p.parse_args()
     per_run, runs = {}, {}
-    for d in args.dirs:
+    for d in args.dirs:  # one model's seeds may sit in several directories (one lane per seed): merge them
         pr, r = collect(d)
-        per_run.update(pr)
-        runs.update(r)
+        for label, by_seed in pr.items():
+            if twice := sorted(set(by_seed) & set(per_run.get(label, {}))):
+                raise SystemExit(f"{label}: seed(s) {twice} evaluated in two of the directories; pass one of them")
+            per_run.setdefault(label, {}).update(by_seed)
+        for label, info in r.items():
+            acc = runs.setdefault(label, {"seeds": [], "steps": [], "minutes": [], "episodes_per_task": set()})
+            for key in ("seeds", "steps", "minutes"):
+                acc[key] += info[key]
+            acc["episodes_per_task"] |= info["episodes_per_task"]
+    for info in runs.values():  # steps and minutes listed in seed order, as `seeds` below is
+        order = sorted(range(len(info["seeds"])), key=info["seeds"].__getitem__)
+        for key in ("seeds", "steps", "minutes"):
+            info[key] = [info[key][i] for i in order]
     agg = aggregate(per_run)
     suite = {}
     for label, row in agg.items():
