@@ -3,7 +3,7 @@
     python docs/results/libero/summary.py OUT/steps [OUT/minutes ...] --suite libero_object --out docs/results/libero
 
 Reads every evaluated run under each directory (eval/<model>/seed<s>/eval_info.json, whichever lane or call made
-it) rather than one call's ablations.json, so seeds run in parallel lanes aggregate together. For each model: the
+it) rather than one call's ablations.json, so seeds run in parallel lanes aggregate together, also across directories. For each model: the
 success rate averaged over the suite's tasks per training seed, then mean and sample std over seeds; the optimizer
 steps and training wall clock of each run (the last row of its metrics.jsonl); per-task means. Equal-wall-clock
 directories (runs trained with `--minutes`) land under "<model>@<M>min".
@@ -27,14 +27,20 @@ def _short(task: str) -> str:
     return re.sub(r"^.*/(pick_up_the_)?|_and_place_it_in_the_basket$", "", task)
 
 
-def collect(out_dir: Path) -> tuple[dict, dict]:
-    """({label: {seed: {task: pc_success}}}, {label: {"seeds": [...], "steps": [...], "minutes": [...]}})."""
+def collect(out_dirs: list[Path]) -> tuple[dict, dict]:
+    """({label: {seed: {task: pc_success}}}, {label: {"seeds": [...], "steps": [...], "minutes": [...]}}) over
+    all `out_dirs` together: one model's seeds may sit in several directories (one lane per seed)."""
+    found = [(p.parent.name, int(p.name[4:]), d) for d in out_dirs for p in d.glob("eval/*/seed*")]
     per_run, runs = {}, {}
-    for info_path in sorted(out_dir.glob("eval/*/seed*/eval_info.json")):
-        model, seed = info_path.parent.parent.name, int(info_path.parent.name[4:])
+    for model, seed, out_dir in sorted(found, key=lambda f: f[:2]):  # seed order within a model
+        info_path = out_dir / "eval" / model / f"seed{seed}" / "eval_info.json"
+        if not info_path.is_file():
+            continue
         run = out_dir / "runs" / model / f"seed{seed}"
         minutes = json.loads((run / "checkpoints" / "last" / "config.json").read_text())["train"]["minutes"]
         label = model if minutes is None else f"{model}@{minutes:g}min"
+        if seed in per_run.get(label, {}):
+            raise SystemExit(f"{label}: seed {seed} evaluated in two of the directories; pass one of them")
         info, last = json.loads(info_path.read_text()), _last_row(run)
         per_run.setdefault(label, {})[seed] = {t["task"]: t["metrics"]["pc_success"] for t in info["per_task"]}
         r = runs.setdefault(label, {"seeds": [], "steps": [], "minutes": [], "episodes_per_task": set()})
@@ -53,22 +59,7 @@ def main() -> None:
         "--out", type=Path, required=True, help="writes summary.json (other suites kept), <suite>.md/.png"
     )
     args = p.parse_args()
-    per_run, runs = {}, {}
-    for d in args.dirs:  # one model's seeds may sit in several directories (one lane per seed): merge them
-        pr, r = collect(d)
-        for label, by_seed in pr.items():
-            if twice := sorted(set(by_seed) & set(per_run.get(label, {}))):
-                raise SystemExit(f"{label}: seed(s) {twice} evaluated in two of the directories; pass one of them")
-            per_run.setdefault(label, {}).update(by_seed)
-        for label, info in r.items():
-            acc = runs.setdefault(label, {"seeds": [], "steps": [], "minutes": [], "episodes_per_task": set()})
-            for key in ("seeds", "steps", "minutes"):
-                acc[key] += info[key]
-            acc["episodes_per_task"] |= info["episodes_per_task"]
-    for info in runs.values():  # steps and minutes listed in seed order, as `seeds` below is
-        order = sorted(range(len(info["seeds"])), key=info["seeds"].__getitem__)
-        for key in ("seeds", "steps", "minutes"):
-            info[key] = [info[key][i] for i in order]
+    per_run, runs = collect(args.dirs)
     agg = aggregate(per_run)
     suite = {}
     for label, row in agg.items():
