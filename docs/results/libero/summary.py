@@ -3,8 +3,8 @@
     python docs/results/libero/summary.py OUT/steps [OUT/minutes ...] --suite libero_object --out docs/results/libero
 
 Reads every evaluated run under each directory (eval/<model>/seed<s>/eval_info.json, whichever lane or call made
-it) rather than one call's ablations.json, so seeds run in parallel lanes aggregate together, also across directories. For each model: the
-success rate averaged over the suite's tasks per training seed, then mean and sample std over seeds; the optimizer
+it) rather than one call's ablations.json, so seeds run in parallel lanes aggregate together, also across
+directories. For each model: the success rate averaged over the suite's tasks per training seed, then mean and sample std over seeds; the optimizer
 steps and training wall clock of each run (the last row of its metrics.jsonl); per-task means. Equal-wall-clock
 directories (runs trained with `--minutes`) land under "<model>@<M>min".
 """
